@@ -1,0 +1,144 @@
+"""The ``mia-hpc`` command line: a thin wrapper over ``mia_hpc.api`` and ``analysis.report``.
+
+Errors a user can fix (a bad spec, a foreign store, a failed shard) are printed as one line
+``mia-hpc: error: ...`` with exit code 2 (1 for a failed shard), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mia_hpc.spec import SpecError
+from mia_hpc.store import StoreError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mia-hpc", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="train a spec's shadows into a store (resuming), then analyse it")
+    r.add_argument("spec", help="TOML experiment spec, e.g. jobs/demo.toml")
+    r.add_argument("--out", required=True, help="run directory; the store is OUT/store.zarr")
+    r.add_argument("--executor", default="local", choices=["local", "debug"],
+                   help="local: submitit subprocesses (default); debug: in this process")
+    r.add_argument("--parallel", type=int, default=0, help="shard processes at once (default: cores)")
+    r.add_argument("--device", default="auto", help="torch device (default: cuda if available)")
+    r.add_argument("--no-analyze", action="store_true", help="stop after training")
+
+    s = sub.add_parser("status", help="shadows done / total, per shard")
+    s.add_argument("store")
+
+    a = sub.add_parser("analyze", help="memorization, privacy scores and attacks from a store")
+    a.add_argument("store")
+    a.add_argument("--out", required=True, help="output directory for tables and plots")
+    a.add_argument("--targets", type=int, default=None, help="target shadows (default: the spec's)")
+
+    t = sub.add_parser("train-shard", help="train one shard of a store (one array task)")
+    t.add_argument("store")
+    t.add_argument("--shard", type=int, required=True)
+    t.add_argument("--of", type=int, required=True, dest="n_shards")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--threads", type=int, default=0)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="what", required=True)
+    bt = bsub.add_parser("train", help="batched trainer vs a plain loop, in one run")
+    bt.add_argument("--spec", default="jobs/demo.toml")
+    bt.add_argument("--shadows", type=int, default=0, help="shadows to train (default: spec's batch)")
+    bt.add_argument("--epochs", type=int, default=0, help="override the spec's epochs")
+    bt.add_argument("--device", default="auto")
+    bt.add_argument("--json", default="", help="also write the figures to this JSON file")
+
+    sp = sub.add_parser("spec", help="validate a spec and print it normalized, or list every field")
+    sp.add_argument("spec", nargs="?", help="TOML spec to validate (omit to list the fields)")
+    return p
+
+
+def _cmd_run(args) -> int:
+    from mia_hpc import api
+
+    res = api.run(args.spec, args.out, executor=args.executor, analyze=not args.no_analyze, device=args.device,
+                  parallel=args.parallel)
+    print("\n".join(api.status(res["store"]).lines()))
+    if res["analysis"] is not None:
+        from analysis.report import format_table
+
+        print(format_table(res["analysis"]["attacks"]))
+        print(f"analysis written to {Path(args.out) / 'analysis'}")
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from mia_hpc import api
+
+    st = api.status(args.store)
+    print("\n".join(st.lines()))
+    return 0
+
+
+def _cmd_analyze(args) -> int:
+    from analysis.report import analyze, format_table
+
+    res = analyze(args.store, args.out, targets=args.targets)
+    print(format_table(res["attacks"]))
+    print(f"analysis written to {args.out}")
+    return 0
+
+
+def _cmd_train_shard(args) -> int:
+    from mia_hpc.launch.worker import train_shard
+
+    done = train_shard(args.store, args.shard, args.n_shards, device=args.device, threads=args.threads)
+    print(f"shard {args.shard}/{args.n_shards}: trained {len(done)} shadows")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from mia_hpc.bench import bench_train, format_bench
+    from mia_hpc.spec import load_spec
+
+    r = bench_train(load_spec(args.spec), shadows=args.shadows, epochs=args.epochs, device=args.device)
+    print(format_bench(r))
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2))
+    return 0
+
+
+def _cmd_spec(args) -> int:
+    from mia_hpc.spec import describe_fields, load_spec
+
+    if args.spec:
+        spec = load_spec(args.spec)
+        print(json.dumps(spec.to_dict(), indent=2))
+        print(f"# spec hash {spec.hash()}")
+    else:
+        for key, tp, default, doc in describe_fields():
+            print(f"{key:32} {default:>12}  {tp}: {doc}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"run": _cmd_run, "status": _cmd_status, "analyze": _cmd_analyze,
+                "train-shard": _cmd_train_shard, "bench": _cmd_bench, "spec": _cmd_spec}
+    from mia_hpc.launch.local import ShardFailed
+
+    try:
+        return handlers[args.cmd](args)
+    except (SpecError, StoreError) as err:
+        print(f"mia-hpc: error: {err}", file=sys.stderr)
+        return 2
+    except ShardFailed as err:
+        print(f"mia-hpc: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mia-hpc: interrupted; finished shadows are kept, re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

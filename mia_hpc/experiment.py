@@ -1,0 +1,38 @@
+"""From a spec to a ready store: build the data, the keep masks and the queries, allocate.
+
+Nothing here trains; the store made here is what every shard worker reads its inputs from, so all
+shards (local processes, Slurm tasks, containers) see byte-identical data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import zarr
+
+from mia_hpc.keep import make_keep
+from mia_hpc.queries import make_queries
+from mia_hpc.spec import Spec, spec_from_dict
+from mia_hpc.store import check_spec_matches, create_store, open_store, store_spec
+
+
+def prepare_store(spec: Spec, path: str | Path) -> zarr.Group:
+    """Open the store at ``path`` if it was made from ``spec``; create it if it does not exist."""
+    path = Path(path)
+    if path.exists():
+        root = open_store(path)
+        check_spec_matches(root, spec.hash(), path)
+        return root
+    from mia_hpc.data import build_dataset  # data building is only needed on first creation
+
+    data = build_dataset(spec)
+    keep = make_keep(spec.shadows.count, data.split == "train", spec.seed, spec.shadows.keep_block)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    create_store(path, spec.to_dict(), spec.hash(), data, keep,
+                 make_queries(spec.queries.shift, spec.queries.mirror), spec.store.sample_chunk)
+    return open_store(path)
+
+
+def spec_of(root: zarr.Group) -> Spec:
+    """The validated spec a store was made from."""
+    return spec_from_dict(store_spec(root))

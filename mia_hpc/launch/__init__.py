@@ -1,0 +1,1 @@
+"""Launching: shard planning (``shards``), the per-shard worker (``worker``) and executors (``local``)."""

@@ -1,0 +1,69 @@
+"""Run shard workers on this machine: as submitit local jobs (real subprocesses) or in-process.
+
+``local`` runs each shard through ``submitit.LocalExecutor`` in its own process, at most
+``parallel`` at a time, with the cores divided between them; ``debug`` calls the worker in this
+process (for tests and debuggers). Progress is read from the store's ``done`` flags, the same
+source of truth ``mia-hpc status`` uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from mia_hpc.launch.worker import default_threads, train_shard
+from mia_hpc.store import done_mask, open_store
+
+EXECUTORS = ("local", "debug")
+
+
+class ShardFailed(RuntimeError):
+    """A shard worker exited with an error; its finished shadows are kept, the rest are redone on re-run."""
+
+
+def run_shards(store: str | Path, n_shards: int, shards: Sequence[int], *, executor: str = "local",
+               log_dir: str | Path | None = None, parallel: int = 0, device: str = "auto",
+               progress: bool = True) -> None:
+    """Run the given shards to completion."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor: must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if not shards:
+        return
+    if executor == "debug":
+        for i in shards:
+            train_shard(store, i, n_shards, device=device, progress=progress)
+        return
+    import submitit
+
+    parallel = parallel or min(len(shards), os.cpu_count() or 1)
+    log_dir = Path(log_dir or Path(store).parent / "logs")
+    ex = submitit.LocalExecutor(folder=log_dir / "%j")
+    ex.update_parameters(timeout_min=7 * 24 * 60)
+    fn = functools.partial(train_shard, device=device, threads=default_threads(parallel), progress=False)
+    root = open_store(store)
+    total = len(done_mask(root))
+    bar = tqdm(total=total, initial=int(done_mask(root).sum()), desc="shadows", unit="shadow",
+               disable=not progress)
+    try:
+        for start in range(0, len(shards), parallel):
+            wave = list(shards[start:start + parallel])
+            jobs = ex.map_array(fn, [str(store)] * len(wave), wave, [n_shards] * len(wave))
+            while not all(j.done() for j in jobs):
+                time.sleep(0.5)
+                bar.n = int(done_mask(root).sum())
+                bar.refresh()
+            for shard, job in zip(wave, jobs):
+                try:
+                    job.result()
+                except Exception as err:  # submitit wraps the worker's traceback
+                    last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+                    raise ShardFailed(f"shard {shard} failed ({last}); log: {job.paths.stderr}; "
+                                      "re-run the same command to resume") from None
+    finally:
+        bar.n = int(done_mask(root).sum())
+        bar.close()

@@ -1,0 +1,315 @@
+"""Experiment specs: TOML files in ``jobs/`` parsed into typed, validated config objects.
+
+Every hyperparameter of an experiment lives in one of the dataclasses below, with its default,
+its allowed values and a one-line description: this file is the place to read what a spec can say.
+
+Validation is strict and happens before anything touches the disk: an unknown key, a wrong type
+or an out-of-range value raises :class:`SpecError`, whose message is one line naming the file, the
+key path and what is allowed. The CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class SpecError(ValueError):
+    """A spec (or profile) is malformed. ``str(err)`` is the one-line message shown to users."""
+
+
+def _f(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None,
+       le: float | None = None, lt: float | None = None, even: bool = False) -> Any:
+    """A dataclass field carrying its description and numeric bounds."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "even": even}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class UnderSpec:
+    """How the under-represented group D_U is made (PixMix with fractals, as for augMNIST)."""
+
+    kind: Literal["pixmix", "none"] = _f("pixmix", "how D_U is generated from the source images")
+    mixing_severity: float = _f(2.0, "PixMix mixing severity (beta of the mixing weights)", gt=0, le=10)
+    aug_severity: int = _f(4, "severity of the base augmentations (rotate, shear, ...)", ge=1, le=10)
+    iterations: int = _f(4, "maximum number of mixing rounds per image", ge=1, le=16)
+    n_fractals: int = _f(64, "number of procedurally generated fractal images", ge=1, le=100_000)
+    fractal_dir: str = _f("", "optional folder of fractal images (png/jpg) used instead of the generator")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The mixture D_tr = D_O u D_U and its held-out test split."""
+
+    source: Literal["digits"] = _f("digits", "over-represented group D_O (embedded: scikit-learn digits)")
+    size: int = _f(1200, "number of pool samples |D_tr| (candidate members)", ge=20, le=10_000_000)
+    alpha: float = _f(0.85, "fraction of the pool from D_O (paper's mixing ratio)", gt=0, le=1)
+    test_fraction: float = _f(0.25, "fraction of the source images held out as the test split", gt=0, lt=1)
+    test_under: int = _f(200, "number of D_U test samples", ge=0, le=10_000_000)
+    image_size: int = _f(8, "side length the images are resized to", ge=4, le=256)
+    under: UnderSpec = field(default_factory=UnderSpec, metadata={"doc": "D_U generation"})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The shadow architecture."""
+
+    arch: Literal["cnn32", "cnn64", "mlp"] = _f("cnn32", "shadow architecture")
+    width: int = _f(0, "override of the first layer width (0: the architecture's own)", ge=0, le=4096)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One shadow's training recipe; every shadow uses the same recipe, its own data and seed."""
+
+    epochs: int = _f(20, "passes over the shadow's IN set", ge=1, le=10_000)
+    batch_size: int = _f(64, "minibatch size per shadow", ge=1, le=65_536)
+    optimizer: Literal["sgd", "adam"] = _f("sgd", "optimizer (applied per shadow)")
+    lr: float = _f(0.02, "peak learning rate", gt=0, le=10)
+    momentum: float = _f(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = _f(5e-4, "L2 weight decay", ge=0, le=1)
+    schedule: Literal["cosine", "constant"] = _f("cosine", "learning-rate schedule over all steps")
+    augment_shift: int = _f(0, "random translation (pixels) applied to training images", ge=0, le=16)
+
+
+@dataclass(frozen=True)
+class ShadowSpec:
+    """How many shadows, and how they are split into batches and shards."""
+
+    count: int = _f(16, "number of shadow models M (even: each sample is IN for exactly M/2)", ge=2,
+                    le=1_000_000, even=True)
+    batch: int = _f(8, "shadows trained at once in one process (K)", ge=1, le=4096)
+    shards: int = _f(2, "array tasks the shadows are split into", ge=1, le=100_000)
+    keep_block: int = _f(0, "keep masks balanced within blocks of this many shadows (0: all M)", ge=0,
+                         le=1_000_000, even=True)
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """Queries (label-preserving augmentations) under which every sample's logits are recorded."""
+
+    shift: int = _f(1, "largest translation in pixels; queries are the identity and +-1..shift in x and y",
+                    ge=0, le=8)
+    mirror: bool = _f(False, "also query the horizontal mirror (not for digits)")
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """What the analysis computes from the store."""
+
+    targets: int = _f(0, "target shadows evaluated in turn against the rest (0: all)", ge=0, le=1_000_000)
+    fpr: list[float] = _f([0.001, 0.01], "false-positive rates at which TPR is reported")
+    singleton_threshold: float = _f(0.8, "memorization above which an under-represented sample is a singleton",
+                                    ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Layout of the Zarr store."""
+
+    sample_chunk: int = _f(8192, "samples per chunk of the logits array", ge=1, le=10_000_000)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A whole experiment."""
+
+    name: str = _f("experiment", "experiment name")
+    seed: int = _f(0, "root seed: every random choice derives from (seed, purpose, shadow)", ge=0,
+                   le=2**63 - 1)
+    data: DataSpec = field(default_factory=DataSpec, metadata={"doc": "dataset"})
+    model: ModelSpec = field(default_factory=ModelSpec, metadata={"doc": "model"})
+    train: TrainSpec = field(default_factory=TrainSpec, metadata={"doc": "training"})
+    shadows: ShadowSpec = field(default_factory=ShadowSpec, metadata={"doc": "shadows"})
+    queries: QuerySpec = field(default_factory=QuerySpec, metadata={"doc": "queries"})
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec, metadata={"doc": "analysis"})
+    store: StoreSpec = field(default_factory=StoreSpec, metadata={"doc": "store"})
+
+    # --- derived quantities -------------------------------------------------------------------
+    @property
+    def n_over(self) -> int:
+        """Pool samples from D_O."""
+        return int(round(self.data.alpha * self.data.size))
+
+    @property
+    def n_under(self) -> int:
+        """Pool samples from D_U."""
+        return self.data.size - self.n_over
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalized spec: every field, defaults filled in."""
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Hash of the fields that determine the store's content.
+
+        ``analysis`` is left out: re-analysing a store with other targets or FPRs is allowed.
+        ``name`` is left out too, so renaming a spec file does not orphan its store.
+        """
+        d = self.to_dict()
+        d.pop("analysis")
+        d.pop("name")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _bounds(meta: dict[str, Any]) -> str:
+    parts = []
+    for key, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if meta.get(key) is not None:
+            v = meta[key]
+            parts.append(f"{sym} {int(v)}" if float(v).is_integer() else f"{sym} {v:g}")
+    if meta.get("even"):
+        parts.append("even")
+    return " and ".join(parts)
+
+
+def _check_scalar(value: Any, tp: Any, meta: dict[str, Any], where: str) -> Any:
+    """Validate one leaf value against its annotated type and bounds; return it normalized."""
+    origin = typing.get_origin(tp)
+    want = _describe(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool) != isinstance(typing.get_args(tp)[0], bool):
+            raise SpecError(f"{where}: must be {want}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise SpecError(f"{where}: must be {want}, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_check_scalar(v, inner, meta, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"{where}: must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise SpecError(f"{where}: must be a string, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"{where}: must be an integer{_suffix(meta)}, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SpecError(f"{where}: must be a finite number{_suffix(meta)}, got {value!r}")
+        value = float(value)
+    ok = ((meta.get("ge") is None or value >= meta["ge"]) and (meta.get("gt") is None or value > meta["gt"])
+          and (meta.get("le") is None or value <= meta["le"]) and (meta.get("lt") is None or value < meta["lt"])
+          and (not meta.get("even") or value % 2 == 0))
+    if not ok:
+        raise SpecError(f"{where}: must be {want} {_bounds(meta)}, got {value!r}")
+    return value
+
+
+def _suffix(meta: dict[str, Any]) -> str:
+    b = _bounds(meta)
+    return f" {b}" if b else ""
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a TOML table, refusing unknown keys and bad values."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where or 'spec'}: must be a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise SpecError(f"{key}: unknown key; allowed here: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        path = f"{where}.{name}" if where else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, path)
+        else:
+            kwargs[name] = _check_scalar(value, tp, dict(fields[name].metadata), path)
+    return cls(**kwargs)
+
+
+def _cross_checks(spec: Spec) -> None:
+    """Constraints that involve more than one field."""
+    s = spec.shadows
+    if s.keep_block and s.count % s.keep_block:
+        raise SpecError(f"shadows.keep_block: must divide shadows.count ({s.count}), got {s.keep_block}")
+    if s.shards > s.count:
+        raise SpecError(f"shadows.shards: must be <= shadows.count ({s.count}), got {s.shards}")
+    if spec.n_over < 10:
+        raise SpecError(f"data.alpha: leaves {spec.n_over} D_O samples; need >= 10 (one per class)")
+    if spec.data.under.kind == "none" and spec.n_under:
+        raise SpecError("data.under.kind: 'none' needs data.alpha = 1 (no D_U samples)")
+    if spec.data.under.kind != "none" and spec.data.alpha < 1 and spec.n_under < 10:
+        raise SpecError(f"data.alpha: leaves {spec.n_under} D_U samples; need 0 or >= 10 (one per class)")
+    if spec.analysis.targets > s.count:
+        raise SpecError(f"analysis.targets: must be <= shadows.count ({s.count}), got {spec.analysis.targets}")
+    for i, f in enumerate(spec.analysis.fpr):
+        if not 0 < f < 1:
+            raise SpecError(f"analysis.fpr[{i}]: must be a number > 0 and < 1, got {f!r}")
+    if spec.model.arch.startswith("cnn") and spec.data.image_size < 8:
+        raise SpecError(f"data.image_size: CNN models need >= 8 pixels, got {spec.data.image_size}")
+
+
+def spec_from_dict(raw: dict[str, Any]) -> Spec:
+    """Validate a parsed TOML document (or the ``spec`` attr of a store) into a :class:`Spec`."""
+    spec = _build(Spec, raw, "")
+    _cross_checks(spec)
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a TOML spec. Raises :class:`SpecError` with the file name in the message."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found; pass a TOML file such as jobs/demo.toml") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory; pass a TOML spec file") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not UTF-8 text; a spec is a TOML file") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: invalid TOML: {err}") from None
+    try:
+        return spec_from_dict(raw)
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None
+
+
+def describe_fields(cls: type = Spec, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key path, type, default, description) for every field: used by the README and ``mia-hpc spec``."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe_fields(tp, path + "."))
+        else:
+            b = _bounds(dict(f.metadata))
+            rows.append((path, _describe(tp) + (f" {b}" if b else ""), repr(getattr(defaults, f.name)),
+                         f.metadata.get("doc", "")))
+    return rows
+

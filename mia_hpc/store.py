@@ -1,0 +1,239 @@
+"""The shadow store: the one contract between training (``mia_hpc``) and analysis (``analysis``).
+
+A store is a Zarr v3 directory that ``xarray.open_zarr`` reads as one Dataset. This module defines
+its schema, creates it (preallocating every array, writing everything known before training), and
+gives workers the only write they may do: one shadow's outputs, then its ``done`` flag.
+
+Schema (dims ``shadow, sample, query, class, subset, channel, height, width``):
+
+=================  ==================================  =========================================
+variable           dims                                written
+=================  ==================================  =========================================
+image              sample, channel, height, width      at creation (float32 in [0, 1])
+label              sample                              at creation (int16)
+group              sample                              at creation ("over" / "under")
+split              sample                              at creation ("train" = pool, "test")
+source             sample                              at creation (index in the source dataset)
+dataset            sample                              at creation (e.g. "digits", "augdigits")
+keep               shadow, sample                      at creation (bool; test samples never IN)
+query_dx/dy        query                               at creation (pixel shifts of each query)
+query_mirror       query                               at creation
+logits             shadow, sample, query, class        by the shadow's worker (float32)
+accuracy           shadow, subset                      by the shadow's worker (float32)
+train_loss         shadow                              by the shadow's worker (float32)
+done               shadow                              by the worker, last, after an fsync
+=================  ==================================  =========================================
+
+Per-shadow arrays are chunked one shadow per chunk along ``shadow`` so that each writer owns whole
+chunks: concurrent workers never touch the same file. Every chunk carries a crc32c checksum.
+Root attrs: ``schema_version``, ``spec`` (normalized, JSON), ``spec_hash``, ``created``,
+``versions`` (package versions of the creator).
+
+This module must not import torch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import zarr
+from zarr.codecs import BytesCodec, Crc32cCodec, VLenUTF8Codec, ZstdCodec
+
+SCHEMA_VERSION = 1
+SUBSETS = ("train/over", "train/under", "test/over", "test/under")
+PER_SHADOW = ("logits", "accuracy", "train_loss", "done")
+
+
+class StoreError(RuntimeError):
+    """A store is missing, foreign, or does not match the spec it is used with."""
+
+
+@dataclass(frozen=True)
+class StaticData:
+    """Everything known about the samples before any training (the data side's output)."""
+
+    image: np.ndarray  # (N, C, H, W) float32 in [0, 1]
+    label: np.ndarray  # (N,) int
+    group: np.ndarray  # (N,) str: "over" | "under"
+    split: np.ndarray  # (N,) str: "train" | "test"
+    source: np.ndarray  # (N,) int
+    dataset: np.ndarray  # (N,) str
+    n_classes: int
+
+    def __post_init__(self) -> None:
+        n = len(self.label)
+        for name in ("image", "group", "split", "source", "dataset"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"StaticData.{name}: length {len(getattr(self, name))} != {n} labels")
+
+
+def _codecs(dtype: Any) -> dict[str, Any]:
+    """Zstd plus a crc32c checksum on every chunk, so a corrupted chunk fails loudly on read."""
+    serializer = VLenUTF8Codec() if dtype is str else BytesCodec()
+    return {"serializer": serializer, "compressors": [ZstdCodec(level=1), Crc32cCodec()]}
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("mia-hpc", "numpy", "zarr", "xarray", "dask", "torch", "submitit"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def create_store(path: str | Path, spec_dict: Mapping[str, Any], spec_hash: str, data: StaticData,
+                 keep: np.ndarray, queries: list[tuple[str, int, int, bool]], sample_chunk: int) -> None:
+    """Create a store at ``path`` with every array allocated and the static parts written.
+
+    The store is built in a sibling temporary directory and renamed into place at the end, so a
+    crash during creation never leaves a half-made store at ``path``.
+    """
+    path = Path(path)
+    if path.exists():
+        raise StoreError(f"{path}: already exists; open it instead of creating it")
+    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        _write_new(tmp, spec_dict, spec_hash, data, keep, queries, sample_chunk)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_new(path: Path, spec_dict: Mapping[str, Any], spec_hash: str, data: StaticData,
+               keep: np.ndarray, queries: list[tuple[str, int, int, bool]], sample_chunk: int) -> None:
+    n = len(data.label)
+    m = keep.shape[0]
+    if keep.shape != (m, n):
+        raise ValueError(f"keep: shape {keep.shape} does not match {n} samples")
+    q = len(queries)
+    c = data.n_classes
+    chunk_n = min(n, sample_chunk)
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    root.attrs.update({
+        "schema_version": SCHEMA_VERSION,
+        "spec": json.dumps(dict(spec_dict), sort_keys=True),
+        "spec_hash": spec_hash,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "n_classes": c,
+    })
+
+    def arr(name: str, values: np.ndarray | None, dims: list[str], *, shape=None, chunks=None,
+            dtype=None, fill=None) -> None:
+        if values is not None:
+            values = np.asarray(values)
+            # variable-length strings: zarr's fixed-width unicode has no v3 specification yet
+            shape, dtype = values.shape, (str if values.dtype.kind == "U" else values.dtype)
+        a = root.create_array(name, shape=shape, chunks=chunks or shape, dtype=dtype, fill_value=fill,
+                              dimension_names=dims, **_codecs(dtype))
+        if values is not None:
+            a[...] = values
+
+    # coordinates
+    arr("shadow", np.arange(m, dtype=np.int32), ["shadow"])
+    arr("sample", np.arange(n, dtype=np.int64), ["sample"])
+    arr("query", np.array([qq[0] for qq in queries], dtype=str), ["query"])
+    arr("class", np.arange(c, dtype=np.int16), ["class"])
+    arr("subset", np.array(SUBSETS, dtype=str), ["subset"])
+    # static per-sample data
+    arr("image", data.image.astype(np.float32), ["sample", "channel", "height", "width"],
+        chunks=(chunk_n, *data.image.shape[1:]))
+    arr("label", data.label.astype(np.int16), ["sample"])
+    arr("group", data.group.astype(str), ["sample"])
+    arr("split", data.split.astype(str), ["sample"])
+    arr("source", data.source.astype(np.int32), ["sample"])
+    arr("dataset", data.dataset.astype(str), ["sample"])
+    arr("keep", keep.astype(bool), ["shadow", "sample"], chunks=(min(m, 256), chunk_n))
+    arr("query_dx", np.array([qq[1] for qq in queries], dtype=np.int8), ["query"])
+    arr("query_dy", np.array([qq[2] for qq in queries], dtype=np.int8), ["query"])
+    arr("query_mirror", np.array([qq[3] for qq in queries], dtype=bool), ["query"])
+    # per-shadow outputs, one shadow per chunk
+    arr("logits", None, ["shadow", "sample", "query", "class"], shape=(m, n, q, c),
+        chunks=(1, chunk_n, q, c), dtype=np.float32, fill=np.nan)
+    arr("accuracy", None, ["shadow", "subset"], shape=(m, len(SUBSETS)), chunks=(1, len(SUBSETS)),
+        dtype=np.float32, fill=np.nan)
+    arr("train_loss", None, ["shadow"], shape=(m,), chunks=(1,), dtype=np.float32, fill=np.nan)
+    arr("done", None, ["shadow"], shape=(m,), chunks=(1,), dtype=bool, fill=False)
+    zarr.consolidate_metadata(path)
+    _fsync_tree(path)
+
+
+def open_store(path: str | Path) -> zarr.Group:
+    """Open an existing store for reading and per-shadow writing; refuse anything else."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"{path}: not a mia-hpc store (no zarr.json); create it with 'mia-hpc run SPEC --out DIR'")
+    root = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
+    if root.attrs.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(f"{path}: schema_version {root.attrs.get('schema_version')!r} is not "
+                         f"{SCHEMA_VERSION}; re-create the store with this version of mia-hpc")
+    return root
+
+
+def store_spec(root: zarr.Group) -> dict[str, Any]:
+    """The normalized spec the store was created from."""
+    return json.loads(root.attrs["spec"])
+
+
+def check_spec_matches(root: zarr.Group, spec_hash: str, path: str | Path) -> None:
+    """Refuse to continue a store with a spec other than the one that made it."""
+    have = root.attrs.get("spec_hash")
+    if have != spec_hash:
+        raise StoreError(f"{path}: was made from a different spec (hash {have}, this spec {spec_hash}); "
+                         "use a new --out directory or the original spec")
+
+
+def done_mask(root: zarr.Group) -> np.ndarray:
+    """(M,) bool: which shadows are completely and durably written."""
+    return np.asarray(root["done"][...], dtype=bool)
+
+
+def write_shadow(root: zarr.Group, shadow: int, logits: np.ndarray, accuracy: np.ndarray,
+                 train_loss: float) -> None:
+    """Write one shadow's outputs, make them durable, then (and only then) mark it done.
+
+    A writer killed anywhere before the last line leaves ``done[shadow] == False``, so the shadow
+    is simply redone on the next run; partially written chunks are overwritten.
+    """
+    root["logits"][shadow] = np.asarray(logits, dtype=np.float32)
+    root["accuracy"][shadow] = np.asarray(accuracy, dtype=np.float32)
+    root["train_loss"][shadow] = np.float32(train_loss)
+    base = Path(str(root.store.root))
+    for name in ("logits", "accuracy", "train_loss"):
+        _fsync_tree(base / name / "c" / str(shadow))
+    root["done"][shadow] = True
+    _fsync_tree(base / "done" / "c" / str(shadow))
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync every file under ``path`` (or ``path`` itself), then its directories."""
+    if not path.exists():
+        return
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    dirs = {path.parent} | ({path} if path.is_dir() else set()) | {p.parent for p in files}
+    for p in files:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for d in dirs:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
