@@ -47,7 +47,7 @@ def run(spec: str | Path | Spec, out: str | Path, *, executor: str = "local", an
         device: str = "auto", parallel: int = 0, progress: bool = True) -> dict[str, Any]:
     """Run an experiment end to end: store, shadows (resuming), then the analysis.
 
-    Returns ``{"store": Path, "analysis": dict | None}``.
+    Returns ``{"store": Path, "trained": [shadows trained by this call], "analysis": dict | None}``.
     """
     from mia_hpc.launch.local import run_shards
 
@@ -55,9 +55,9 @@ def run(spec: str | Path | Spec, out: str | Path, *, executor: str = "local", an
     out = Path(out)
     store = out / "store.zarr"
     prepare_store(spec, store)
-    run_shards(store, spec.shadows.shards, pending_shards(store), executor=executor, log_dir=out / "logs",
+    trained = run_shards(store, spec.shadows.shards, pending_shards(store), executor=executor, log_dir=out / "logs",
                parallel=parallel, device=device, progress=progress)
-    result: dict[str, Any] = {"store": store, "analysis": None}
+    result: dict[str, Any] = {"store": store, "trained": sorted(trained), "analysis": None}
     if analyze:
         from analysis.report import analyze as _analyze
 

@@ -197,6 +197,11 @@ def check_spec_matches(root: zarr.Group, spec_hash: str, path: str | Path) -> No
                          "use a new --out directory or the original spec")
 
 
+def read_strings(root: zarr.Group, name: str) -> np.ndarray:
+    """A string array as fixed-width numpy unicode (zarr returns variable-width StringDType)."""
+    return np.array(root[name][...].tolist(), dtype=str)
+
+
 def done_mask(root: zarr.Group) -> np.ndarray:
     """(M,) bool: which shadows are completely and durably written."""
     return np.asarray(root["done"][...], dtype=bool)

@@ -22,22 +22,30 @@ from mia_hpc.store import done_mask, open_store
 EXECUTORS = ("local", "debug")
 
 
+def _error_line(text: str) -> str:
+    """The exception line (``SomeError: message``) from a worker's traceback text."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0]
+        if head.endswith(("Error", "Exception", "Interrupt")) and " " not in head:
+            return ln
+    return lines[-1] if lines else ""
+
+
 class ShardFailed(RuntimeError):
     """A shard worker exited with an error; its finished shadows are kept, the rest are redone on re-run."""
 
 
 def run_shards(store: str | Path, n_shards: int, shards: Sequence[int], *, executor: str = "local",
                log_dir: str | Path | None = None, parallel: int = 0, device: str = "auto",
-               progress: bool = True) -> None:
-    """Run the given shards to completion."""
+               progress: bool = True) -> list[int]:
+    """Run the given shards to completion; return the shadows trained (not those already done)."""
     if executor not in EXECUTORS:
         raise ValueError(f"--executor: must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if not shards:
-        return
+        return []
     if executor == "debug":
-        for i in shards:
-            train_shard(store, i, n_shards, device=device, progress=progress)
-        return
+        return [s for i in shards for s in train_shard(store, i, n_shards, device=device, progress=progress)]
     import submitit
 
     parallel = parallel or min(len(shards), os.cpu_count() or 1)
@@ -47,6 +55,7 @@ def run_shards(store: str | Path, n_shards: int, shards: Sequence[int], *, execu
     fn = functools.partial(train_shard, device=device, threads=default_threads(parallel), progress=False)
     root = open_store(store)
     total = len(done_mask(root))
+    trained: list[int] = []
     bar = tqdm(total=total, initial=int(done_mask(root).sum()), desc="shadows", unit="shadow",
                disable=not progress)
     try:
@@ -59,11 +68,12 @@ def run_shards(store: str | Path, n_shards: int, shards: Sequence[int], *, execu
                 bar.refresh()
             for shard, job in zip(wave, jobs):
                 try:
-                    job.result()
+                    trained += job.result()
                 except Exception as err:  # submitit wraps the worker's traceback
-                    last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+                    last = _error_line(str(err)) or type(err).__name__
                     raise ShardFailed(f"shard {shard} failed ({last}); log: {job.paths.stderr}; "
                                       "re-run the same command to resume") from None
     finally:
         bar.n = int(done_mask(root).sum())
         bar.close()
+    return trained

@@ -21,7 +21,7 @@ def train_shard(store: str | Path, shard: int, n_shards: int, *, device: str = "
 
     from mia_hpc.experiment import spec_of
     from mia_hpc.launch.shards import shard_shadows
-    from mia_hpc.store import done_mask, open_store, write_shadow
+    from mia_hpc.store import done_mask, open_store, read_strings, write_shadow
     from mia_hpc.train.batched import TrainData, iter_batches, train_shadows
 
     if threads:
@@ -36,7 +36,7 @@ def train_shard(store: str | Path, shard: int, n_shards: int, *, device: str = "
         return []
     data = TrainData(
         image=np.asarray(root["image"][...]), label=np.asarray(root["label"][...]),
-        group=np.asarray(root["group"][...]).astype(str), split=np.asarray(root["split"][...]).astype(str),
+        group=read_strings(root, "group"), split=read_strings(root, "split"),
         keep=np.asarray(root["keep"][...]), n_classes=int(root.attrs["n_classes"]),
         queries=[(str(n), int(dx), int(dy), bool(m)) for n, dx, dy, m in zip(
             root["query"][...], root["query_dx"][...], root["query_dy"][...], root["query_mirror"][...])],
