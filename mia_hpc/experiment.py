@@ -27,9 +27,13 @@ def prepare_store(spec: Spec, path: str | Path) -> zarr.Group:
 
     data = build_dataset(spec)
     keep = make_keep(spec.shadows.count, data.split == "train", spec.seed, spec.shadows.keep_block)
+    from mia_hpc.models import embed_dim
+
+    n_features = embed_dim(spec.model.arch, data.image.shape[1], data.n_classes, spec.data.image_size,
+                           spec.model.width)
     path.parent.mkdir(parents=True, exist_ok=True)
     create_store(path, spec.to_dict(), spec.hash(), data, keep,
-                 make_queries(spec.queries.shift, spec.queries.mirror), spec.store.sample_chunk)
+                 make_queries(spec.queries.shift, spec.queries.mirror), spec.store.sample_chunk, n_features)
     return open_store(path)
 
 

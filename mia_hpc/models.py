@@ -53,6 +53,10 @@ class CNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)).mean(dim=(2, 3))
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate representation: the last feature map, averaged over space."""
+        return self.features(x).mean(dim=(2, 3))
+
 
 class MLP(nn.Module):
     """Two hidden layers; the cheap baseline for smoke tests."""
@@ -66,6 +70,10 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate representation: the last hidden layer."""
+        return self.net[:-1](x)
+
 
 def build_model(arch: str, in_channels: int, n_classes: int, image_size: int, width: int = 0) -> nn.Module:
     """Instantiate an architecture by its spec name; ``width`` 0 keeps the architecture's own."""
@@ -74,6 +82,13 @@ def build_model(arch: str, in_channels: int, n_classes: int, image_size: int, wi
     if arch == "mlp":
         return MLP(in_channels, n_classes, image_size, width=width or 256)
     raise ValueError(f"model.arch: unknown architecture {arch!r}; one of {', '.join(ARCHS)}")
+
+
+def embed_dim(arch: str, in_channels: int, n_classes: int, image_size: int, width: int = 0) -> int:
+    """Size of :meth:`embed`'s output for an architecture."""
+    with torch.no_grad():
+        model = build_model(arch, in_channels, n_classes, image_size, width)
+        return int(model.embed(torch.zeros(1, in_channels, image_size, image_size)).shape[1])
 
 
 def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:

@@ -21,6 +21,7 @@ query_mirror       query                               at creation
 logits             shadow, sample, query, class        by the shadow's worker (float32)
 accuracy           shadow, subset                      by the shadow's worker (float32)
 train_loss         shadow                              by the shadow's worker (float32)
+features           sample, feature                     by shadow 0's worker: its penultimate layer
 done               shadow                              by the worker, last, after an fsync
 =================  ==================================  =========================================
 
@@ -93,7 +94,8 @@ def _versions() -> dict[str, str]:
 
 
 def create_store(path: str | Path, spec_dict: Mapping[str, Any], spec_hash: str, data: StaticData,
-                 keep: np.ndarray, queries: list[tuple[str, int, int, bool]], sample_chunk: int) -> None:
+                 keep: np.ndarray, queries: list[tuple[str, int, int, bool]], sample_chunk: int,
+                 n_features: int = 0) -> None:
     """Create a store at ``path`` with every array allocated and the static parts written.
 
     The store is built in a sibling temporary directory and renamed into place at the end, so a
@@ -106,7 +108,7 @@ def create_store(path: str | Path, spec_dict: Mapping[str, Any], spec_hash: str,
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        _write_new(tmp, spec_dict, spec_hash, data, keep, queries, sample_chunk)
+        _write_new(tmp, spec_dict, spec_hash, data, keep, queries, sample_chunk, n_features)
         tmp.rename(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -114,7 +116,8 @@ def create_store(path: str | Path, spec_dict: Mapping[str, Any], spec_hash: str,
 
 
 def _write_new(path: Path, spec_dict: Mapping[str, Any], spec_hash: str, data: StaticData,
-               keep: np.ndarray, queries: list[tuple[str, int, int, bool]], sample_chunk: int) -> None:
+               keep: np.ndarray, queries: list[tuple[str, int, int, bool]], sample_chunk: int,
+               n_features: int) -> None:
     n = len(data.label)
     m = keep.shape[0]
     if keep.shape != (m, n):
@@ -168,6 +171,9 @@ def _write_new(path: Path, spec_dict: Mapping[str, Any], spec_hash: str, data: S
         dtype=np.float32, fill=np.nan)
     arr("train_loss", None, ["shadow"], shape=(m,), chunks=(1,), dtype=np.float32, fill=np.nan)
     arr("done", None, ["shadow"], shape=(m,), chunks=(1,), dtype=bool, fill=False)
+    if n_features:
+        arr("features", None, ["sample", "feature"], shape=(n, n_features), chunks=(chunk_n, n_features),
+            dtype=np.float32, fill=np.nan)
     zarr.consolidate_metadata(path)
     _fsync_tree(path)
 
@@ -208,7 +214,7 @@ def done_mask(root: zarr.Group) -> np.ndarray:
 
 
 def write_shadow(root: zarr.Group, shadow: int, logits: np.ndarray, accuracy: np.ndarray,
-                 train_loss: float) -> None:
+                 train_loss: float, features: np.ndarray | None = None) -> None:
     """Write one shadow's outputs, make them durable, then (and only then) mark it done.
 
     A writer killed anywhere before the last line leaves ``done[shadow] == False``, so the shadow
@@ -220,6 +226,9 @@ def write_shadow(root: zarr.Group, shadow: int, logits: np.ndarray, accuracy: np
     base = Path(str(root.store.root))
     for name in ("logits", "accuracy", "train_loss"):
         _fsync_tree(base / name / "c" / str(shadow))
+    if features is not None and "features" in root:
+        root["features"][...] = np.asarray(features, dtype=np.float32)
+        _fsync_tree(base / "features" / "c")
     root["done"][shadow] = True
     _fsync_tree(base / "done" / "c" / str(shadow))
 

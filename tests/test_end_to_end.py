@@ -39,6 +39,9 @@ def test_smoke_end_to_end_through_cli(tmp_path, capsys):
     assert pool.sum() == n
     assert (keep[:, pool].sum(0) == m // 2).all() and not keep[:, ~pool].any()
     assert np.isfinite(ds.logits.values).all()
+    # shadow 0's penultimate features, for subpopulation selection (CNN32 width 8, 2 scales: 32)
+    assert ds.features.dims == ("sample", "feature") and ds.features.shape == (len(ds.sample), 32)
+    assert np.isfinite(ds.features.values).all() and ds.features.values.std() > 0
     assert (ds.group.values == "under").sum() == spec.n_under + spec.data.test_under
     printed = capsys.readouterr().out
     assert f"{m}/{m} shadows done" in printed

@@ -44,7 +44,7 @@ def train_shard(store: str | Path, shard: int, n_shards: int, *, device: str = "
     trained = []
     for batch in iter_batches(todo, spec.shadows.batch):
         for res in train_shadows(spec, data, batch, device=device, progress=progress):
-            write_shadow(root, res.shadow, res.logits, res.accuracy, res.train_loss)
+            write_shadow(root, res.shadow, res.logits, res.accuracy, res.train_loss, res.features)
             trained.append(res.shadow)
     return trained
 

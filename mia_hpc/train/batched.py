@@ -33,6 +33,8 @@ from mia_hpc.seeding import int_seed, rng_for
 from mia_hpc.spec import Spec
 from mia_hpc.store import SUBSETS
 
+# The reference model whose penultimate features the store keeps (for subpopulation selection).
+FEATURE_SHADOW = 0
 INIT_PURPOSE = 2
 ORDER_PURPOSE = 3
 
@@ -58,6 +60,7 @@ class ShadowResult:
     logits: np.ndarray  # (N, Q, C) float32
     accuracy: np.ndarray  # (len(SUBSETS),) float32
     train_loss: float
+    features: np.ndarray | None = None  # (N, F) penultimate features; only for FEATURE_SHADOW
 
 
 def steps_per_epoch(spec: Spec, n_pool: int) -> int:
@@ -128,8 +131,40 @@ def make_optimizer(spec: Spec, params: Sequence[torch.Tensor]) -> torch.optim.Op
     return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
+BACKENDS = ("auto", "vmap", "sequential")
+
+
+def stacked_forward(base: nn.Module, backend: str):
+    """``f(params, buffers, x)`` mapping stacked parameters and inputs (K, B, ...) to (K, B, C).
+
+    ``vmap`` turns the K models into single batched (grouped) kernels: the GPU path, where small
+    models would otherwise leave the device idle. ``sequential`` calls the K models one after the
+    other on slices of the same stacked tensors: on CPUs the per-model convolutions are already
+    compute-bound and the grouped kernels are slower. Both give the same per-shadow mathematics.
+    """
+    def one(p, b, x):
+        return functional_call(base, (p, b), (x,))
+
+    if backend == "vmap":
+        return vmap(one)
+    if backend == "sequential":
+        def run(p, b, x):
+            k = x.shape[0]
+            return torch.stack([one({n: t[i] for n, t in p.items()}, {n: t[i] for n, t in b.items()}, x[i])
+                                for i in range(k)])
+        return run
+    raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``auto``: vmap on accelerators, sequential on CPU (see :func:`stacked_forward`)."""
+    if backend == "auto":
+        return "sequential" if device.type == "cpu" else "vmap"
+    return backend
+
+
 def train_shadows(spec: Spec, data: TrainData, shadows: Sequence[int], *, device: str | torch.device = "cpu",
-                  progress: bool = True, eval_batch: int = 1024) -> list[ShadowResult]:
+                  progress: bool = True, eval_batch: int = 1024, backend: str = "auto") -> list[ShadowResult]:
     """Train ``shadows`` as one batch of K models and return their outputs."""
     device = torch.device(device)
     k = len(shadows)
@@ -141,10 +176,7 @@ def train_shadows(spec: Spec, data: TrainData, shadows: Sequence[int], *, device
     buffers = {name: b.to(device) for name, b in buffers.items()}
     base = copy.deepcopy(models[0]).to("meta")
 
-    def fmodel(p, b, x):
-        return functional_call(base, (p, b), (x,))
-
-    batched = vmap(fmodel)
+    batched = stacked_forward(base, resolve_backend(backend, device))
     images = torch.as_tensor(data.image, device=device)
     labels = torch.as_tensor(data.label.astype(np.int64), device=device)
 
@@ -174,8 +206,20 @@ def train_shadows(spec: Spec, data: TrainData, shadows: Sequence[int], *, device
     train_loss = (loss_sum / min(spe, total)).cpu().numpy()
 
     logits = query_logits(batched, params, buffers, images, data.queries, eval_batch)  # (K, N, Q, C)
+    feats = {s: embed_features(spec, params, i, s, images, data.n_classes, eval_batch) for i, s in enumerate(shadows)
+             if s == FEATURE_SHADOW}
     return [ShadowResult(shadow=s, logits=logits[i], accuracy=subset_accuracy(logits[i], data, s),
-                         train_loss=float(train_loss[i])) for i, s in enumerate(shadows)]
+                         train_loss=float(train_loss[i]), features=feats.get(s)) for i, s in enumerate(shadows)]
+
+
+@torch.no_grad()
+def embed_features(spec: Spec, params: dict[str, torch.Tensor], i: int, shadow: int, images: torch.Tensor,
+                   n_classes: int, eval_batch: int) -> np.ndarray:
+    """Penultimate features of all samples under the i-th stacked model: (N, F)."""
+    model = init_model(spec, shadow, images.shape[1], n_classes)
+    model.load_state_dict({name: t[i] for name, t in params.items()})
+    model.to(images.device).eval()
+    return torch.cat([model.embed(xb) for xb in images.split(eval_batch)]).float().cpu().numpy()
 
 
 def query_views(images: torch.Tensor, queries) -> Iterator[torch.Tensor]:
