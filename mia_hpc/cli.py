@@ -14,6 +14,8 @@ from pathlib import Path
 from mia_hpc.spec import SpecError
 from mia_hpc.store import StoreError
 
+_EXTRA_HANDLERS: dict = {}  # subcommand groups registered from mia_hpc/commands/
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mia-hpc", description=__doc__.splitlines()[0])
@@ -54,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("spec", help="validate a spec and print it normalized, or list every field")
     sp.add_argument("spec", nargs="?", help="TOML spec to validate (omit to list the fields)")
+
+    from mia_hpc.commands import slurm_cli
+
+    _EXTRA_HANDLERS.update(slurm_cli.register(sub))
     return p
 
 
@@ -123,7 +129,7 @@ def _cmd_spec(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "status": _cmd_status, "analyze": _cmd_analyze,
-                "train-shard": _cmd_train_shard, "bench": _cmd_bench, "spec": _cmd_spec}
+                "train-shard": _cmd_train_shard, "bench": _cmd_bench, "spec": _cmd_spec, **_EXTRA_HANDLERS}
     from mia_hpc.launch.local import ShardFailed
 
     try:

@@ -1,0 +1,1 @@
+"""Subcommand groups of the ``mia-hpc`` CLI, each with ``register(subparsers) -> {name: handler}``."""

@@ -1,0 +1,54 @@
+"""``mia-hpc submit`` and ``mia-hpc render-sbatch``: the Slurm subcommands.
+
+``register(subparsers)`` adds them to the main parser and returns ``{command: handler}``; a handler
+takes the parsed namespace and returns the exit code. Bad input raises
+:class:`~mia_hpc.spec.SpecError` (exit code 2 in the CLI); Slurm failures raise
+:class:`~mia_hpc.launch.slurm.SlurmError`, which is turned into a :class:`SpecError`-style
+one-line error here as well, since the fix (install/configure Slurm) is also on the user's side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Callable
+
+from mia_hpc.spec import SpecError
+
+
+def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Add ``submit`` and ``render-sbatch`` to ``subparsers``; return their handlers."""
+    s = subparsers.add_parser("submit", help="submit a spec to Slurm (array job + dependent analysis) and return")
+    s.add_argument("spec", help="TOML experiment spec, e.g. jobs/demo.toml")
+    s.add_argument("--profile", required=True, help="cluster profile, e.g. slurm/profiles/generic-gpu.toml")
+    s.add_argument("--out", required=True, help="run directory; the store is OUT/store.zarr")
+    s.add_argument("--no-analyze", action="store_true", help="submit only the shadows' array job")
+
+    r = subparsers.add_parser("render-sbatch", help="write sbatch scripts (array job, analysis) for a spec")
+    r.add_argument("spec", help="TOML experiment spec, e.g. jobs/demo.toml")
+    r.add_argument("--profile", required=True, help="cluster profile, e.g. slurm/profiles/generic-gpu.toml")
+    r.add_argument("--out", required=True, help="run directory; scripts go to OUT/slurm/, the store is OUT/store.zarr")
+    return {"submit": cmd_submit, "render-sbatch": cmd_render_sbatch}
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from mia_hpc.launch.slurm import SlurmError, submit
+
+    try:
+        res = submit(args.spec, args.out, args.profile, analyze=not args.no_analyze)
+    except SlurmError as err:
+        raise SpecError(str(err)) from None
+    print("\n".join(res.lines()))
+    print(f"progress: mia-hpc status {res.store}")
+    return 0
+
+
+def cmd_render_sbatch(args: argparse.Namespace) -> int:
+    from mia_hpc.launch.sbatch import render_sbatch
+
+    shadows, analysis = render_sbatch(args.spec, args.out, args.profile)
+    print(f"shadows:  {shadows}")
+    print(f"analysis: {analysis}")
+    print(f"submit:   jobid=$(sbatch --parsable {shlex.quote(str(shadows))}) && "
+          f"sbatch --dependency=afterok:${{jobid%%;*}} {shlex.quote(str(analysis))}")
+    return 0
