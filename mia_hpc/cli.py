@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="shadows done / total, per shard")
     s.add_argument("store")
+    s.add_argument("--verify", action="store_true", help="read every chunk and check its crc32c checksum")
+    s.add_argument("--reset-broken", action="store_true",
+                   help="with --verify: mark shadows with broken chunks not done, so a re-run redoes them")
 
     a = sub.add_parser("analyze", help="memorization, privacy scores and attacks from a store")
     a.add_argument("store")
@@ -82,7 +85,21 @@ def _cmd_status(args) -> int:
 
     st = api.status(args.store)
     print("\n".join(st.lines()))
-    return 0
+    if not args.verify:
+        return 0
+    from mia_hpc.verify import reset_shadows, verify_store
+
+    broken = verify_store(args.store)
+    for b in broken:
+        print(f"broken chunk {b.line(args.store)}")
+    if not broken:
+        print("verify: every chunk matches its checksum")
+        return 0
+    if args.reset_broken:
+        shadows = sorted({b.shadow for b in broken if b.shadow is not None})
+        reset_shadows(args.store, shadows)
+        print(f"reset: shadows {shadows} marked not done; re-run the same 'mia-hpc run' or 'submit' to redo them")
+    return 1
 
 
 def _cmd_analyze(args) -> int:
