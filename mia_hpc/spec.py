@@ -25,7 +25,7 @@ class SpecError(ValueError):
     """A spec (or profile) is malformed. ``str(err)`` is the one-line message shown to users."""
 
 
-def _f(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None,
+def option(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None,
        le: float | None = None, lt: float | None = None, even: bool = False) -> Any:
     """A dataclass field carrying its description and numeric bounds."""
     meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "even": even}
@@ -38,24 +38,24 @@ def _f(default: Any, doc: str, *, ge: float | None = None, gt: float | None = No
 class UnderSpec:
     """How the under-represented group D_U is made (PixMix with fractals, as for augMNIST)."""
 
-    kind: Literal["pixmix", "none"] = _f("pixmix", "how D_U is generated from the source images")
-    mixing_severity: float = _f(2.0, "PixMix mixing severity (beta of the mixing weights)", gt=0, le=10)
-    aug_severity: int = _f(4, "severity of the base augmentations (rotate, shear, ...)", ge=1, le=10)
-    iterations: int = _f(4, "maximum number of mixing rounds per image", ge=1, le=16)
-    n_fractals: int = _f(64, "number of procedurally generated fractal images", ge=1, le=100_000)
-    fractal_dir: str = _f("", "optional folder of fractal images (png/jpg) used instead of the generator")
+    kind: Literal["pixmix", "none"] = option("pixmix", "how D_U is generated from the source images")
+    mixing_severity: float = option(2.0, "PixMix mixing severity (beta of the mixing weights)", gt=0, le=10)
+    aug_severity: int = option(4, "severity of the base augmentations (rotate, shear, ...)", ge=1, le=10)
+    iterations: int = option(4, "maximum number of mixing rounds per image", ge=1, le=16)
+    n_fractals: int = option(64, "number of procedurally generated fractal images", ge=1, le=100_000)
+    fractal_dir: str = option("", "optional folder of fractal images (png/jpg) used instead of the generator")
 
 
 @dataclass(frozen=True)
 class DataSpec:
     """The mixture D_tr = D_O u D_U and its held-out test split."""
 
-    source: Literal["digits"] = _f("digits", "over-represented group D_O (embedded: scikit-learn digits)")
-    size: int = _f(1200, "number of pool samples |D_tr| (candidate members)", ge=20, le=10_000_000)
-    alpha: float = _f(0.85, "fraction of the pool from D_O (paper's mixing ratio)", gt=0, le=1)
-    test_fraction: float = _f(0.25, "fraction of the source images held out as the test split", gt=0, lt=1)
-    test_under: int = _f(200, "number of D_U test samples", ge=0, le=10_000_000)
-    image_size: int = _f(8, "side length the images are resized to", ge=4, le=256)
+    source: Literal["digits"] = option("digits", "over-represented group D_O (embedded: scikit-learn digits)")
+    size: int = option(1200, "number of pool samples |D_tr| (candidate members)", ge=20, le=10_000_000)
+    alpha: float = option(0.85, "fraction of the pool from D_O (paper's mixing ratio)", gt=0, le=1)
+    test_fraction: float = option(0.25, "fraction of the source images held out as the test split", gt=0, lt=1)
+    test_under: int = option(200, "number of D_U test samples", ge=0, le=10_000_000)
+    image_size: int = option(8, "side length the images are resized to", ge=4, le=256)
     under: UnderSpec = field(default_factory=UnderSpec, metadata={"doc": "D_U generation"})
 
 
@@ -63,33 +63,33 @@ class DataSpec:
 class ModelSpec:
     """The shadow architecture."""
 
-    arch: Literal["cnn32", "cnn64", "mlp"] = _f("cnn32", "shadow architecture")
-    width: int = _f(0, "override of the first layer width (0: the architecture's own)", ge=0, le=4096)
+    arch: Literal["cnn32", "cnn64", "mlp"] = option("cnn32", "shadow architecture")
+    width: int = option(0, "override of the first layer width (0: the architecture's own)", ge=0, le=4096)
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     """One shadow's training recipe; every shadow uses the same recipe, its own data and seed."""
 
-    epochs: int = _f(20, "passes over the shadow's IN set", ge=1, le=10_000)
-    batch_size: int = _f(64, "minibatch size per shadow", ge=1, le=65_536)
-    optimizer: Literal["sgd", "adam"] = _f("sgd", "optimizer (applied per shadow)")
-    lr: float = _f(0.02, "peak learning rate", gt=0, le=10)
-    momentum: float = _f(0.9, "SGD momentum", ge=0, lt=1)
-    weight_decay: float = _f(5e-4, "L2 weight decay", ge=0, le=1)
-    schedule: Literal["cosine", "constant"] = _f("cosine", "learning-rate schedule over all steps")
-    augment_shift: int = _f(0, "random translation (pixels) applied to training images", ge=0, le=16)
+    epochs: int = option(20, "passes over the shadow's IN set", ge=1, le=10_000)
+    batch_size: int = option(64, "minibatch size per shadow", ge=1, le=65_536)
+    optimizer: Literal["sgd", "adam"] = option("sgd", "optimizer (applied per shadow)")
+    lr: float = option(0.02, "peak learning rate", gt=0, le=10)
+    momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = option(5e-4, "L2 weight decay", ge=0, le=1)
+    schedule: Literal["cosine", "constant"] = option("cosine", "learning-rate schedule over all steps")
+    augment_shift: int = option(0, "random translation (pixels) applied to training images", ge=0, le=16)
 
 
 @dataclass(frozen=True)
 class ShadowSpec:
     """How many shadows, and how they are split into batches and shards."""
 
-    count: int = _f(16, "number of shadow models M (even: each sample is IN for exactly M/2)", ge=2,
+    count: int = option(16, "number of shadow models M (even: each sample is IN for exactly M/2)", ge=2,
                     le=1_000_000, even=True)
-    batch: int = _f(8, "shadows trained at once in one process (K)", ge=1, le=4096)
-    shards: int = _f(2, "array tasks the shadows are split into", ge=1, le=100_000)
-    keep_block: int = _f(0, "keep masks balanced within blocks of this many shadows (0: all M)", ge=0,
+    batch: int = option(8, "shadows trained at once in one process (K)", ge=1, le=4096)
+    shards: int = option(2, "array tasks the shadows are split into", ge=1, le=100_000)
+    keep_block: int = option(0, "keep masks balanced within blocks of this many shadows (0: all M)", ge=0,
                          le=1_000_000, even=True)
 
 
@@ -97,18 +97,18 @@ class ShadowSpec:
 class QuerySpec:
     """Queries (label-preserving augmentations) under which every sample's logits are recorded."""
 
-    shift: int = _f(1, "largest translation in pixels; queries are the identity and +-1..shift in x and y",
+    shift: int = option(1, "largest translation in pixels; queries are the identity and +-1..shift in x and y",
                     ge=0, le=8)
-    mirror: bool = _f(False, "also query the horizontal mirror (not for digits)")
+    mirror: bool = option(False, "also query the horizontal mirror (not for digits)")
 
 
 @dataclass(frozen=True)
 class AnalysisSpec:
     """What the analysis computes from the store."""
 
-    targets: int = _f(0, "target shadows evaluated in turn against the rest (0: all)", ge=0, le=1_000_000)
-    fpr: list[float] = _f([0.001, 0.01], "false-positive rates at which TPR is reported")
-    singleton_threshold: float = _f(0.8, "memorization above which an under-represented sample is a singleton",
+    targets: int = option(0, "target shadows evaluated in turn against the rest (0: all)", ge=0, le=1_000_000)
+    fpr: list[float] = option([0.001, 0.01], "false-positive rates at which TPR is reported")
+    singleton_threshold: float = option(0.8, "memorization above which an under-represented sample is a singleton",
                                     ge=0, le=1)
 
 
@@ -116,15 +116,15 @@ class AnalysisSpec:
 class StoreSpec:
     """Layout of the Zarr store."""
 
-    sample_chunk: int = _f(8192, "samples per chunk of the logits array", ge=1, le=10_000_000)
+    sample_chunk: int = option(8192, "samples per chunk of the logits array", ge=1, le=10_000_000)
 
 
 @dataclass(frozen=True)
 class Spec:
     """A whole experiment."""
 
-    name: str = _f("experiment", "experiment name")
-    seed: int = _f(0, "root seed: every random choice derives from (seed, purpose, shadow)", ge=0,
+    name: str = option("experiment", "experiment name")
+    seed: int = option(0, "root seed: every random choice derives from (seed, purpose, shadow)", ge=0,
                    le=2**63 - 1)
     data: DataSpec = field(default_factory=DataSpec, metadata={"doc": "dataset"})
     model: ModelSpec = field(default_factory=ModelSpec, metadata={"doc": "model"})
@@ -224,7 +224,7 @@ def _suffix(meta: dict[str, Any]) -> str:
     return f" {b}" if b else ""
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+def build_config(cls: type, raw: Any, where: str) -> Any:
     """Build dataclass ``cls`` from a TOML table, refusing unknown keys and bad values."""
     if not isinstance(raw, dict):
         raise SpecError(f"{where or 'spec'}: must be a table, got {raw!r}")
@@ -239,7 +239,7 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         path = f"{where}.{name}" if where else name
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, path)
+            kwargs[name] = build_config(tp, value, path)
         else:
             kwargs[name] = _check_scalar(value, tp, dict(fields[name].metadata), path)
     return cls(**kwargs)
@@ -269,7 +269,7 @@ def _cross_checks(spec: Spec) -> None:
 
 def spec_from_dict(raw: dict[str, Any]) -> Spec:
     """Validate a parsed TOML document (or the ``spec`` attr of a store) into a :class:`Spec`."""
-    spec = _build(Spec, raw, "")
+    spec = build_config(Spec, raw, "")
     _cross_checks(spec)
     return spec
 

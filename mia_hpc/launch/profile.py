@@ -21,7 +21,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mia_hpc.spec import SpecError, _build, _f
+from mia_hpc.spec import SpecError, build_config, option
 
 _SBATCH_OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=.*)?", re.DOTALL)
 # options the launcher sets itself; a profile must not override them (they would break the array
@@ -33,19 +33,19 @@ _RESERVED = ("array", "output", "error", "job-name", "dependency", "open-mode", 
 class Profile:
     """How the shadows (one array task per shard) and the analysis run on one Slurm cluster."""
 
-    partition: str = _f("", "Slurm partition (empty: the cluster's default)")
-    account: str = _f("", "Slurm account to charge (empty: the user's default)")
-    gpus_per_task: int = _f(0, "GPUs per array task (0: CPU only)", ge=0, le=64)
-    cpus_per_task: int = _f(1, "CPU cores per array task; also the task's torch threads", ge=1, le=1024)
-    mem_gb: float = _f(4.0, "memory per array task in GB", gt=0, le=65_536)
-    time_min: int = _f(60, "time limit per array task in minutes", ge=1, le=525_600)
-    array_parallelism: int = _f(16, "array tasks running at once (sbatch --array=...%N)", ge=1, le=100_000)
-    sbatch_options: list[str] = _f([], "extra sbatch options, each '--name' or '--name=value'")
-    container: str = _f("", "command prefix that runs the task in a container, e.g. "
+    partition: str = option("", "Slurm partition (empty: the cluster's default)")
+    account: str = option("", "Slurm account to charge (empty: the user's default)")
+    gpus_per_task: int = option(0, "GPUs per array task (0: CPU only)", ge=0, le=64)
+    cpus_per_task: int = option(1, "CPU cores per array task; also the task's torch threads", ge=1, le=1024)
+    mem_gb: float = option(4.0, "memory per array task in GB", gt=0, le=65_536)
+    time_min: int = option(60, "time limit per array task in minutes", ge=1, le=525_600)
+    array_parallelism: int = option(16, "array tasks running at once (sbatch --array=...%N)", ge=1, le=100_000)
+    sbatch_options: list[str] = option([], "extra sbatch options, each '--name' or '--name=value'")
+    container: str = option("", "command prefix that runs the task in a container, e.g. "
                             "'apptainer exec --nv --bind /scratch mia.sif' (empty: none)")
-    setup: list[str] = _f([], "commands run before each task, e.g. 'module load cuda/12.4' "
+    setup: list[str] = option([], "commands run before each task, e.g. 'module load cuda/12.4' "
                               "(split into words, no shell expansion)")
-    python: str = _f("", "python command (empty: this interpreter, or 'python' inside a container)")
+    python: str = option("", "python command (empty: this interpreter, or 'python' inside a container)")
 
     # --- derived -------------------------------------------------------------------------------
     def python_words(self) -> list[str]:
@@ -114,7 +114,7 @@ def _cross_checks(p: Profile) -> None:
 
 def profile_from_dict(raw: dict) -> Profile:
     """Validate a parsed TOML document into a :class:`Profile`."""
-    prof = _build(Profile, raw, "")
+    prof = build_config(Profile, raw, "")
     _cross_checks(prof)
     return prof
 
