@@ -38,7 +38,7 @@ def bench_train(spec: Spec, *, shadows: int = 0, epochs: int = 0, device: str = 
     from mia_hpc.keep import make_keep
     from mia_hpc.models import build_model, forward_flops
     from mia_hpc.queries import make_queries
-    from mia_hpc.train.batched import TrainData, steps_per_epoch, train_shadows
+    from mia_hpc.train.batched import TrainData, resolve_backend, steps_per_epoch, train_shadows
     from mia_hpc.train.loop import train_loop
 
     if device == "auto":
@@ -64,8 +64,14 @@ def bench_train(spec: Spec, *, shadows: int = 0, epochs: int = 0, device: str = 
         return res, time.perf_counter() - t0
 
     train_shadows(spec, td, ids[:1], device=device, progress=False)  # warm-up (allocator, kernels)
-    batched, t_batched = timed(lambda: train_shadows(spec, td, ids, device=device, progress=False))
-    looped, t_loop = timed(lambda: train_loop(spec, td, ids, device=device))
+    runs = {
+        "vmap": lambda: train_shadows(spec, td, ids, device=device, progress=False, backend="vmap"),
+        "sequential": lambda: train_shadows(spec, td, ids, device=device, progress=False, backend="sequential"),
+        "loop": lambda: train_loop(spec, td, ids, device=device),
+    }
+    results, seconds = {}, {}
+    for name, fn in runs.items():
+        results[name], seconds[name] = timed(fn)
 
     model = build_model(spec.model.arch, data.image.shape[1], data.n_classes, spec.data.image_size, spec.model.width)
     fwd = forward_flops(model, data.image.shape[1:])
@@ -74,23 +80,27 @@ def bench_train(spec: Spec, *, shadows: int = 0, epochs: int = 0, device: str = 
     # backward costs about twice the forward; evaluation is one forward per sample and query
     work = len(ids) * (3 * fwd * steps * spec.train.batch_size + fwd * len(td.label) * len(td.queries))
 
-    def acc(results, subset):
+    def acc(res, subset):
         from mia_hpc.store import SUBSETS
-        return float(np.nanmean([r.accuracy[SUBSETS.index(subset)] for r in results]))
+        return float(np.nanmean([r.accuracy[SUBSETS.index(subset)] for r in res]))
 
-    diff = max(float(np.abs(a.logits - b.logits).max()) for a, b in zip(batched, looped))
+    trainers = {}
+    for name in runs:
+        t = seconds[name]
+        trainers[name] = {
+            "shadows_per_min": 60 * len(ids) / t, "seconds_per_shadow": t / len(ids),
+            "test_acc_over": acc(results[name], "test/over"), "test_acc_under": acc(results[name], "test/under"),
+            "flops": work / t, "fraction_of_peak": work / t / peak,
+            "max_abs_logit_diff_vs_loop": max(float(np.abs(a.logits - b.logits).max())
+                                              for a, b in zip(results[name], results["loop"])),
+        }
+    auto = resolve_backend("auto", torch.device(device))
     return {
         "device": device, "arch": spec.model.arch, "shadows": len(ids), "epochs": spec.train.epochs,
-        "threads": torch.get_num_threads(),
-        "batched_shadows_per_min": 60 * len(ids) / t_batched, "loop_shadows_per_min": 60 * len(ids) / t_loop,
-        "speedup": t_loop / t_batched,
-        "batched_test_acc_over": acc(batched, "test/over"), "loop_test_acc_over": acc(looped, "test/over"),
-        "batched_test_acc_under": acc(batched, "test/under"), "loop_test_acc_under": acc(looped, "test/under"),
-        "max_abs_logit_diff": diff, "matmul_flops": peak,
-        "batched_flops": work / t_batched, "loop_flops": work / t_loop,
-        "batched_fraction_of_peak": work / t_batched / peak, "loop_fraction_of_peak": work / t_loop / peak,
-        "seconds_per_shadow_batched": t_batched / len(ids), "seconds_per_shadow_loop": t_loop / len(ids),
-        "projected_hours_for_spec": spec.shadows.count * t_batched / len(ids) / 3600,
+        "threads": torch.get_num_threads(), "matmul_flops": peak, "auto_backend": auto,
+        "trainers": trainers, "speedup_auto_vs_loop": seconds["loop"] / seconds[auto],
+        "speedup_vmap_vs_loop": seconds["loop"] / seconds["vmap"],
+        "projected_hours_for_spec": spec.shadows.count * seconds[auto] / len(ids) / 3600,
         "spec_shadows": spec.shadows.count,
     }
 
@@ -98,18 +108,15 @@ def bench_train(spec: Spec, *, shadows: int = 0, epochs: int = 0, device: str = 
 def format_bench(r: dict[str, Any]) -> str:
     """Human-readable bench report."""
     g = 1e9
-    return "\n".join([
-        f"bench train: {r['shadows']} x {r['arch']} shadows, {r['epochs']} epochs, device {r['device']}, "
-        f"{r['threads']} threads",
-        f"  batched : {r['batched_shadows_per_min']:8.2f} shadows/min  ({r['seconds_per_shadow_batched']:.2f} s/shadow)  "
-        f"test acc over {r['batched_test_acc_over']:.3f} under {r['batched_test_acc_under']:.3f}",
-        f"  loop    : {r['loop_shadows_per_min']:8.2f} shadows/min  ({r['seconds_per_shadow_loop']:.2f} s/shadow)  "
-        f"test acc over {r['loop_test_acc_over']:.3f} under {r['loop_test_acc_under']:.3f}",
-        f"  ratio batched/loop throughput: {r['speedup']:.2f}x;  max |logit diff| batched vs loop: "
-        f"{r['max_abs_logit_diff']:.2e}",
-        f"  dense matmul peak {r['matmul_flops'] / g:.1f} GFLOP/s;  training achieves batched "
-        f"{r['batched_flops'] / g:.1f} GFLOP/s ({100 * r['batched_fraction_of_peak']:.0f}% of peak), "
-        f"loop {r['loop_flops'] / g:.1f} GFLOP/s ({100 * r['loop_fraction_of_peak']:.0f}%)",
-        f"  projected for the spec's {r['spec_shadows']} shadows on this device: "
-        f"{r['projected_hours_for_spec']:.3f} h",
-    ])
+    lines = [f"bench train: {r['shadows']} x {r['arch']} shadows, {r['epochs']} epochs, device {r['device']}, "
+             f"{r['threads']} threads; dense matmul peak {r['matmul_flops'] / g:.1f} GFLOP/s"]
+    for name, t in r["trainers"].items():
+        lines.append(f"  {name:10}: {t['shadows_per_min']:8.2f} shadows/min ({t['seconds_per_shadow']:.2f} s/shadow)  "
+                     f"{t['flops'] / g:6.1f} GFLOP/s = {100 * t['fraction_of_peak']:3.0f}% of peak  "
+                     f"test acc over {t['test_acc_over']:.3f} under {t['test_acc_under']:.3f}  "
+                     f"max|logit - loop| {t['max_abs_logit_diff_vs_loop']:.1e}")
+    lines.append(f"  batched ({r['auto_backend']}, the default here) vs loop: {r['speedup_auto_vs_loop']:.2f}x;  "
+                 f"vmap vs loop: {r['speedup_vmap_vs_loop']:.2f}x")
+    lines.append(f"  projected for the spec's {r['spec_shadows']} shadows on this device: "
+                 f"{r['projected_hours_for_spec']:.3f} h")
+    return "\n".join(lines)

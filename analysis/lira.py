@@ -1,0 +1,208 @@
+"""Carlini et al.'s Likelihood Ratio Attack (LiRA) evaluated leave-one-out over the shadows.
+
+Each of T target shadows is attacked in turn with the other done shadows as reference models
+(paper Appendix C.1, Algorithm 1), less one partner per sample so that the numbers of IN and OUT
+references do not depend on the target's membership (see :mod:`analysis.stats`). The challenge
+points are the train-split samples; the truth for target t is ``keep[t]``.
+Three variants, all "higher score = more likely a member":
+
+``lira-online``
+    Per-sample Gaussian fits to the reference phi's of IN and of OUT models; score = sum over
+    queries of ``log N(phi; mu_in, s_in) - log N(phi; mu_out, s_out)`` (Algorithm 1 line 19).
+``lira-offline``
+    Only the OUT fit (the one-sided test of §5.1's note); score = mean over queries of
+    ``log Phi((phi - mu_out) / s_out)``: a member's phi sits high in the OUT distribution.
+``lira-fixed-variance``
+    Online, with s_in / s_out replaced per query by the std of *all* IN / OUT reference values
+    (over train samples and reference shadows, between-sample spread included), as the reference
+    implementation does with ``np.std(dat_in)`` (which, unlike here, uses the IN std for both
+    sides); useful when few reference models make per-sample variances noisy.
+
+Variance guard: a per-sample std estimate can be 0 (e.g. a sample every model fits identically,
+with float32-saturated logits), which makes log-densities infinite. Standard deviations are
+floored at ``max(1e-4, 1e-3 * global std of phi)`` per query: scale-free, and far below any
+spread that carries information. Where a side has fewer than 2 reference values its variance
+falls back to the pooled (fixed-variance) one; where a side has none at all the score is the
+neutral value (0 for likelihood ratios, log 1/2 for offline) and is counted in ``n_neutral``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from scipy.special import log_ndtr
+
+from .stats import GaussianSums, Partners
+
+__all__ = ["ATTACKS", "LiraResult", "lira_scores", "sd_floor", "run_lira", "resolve_targets"]
+
+ATTACKS = ("lira-online", "lira-offline", "lira-fixed-variance")
+
+
+def sd_floor(sums: GaussianSums) -> np.ndarray:
+    """Per-query floor for standard deviations: ``max(1e-4, 1e-3 * typical global std)``, shape (Q,).
+
+    The global std is the square root of the count-weighted mean of the pooled IN and OUT variances.
+    """
+    v_in, v_out = sums.pooled_variance()
+    n_in = np.asarray(sums.n_in, dtype=np.float64)
+    n_out = np.asarray(sums.n_out, dtype=np.float64)
+    w_in, w_out = n_in.sum(), n_out.sum()
+    total = (np.nan_to_num(v_in) * w_in + np.nan_to_num(v_out) * w_out) / max(w_in + w_out, 1.0)
+    return np.maximum(1e-4, 1e-3 * np.sqrt(total))
+
+
+def _log_normal(x: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    # the -0.5 log(2 pi) constant cancels in every ratio below, so it is left out
+    z = (x - mu) / sd
+    return -0.5 * z * z - np.log(sd)
+
+
+def lira_scores(x: np.ndarray, loo: GaussianSums, *, floor: np.ndarray,
+                attacks: tuple[str, ...] = ATTACKS) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Score observations against leave-one-out reference statistics.
+
+    Parameters
+    ----------
+    x : ndarray, shape (..., N, Q)
+        The target model(s)' unshifted phi.
+    loo : GaussianSums
+        Reference sums with the target(s) removed (same leading dims as ``x``).
+    floor : ndarray, shape (Q,)
+        Standard-deviation floor (see :func:`sd_floor`).
+    attacks : tuple of str
+        Which of :data:`ATTACKS` to compute.
+
+    Returns
+    -------
+    scores : dict attack -> ndarray (..., N)
+    n_neutral : dict attack -> number of scores set to the neutral value
+    """
+    xs = np.asarray(x, dtype=np.float64) - loo.shift
+    mu_in, var_in, mu_out, var_out = loo.moments(ddof=1)
+    g_in, g_out = loo.pooled_variance()  # (..., Q): over all N samples given
+    sd_g_in = np.maximum(np.sqrt(g_in), floor)[..., None, :]
+    sd_g_out = np.maximum(np.sqrt(g_out), floor)[..., None, :]
+    # fewer than 2 values on a side: no per-sample variance, use the pooled one instead
+    sd_in = np.where(np.isnan(var_in), sd_g_in, np.maximum(np.sqrt(var_in), floor))
+    sd_out = np.where(np.isnan(var_out), sd_g_out, np.maximum(np.sqrt(var_out), floor))
+
+    scores: dict[str, np.ndarray] = {}
+    neutral: dict[str, int] = {}
+
+    def finish(name: str, s: np.ndarray, neutral_value: float) -> None:
+        bad = ~np.isfinite(s)
+        neutral[name] = int(bad.sum())
+        scores[name] = np.where(bad, neutral_value, s)
+
+    for name in attacks:
+        if name == "lira-online":
+            s = (_log_normal(xs, mu_in, sd_in) - _log_normal(xs, mu_out, sd_out)).sum(axis=-1)
+            finish(name, s, 0.0)
+        elif name == "lira-fixed-variance":
+            s = (_log_normal(xs, mu_in, sd_g_in) - _log_normal(xs, mu_out, sd_g_out)).sum(axis=-1)
+            finish(name, s, 0.0)
+        elif name == "lira-offline":
+            s = log_ndtr((xs - mu_out) / sd_out).mean(axis=-1)
+            finish(name, s, float(np.log(0.5)))
+        else:
+            raise ValueError(f"unknown attack {name!r}; choose from {ATTACKS}")
+    return scores, neutral
+
+
+@dataclass
+class LiraResult:
+    """Scores of every attack on every (target, challenge sample) pair.
+
+    Attributes
+    ----------
+    targets : ndarray (T,)
+        Store shadow ids of the targets.
+    samples : ndarray (N_train,)
+        Store sample ids of the challenge points (train split).
+    member : ndarray of bool (T, N_train)
+        Truth: ``keep[target, sample]``.
+    scores : dict attack -> ndarray (T, N_train)
+    n_neutral : dict attack -> int
+        Pairs scored neutrally for lack of reference models on one side.
+    """
+
+    targets: np.ndarray
+    samples: np.ndarray
+    member: np.ndarray
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    n_neutral: dict[str, int] = field(default_factory=dict)
+
+
+def resolve_targets(n_done: int, requested: int | None, spec_targets: int) -> int:
+    """Number of targets T: ``requested`` if given, else the spec's; 0 means all; capped at n_done."""
+    t = spec_targets if requested is None else int(requested)
+    if t < 0:
+        raise ValueError(f"targets must be >= 0 (0: all done shadows), got {t}")
+    return n_done if t == 0 else min(t, n_done)
+
+
+def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: GaussianSums, partner: Partners,
+             train: np.ndarray, n_targets: int, *, shadow_ids: np.ndarray | None = None,
+             sample_ids: np.ndarray | None = None, attacks: tuple[str, ...] = ATTACKS,
+             batch_bytes: int = 256 * 2**20, progress: Callable[[int], None] | None = None) -> LiraResult:
+    """Attack the first ``n_targets`` shadows, each against the others (less one partner per sample).
+
+    Parameters
+    ----------
+    x_of : callable
+        ``x_of(slice)`` returns the phi of those (done) shadows, shape (B, N, Q), as numpy; this lets
+        the caller read targets from a lazy store a batch at a time.
+    keep : ndarray of bool, shape (M, N)
+        Membership of the done shadows.
+    sums : GaussianSums
+        Computed sums over *all* M done shadows (see :func:`analysis.stats.gaussian_sums`).
+    partner : Partners
+        Computed partners of every sample (see :func:`analysis.stats.partners`).
+    train : ndarray of bool, shape (N,)
+        Challenge points (train split); the pooled variance and the floor use them only.
+    n_targets : int
+        T, the first T shadows are targets.
+    shadow_ids, sample_ids : ndarray, optional
+        Store ids of the done shadows and of the samples, for the result's labels.
+    attacks : tuple of str
+        Which of :data:`ATTACKS` to run.
+    batch_bytes : int
+        Rough memory budget per batch of targets (the batch holds a few (B, N, Q) float64 arrays).
+    progress : callable, optional
+        Called with the number of targets finished after each batch.
+
+    Returns
+    -------
+    LiraResult
+    """
+    keep = np.asarray(keep, dtype=bool)
+    m, n = keep.shape
+    train = np.asarray(train, dtype=bool)
+    # Only challenge points are scored; restricting the sums to them also restricts the pooled
+    # (fixed) variance and the floor to train-split values.
+    ref = sums.take(train)
+    part = partner.take(train)
+    keep_tr = keep[:, train]
+    q = np.shape(ref.shift)[1]
+    floor = sd_floor(ref)
+    per_target = max(1, int(train.sum()) * q * 8 * 24)  # ~24 float64 (N, Q) temporaries per target
+    b = max(1, min(n_targets, batch_bytes // per_target))
+    parts: dict[str, list[np.ndarray]] = {a: [] for a in attacks}
+    neutral = {a: 0 for a in attacks}
+    for start in range(0, n_targets, b):
+        sl = slice(start, min(start + b, n_targets))
+        x = np.asarray(x_of(sl), dtype=np.float64)[:, train]
+        loo = ref.without_pair(x, keep_tr[sl], part)
+        s, nn = lira_scores(x, loo, floor=floor, attacks=attacks)
+        for a in attacks:
+            parts[a].append(s[a])
+            neutral[a] += nn[a]
+        if progress is not None:
+            progress(sl.stop - sl.start)
+    shadow_ids = np.arange(m) if shadow_ids is None else np.asarray(shadow_ids)
+    sample_ids = np.arange(n) if sample_ids is None else np.asarray(sample_ids)
+    return LiraResult(targets=shadow_ids[:n_targets], samples=sample_ids[train], member=keep_tr[:n_targets],
+                      scores={a: np.concatenate(parts[a]) for a in attacks}, n_neutral=neutral)

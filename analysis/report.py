@@ -1,0 +1,375 @@
+"""``analyze``: from a shadow store to tables, plots and a JSON summary.
+
+Outputs under ``out`` (each file is written to a temporary name and renamed into place, so a crash
+never leaves a complete-looking but partial file; ``analysis.json`` is removed first and written
+last, so its presence marks a finished analysis):
+
+* ``tables/attacks.csv|md``: LiRA online / offline / fixed-variance, AUROC and TPR at each FPR,
+  "All" train samples and "Under" (the under-represented group), on pooled (target, sample) pairs;
+* ``tables/attacks_per_target.csv|md``: the same metrics per target, mean and std across targets;
+* ``tables/accuracy.csv|md``: shadow accuracy per subset, mean and 95% intervals (paper Table 1);
+* ``tables/memorization.csv|md``: per group, count, mean memorization, fraction above the
+  singleton threshold, mean privacy score;
+* ``per_sample.csv``: sample, group, split, label, mem, mem_se, privacy_score;
+* ``plots/privacy_score_hist.png`` (paper Fig. 1a) and ``plots/mem_vs_privacy.png`` (Fig. 2a);
+* ``analysis.json``: all numbers, with the store's spec hash.
+
+The logits are read twice: once for every per-sample reduction over shadows (LiRA sums and
+memorization counts, computed together in one dask pass) and once for the target shadows' own
+phi, a batch of targets at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from mia_hpc.store import SUBSETS
+
+from .lira import ATTACKS, LiraResult, resolve_targets, run_lira
+from .load import open_shadows
+from .memorization import memorization_from_counts
+from .metrics import attack_metrics, fpr_label, metric_columns
+from .passes import reduce_over_shadows
+from .privacy import privacy_score_from_sums
+
+__all__ = ["analyze", "format_table", "to_markdown"]
+
+GROUP_COLORS = {"over": "tab:blue", "under": "tab:red"}
+
+
+# --- formatting -------------------------------------------------------------------------------
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        if math.isnan(v):
+            return "N/A"
+        return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
+    return str(v)
+
+
+def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    head = [str(df.index.name or "")] + [str(c) for c in df.columns]
+    rows = [[str(i)] + [_fmt(v) for v in row] for i, row in zip(df.index, df.itertuples(index=False))]
+    return head, rows
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """A DataFrame as an aligned plain-text table for the terminal (index as the first column)."""
+    head, rows = _cells(df)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub-flavoured Markdown table (no dependency on ``tabulate``)."""
+    head, rows = _cells(df)
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(head) - 1)) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+# --- atomic writes ----------------------------------------------------------------------------
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` then rename ``tmp`` to ``path``; on error, remove ``tmp``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def _write_table(out: Path, name: str, df: pd.DataFrame, caption: str, view: pd.DataFrame | None = None) -> None:
+    """``tables/name.csv`` (numbers) and ``tables/name.md`` (caption + ``view``, default ``df``)."""
+    _write_text(out / "tables" / f"{name}.csv", df.to_csv())
+    _write_text(out / "tables" / f"{name}.md", f"{caption}\n\n{to_markdown(df if view is None else view)}")
+
+
+def _jsonable(v: Any) -> Any:
+    """NaN/inf -> None (strict JSON), numpy scalars/arrays -> Python."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+def _attack_tables(lira: LiraResult, group_tr: np.ndarray, fprs: list[float]
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    masks = {"All": np.ones(group_tr.size, dtype=bool), "Under": group_tr == "under"}
+    cols = metric_columns(fprs)
+    pooled, per = {}, {}
+    for a in ATTACKS:
+        p, mu, sd = attack_metrics(lira.member, lira.scores[a], masks, fprs)
+        pooled[a] = [p[c] for c in cols]
+        per[a] = [x for c in cols for x in (mu[c], sd[c])]
+    attacks = pd.DataFrame.from_dict(pooled, orient="index", columns=cols)
+    attacks.index.name = "attack"
+    per_cols = [f"{c} {s}" for c in cols for s in ("mean", "std")]
+    per_target = pd.DataFrame.from_dict(per, orient="index", columns=per_cols)
+    per_target.index.name = "attack"
+    return attacks, per_target
+
+
+def _accuracy_table(acc: np.ndarray) -> pd.DataFrame:
+    """Accuracy (%) per subset over shadows: mean, std, mean +- 1.96 std half-width, 2.5/97.5 percentiles."""
+    rows = {}
+    for j, s in enumerate(SUBSETS):
+        v = 100.0 * acc[:, j]
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            rows[s] = [0, np.nan, np.nan, np.nan, np.nan, np.nan]
+            continue
+        sd = float(np.std(v, ddof=1)) if v.size > 1 else np.nan
+        rows[s] = [int(v.size), float(v.mean()), sd, 1.96 * sd, float(np.percentile(v, 2.5)),
+                   float(np.percentile(v, 97.5))]
+    df = pd.DataFrame.from_dict(rows, orient="index",
+                                columns=["n_shadows", "mean", "std", "pm95", "p2.5", "p97.5"])
+    df.index.name = "subset"
+    return df
+
+
+def _accuracy_md(df: pd.DataFrame) -> pd.DataFrame:
+    """Paper-style view: 'mean ± 1.96 sd' and the 2.5-97.5 percentile range."""
+    view = pd.DataFrame(index=df.index)
+    view["shadows"] = df["n_shadows"].astype(int)
+    view["accuracy (%)"] = [f"{m:.2f} ± {h:.2f}" if np.isfinite(m) else "N/A" for m, h in zip(df["mean"], df["pm95"])]
+    view["95% of shadows (%)"] = [f"[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else "N/A"
+                                 for lo, hi in zip(df["p2.5"], df["p97.5"])]
+    return view
+
+
+def _memorization_table(group_tr: np.ndarray, mem_tr: np.ndarray, priv_tr: np.ndarray, thr: float) -> pd.DataFrame:
+    rows = {}
+    for g in ("over", "under", "all"):
+        sel = np.ones(group_tr.size, dtype=bool) if g == "all" else group_tr == g
+        m = mem_tr[sel]
+        p = priv_tr[sel]
+        m_ok = m[np.isfinite(m)]
+        p_ok = p[np.isfinite(p)]  # +inf (zero spread on both sides) would swamp a mean
+        rows[g] = [int(sel.sum()), float(m_ok.mean()) if m_ok.size else np.nan,
+                   float((m_ok > thr).mean()) if m_ok.size else np.nan, int((m_ok > thr).sum()),
+                   float(p_ok.mean()) if p_ok.size else np.nan]
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=[
+        "count", "mean mem", f"frac mem > {thr:g}", f"n mem > {thr:g}", "mean privacy score"])
+    df.index.name = "group"
+    return df
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+def _figure():
+    # The object-oriented API with an explicit Agg canvas: no pyplot state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig, path: Path) -> None:
+    _atomic(path, lambda p: fig.savefig(p, format="png"))
+
+
+def _plot_privacy_hist(path: Path, group_tr: np.ndarray, priv_tr: np.ndarray) -> None:
+    fig = _figure()
+    ax = fig.subplots()
+    ok = np.isfinite(priv_tr)
+    vals = priv_tr[ok]
+    bins = np.histogram_bin_edges(vals, bins=40) if vals.size else 10
+    for g in ("over", "under"):
+        v = priv_tr[ok & (group_tr == g)]
+        if v.size:
+            ax.hist(v, bins=bins, alpha=0.6, color=GROUP_COLORS[g], label=f"{g}-represented (n={v.size})")
+    ax.set_xlabel(r"privacy score $|\mu_{in}-\mu_{out}|/(\sigma_{in}+\sigma_{out})$")
+    ax.set_ylabel("number of train samples")
+    ax.set_title("Privacy score by group")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    _save_png(fig, path)
+
+
+def _plot_mem_vs_privacy(path: Path, group_tr: np.ndarray, mem_tr: np.ndarray, priv_tr: np.ndarray,
+                         rho: dict[str, Any]) -> None:
+    fig = _figure()
+    ax = fig.subplots()
+    ok = np.isfinite(mem_tr) & np.isfinite(priv_tr)
+    for g in ("over", "under"):
+        sel = ok & (group_tr == g)
+        if sel.any():
+            ax.scatter(mem_tr[sel], priv_tr[sel], s=6, alpha=0.5, color=GROUP_COLORS[g],
+                       label=f"{g}-represented (n={int(sel.sum())})")
+    ax.set_xlabel("memorization score (Feldman-Zhang)")
+    ax.set_ylabel("privacy score")
+    title = "Memorization vs privacy score"
+    if np.isfinite(rho["rho"]):
+        title += f"\nSpearman ρ = {rho['rho']:.3f} (p = {rho['p']:.1e}, n = {rho['n']})"
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    _save_png(fig, path)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    ok = np.isfinite(x) & np.isfinite(y)
+    n = int(ok.sum())
+    if n < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return {"rho": float("nan"), "p": float("nan"), "n": n}
+    r = spearmanr(x[ok], y[ok])
+    return {"rho": float(r.statistic), "p": float(r.pvalue), "n": n}
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, fpr: list[float] | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Analyse a shadow store: LiRA attacks, memorization, privacy scores, accuracy; write reports.
+
+    Parameters
+    ----------
+    store : str or Path
+        A mia-hpc store; only its ``done`` shadows are used (at least 2).
+    out : str or Path
+        Output folder (created). Files: see the module docstring.
+    targets : int, optional
+        Number of target shadows T (the first T done shadows), each attacked with the other done
+        shadows as references (less one partner per sample, see :mod:`analysis.stats`); 0 = all.
+        Default: the spec's ``analysis.targets``.
+    fpr : list of float, optional
+        FPRs at which TPR is reported. Default: the spec's ``analysis.fpr``.
+    progress : bool
+        Show tqdm progress bars (on stderr).
+
+    Returns
+    -------
+    dict
+        ``attacks``, ``attacks_per_target``, ``accuracy``, ``memorization``, ``per_sample``
+        (DataFrames), ``spearman`` (dict), ``lira`` (:class:`analysis.lira.LiraResult`) and
+        ``summary`` (what ``analysis.json`` holds).
+    """
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "analysis.json").unlink(missing_ok=True)  # its presence means "finished"
+
+    data = open_shadows(store)
+    spec_an = data.spec.get("analysis", {})
+    fprs = [float(f) for f in (spec_an.get("fpr", [0.001, 0.01]) if fpr is None else fpr)]
+    bad = [f for f in fprs if not 0 < f < 1]
+    if bad:
+        raise ValueError(f"fpr values must lie in (0, 1), got {bad}")
+    thr = float(spec_an.get("singleton_threshold", 0.8))
+    n_targets = resolve_targets(data.n_shadows, targets, int(spec_an.get("targets", 0)))
+
+    group, split, label = data.group, data.split, data.label
+    train = split == "train"
+    if not train.any():
+        raise ValueError(f"{store}: no train-split samples, nothing to attack")
+    phi = data.phi()
+    keep = np.asarray(data.keep.values, dtype=bool)
+
+    # Pass 1: every reduction over shadows in one dask computation (the logits are read once).
+    sums, partner, counts = reduce_over_shadows(data, progress=progress)
+    mem, mem_se = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
+    priv = privacy_score_from_sums(sums)
+
+    # Pass 2: each target against the other shadows (balanced leave-pair-out from the sums).
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_targets, desc="LiRA targets", unit="target")
+    try:
+        lira = run_lira(lambda sl: phi.isel(shadow=sl).values, keep, sums, partner, train, n_targets,
+                        shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values,
+                        progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    group_tr = group[train]
+    attacks, per_target = _attack_tables(lira, group_tr, fprs)
+    accuracy = _accuracy_table(np.asarray(data.accuracy().values, dtype=np.float64))
+    memo = _memorization_table(group_tr, mem[train], priv[train], thr)
+    rho = _spearman(mem[train], priv[train])
+    per_sample = pd.DataFrame({"sample": data.ds["sample"].values, "group": group, "split": split,
+                               "label": label, "mem": mem, "mem_se": mem_se, "privacy_score": priv})
+
+    # --- write ---------------------------------------------------------------------------------
+    n_pairs = lira.member.size
+    _write_table(out, "attacks", attacks,
+                 f"LiRA on {n_targets} target shadow(s), each against the other {data.n_shadows - 1} done "
+                 f"shadows less one partner per sample (balanced IN/OUT reference counts); metrics on {n_pairs} "
+                 "pooled (target, train sample) pairs. All = train split, "
+                 "Under = under-represented group.")
+    per_view = pd.DataFrame(index=per_target.index)
+    for c in metric_columns(fprs):
+        per_view[c] = [f"{_fmt(m)} ± {_fmt(s)}" for m, s in zip(per_target[f"{c} mean"], per_target[f"{c} std"])]
+    _write_table(out, "attacks_per_target", per_target,
+                 f"Per-target metrics, mean ± std (ddof=1) across {n_targets} target shadow(s). A single target "
+                 "has about N/2 negatives per column, so a TPR at an FPR below 2/N is a TPR at FPR 0; the pooled "
+                 "table (attacks.md) resolves low FPRs.", per_view)
+    _write_table(out, "accuracy", accuracy,
+                 f"Shadow accuracy (%) over {data.n_shadows} done shadows: mean ± 1.96 std, and the range "
+                 "holding 95% of shadows (2.5-97.5 percentiles).", _accuracy_md(accuracy))
+    _write_table(out, "memorization", memo,
+                 f"Train-split samples per group: Feldman-Zhang memorization, fraction above the singleton "
+                 f"threshold {thr:g}, mean (finite) privacy score. Spearman rho(mem, privacy) = "
+                 f"{_fmt(rho['rho'])} (n = {rho['n']}).")
+    _write_text(out / "per_sample.csv", per_sample.to_csv(index=False))
+    _plot_privacy_hist(out / "plots" / "privacy_score_hist.png", group_tr, priv[train])
+    _plot_mem_vs_privacy(out / "plots" / "mem_vs_privacy.png", group_tr, mem[train], priv[train], rho)
+
+    summary = {
+        "store": str(Path(store).resolve()),
+        "spec_hash": data.spec_hash,
+        "n_shadows_total": data.n_total,
+        "n_shadows_done": data.n_shadows,
+        "n_targets": n_targets,
+        "target_shadows": lira.targets.tolist(),
+        "n_train_samples": int(train.sum()),
+        "n_pairs": int(n_pairs),
+        "fpr": fprs,
+        "fpr_labels": [fpr_label(f) for f in fprs],
+        "singleton_threshold": thr,
+        "method": {"metrics": "pooled over (target, train sample) pairs; per-target mean/std alongside",
+                   "references": "all other done shadows less one partner per sample (equal IN/OUT counts)",
+                   "privacy_score": "query 0 phi, sample std (ddof=1)",
+                   "memorization": "Feldman-Zhang, identity-query argmax, over all done shadows"},
+        "attacks": attacks.to_dict(orient="index"),
+        "attacks_per_target": per_target.to_dict(orient="index"),
+        "n_neutral_scores": lira.n_neutral,
+        "accuracy_percent": accuracy.to_dict(orient="index"),
+        "memorization": memo.to_dict(orient="index"),
+        "spearman_mem_privacy": rho,
+        "wall_s": round(time.perf_counter() - t_start, 3),
+    }
+    _write_text(out / "analysis.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
+    return {"attacks": attacks, "attacks_per_target": per_target, "accuracy": accuracy, "memorization": memo,
+            "per_sample": per_sample, "spearman": rho, "lira": lira, "summary": summary}

@@ -1,0 +1,145 @@
+"""``analyze`` end to end on a small synthetic store: files, tables, plots, JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import analysis.report as report
+from analysis.load import AnalysisError
+from analysis.report import analyze, format_table
+from analysis.synthetic import write_synthetic_store
+from mia_hpc.store import SUBSETS
+
+ROWS = ["lira-online", "lira-offline", "lira-fixed-variance"]
+FILES = ["tables/attacks.csv", "tables/attacks.md", "tables/attacks_per_target.csv", "tables/attacks_per_target.md",
+         "tables/accuracy.csv", "tables/accuracy.md", "tables/memorization.csv", "tables/memorization.md",
+         "per_sample.csv", "plots/privacy_score_hist.png", "plots/mem_vs_privacy.png", "analysis.json"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "store.zarr"
+    # Only the under-represented group is separated; offsets low enough that some under samples are
+    # misclassified when OUT and right when IN (memorized).
+    info = write_synthetic_store(path, n_shadows=16, n_samples=400, n_test=100, n_queries=2, seed=5,
+                                 separation={"over": 0.0, "under": 4.0}, frac_under=0.25, offset_mean=0.0,
+                                 offset_std=2.0, n_done=14, analysis={"targets": 0, "fpr": [0.001, 0.01]})
+    return path, info
+
+
+@pytest.fixture(scope="module")
+def result(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("analysis")
+    return out, analyze(store[0], out, progress=False)
+
+
+def test_writes_every_file(result):
+    out, _ = result
+    for f in FILES:
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    leftovers = [p for p in out.rglob(".*")]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+def test_attack_table(result):
+    out, res = result
+    df = res["attacks"]
+    assert list(df.index) == ROWS
+    assert list(df.columns) == ["AUROC All", "AUROC Under", "TPR@0.1% All", "TPR@0.1% Under",
+                                "TPR@1% All", "TPR@1% Under"]
+    # only "under" is separated: the attack is better there than on the whole train split
+    assert (df["AUROC Under"] > df["AUROC All"] + 0.1).all()
+    assert (df["AUROC Under"] > 0.95).all()
+    assert ((df.values >= 0) & (df.values <= 1)).all()
+    csv = pd.read_csv(out / "tables" / "attacks.csv", index_col=0)
+    np.testing.assert_allclose(csv.values, df.values, rtol=1e-12)
+    md = (out / "tables" / "attacks.md").read_text()
+    assert all(r in md for r in ROWS) and "| attack | AUROC All |" in md
+    per = res["attacks_per_target"]
+    assert list(per.index) == ROWS and "AUROC Under mean" in per.columns and "AUROC Under std" in per.columns
+    # pooled and per-target AUROC agree closely (same scores, different averaging)
+    assert np.allclose(per["AUROC All mean"], df["AUROC All"], atol=0.03)
+    assert "±" in (out / "tables" / "attacks_per_target.md").read_text()
+
+
+def test_accuracy_and_memorization_tables(result, store):
+    out, res = result
+    acc = res["accuracy"]
+    assert list(acc.index) == list(SUBSETS)
+    assert (acc["n_shadows"] == 14).all()  # the done shadows only
+    assert ((acc["mean"] > 0) & (acc["mean"] <= 100)).all()
+    assert (acc["p2.5"] <= acc["mean"]).all() and (acc["mean"] <= acc["p97.5"]).all()
+    memo = res["memorization"]
+    assert list(memo.index) == ["over", "under", "all"]
+    assert list(memo.columns) == ["count", "mean mem", "frac mem > 0.8", "n mem > 0.8", "mean privacy score"]
+    assert memo.loc["over", "count"] == 300 and memo.loc["under", "count"] == 100
+    # IN shifts phi of "under" samples only: they are memorized and vulnerable, "over" ones are not
+    assert memo.loc["under", "mean mem"] > memo.loc["over", "mean mem"] + 0.1
+    assert abs(memo.loc["over", "mean mem"]) < 0.05
+    assert memo.loc["under", "mean privacy score"] > 2 * memo.loc["over", "mean privacy score"]
+    per = pd.read_csv(out / "per_sample.csv")
+    assert list(per.columns) == ["sample", "group", "split", "label", "mem", "mem_se", "privacy_score"]
+    assert len(per) == 500
+    test = per["split"] == "test"
+    assert per.loc[test, "mem"].isna().all() and per.loc[~test, "mem"].notna().all()
+    assert per.loc[~test, "privacy_score"].notna().all()
+
+
+def test_plots_are_valid_pngs(result):
+    out, _ = result
+    for name in ("privacy_score_hist.png", "mem_vs_privacy.png"):
+        with Image.open(out / "plots" / name) as im:
+            assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+            im.verify()
+
+
+def test_json_summary(result, store):
+    out, res = result
+    summary = json.loads((out / "analysis.json").read_text())  # strict JSON: no NaN
+    assert summary["spec_hash"] == store[1]["spec_hash"]
+    assert summary["n_shadows_done"] == 14 and summary["n_shadows_total"] == 16 and summary["n_targets"] == 14
+    assert summary["n_pairs"] == 14 * 400
+    assert set(summary["attacks"]) == set(ROWS)
+    assert summary["attacks"]["lira-online"]["AUROC Under"] == pytest.approx(
+        res["attacks"].loc["lira-online", "AUROC Under"])
+    rho = summary["spearman_mem_privacy"]
+    # memorized ("under") samples are the vulnerable ones: a clear positive rank correlation
+    assert rho["n"] == 400 and rho["rho"] > 0.1 and rho["p"] < 0.01
+
+
+def test_overrides_and_format_table(store, tmp_path):
+    res = analyze(store[0], tmp_path, targets=3, fpr=[0.05], progress=True)
+    assert list(res["attacks"].columns) == ["AUROC All", "AUROC Under", "TPR@5% All", "TPR@5% Under"]
+    assert res["summary"]["n_targets"] == 3 and res["lira"].scores["lira-online"].shape == (3, 400)
+    text = format_table(res["attacks"])
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["attack", "AUROC", "All"] and len(lines) == 2 + len(ROWS)
+    assert all(r in text for r in ROWS)
+    with pytest.raises(ValueError, match="fpr"):
+        analyze(store[0], tmp_path, fpr=[1.5], progress=False)
+
+
+def test_crash_leaves_no_complete_looking_output(store, tmp_path, monkeypatch):
+    analyze(store[0], tmp_path, targets=2, progress=False)
+    assert (tmp_path / "analysis.json").is_file()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report, "_plot_mem_vs_privacy", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        analyze(store[0], tmp_path, targets=2, progress=False)
+    # the completion marker of the previous run is gone, and no temporary file remains
+    assert not (tmp_path / "analysis.json").exists()
+    assert not list(tmp_path.rglob(".*"))
+
+
+def test_too_few_done_shadows(tmp_path):
+    write_synthetic_store(tmp_path / "s", n_shadows=4, n_samples=40, n_done=1, frac_under=0.25)
+    with pytest.raises(AnalysisError, match="at least 2"):
+        analyze(tmp_path / "s", tmp_path / "out", progress=False)
