@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mia_hpc.experiment import prepare_store, spec_of
 from mia_hpc.launch.shards import ShardState, shard_states
 from mia_hpc.spec import Spec, load_spec
@@ -20,9 +22,13 @@ class Status:
     done: int
     total: int
     shards: list[ShardState]
+    rate_per_hour: float | None = None  # shadows finished per hour, from the finish times
+    eta_hours: float | None = None
 
     def lines(self) -> list[str]:
         out = [f"{self.store}: {self.done}/{self.total} shadows done"]
+        if self.rate_per_hour and self.done < self.total:
+            out[0] += f"; {self.rate_per_hour:.1f} shadows/h, ETA {_hours(self.eta_hours)} at this rate"
         for s in self.shards:
             mark = "done" if s.complete else ("partial" if s.done else "pending")
             out.append(f"  shard {s.shard:>4}: shadows {s.shadows.start}-{s.shadows.stop - 1}  "
@@ -30,12 +36,28 @@ class Status:
         return out
 
 
+def _hours(h: float | None) -> str:
+    if h is None:
+        return "unknown"
+    return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h"
+
+
+def finish_rate(finished_at: np.ndarray) -> float | None:
+    """Shadows per hour over the span of recorded finish times (None with fewer than 2)."""
+    t = np.sort(finished_at[np.isfinite(finished_at)])
+    if len(t) < 2 or t[-1] <= t[0]:
+        return None
+    return (len(t) - 1) / (t[-1] - t[0]) * 3600
+
+
 def status(store: str | Path) -> Status:
-    """Shadows done per shard."""
+    """Shadows done per shard, the finishing rate and the time left at that rate."""
     root = open_store(store)
     spec = spec_of(root)
     done = done_mask(root)
-    return Status(Path(store), int(done.sum()), len(done), shard_states(done, spec.shadows.shards))
+    rate = finish_rate(np.asarray(root["finished_at"][...])[done])
+    eta = (len(done) - int(done.sum())) / rate if rate else None
+    return Status(Path(store), int(done.sum()), len(done), shard_states(done, spec.shadows.shards), rate, eta)
 
 
 def pending_shards(store: str | Path) -> list[int]:

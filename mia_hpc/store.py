@@ -21,6 +21,7 @@ query_mirror       query                               at creation
 logits             shadow, sample, query, class        by the shadow's worker (float32)
 accuracy           shadow, subset                      by the shadow's worker (float32)
 train_loss         shadow                              by the shadow's worker (float32)
+finished_at        shadow                              by the worker: unix time the shadow was written
 features           sample, feature                     by shadow 0's worker: its penultimate layer
 done               shadow                              by the worker, last, after an fsync
 =================  ==================================  =========================================
@@ -40,6 +41,7 @@ import json
 import os
 import platform
 import shutil
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -51,7 +53,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, VLenUTF8Codec, ZstdCodec
 
 SCHEMA_VERSION = 1
 SUBSETS = ("train/over", "train/under", "test/over", "test/under")
-PER_SHADOW = ("logits", "accuracy", "train_loss", "done")
+PER_SHADOW = ("logits", "accuracy", "train_loss", "finished_at", "done")
 
 
 class StoreError(RuntimeError):
@@ -170,6 +172,7 @@ def _write_new(path: Path, spec_dict: Mapping[str, Any], spec_hash: str, data: S
     arr("accuracy", None, ["shadow", "subset"], shape=(m, len(SUBSETS)), chunks=(1, len(SUBSETS)),
         dtype=np.float32, fill=np.nan)
     arr("train_loss", None, ["shadow"], shape=(m,), chunks=(1,), dtype=np.float32, fill=np.nan)
+    arr("finished_at", None, ["shadow"], shape=(m,), chunks=(1,), dtype=np.float64, fill=np.nan)
     arr("done", None, ["shadow"], shape=(m,), chunks=(1,), dtype=bool, fill=False)
     if n_features:
         arr("features", None, ["sample", "feature"], shape=(n, n_features), chunks=(chunk_n, n_features),
@@ -223,8 +226,9 @@ def write_shadow(root: zarr.Group, shadow: int, logits: np.ndarray, accuracy: np
     root["logits"][shadow] = np.asarray(logits, dtype=np.float32)
     root["accuracy"][shadow] = np.asarray(accuracy, dtype=np.float32)
     root["train_loss"][shadow] = np.float32(train_loss)
+    root["finished_at"][shadow] = time.time()
     base = Path(str(root.store.root))
-    for name in ("logits", "accuracy", "train_loss"):
+    for name in ("logits", "accuracy", "train_loss", "finished_at"):
         _fsync_tree(base / name / "c" / str(shadow))
     if features is not None and "features" in root:
         root["features"][...] = np.asarray(features, dtype=np.float32)

@@ -118,3 +118,12 @@ def test_status_lists_shards(tmp_path, capsys):
     assert main(["status", str(tmp_path / "s.zarr")]) == 0
     out = capsys.readouterr().out
     assert "0/6 shadows done" in out and out.count("pending") == 3
+
+
+def test_status_rate_and_eta():
+    from mia_hpc.api import Status, finish_rate
+
+    assert finish_rate(np.array([np.nan, 100.0])) is None
+    assert finish_rate(np.array([0.0, 1800.0, 3600.0, np.nan])) == 2.0  # 2 intervals in one hour
+    st = Status(Path("s"), 3, 7, [], 2.0, 2.0)
+    assert "2.0 shadows/h, ETA 2.0 h" in st.lines()[0]
