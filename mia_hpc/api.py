@@ -55,7 +55,7 @@ def status(store: str | Path) -> Status:
     root = open_store(store)
     spec = spec_of(root)
     done = done_mask(root)
-    rate = finish_rate(np.asarray(root["finished_at"][...])[done])
+    rate = finish_rate(np.asarray(root["finished_at"][...])[done]) if "finished_at" in root else None
     eta = (len(done) - int(done.sum())) / rate if rate else None
     return Status(Path(store), int(done.sum()), len(done), shard_states(done, spec.shadows.shards), rate, eta)
 
