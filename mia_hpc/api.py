@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,23 @@ class Status:
         out = [f"{self.store}: {self.done}/{self.total} shadows done"]
         if self.rate_per_hour and self.done < self.total:
             out[0] += f"; {self.rate_per_hour:.1f} shadows/h, ETA {_hours(self.eta_hours)} at this rate"
+        from mia_hpc.launch.slurm import FAILED_STATES
+
         for s in self.shards:
             mark = "done" if s.complete else ("partial" if s.done else "pending")
+            if not s.complete and s.job_state in FAILED_STATES:
+                mark = "FAILED: re-run ('mia-hpc submit' again) to finish it"
+            job = f"  [slurm {s.job} {s.job_state or 'unknown'}]" if s.job else ""
             out.append(f"  shard {s.shard:>4}: shadows {s.shadows.start}-{s.shadows.stop - 1}  "
-                       f"{s.done}/{len(s.shadows)}  {mark}")
+                       f"{s.done}/{len(s.shadows)}  {mark}{job}")
         return out
+
+    @property
+    def failed(self) -> list[int]:
+        """Shards whose latest Slurm task ended in failure and that are not complete."""
+        from mia_hpc.launch.slurm import FAILED_STATES
+
+        return [s.shard for s in self.shards if not s.complete and s.job_state in FAILED_STATES]
 
 
 def _hours(h: float | None) -> str:
@@ -57,7 +70,15 @@ def status(store: str | Path) -> Status:
     done = done_mask(root)
     rate = finish_rate(np.asarray(root["finished_at"][...])[done]) if "finished_at" in root else None
     eta = (len(done) - int(done.sum())) / rate if rate else None
-    return Status(Path(store), int(done.sum()), len(done), shard_states(done, spec.shadows.shards), rate, eta)
+    shards = shard_states(done, spec.shadows.shards)
+    out = Path(store).parent
+    if (out / "slurm" / "jobs.json").is_file():
+        from mia_hpc.launch.slurm import shard_job_states
+
+        jobs = shard_job_states(out)
+        shards = [dataclasses.replace(s, job=jobs.get(s.shard, ("", ""))[0], job_state=jobs.get(s.shard, ("", ""))[1])
+                  for s in shards]
+    return Status(Path(store), int(done.sum()), len(done), shards, rate, eta)
 
 
 def pending_shards(store: str | Path) -> list[int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     except ShardFailed as err:
         print(f"mia-hpc: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("mia-hpc: interrupted; finished shadows are kept, re-run the same command to resume",
               file=sys.stderr)

@@ -337,6 +337,11 @@ def test_hard_killed_task_is_noticed_and_only_its_shard_resubmitted(slurm_cluste
     assert submitit_result(res.jobs[0]) == list(range(4))
     partial = done_mask(open_store(res.store))
     assert partial[:4].all() and 1 <= partial[4:].sum() < 4
+    from mia_hpc import api
+
+    st = api.status(res.store)
+    assert st.failed == [1], st.lines()
+    assert "FAILED" in st.lines()[2] and str(task.job_id) in st.lines()[2]
     again = submit(spec_path, tmp_path, LOCAL, analyze=False)
     assert again.shards == [1]
     wait_gone([again.shadows_job])

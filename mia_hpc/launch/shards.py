@@ -25,6 +25,8 @@ class ShardState:
     shard: int
     shadows: range
     done: int
+    job: str = ""  # Slurm task id of the latest submission, if any
+    job_state: str = ""  # its Slurm state (sacct), if known
 
     @property
     def complete(self) -> bool:

@@ -172,6 +172,38 @@ def in_flight(out: Path, alive: dict[str, str]) -> tuple[dict[int, str], list[st
     return shards, sorted({t.split("_")[0] for t in shards.values()})
 
 
+FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+                 "PREEMPTED"}
+
+
+def shard_job_states(out: str | Path) -> dict[int, tuple[str, str]]:
+    """``{shard: (task id, Slurm state)}`` of the latest submission of each shard under ``out``.
+
+    Reads the task ids recorded by :func:`submit` and asks ``sacct`` (or, without accounting,
+    ``squeue``, which knows only live jobs). Empty when nothing was submitted or Slurm's client
+    commands are missing: status must work on a laptop too.
+    """
+    shards = {int(k): str(v) for k, v in _read_jobs(Path(out)).get("shards", {}).items()}
+    if not shards:
+        return {}
+    arrays = sorted({t.split("_")[0] for t in shards.values()})
+    states: dict[str, str] = {}
+    if shutil.which("sacct"):
+        proc = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            for line in proc.stdout.splitlines():
+                jid, _, state = line.partition("|")
+                if jid and state:
+                    states[jid.strip()] = state.split()[0]
+    if not states and shutil.which("squeue"):
+        try:
+            states = alive_jobs()
+        except (SlurmError, subprocess.SubprocessError):
+            states = {}
+    return {shard: (tid, states.get(tid, "")) for shard, tid in shards.items()}
+
+
 def submit(spec_path: str | Path | Spec, out: str | Path, profile: str | Path | Profile, *,
            analyze: bool = True, folder: str | Path | None = None) -> SubmitResult:
     """Submit the unfinished shards of ``spec`` as one array job, then the dependent analysis.
