@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     from mia_hpc.commands import slurm_cli
 
     _EXTRA_HANDLERS.update(slurm_cli.register(sub))
+    from mia_hpc.commands import interop_cli
+
+    _EXTRA_HANDLERS.update(interop_cli.register(sub))
     return p
 
 
