@@ -31,9 +31,18 @@ def prepare_store(spec: Spec, path: str | Path) -> zarr.Group:
 
     n_features = embed_dim(spec.model.arch, data.image.shape[1], data.n_classes, spec.data.image_size,
                            spec.model.width)
+    extra = {}
+    if spec.dp.noise_multiplier > 0:
+        from mia_hpc.dp import dp_schedule, epsilon
+
+        n_pool = int((data.split == "train").sum())
+        sched = dp_schedule(spec, n_pool)
+        extra["dp"] = {"epsilon": epsilon(spec, n_pool), "delta": spec.dp.delta, "sample_rate": sched.sample_rate,
+                       "steps": sched.steps, "noise_multiplier": spec.dp.noise_multiplier,
+                       "max_grad_norm": spec.dp.max_grad_norm, "accountant": spec.dp.accountant}
     path.parent.mkdir(parents=True, exist_ok=True)
     create_store(path, spec.to_dict(), spec.hash(), data, keep,
-                 make_queries(spec.queries.shift, spec.queries.mirror), spec.store.sample_chunk, n_features)
+                 make_queries(spec.queries.shift, spec.queries.mirror), spec.store.sample_chunk, n_features, extra)
     return open_store(path)
 
 

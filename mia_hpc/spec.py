@@ -38,7 +38,9 @@ def option(default: Any, doc: str, *, ge: float | None = None, gt: float | None 
 class UnderSpec:
     """How the under-represented group D_U is made (PixMix with fractals, as for augMNIST)."""
 
-    kind: Literal["pixmix", "none"] = option("pixmix", "how D_U is generated from the source images")
+    kind: Literal["pixmix", "none", "svhn", "cifar10", "cifar100"] = option(
+        "pixmix", "D_U: 'pixmix' (PixMix'd D_O images: augdigits/augMNIST/augCIFAR-10), 'none', or a real "
+        "dataset read from data.root ('svhn', 'cifar10', 'cifar100': its first 10 classes)")
     mixing_severity: float = option(2.0, "PixMix mixing severity (beta of the mixing weights)", gt=0, le=10)
     aug_severity: int = option(4, "severity of the base augmentations (rotate, shear, ...)", ge=1, le=10)
     iterations: int = option(4, "maximum number of mixing rounds per image", ge=1, le=16)
@@ -50,13 +52,23 @@ class UnderSpec:
 class DataSpec:
     """The mixture D_tr = D_O u D_U and its held-out test split."""
 
-    source: Literal["digits"] = option("digits", "over-represented group D_O (embedded: scikit-learn digits)")
+    source: Literal["digits", "mnist", "cifar10"] = option(
+        "digits", "over-represented group D_O: 'digits' (embedded scikit-learn digits) or a real dataset read "
+        "from data.root ('mnist', 'cifar10'; train split for the pool, test split for the test samples)")
     size: int = option(1200, "number of pool samples |D_tr| (candidate members)", ge=20, le=10_000_000)
     alpha: float = option(0.85, "fraction of the pool from D_O (paper's mixing ratio)", gt=0, le=1)
-    test_fraction: float = option(0.25, "fraction of the source images held out as the test split", gt=0, lt=1)
+    test_fraction: float = option(0.25, "fraction of the digits held out as the test split (digits only: "
+                                   "real sources have their own test split)", gt=0, lt=1)
     test_under: int = option(200, "number of D_U test samples", ge=0, le=10_000_000)
     image_size: int = option(8, "side length the images are resized to", ge=4, le=256)
     under: UnderSpec = field(default_factory=UnderSpec, metadata={"doc": "D_U generation"})
+    root: str = option("", "folder holding real datasets in torchvision's layout (MNIST/raw/, train_32x32.mat, "
+                           "cifar-10-batches-py/, cifar-100-python/)")
+    download: bool = option(False, "download missing real-dataset files into data.root via torchvision "
+                                   "(needs internet); false: a missing file is an error naming it")
+    test_over: int = option(0, "D_O test samples, class-balanced from the real test split (0: the whole "
+                               "split; the digits test split is set by test_fraction instead)",
+                            ge=0, le=10_000_000)
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,17 @@ class TrainSpec:
     weight_decay: float = option(5e-4, "L2 weight decay", ge=0, le=1)
     schedule: Literal["cosine", "constant"] = option("cosine", "learning-rate schedule over all steps")
     augment_shift: int = option(0, "random translation (pixels) applied to training images", ge=0, le=16)
+
+
+@dataclass(frozen=True)
+class DPSpec:
+    """DP-SGD (paper §8, Fig. 4): per-sample clipping, Gaussian noise, Poisson sampling."""
+
+    noise_multiplier: float = option(0.0, "Gaussian noise multiplier sigma (0: plain training, no DP)", ge=0,
+                                     le=1000)
+    max_grad_norm: float = option(1.0, "per-sample gradient clipping norm C", gt=0, le=1e6)
+    delta: float = option(1e-5, "delta of the (epsilon, delta) guarantee recorded in the store", gt=0, lt=1)
+    accountant: Literal["rdp", "prv"] = option("rdp", "Opacus privacy accountant for epsilon")
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,7 @@ class Spec:
     data: DataSpec = field(default_factory=DataSpec, metadata={"doc": "dataset"})
     model: ModelSpec = field(default_factory=ModelSpec, metadata={"doc": "model"})
     train: TrainSpec = field(default_factory=TrainSpec, metadata={"doc": "training"})
+    dp: DPSpec = field(default_factory=DPSpec, metadata={"doc": "DP-SGD"})
     shadows: ShadowSpec = field(default_factory=ShadowSpec, metadata={"doc": "shadows"})
     queries: QuerySpec = field(default_factory=QuerySpec, metadata={"doc": "queries"})
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec, metadata={"doc": "analysis"})
@@ -258,6 +282,7 @@ def _cross_checks(spec: Spec) -> None:
         raise SpecError("data.under.kind: 'none' needs data.alpha = 1 (no D_U samples)")
     if spec.data.under.kind != "none" and spec.data.alpha < 1 and spec.n_under < 10:
         raise SpecError(f"data.alpha: leaves {spec.n_under} D_U samples; need 0 or >= 10 (one per class)")
+    _data_cross_checks(spec.data)
     if spec.analysis.targets > s.count:
         raise SpecError(f"analysis.targets: must be <= shadows.count ({s.count}), got {spec.analysis.targets}")
     for i, f in enumerate(spec.analysis.fpr):
@@ -265,6 +290,31 @@ def _cross_checks(spec: Spec) -> None:
             raise SpecError(f"analysis.fpr[{i}]: must be a number > 0 and < 1, got {f!r}")
     if spec.model.arch.startswith("cnn") and spec.data.image_size < 8:
         raise SpecError(f"data.image_size: CNN models need >= 8 pixels, got {spec.data.image_size}")
+
+
+#: Native side length of each real dataset (D_O is not resized: the paper resizes D_U to D_O).
+REAL_IMAGE_SIZE = {"mnist": 28, "cifar10": 32}
+REAL_UNDER = ("svhn", "cifar10", "cifar100")
+
+
+def _data_cross_checks(d: DataSpec) -> None:
+    """The data constraints that involve more than one field (real datasets and their mixtures)."""
+    kind = d.under.kind
+    if d.source == "digits" and kind in REAL_UNDER:
+        raise SpecError(f"data.under.kind: {kind!r} needs a real data.source ('mnist' or 'cifar10'); "
+                        "the embedded digits pair with 'pixmix' or 'none'")
+    if d.source == kind:
+        raise SpecError(f"data.under.kind: {kind!r} is D_O itself; use 'pixmix' for aug{d.source}")
+    real = [n for n in (d.source, kind) if n in REAL_IMAGE_SIZE or n in REAL_UNDER]
+    if real and not d.root:
+        raise SpecError(f"data.root: needed for {real[0]!r}; set it to the folder holding torchvision's files "
+                        "(data.download = true fetches them there)")
+    if d.source in REAL_IMAGE_SIZE and d.image_size != REAL_IMAGE_SIZE[d.source]:
+        size = REAL_IMAGE_SIZE[d.source]
+        raise SpecError(f"data.image_size: data.source {d.source!r} is {size}x{size}; set data.image_size = {size}, "
+                        f"got {d.image_size}")
+    if d.test_over and d.source == "digits":
+        raise SpecError("data.test_over: only for real sources; the digits test split is set by data.test_fraction")
 
 
 def spec_from_dict(raw: dict[str, Any]) -> Spec:

@@ -29,7 +29,8 @@ done               shadow                              by the worker, last, afte
 Per-shadow arrays are chunked one shadow per chunk along ``shadow`` so that each writer owns whole
 chunks: concurrent workers never touch the same file. Every chunk carries a crc32c checksum.
 Root attrs: ``schema_version``, ``spec`` (normalized, JSON), ``spec_hash``, ``created``,
-``versions`` (package versions of the creator).
+``versions`` (package versions of the creator), and for DP-SGD specs ``dp`` (epsilon, delta,
+sample rate, steps, accountant: the guarantee every shadow's training has).
 
 This module must not import torch.
 """
@@ -97,7 +98,7 @@ def _versions() -> dict[str, str]:
 
 def create_store(path: str | Path, spec_dict: Mapping[str, Any], spec_hash: str, data: StaticData,
                  keep: np.ndarray, queries: list[tuple[str, int, int, bool]], sample_chunk: int,
-                 n_features: int = 0) -> None:
+                 n_features: int = 0, extra_attrs: Mapping[str, Any] | None = None) -> None:
     """Create a store at ``path`` with every array allocated and the static parts written.
 
     The store is built in a sibling temporary directory and renamed into place at the end, so a
@@ -110,7 +111,7 @@ def create_store(path: str | Path, spec_dict: Mapping[str, Any], spec_hash: str,
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        _write_new(tmp, spec_dict, spec_hash, data, keep, queries, sample_chunk, n_features)
+        _write_new(tmp, spec_dict, spec_hash, data, keep, queries, sample_chunk, n_features, extra_attrs or {})
         tmp.rename(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -119,7 +120,7 @@ def create_store(path: str | Path, spec_dict: Mapping[str, Any], spec_hash: str,
 
 def _write_new(path: Path, spec_dict: Mapping[str, Any], spec_hash: str, data: StaticData,
                keep: np.ndarray, queries: list[tuple[str, int, int, bool]], sample_chunk: int,
-               n_features: int) -> None:
+               n_features: int, extra_attrs: Mapping[str, Any]) -> None:
     n = len(data.label)
     m = keep.shape[0]
     if keep.shape != (m, n):
@@ -135,6 +136,7 @@ def _write_new(path: Path, spec_dict: Mapping[str, Any], spec_hash: str, data: S
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         "n_classes": c,
+        **extra_attrs,
     })
 
     def arr(name: str, values: np.ndarray | None, dims: list[str], *, shape=None, chunks=None,

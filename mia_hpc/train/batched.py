@@ -167,7 +167,6 @@ def train_shadows(spec: Spec, data: TrainData, shadows: Sequence[int], *, device
                   progress: bool = True, eval_batch: int = 1024, backend: str = "auto") -> list[ShadowResult]:
     """Train ``shadows`` as one batch of K models and return their outputs."""
     device = torch.device(device)
-    k = len(shadows)
     in_ch = data.image.shape[1]
     n_pool = int((data.split == "train").sum())
     models = [init_model(spec, s, in_ch, data.n_classes) for s in shadows]
@@ -180,6 +179,23 @@ def train_shadows(spec: Spec, data: TrainData, shadows: Sequence[int], *, device
     images = torch.as_tensor(data.image, device=device)
     labels = torch.as_tensor(data.label.astype(np.int64), device=device)
 
+    if spec.dp.noise_multiplier > 0:
+        train_loss = _train_dp(spec, data, shadows, base, params, buffers, images, labels, n_pool, progress)
+    else:
+        train_loss = _train_plain(spec, data, shadows, batched, params, buffers, images, labels, n_pool, progress)
+
+    logits = query_logits(batched, params, buffers, images, data.queries, eval_batch)  # (K, N, Q, C)
+    feats = {s: embed_features(spec, params, i, s, images, data.n_classes, eval_batch) for i, s in enumerate(shadows)
+             if s == FEATURE_SHADOW}
+    return [ShadowResult(shadow=s, logits=logits[i], accuracy=subset_accuracy(logits[i], data, s),
+                         train_loss=float(train_loss[i]), features=feats.get(s)) for i, s in enumerate(shadows)]
+
+
+def _train_plain(spec: Spec, data: TrainData, shadows: Sequence[int], batched, params, buffers,
+                 images: torch.Tensor, labels: torch.Tensor, n_pool: int, progress: bool) -> np.ndarray:
+    """Minibatch training of the K stacked models; returns each shadow's last-epoch mean loss."""
+    device = images.device
+    k = len(shadows)
     streams = [index_stream(spec, s, np.flatnonzero(data.keep[s]), n_pool) for s in shadows]
     idx = torch.as_tensor(np.stack([st[0] for st in streams], axis=1), device=device)  # (steps, K, B)
     shifts = torch.as_tensor(np.stack([st[1] for st in streams], axis=1), device=device)  # (steps, K, B, 2)
@@ -203,13 +219,41 @@ def train_shadows(spec: Spec, data: TrainData, shadows: Sequence[int], *, device
         opt.step()
         if step >= total - spe:  # the last epoch's mean loss, without a host sync per step
             loss_sum += per_shadow.detach()
-    train_loss = (loss_sum / min(spe, total)).cpu().numpy()
+    return (loss_sum / min(spe, total)).cpu().numpy()
 
-    logits = query_logits(batched, params, buffers, images, data.queries, eval_batch)  # (K, N, Q, C)
-    feats = {s: embed_features(spec, params, i, s, images, data.n_classes, eval_batch) for i, s in enumerate(shadows)
-             if s == FEATURE_SHADOW}
-    return [ShadowResult(shadow=s, logits=logits[i], accuracy=subset_accuracy(logits[i], data, s),
-                         train_loss=float(train_loss[i]), features=feats.get(s)) for i, s in enumerate(shadows)]
+
+def _train_dp(spec: Spec, data: TrainData, shadows: Sequence[int], base, params, buffers, images: torch.Tensor,
+              labels: torch.Tensor, n_pool: int, progress: bool) -> np.ndarray:
+    """DP-SGD of the K stacked models (see :mod:`mia_hpc.train.dp_sgd`); last-epoch mean loss."""
+    from mia_hpc.dp import dp_schedule
+    from mia_hpc.train.dp_sgd import (clipped_sum, expected_batch, noise_generators, noisy_gradient, pad_step,
+                                      per_sample_grads, poisson_stream)
+
+    device = images.device
+    k = len(shadows)
+    streams = [poisson_stream(spec, s, np.flatnonzero(data.keep[s]), n_pool) for s in shadows]
+    total = dp_schedule(spec, n_pool).steps
+    spe = math.ceil(total / spec.train.epochs)
+    gens = noise_generators(spec, shadows, device)
+    norm = expected_batch(spec, n_pool)
+    opt = make_optimizer(spec, list(params.values()))
+    loss_sum = torch.zeros(k, device=device)
+    pad = spec.train.augment_shift
+    bar = tqdm(range(total), desc=f"DP shadows {shadows[0]}..{shadows[-1]}", disable=not progress, leave=False,
+               mininterval=1.0)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(spec, step, total)
+        idx, shifts, weight = (torch.as_tensor(a, device=device) for a in pad_step([st[step] for st in streams]))
+        x = shifted(images[idx], shifts[..., 0], shifts[..., 1], pad)
+        grads, losses = per_sample_grads(base, {n: p.detach() for n, p in params.items()}, buffers, x, labels[idx])
+        noisy = noisy_gradient(clipped_sum(grads, weight, spec.dp.max_grad_norm), gens, spec, norm)
+        for name, p in params.items():
+            p.grad = noisy[name]
+        opt.step()
+        if step >= total - spe:
+            loss_sum += (losses * weight).sum(1) / weight.sum(1).clamp(min=1)
+    return (loss_sum / min(spe, total)).cpu().numpy()
 
 
 @torch.no_grad()
