@@ -166,7 +166,7 @@ def _fixed_str(a: np.ndarray) -> np.ndarray:
     return a if a.dtype.kind == "U" else np.array(a.tolist(), dtype=str)
 
 
-def open_shadows(path: str | Path, *, min_done: int = 2) -> ShadowData:
+def open_shadows(path: str | Path, *, min_done: int = 2, shadow_limit: int | None = None) -> ShadowData:
     """Open a store and select its ``done`` shadows.
 
     Parameters
@@ -176,6 +176,8 @@ def open_shadows(path: str | Path, *, min_done: int = 2) -> ShadowData:
     min_done : int
         Fewest finished shadows that make an analysis meaningful; 2 is the least for which IN and
         OUT statistics can both exist for a sample.
+    shadow_limit : int, optional
+        Only shadows with index below this count (the prefix trained so far by an adaptive run).
 
     Raises
     ------
@@ -195,6 +197,8 @@ def open_shadows(path: str | Path, *, min_done: int = 2) -> ShadowData:
     if missing:
         raise StoreError(f"{path}: store lacks variables {missing}; was it made by mia-hpc?")
     done = np.asarray(ds["done"].values, dtype=bool)
+    if shadow_limit is not None:
+        done &= np.arange(done.size) < shadow_limit
     n_done = int(done.sum())
     if n_done < min_done:
         raise AnalysisError(f"{path}: only {n_done} of {done.size} shadows are done; the analysis needs "

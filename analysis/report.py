@@ -4,7 +4,8 @@ Outputs under ``out`` (each file is written to a temporary name and renamed into
 never leaves a complete-looking but partial file; ``analysis.json`` is removed first and written
 last, so its presence marks a finished analysis):
 
-* ``tables/attacks.csv|md``: LiRA online / offline / fixed-variance, AUROC and TPR at each FPR,
+* ``tables/attacks.csv|md``: every attack of :mod:`analysis.attacks` (Yeom, Shokri, Song,
+  Sablayrolles, LiRA online / offline / fixed-variance, RMIA), AUROC and TPR at each FPR,
   "All" train samples and "Under" (the under-represented group), on pooled (target, sample) pairs;
 * ``tables/attacks_per_target.csv|md``: the same metrics per target, mean and std across targets;
 * ``tables/accuracy.csv|md``: shadow accuracy per subset, mean and 95% intervals (paper Table 1);
@@ -34,6 +35,8 @@ from scipy.stats import spearmanr
 
 from mia_hpc.store import SUBSETS
 
+from .attacks import ATTACKS as ATTACK_REGISTRY
+from .attacks import AttackContext, run_attacks
 from .lira import ATTACKS, LiraResult, resolve_targets, run_lira
 from .load import open_shadows
 from .memorization import memorization_from_counts
@@ -124,7 +127,7 @@ def _attack_tables(lira: LiraResult, group_tr: np.ndarray, fprs: list[float]
     masks = {"All": np.ones(group_tr.size, dtype=bool), "Under": group_tr == "under"}
     cols = metric_columns(fprs)
     pooled, per = {}, {}
-    for a in ATTACKS:
+    for a in lira.scores:  # every attack run (analysis.attacks.ATTACKS order)
         p, mu, sd = attack_metrics(lira.member, lira.scores[a], masks, fprs)
         pooled[a] = [p[c] for c in cols]
         per[a] = [x for c in cols for x in (mu[c], sd[c])]
@@ -248,7 +251,7 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 # --- entry point ------------------------------------------------------------------------------
 
 def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, fpr: list[float] | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, shadow_limit: int | None = None) -> dict[str, Any]:
     """Analyse a shadow store: LiRA attacks, memorization, privacy scores, accuracy; write reports.
 
     Parameters
@@ -265,6 +268,8 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         FPRs at which TPR is reported. Default: the spec's ``analysis.fpr``.
     progress : bool
         Show tqdm progress bars (on stderr).
+    shadow_limit : int, optional
+        Use only done shadows with index below this (a wave prefix of an adaptive run).
 
     Returns
     -------
@@ -278,7 +283,7 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.json").unlink(missing_ok=True)  # its presence means "finished"
 
-    data = open_shadows(store)
+    data = open_shadows(store, shadow_limit=shadow_limit)
     spec_an = data.spec.get("analysis", {})
     fprs = [float(f) for f in (spec_an.get("fpr", [0.001, 0.01]) if fpr is None else fpr)]
     bad = [f for f in fprs if not 0 < f < 1]
@@ -312,6 +317,19 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     finally:
         if bar is not None:
             bar.close()
+    # Every other attack of analysis.attacks (LiRA's result reused), merged into one result whose
+    # scores hold one (T, N_train) array per attack, in analysis.attacks.ATTACKS order.
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ATTACK_REGISTRY), desc="attacks", unit="attack")
+    try:
+        lira = run_attacks(AttackContext.from_shadows(data, n_targets, phi_sums=sums, phi_partner=partner, lira=lira),
+                           progress=(lambda _name: bar.update(1)) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
 
     group_tr = group[train]
     attacks, per_target = _attack_tables(lira, group_tr, fprs)
@@ -324,8 +342,10 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     # --- write ---------------------------------------------------------------------------------
     n_pairs = lira.member.size
     _write_table(out, "attacks", attacks,
-                 f"LiRA on {n_targets} target shadow(s), each against the other {data.n_shadows - 1} done "
-                 f"shadows less one partner per sample (balanced IN/OUT reference counts); metrics on {n_pairs} "
+                 f"Attacks ({', '.join(attacks.index)}) on {n_targets} target shadow(s), each against the other "
+                 f"{data.n_shadows - 1} done shadows only (per-sample statistics less one partner per sample: balanced "
+                 f"IN/OUT reference counts; Shokri: {lira.info.get('shokri', {}).get('k', 'k')}-fold cross-fitting "
+                 f"over shadows; Yeom uses none); metrics on {n_pairs} "
                  "pooled (target, train sample) pairs. All = train split, "
                  "Under = under-represented group.")
     per_view = pd.DataFrame(index=per_target.index)

@@ -10,12 +10,14 @@ import pytest
 from PIL import Image
 
 import analysis.report as report
+from analysis.attacks import ATTACKS
 from analysis.load import AnalysisError
 from analysis.report import analyze, format_table
 from analysis.synthetic import write_synthetic_store
 from mia_hpc.store import SUBSETS
 
-ROWS = ["lira-online", "lira-offline", "lira-fixed-variance"]
+ROWS = list(ATTACKS)
+LIRA_ROWS = ["lira-online", "lira-offline", "lira-fixed-variance"]
 FILES = ["tables/attacks.csv", "tables/attacks.md", "tables/attacks_per_target.csv", "tables/attacks_per_target.md",
          "tables/accuracy.csv", "tables/accuracy.md", "tables/memorization.csv", "tables/memorization.md",
          "per_sample.csv", "plots/privacy_score_hist.png", "plots/mem_vs_privacy.png", "analysis.json"]
@@ -54,7 +56,7 @@ def test_attack_table(result):
                                 "TPR@1% All", "TPR@1% Under"]
     # only "under" is separated: the attack is better there than on the whole train split
     assert (df["AUROC Under"] > df["AUROC All"] + 0.1).all()
-    assert (df["AUROC Under"] > 0.95).all()
+    assert (df.loc[LIRA_ROWS, "AUROC Under"] > 0.95).all()  # per-sample attacks; global ones score lower
     assert ((df.values >= 0) & (df.values <= 1)).all()
     csv = pd.read_csv(out / "tables" / "attacks.csv", index_col=0)
     np.testing.assert_allclose(csv.values, df.values, rtol=1e-12)

@@ -1,0 +1,98 @@
+"""Membership-inference attacks, one module and one entry point each, all with the same contract.
+
+Every entry point takes an :class:`AttackContext` (the done shadows' logits, ``keep``, labels,
+splits and T) and returns an :class:`AttackResult` (a :class:`analysis.lira.LiraResult`): scores of
+shape (T, N_train) for the first T done shadows as targets, higher = more likely a member, each
+target attacked with the other shadows only; ``member = keep[:T, train]``.
+
+``ATTACKS`` maps a name to its entry point; :func:`run_attacks` runs several by name and merges
+their scores into one result (what ``analysis.report.analyze`` tabulates).
+
+========================  =====================================================================
+``yeom``                  loss threshold (:mod:`.yeom`)
+``shokri``                attack MLP on sorted softmax features, k-fold over shadows (:mod:`.shokri`)
+``song``                  modified entropy, class thresholds (:mod:`.song`)
+``sablayrolles``          per-sample calibrated loss (:mod:`.sablayrolles`)
+``lira-online`` etc.      :mod:`analysis.lira`, balanced leave-pair-out
+``rmia``                  offline RMIA against test-split population samples (:mod:`.rmia`)
+========================  =====================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ..lira import ATTACKS as LIRA_ATTACKS
+from ..lira import LiraResult, run_lira
+from ..stats import gaussian_sums, partners
+from ._common import AttackContext, AttackResult
+from .rmia import run_rmia
+from .sablayrolles import run_sablayrolles
+from .shokri import run_shokri
+from .song import run_song
+from .yeom import run_yeom
+
+__all__ = ["ATTACKS", "AttackContext", "AttackResult", "run_attacks", "run_lira_variant"]
+
+
+def _lira_all(ctx: AttackContext) -> LiraResult:
+    """All three LiRA variants, computed once per context (cached on it)."""
+    if ctx.lira is None:
+        if ctx.phi_of is None or ctx.phi_sums is None or ctx.phi_partner is None:
+            from ..load import phi_from_logits
+
+            logits = ctx.logits
+            phi = lambda sl: phi_from_logits(np.asarray(logits[sl].compute()), ctx.label[None, :, None])  # noqa: E731
+            if ctx.phi_sums is None:
+                x = phi(slice(None))  # small inputs only: the report passes its one-pass sums instead
+                ctx.phi_sums, ctx.phi_partner = gaussian_sums(x, ctx.keep), partners(x, ctx.keep)
+            ctx.phi_of = ctx.phi_of or phi
+        ctx.lira = run_lira(ctx.phi_of, ctx.keep, ctx.phi_sums, ctx.phi_partner, ctx.train, ctx.n_targets,
+                            shadow_ids=ctx.shadow_ids, sample_ids=ctx.sample_ids)
+    return ctx.lira
+
+
+def run_lira_variant(ctx: AttackContext, variant: str) -> AttackResult:
+    """One LiRA variant (``lira-online``, ``lira-offline``, ``lira-fixed-variance``) as an AttackResult."""
+    r = _lira_all(ctx)
+    return AttackResult(targets=r.targets, samples=r.samples, member=r.member,
+                        scores={variant: r.scores[variant]}, n_neutral={variant: r.n_neutral[variant]})
+
+
+ATTACKS: dict[str, Callable[..., AttackResult]] = {
+    "yeom": run_yeom,
+    "shokri": run_shokri,
+    "song": run_song,
+    "sablayrolles": run_sablayrolles,
+    **{v: (lambda ctx, _v=v, **kw: run_lira_variant(ctx, _v, **kw)) for v in LIRA_ATTACKS},
+    "rmia": run_rmia,
+}
+
+
+def run_attacks(ctx: AttackContext, names: Iterable[str] | None = None,
+                params: dict[str, dict[str, Any]] | None = None,
+                progress: Callable[[str], None] | None = None) -> AttackResult:
+    """Run attacks by name (default: all of :data:`ATTACKS`, in its order) and merge their scores.
+
+    ``params`` maps an attack name to keyword arguments of its entry point; ``progress`` is called
+    with each name when it finishes. The result's ``info`` maps each name to its attack's ``info``.
+    """
+    names = list(ATTACKS) if names is None else list(names)
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown attack(s) {unknown}; choose from {list(ATTACKS)}")
+    params = params or {}
+    out: AttackResult | None = None
+    for n in names:
+        r = ATTACKS[n](ctx, **params.get(n, {}))
+        if out is None:
+            out = AttackResult(targets=r.targets, samples=r.samples, member=r.member)
+        out.scores.update(r.scores)
+        out.n_neutral.update(r.n_neutral)
+        out.info[n] = getattr(r, "info", {})
+        if progress is not None:
+            progress(n)
+    assert out is not None, "no attacks requested"
+    return out

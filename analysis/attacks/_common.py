@@ -1,0 +1,232 @@
+"""What every attack shares: the inputs (:class:`AttackContext`), the result type and the signals.
+
+An attack scores the first T done shadows ("targets") on every train-split sample, each target
+using only the *other* done shadows as reference/shadow models; the truth is ``keep[target]``.
+Scores have shape (T, N_train), higher = more likely a member (the contract of
+:func:`analysis.lira.run_lira`, whose :class:`~analysis.lira.LiraResult` is reused).
+
+Signals of the non-LiRA attacks are taken from the identity query (query 0), as the classical
+attacks use one plain prediction:
+
+``loss``   cross-entropy ``-log p_y`` (Yeom, Sablayrolles);
+``prob``   true-class softmax probability ``p_y`` (RMIA);
+``mentr``  Song & Mittal's modified prediction entropy (Song).
+
+Per-sample reference statistics come from running sums over all done shadows (one dask pass over
+the logits, :meth:`AttackContext.signal_sums`), minus each target's own contribution and, where
+counts would otherwise reveal membership, a partner on the other side (:mod:`analysis.stats`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ..lira import LiraResult
+from ..load import _other_logsumexp
+from ..stats import GaussianSums, Partners, gaussian_sums
+
+__all__ = ["AttackContext", "AttackResult", "SIGNALS", "signals_from_logits", "mentr_from_logits"]
+
+SIGNALS = ("loss", "prob", "mentr")  # order of the signal axis of AttackContext.signal_sums()
+
+
+@dataclass
+class AttackResult(LiraResult):
+    """A :class:`~analysis.lira.LiraResult` plus free-form ``info`` (parameters, fold assignment...)."""
+
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _log_softmax(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(log F, lse)`` in float64 for logits ``z`` (..., C)."""
+    z = np.asarray(z, dtype=np.float64)
+    m = z.max(axis=-1, keepdims=True)
+    lse = m[..., 0] + np.log(np.exp(z - m).sum(axis=-1))
+    return z - lse[..., None], lse
+
+
+def mentr_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Song & Mittal's modified entropy ``-(1-F_y) log F_y - sum_{i != y} F_i log(1 - F_i)``.
+
+    Stable for saturated logits: ``log(1 - F_i)`` is ``log1p(-F_i)`` where ``F_i <= 1/2`` and, for
+    the (single) class above 1/2, ``logsumexp_{j != i} z_j - logsumexp z`` computed exactly.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    logf, lse = _log_softmax(z)
+    f = np.exp(logf)
+    with np.errstate(divide="ignore"):
+        log1mf = np.log1p(-np.minimum(f, 0.5))  # exact for f <= 0.5; the big class is replaced below
+    top = z.argmax(axis=-1)
+    _, lse_not_top = _other_logsumexp(z, top)
+    big = np.take_along_axis(f, top[..., None], -1)[..., 0] > 0.5
+    exact = lse_not_top - lse
+    at_top = np.take_along_axis(log1mf, top[..., None], -1)[..., 0]
+    np.put_along_axis(log1mf, top[..., None], np.where(big, exact, at_top)[..., None], -1)
+    y = np.broadcast_to(np.asarray(y, dtype=np.int64), z.shape[:-1])[..., None]
+    logf_y = np.take_along_axis(logf, y, -1)[..., 0]
+    log1mf_y = np.take_along_axis(log1mf, y, -1)[..., 0]
+    others = f * log1mf
+    np.put_along_axis(others, y, 0.0, -1)
+    return -np.exp(log1mf_y) * logf_y - others.sum(axis=-1)
+
+
+def signals_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Stack of :data:`SIGNALS` (..., 3) from logits (..., C) and labels (...), float64."""
+    logf, _ = _log_softmax(z)
+    yy = np.broadcast_to(np.asarray(y, dtype=np.int64), logf.shape[:-1])[..., None]
+    logp = np.take_along_axis(logf, yy, -1)[..., 0]
+    return np.stack([-logp, np.exp(logp), mentr_from_logits(z, y)], axis=-1)
+
+
+def _pass_block(z, keep, label, shift, first_in, first_out, sidx, train, edges, n_classes, what):
+    """Per logits chunk: packed sums of the signals (what='sums') or Song's histograms (what='hist')."""
+    keep = np.asarray(keep, dtype=bool)
+    x = signals_from_logits(z[:, :, 0, :], label[None, :])  # (s, n, 3)
+    if what == "sums":
+        g = gaussian_sums(x, keep, shift)
+        x_in = np.where((sidx[:, None] == first_in[None, :])[..., None], x, 0.0).sum(axis=0)
+        x_out = np.where((sidx[:, None] == first_out[None, :])[..., None], x, 0.0).sum(axis=0)
+        cnt = np.stack([g.n_in, g.n_out], axis=-1).astype(np.float64)
+        return np.concatenate([g.s1_in, g.s2_in, g.s1_out, g.s2_out, x_in, x_out, cnt], axis=-1)[None]
+    h = song_histogram(x[..., 2], keep, label, train, edges, n_classes)
+    return h[None, None]
+
+
+def song_histogram(mentr: np.ndarray, keep: np.ndarray, label: np.ndarray, train: np.ndarray,
+                   edges: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts of train-split Mentr values per (class, OUT/IN, bin), flattened to (C * 2 * B,).
+
+    ``mentr`` and ``keep`` are (S, N) (or (N,)); bin ``b`` holds values in ``[edges[b], edges[b+1])``,
+    the two end bins extended to -inf / +inf.
+    """
+    mentr = np.atleast_2d(mentr)
+    keep = np.atleast_2d(np.asarray(keep, dtype=bool))
+    b = len(edges) - 1
+    bins = np.searchsorted(edges[1:-1], mentr, side="right")  # 0 .. B-1
+    code = (label[None, :] * 2 + keep) * b + bins
+    return np.bincount(code[:, train].ravel(), minlength=n_classes * 2 * b).astype(np.float64)
+
+
+class AttackContext:
+    """Everything the attacks read, computed lazily once and shared between attacks.
+
+    Parameters
+    ----------
+    logits : dask array, shape (M, N, Q, C)
+        Logits of the done shadows (one shadow per chunk is best; any chunking works).
+    keep : ndarray of bool (M, N)
+    label : ndarray of int (N,)
+    split : ndarray of str (N,)
+        "train" samples are challenge points, "test" samples are never members (RMIA population).
+    n_targets : int
+        T: the first T shadows are targets.
+    shadow_ids, sample_ids : ndarray, optional
+        Store ids for the result labels.
+    phi_of, phi_sums, phi_partner, lira : optional
+        LiRA inputs (see :func:`analysis.lira.run_lira`) and, if already computed, its result.
+    batch_bytes : int
+        Memory budget of a batch of target logits.
+    """
+
+    def __init__(self, logits: Any, keep: np.ndarray, label: np.ndarray, split: np.ndarray, n_targets: int, *,
+                 shadow_ids: np.ndarray | None = None, sample_ids: np.ndarray | None = None,
+                 phi_of: Callable[[slice], np.ndarray] | None = None, phi_sums: GaussianSums | None = None,
+                 phi_partner: Partners | None = None, lira: LiraResult | None = None,
+                 batch_bytes: int = 128 * 2**20, song_bins: int = 512) -> None:
+        self.logits = logits if isinstance(logits, da.Array) else da.from_array(
+            np.asarray(logits), chunks=(1,) + np.shape(logits)[1:])
+        self.keep = np.asarray(keep, dtype=bool)
+        self.label = np.asarray(label, dtype=np.int64)
+        self.split = np.asarray(split)
+        self.train = self.split == "train"
+        self.test = self.split == "test"
+        m, n, self.n_queries, self.n_classes = self.logits.shape
+        if self.keep.shape != (m, n):
+            raise ValueError(f"keep has shape {self.keep.shape}, logits {self.logits.shape}")
+        if not 1 <= n_targets <= m:
+            raise ValueError(f"n_targets must be in 1..{m}, got {n_targets}")
+        self.n_shadows, self.n_samples, self.n_targets = m, n, int(n_targets)
+        self.shadow_ids = np.arange(m) if shadow_ids is None else np.asarray(shadow_ids)
+        self.sample_ids = np.arange(n) if sample_ids is None else np.asarray(sample_ids)
+        self.phi_of, self.phi_sums, self.phi_partner, self.lira = phi_of, phi_sums, phi_partner, lira
+        self.batch_bytes = int(batch_bytes)
+        self.song_bins = int(song_bins)
+        self._sums: tuple[GaussianSums, Partners, np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def from_shadows(cls, data: Any, n_targets: int, **kw: Any) -> "AttackContext":
+        """A context over a :class:`analysis.load.ShadowData` (its done shadows)."""
+        return cls(data.logits.data, np.asarray(data.keep.values, dtype=bool), data.label, data.split, n_targets,
+                   shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values, **kw)
+
+    # --- results ----------------------------------------------------------------------------
+    def result(self, name: str, scores: np.ndarray, n_neutral: int = 0, **info: Any) -> AttackResult:
+        """Wrap (T, N_train) scores of attack ``name`` in the common result type."""
+        t = self.n_targets
+        scores = np.asarray(scores, dtype=np.float64)
+        assert scores.shape == (t, int(self.train.sum())), scores.shape
+        return AttackResult(targets=self.shadow_ids[:t], samples=self.sample_ids[self.train],
+                            member=self.keep[:t][:, self.train], scores={name: scores},
+                            n_neutral={name: int(n_neutral)}, info=info)
+
+    # --- reading -----------------------------------------------------------------------------
+    def target_batches(self) -> list[slice]:
+        """Slices of targets whose logits fit the memory budget together."""
+        per = max(1, self.n_samples * self.n_classes * 8 * 8)
+        b = max(1, min(self.n_targets, self.batch_bytes // per))
+        return [slice(s, min(s + b, self.n_targets)) for s in range(0, self.n_targets, b)]
+
+    def target_logits(self, sl: slice | np.ndarray) -> np.ndarray:
+        """Identity-query logits (B, N, C), float64, of the shadows ``sl`` (positions among done shadows)."""
+        return np.asarray(self.logits[sl, :, 0, :].compute(), dtype=np.float64)
+
+    def target_signals(self, sl: slice) -> np.ndarray:
+        """:data:`SIGNALS` of shadows ``sl``: (B, N, 3)."""
+        return signals_from_logits(self.target_logits(sl), self.label[None, :])
+
+    # --- one pass over all shadows -----------------------------------------------------------
+    def signal_sums(self) -> tuple[GaussianSums, Partners, np.ndarray, np.ndarray]:
+        """Running sums of :data:`SIGNALS` over all shadows, partners, Song's histograms and bin edges.
+
+        Computed once (one dask pass over the logits, the sums and the histograms together) and
+        cached. Returns ``(sums, partner, hist, edges)``: ``sums``/``partner`` over the signal axis
+        (Q=3, in :data:`SIGNALS` order); ``hist`` the :func:`song_histogram` of all shadows;
+        ``edges`` the Mentr bin edges (quantiles of the first shadow's train-split Mentr: the grid
+        uses no membership information).
+        """
+        if self._sums is not None:
+            return self._sums
+        logits = self.logits
+        keep = self.keep
+        m, n = keep.shape
+        shift = signals_from_logits(np.asarray(logits[0, :, 0, :].compute(), dtype=np.float64), self.label)
+        e = np.unique(np.quantile(shift[self.train, 2], np.linspace(0, 1, self.song_bins + 1)))
+        edges = e if e.size >= 2 else np.array([e[0] - 1.0, e[0] + 1.0])
+        first_in = np.where(keep.any(0), keep.argmax(0), -1)
+        first_out = np.where((~keep).any(0), (~keep).argmax(0), -1)
+        n_chunks = logits.chunks[1]
+        on_samples = lambda a: da.from_array(a, chunks=(n_chunks,) + a.shape[1:])  # noqa: E731
+        args = (logits, "snqc", da.from_array(keep, chunks=(logits.chunks[0], n_chunks)), "sn",
+                on_samples(self.label), "n", on_samples(shift), "nk", on_samples(first_in), "n",
+                on_samples(first_out), "n", da.arange(m, chunks=(logits.chunks[0],)), "s",
+                on_samples(self.train), "n")
+        meta = np.empty((0, 0, 0), np.float64)
+        parts = da.blockwise(_pass_block, "snj", *args, edges, None, self.n_classes, None, "sums", None,
+                             new_axes={"j": 6 * 3 + 2}, concatenate=True, dtype=np.float64, meta=meta)
+        h = len(edges) - 1
+        hparts = da.blockwise(_pass_block, "snj", *args, edges, None, self.n_classes, None, "hist", None,
+                              new_axes={"j": self.n_classes * 2 * h}, adjust_chunks={"n": 1},
+                              concatenate=True, dtype=np.float64, meta=meta)
+        total, hist = dask.compute(parts.sum(axis=0), hparts.sum(axis=(0, 1)))
+        col = lambda i: total[:, 3 * i:3 * (i + 1)]  # noqa: E731
+        as_int = lambda a: np.rint(a).astype(np.int64)  # noqa: E731
+        sums = GaussianSums(shift=shift, n_in=as_int(total[:, 18]), s1_in=col(0), s2_in=col(1),
+                            n_out=as_int(total[:, 19]), s1_out=col(2), s2_out=col(3))
+        partner = Partners(first_in=first_in, first_out=first_out, x_in=col(4), x_out=col(5))
+        self._sums = (sums, partner, hist, edges)
+        return self._sums

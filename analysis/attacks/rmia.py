@@ -1,0 +1,106 @@
+"""RMIA (Zarifzadeh et al., ICML 2024), offline: relative likelihood against population samples.
+
+For target theta and sample x (identity query, true-class probability ``Pr(x|theta) = p_y``):
+
+* ``Pr(x)`` from the reference OUT models with the offline interpolation
+  ``Pr(x) = 1/2 ((1 + a) Pr_OUT(x) + (1 - a))``, ``Pr_OUT`` the mean of ``p_y`` over the OUT
+  references (``a`` default 0.3; the same formula is applied to the population samples z, for which
+  every reference model is OUT);
+* ``LR_x = Pr(x|theta) / Pr(x)``, likewise ``LR_z``;
+* score(x) = fraction of population samples z with ``LR_x / LR_z >= gamma`` (gamma default 1).
+
+Ties: the fraction takes only Z + 1 values, and on a well-fitted model many samples dominate every
+z (score 1), which leaves the ROC no point between FPR 0 and the size of that tie, so TPR at 0.1%
+FPR reads 0. With ``tiebreak=True`` (default) the score is ``(count + expit(log LR_x)) / (Z + 1)``,
+still in [0, 1]: the count is unchanged (``floor(score * (Z + 1)) == count``), and within one count
+the order is that of
+``LR_x``, which is the order the count itself follows for a fixed target.
+
+Population z: the test-split samples (never members of any shadow), at most ``max_z`` of them (a
+fixed random subset). Without a test split: a fixed random subset of train samples, of which each
+target uses those it did not train on (known non-members; their Pr(z) comes from the balanced
+references, like x's).
+
+Leave-one-out: ``Pr_OUT(x)`` from running sums of ``p_y`` over all shadows minus the target and one
+partner (balanced counts, :meth:`analysis.stats.GaussianSums.without_pair`); ``Pr(z)`` from the
+sums minus the target. The count over z is a sort and ``np.searchsorted`` on log-ratios,
+O((N + Z) log Z) per target, never an N x Z comparison.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit
+
+from ._common import SIGNALS, AttackContext, AttackResult
+
+__all__ = ["run_rmia", "rmia_log_ratios", "population"]
+
+_P = SIGNALS.index("prob")
+_L = SIGNALS.index("loss")
+
+
+def population(ctx: AttackContext, max_z: int = 5000, seed: int = 0) -> tuple[np.ndarray, bool]:
+    """Indices of the population samples z and whether they are test-split (True) or a train subset."""
+    rng = np.random.default_rng(seed)
+    fixed = bool(ctx.test.any())
+    z = np.flatnonzero(ctx.test if fixed else ctx.train)
+    if z.size > max_z:
+        z = np.sort(rng.choice(z, max_z, replace=False))
+    return z, fixed
+
+
+def _log_pr(p_out: np.ndarray, a: float) -> np.ndarray:
+    return np.log(np.maximum(0.5 * ((1 + a) * p_out + (1 - a)), 1e-300))
+
+
+def rmia_log_ratios(ctx: AttackContext, sl: slice, zidx: np.ndarray, a: float = 0.3,
+                    x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(log LR_x (B, N_train), log LR_z (B, Z))`` for the targets ``sl`` and population ``zidx``.
+
+    ``x``: the targets' signals on all samples (B, N, 3) if already read.
+    """
+    sums, partner, _, _ = ctx.signal_sums()
+    x = ctx.target_signals(sl) if x is None else x
+    keep = ctx.keep[sl]
+    tr = ctx.train
+    loo = sums.take(tr).without_pair(x[:, tr], keep[:, tr], partner.take(tr))
+    _, _, mu_out, _ = loo.unshifted_moments()
+    lx = -x[:, tr, _L] - _log_pr(mu_out[..., _P], a)  # log p_y(theta) = -loss, exact
+    if ctx.test[zidx].all():
+        zl = sums.take(zidx).without(x[:, zidx], keep[:, zidx])  # every reference is OUT for z
+    else:
+        zl = sums.take(zidx).without_pair(x[:, zidx], keep[:, zidx], partner.take(zidx))
+    _, _, mz, _ = zl.unshifted_moments()
+    lz = -x[:, zidx, _L] - _log_pr(mz[..., _P], a)
+    return lx, lz
+
+
+def run_rmia(ctx: AttackContext, a: float = 0.3, gamma: float = 1.0, max_z: int = 5000, seed: int = 0,
+             tiebreak: bool = True) -> AttackResult:
+    """Scores (T, N_train) in [0, 1]: the fraction of population samples each sample dominates."""
+    if not 0 <= a <= 1 or gamma <= 0:
+        raise ValueError(f"need 0 <= a <= 1 and gamma > 0, got a={a}, gamma={gamma}")
+    zidx, fixed = population(ctx, max_z, seed)
+    parts, neutral, n_z = [], 0, []
+    for sl in ctx.target_batches():
+        x = ctx.target_signals(sl)
+        lx, lz = rmia_log_ratios(ctx, sl, zidx, a, x)
+        out = np.empty_like(lx)
+        for i in range(len(lx)):
+            zi = lz[i] if fixed else lz[i][~ctx.keep[sl][i, zidx]]
+            zi = np.sort(zi[np.isfinite(zi)])
+            n_z.append(zi.size)
+            bad = ~np.isfinite(lx[i])
+            neutral += int(bad.sum())
+            # LR_x / LR_z >= gamma  <=>  log LR_z <= log LR_x - log gamma
+            cnt = np.searchsorted(zi, lx[i] - np.log(gamma), side="right")
+            if tiebreak:
+                frac = (cnt + expit(lx[i]) * 0.999) / (zi.size + 1)
+            else:
+                frac = cnt / max(zi.size, 1)
+            out[i] = np.where(bad, 0.5, frac)
+        parts.append(out)
+    return ctx.result("rmia", np.concatenate(parts), neutral, a=a, gamma=gamma, tiebreak=tiebreak,
+                      population="test split" if fixed else "train subset, OUT for the target",
+                      n_z=int(np.median(n_z)) if n_z else 0)
