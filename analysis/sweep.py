@@ -1,0 +1,358 @@
+"""Shadow-count sweep: LiRA success as a function of the number of reference shadows (paper §7.2,
+Figures 3, 7, 8).
+
+What ``m`` is: the number of reference shadows **per side** that each (target, sample) pair gets:
+exactly m IN and m OUT references, so ``2 m`` reference shadow models in all (the paper's x-axis,
+"number of shadow models", whose smallest point is "one shadow model for in case and out case
+each", §7.2 Takeaway 1). The tidy output carries both ``m`` and ``n_shadows = 2 m``; plots use
+``n_shadows``. The default grid is m = 1, 2, 4, ... up to the largest K available, K included,
+where K = min over the challenge samples of (IN count - 1, OUT count - 1): with LiRA keep masks
+every train sample is IN for M/2 shadows, so K = M/2 - 1 and the largest point is 2K = M - 2
+reference shadows (all others less the target and one partner, as in the full analysis).
+
+How the references are drawn (one *repeat*): a random order of all M shadows is drawn (seeded);
+for each target t and sample i, the references are the first m IN shadows and the first m OUT
+shadows of sample i in that order, the target itself skipped. This is "the adversary trains
+shadows in a random order and uses the first m of each side", the per-sample truncation of the
+LiRA reference code, and it keeps the IN/OUT reference counts independent of the target's
+membership (see :mod:`analysis.stats` for why unequal counts leak). Repeats differ by the order.
+
+Efficiency: per repeat, each sample's IN list and OUT list (sorted by the random order) and their
+prefix sums of ``phi - shift`` and its square are built once, O(M N Q). For target t and every m
+at once, the reference sums are prefix sum m, or prefix sum m+1 minus the target's own value where
+the target sits among the first m of the sample's list: O(len(m) N Q) per target, no loop over
+samples or shadows. Scores come from :func:`analysis.lira.lira_scores` (the same formulas, floors
+and pooled-variance fall-back as the full analysis). phi is held in memory for the challenge
+samples only (the union of the masks), (M, N_c, Q) float64.
+
+Metrics per (challenge set, attack, m, repeat) pool every (target, sample in the set) pair, as
+``tables/attacks.csv`` does. Fixed-variance LiRA pools the variance over all scored samples (the
+union of the challenge sets: all train samples when the "random" set is included, as in
+:func:`analysis.lira.run_lira`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import auc, roc_curve
+
+from .lira import lira_scores, sd_floor
+from .metrics import fpr_label, tpr_at_fpr
+from .stats import GaussianSums, gaussian_sums
+
+__all__ = ["default_m_grid", "shadow_sweep", "sweep_scores", "summarize_sweep", "plot_sweep", "sweep_from_store",
+           "SWEEP_ATTACKS"]
+
+SWEEP_ATTACKS = ("lira-online", "lira-fixed-variance")
+
+
+def default_m_grid(k_max: int) -> list[int]:
+    """1, 2, 4, ... < k_max, then k_max (per-side reference counts)."""
+    if k_max < 1:
+        return []
+    grid = [1]
+    while grid[-1] * 2 < k_max:
+        grid.append(grid[-1] * 2)
+    if grid[-1] != k_max:
+        grid.append(k_max)
+    return grid
+
+
+def _metrics(member: np.ndarray, score: np.ndarray, fprs: Sequence[float]) -> list[float]:
+    m = member.ravel()
+    if m.size == 0 or m.all() or not m.any():
+        return [np.nan] * (1 + len(fprs))
+    f, t, _ = roc_curve(m, score.ravel())
+    return [float(auc(f, t))] + [tpr_at_fpr(f, t, x) for x in fprs]
+
+
+def _sorted_lists(keep: np.ndarray, rank: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, the first ``k1`` IN and the first ``k1`` OUT shadows in the order ``rank``: (k1, N) each."""
+    m = keep.shape[0]
+    r = rank[:, None]
+    order_in = np.argsort(np.where(keep, r, m + r), axis=0, kind="stable")[:k1]
+    order_out = np.argsort(np.where(keep, m + r, r), axis=0, kind="stable")[:k1]
+    return order_in, order_out
+
+
+def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarray], *,
+                 n_targets: int | None = None, m_grid: Sequence[int] | None = None, repeats: int = 10,
+                 seed: int = 0, fprs: Sequence[float] = (0.001, 0.01), attacks: Sequence[str] = SWEEP_ATTACKS,
+                 batch_bytes: int = 256 * 2**20, progress: Callable[[int], None] | None = None,
+                 orders: Sequence[np.ndarray] | None = None) -> pd.DataFrame:
+    """Run the sweep on in-memory phi.
+
+    Parameters
+    ----------
+    phi : ndarray, shape (M, N, Q)
+        phi of every done shadow for the N samples covered by ``masks`` (e.g. the train split, or
+        only the union of the challenge sets).
+    keep : ndarray of bool, shape (M, N)
+        Membership of the same shadows and samples.
+    masks : mapping challenge-set name -> bool ndarray (N,)
+        The challenge sets (e.g. "highly memorized", "random", "under-represented"); samples in no
+        set are not scored.
+    n_targets : int, optional
+        The first T shadows are targets (each against references from the other shadows); default
+        all M.
+    m_grid : sequence of int, optional
+        Per-side reference counts; default :func:`default_m_grid` (K). Values above K are dropped.
+    repeats : int
+        R, random reference orders.
+    seed : int
+        Seed of the orders (repeat r uses ``default_rng([seed, r])``).
+    fprs : sequence of float
+        FPRs for the TPR columns.
+    attacks : sequence of str
+        Among ``lira-online``, ``lira-fixed-variance``, ``lira-offline``.
+    batch_bytes : int
+        Memory budget for a batch of targets' temporaries.
+    progress : callable, optional
+        Called with 1 after each repeat.
+    orders : sequence of permutations of range(M), optional
+        Explicit shadow orders, one per repeat (overrides ``seed``; for tests and for reproducing a
+        given training order).
+
+    Returns
+    -------
+    DataFrame (tidy): set, attack, m, n_shadows (= 2 m), repeat, n_samples, auroc, ``tpr@0.1%``, ...
+    """
+    phi = np.asarray(phi, dtype=np.float64)
+    if phi.ndim == 2:
+        phi = phi[..., None]
+    keep = np.asarray(keep, dtype=bool)
+    m_tot, n, q = phi.shape
+    masks = {k: np.asarray(v, dtype=bool) for k, v in masks.items()}
+    scored = np.zeros(n, dtype=bool)
+    for v in masks.values():
+        scored |= v
+    if not scored.any():
+        raise ValueError("the challenge sets are all empty")
+    idx = np.flatnonzero(scored)
+    x = phi[:, idx]
+    kp = keep[:, idx]
+    sub = {k: v[idx] for k, v in masks.items()}
+    n_in = kp.sum(0)
+    n_out = (~kp).sum(0)
+    k_max = int(min(n_in.min(), n_out.min())) - 1
+    if k_max < 1:
+        raise ValueError(f"every challenge sample needs >= 2 IN and >= 2 OUT shadows; the least has "
+                         f"{int(n_in.min())} IN and {int(n_out.min())} OUT")
+    grid = default_m_grid(k_max) if m_grid is None else sorted({int(v) for v in m_grid if 1 <= int(v) <= k_max})
+    if not grid:
+        raise ValueError(f"no m in the grid is within 1..{k_max}")
+    t_n = m_tot if n_targets is None or n_targets == 0 else min(int(n_targets), m_tot)
+    ms = np.asarray(grid)
+    shift = x.mean(axis=0)  # (Nc, Q): close to each sample's mean; all statistics are shift-invariant
+    # std floor from the full reference sums (all shadows), as run_lira's from its sums
+    floor = sd_floor(gaussian_sums(x, kp, shift))
+    names = ["auroc"] + [f"tpr@{fpr_label(f)}" for f in fprs]
+    rows: list[list[Any]] = []
+    for r in range(repeats):
+        if orders is not None:
+            order = np.asarray(orders[r], dtype=np.int64)
+        else:
+            order = np.random.default_rng([seed, r]).permutation(m_tot)
+        scores = sweep_scores(x, kp, ms, order, t_n, shift=shift, floor=floor, attacks=attacks,
+                              batch_bytes=batch_bytes)
+        member = kp[:t_n]  # (T, Nc)
+        for name, mask in sub.items():
+            mem_s = member[:, mask]
+            for a in attacks:
+                for li, mv in enumerate(ms):
+                    vals = _metrics(mem_s, scores[a][:, li, mask], fprs)
+                    rows.append([name, a, int(mv), 2 * int(mv), r, int(mask.sum())] + vals)
+        if progress is not None:
+            progress(1)
+    return pd.DataFrame(rows, columns=["set", "attack", "m", "n_shadows", "repeat", "n_samples"] + names)
+
+
+def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndarray, n_targets: int, *,
+                 shift: np.ndarray, floor: np.ndarray, attacks: Sequence[str] = SWEEP_ATTACKS,
+                 batch_bytes: int = 256 * 2**20) -> dict[str, np.ndarray]:
+    """Scores of the first ``n_targets`` shadows with m IN + m OUT references, for every m in ``ms``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (M, N, Q)
+        phi (unshifted) of the scored samples.
+    keep : ndarray of bool, shape (M, N)
+    ms : ndarray of int, shape (L,)
+        Per-side reference counts, each <= min over samples of (IN count - 1, OUT count - 1).
+    order : ndarray, shape (M,)
+        A permutation of the shadows: references are the first m of each side in this order,
+        the target skipped.
+    n_targets : int
+    shift : ndarray, shape (N, Q)
+        Subtracted before summing (any value near the samples' means).
+    floor : ndarray, shape (Q,)
+        Standard-deviation floor (:func:`analysis.lira.sd_floor`).
+
+    Returns
+    -------
+    dict attack -> ndarray (T, L, N)
+    """
+    m_tot, nc, q = x.shape
+    ms = np.asarray(ms, dtype=np.int64)
+    n_l = ms.size
+    k1 = int(ms.max()) + 1
+    cols = np.arange(nc)
+    rank = np.empty(m_tot, dtype=np.int64)
+    rank[np.asarray(order)] = np.arange(m_tot)
+    d_all = x - shift
+    o_in, o_out = _sorted_lists(keep, rank, k1)  # (k1, N)
+    sums = {}
+    pos = {}
+    for side, o in (("in", o_in), ("out", o_out)):
+        v = d_all[o, cols[None, :]]  # (k1, N, Q)
+        # prefix sums with a leading 0 row: p[j] = sum of the first j entries of the list
+        p1 = np.concatenate([np.zeros((1, nc, q)), np.cumsum(v, axis=0)])
+        p2 = np.concatenate([np.zeros((1, nc, q)), np.cumsum(v * v, axis=0)])
+        sums[side] = (p1[ms], p1[ms + 1], p2[ms], p2[ms + 1])  # each (L, N, Q)
+        ps = np.full((m_tot, nc), k1 + 1, dtype=np.int64)  # each shadow's position in the list
+        ps[o, cols[None, :]] = np.arange(k1)[:, None]
+        pos[side] = ps
+    per_target = max(1, n_l * nc * q * 8 * 24)
+    b = max(1, min(n_targets, batch_bytes // per_target))
+    scores = {a: np.empty((n_targets, n_l, nc)) for a in attacks}
+    for start in range(0, n_targets, b):
+        tt = np.arange(start, min(start + b, n_targets))
+        dt = d_all[tt][:, None]  # (B, 1, N, Q)
+        parts = {}
+        for side in ("in", "out"):
+            a1, b1, a2, b2 = sums[side]
+            # the target among the first m of this side's list: take m + 1 entries less the target
+            inside = (pos[side][tt][:, None, :] < ms[None, :, None])[..., None]  # (B, L, N, 1)
+            parts[side] = (np.where(inside, b1[None] - dt, a1[None]), np.where(inside, b2[None] - dt * dt, a2[None]))
+        cnt = np.broadcast_to(ms[None, :, None], (tt.size, n_l, nc))
+        loo = GaussianSums(shift=shift, n_in=cnt, s1_in=parts["in"][0], s2_in=parts["in"][1],
+                           n_out=cnt, s1_out=parts["out"][0], s2_out=parts["out"][1])
+        xt = np.broadcast_to(x[tt][:, None], (tt.size, n_l, nc, q))
+        s, _ = lira_scores(xt, loo, floor=floor, attacks=tuple(attacks))
+        for a in attacks:
+            scores[a][tt] = s[a]
+    return scores
+
+
+def summarize_sweep(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Mean, 2.5 and 97.5 percentiles over repeats of every metric, per (set, attack, m).
+
+    Columns: set, attack, m, n_shadows, n_samples, repeats, then ``<metric> mean``, ``<metric> lo``,
+    ``<metric> hi`` for each metric column of ``sweep``.
+    """
+    metrics = [c for c in sweep.columns if c not in ("set", "attack", "m", "n_shadows", "repeat", "n_samples")]
+    g = sweep.groupby(["set", "attack", "m"], sort=False)
+    out = g[["n_shadows", "n_samples"]].first()
+    out["repeats"] = g["repeat"].nunique()
+    for c in metrics:
+        out[f"{c} mean"] = g[c].mean()
+        out[f"{c} lo"] = g[c].quantile(0.025)
+        out[f"{c} hi"] = g[c].quantile(0.975)
+    return out.reset_index()
+
+
+def _figure(ncols: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0 * ncols + 0.6, 4.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_sweep(summary: pd.DataFrame, path: str | Path, *, metric: str = "auroc",
+               attacks: Sequence[str] | None = None, title: str | None = None) -> list[Path]:
+    """Metric vs number of reference shadows (log x), mean line and 2.5-97.5% band per challenge set.
+
+    One panel per attack. Writes ``path`` with suffixes ``.png`` and ``.pdf`` (any suffix of
+    ``path`` is replaced) and returns both paths.
+    """
+    path = Path(path)
+    attacks = list(summary["attack"].unique()) if attacks is None else list(attacks)
+    fig = _figure(len(attacks))
+    axes = fig.subplots(1, len(attacks), squeeze=False)[0]
+    sets = list(summary["set"].unique())
+    colors = {s: f"C{i % 10}" for i, s in enumerate(sets)}
+    ylabel = {"auroc": "AUROC"}.get(metric, metric.replace("tpr@", "TPR at ") + (" FPR" if "tpr@" in metric else ""))
+    for ax, a in zip(axes, attacks):
+        for s in sets:
+            d = summary[(summary["attack"] == a) & (summary["set"] == s)].sort_values("n_shadows")
+            if d.empty:
+                continue
+            xs = d["n_shadows"].to_numpy()
+            ax.plot(xs, d[f"{metric} mean"], marker="o", ms=3, color=colors[s],
+                    label=f"{s} (n={int(d['n_samples'].iloc[0])})")
+            ax.fill_between(xs, d[f"{metric} lo"], d[f"{metric} hi"], color=colors[s], alpha=0.2, lw=0)
+        ax.set_xscale("log", base=2)
+        ticks = sorted(summary["n_shadows"].unique())
+        ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("reference shadow models (IN + OUT; m per side)")
+        ax.set_ylabel(ylabel)
+        if metric == "auroc":
+            ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        ax.set_title(a)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for suf in (".png", ".pdf"):
+        p = path.with_suffix(suf)
+        tmp = p.with_name(f".{p.name}.tmp")
+        fig.savefig(tmp, format=suf[1:])
+        tmp.replace(p)
+        out.append(p)
+    return out
+
+
+def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set: int | None = None,
+                     subsample_seed: int = 0, **kwargs: Any) -> tuple[pd.DataFrame, float]:
+    """Read phi of the challenge samples of an opened store once and run :func:`shadow_sweep`.
+
+    Memory: phi of the union of the challenge sets, (M, N_c, Q) float64, plus per repeat the
+    scores (T, len(m grid), N_c) per attack; cap N_c with ``max_per_set`` and T with ``n_targets``
+    on large stores (2000 shadows x 5000 samples x 9 queries is 0.7 GB).
+
+    Parameters
+    ----------
+    data : analysis.load.ShadowData
+    masks : mapping name -> bool ndarray over *all* store samples
+    max_per_set : int, optional
+        Keep at most this many samples of each set, a seeded uniform subsample (``subsample_seed``);
+        default: all.
+    **kwargs
+        Passed to :func:`shadow_sweep`.
+
+    Returns
+    -------
+    (tidy sweep DataFrame, seconds spent, reading included)
+    """
+    t0 = time.perf_counter()
+    masks = {k: np.asarray(v, dtype=bool) for k, v in masks.items()}
+    if max_per_set is not None:
+        rng = np.random.default_rng(subsample_seed)
+        capped = {}
+        for k, v in masks.items():
+            ids = np.flatnonzero(v)
+            if ids.size > max_per_set:
+                keep_ids = rng.choice(ids, size=max_per_set, replace=False)
+                v = np.zeros_like(v)
+                v[keep_ids] = True
+            capped[k] = v
+        masks = capped
+    union = np.zeros(next(iter(masks.values())).shape, dtype=bool)
+    for v in masks.values():
+        union |= v
+    idx = np.flatnonzero(union)
+    phi = np.asarray(data.phi().isel(sample=idx).values, dtype=np.float64)
+    keep = np.asarray(data.keep.values, dtype=bool)[:, idx]
+    df = shadow_sweep(phi, keep, {k: v[idx] for k, v in masks.items()}, **kwargs)
+    return df, time.perf_counter() - t0

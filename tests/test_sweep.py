@@ -1,0 +1,253 @@
+"""Shadow-count sweep (analysis.sweep) and sample complexity (analysis.complexity)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.complexity import plot_complexity, sample_complexity, shadows_needed
+from analysis.lira import lira_scores, run_lira, sd_floor
+from analysis.load import open_shadows
+from analysis.metrics import attack_metrics
+from analysis.stats import GaussianSums, gaussian_sums, partners
+from analysis.sweep import (default_m_grid, plot_sweep, shadow_sweep, summarize_sweep, sweep_from_store,
+                            sweep_scores)
+from analysis.synthetic import synthetic_keep, write_synthetic_store
+
+ATT = ("lira-online", "lira-fixed-variance", "lira-offline")
+
+
+def _phi(m=12, n=25, q=2, seed=0):
+    rng = np.random.default_rng(seed)
+    keep = synthetic_keep(m, n, 0, rng)
+    phi = 300.0 + rng.normal(0, 2, size=(1, n, 1)) + 1.5 * keep[..., None] + rng.normal(size=(m, n, q))
+    return phi, keep
+
+
+def test_default_grid():
+    assert default_m_grid(31) == [1, 2, 4, 8, 16, 31]
+    assert default_m_grid(8) == [1, 2, 4, 8]
+    assert default_m_grid(1) == [1] and default_m_grid(0) == []
+
+
+def test_sweep_scores_equal_an_explicit_reference_selection():
+    # the prefix-sum shortcut must equal: per (target, sample), take the first m IN and first m OUT
+    # shadows in the order (target skipped), fit, score
+    phi, keep = _phi()
+    m_tot, n, q = phi.shape
+    ms = np.array([1, 2, 3, 5])
+    order = np.random.default_rng(3).permutation(m_tot)
+    shift = phi.mean(0)
+    floor = sd_floor(gaussian_sums(phi, keep, shift))
+    got = sweep_scores(phi, keep, ms, order, 5, shift=shift, floor=floor, attacks=ATT)
+    for t in range(5):
+        for li, m in enumerate(ms):
+            sel = np.zeros((m_tot, n), dtype=bool)
+            for i in range(n):
+                others = [s for s in order if s != t]
+                ins = [s for s in others if keep[s, i]][:m]
+                outs = [s for s in others if not keep[s, i]][:m]
+                sel[ins + outs, i] = True
+            # sums over exactly the selected shadows: mask the rest out of both sides
+            x = phi - shift
+            kin = keep & sel
+            kout = ~keep & sel
+            ref = GaussianSums(shift=shift, n_in=kin.sum(0), s1_in=(x * kin[..., None]).sum(0),
+                               s2_in=(x * x * kin[..., None]).sum(0), n_out=kout.sum(0),
+                               s1_out=(x * kout[..., None]).sum(0), s2_out=(x * x * kout[..., None]).sum(0))
+            assert (ref.n_in == m).all() and (ref.n_out == m).all()
+            exp, _ = lira_scores(phi[t], ref, floor=floor, attacks=ATT)
+            for a in ATT:
+                np.testing.assert_allclose(got[a][t, li], exp[a], rtol=1e-9, atol=1e-9)
+
+
+def test_largest_m_in_reverse_order_equals_the_full_leave_pair_out_analysis():
+    # with m = K = M/2 - 1 and the order M-1, ..., 0, the dropped reference on the target's other
+    # side is its lowest-index shadow: exactly run_lira's partner, so metrics must agree
+    phi, keep = _phi(m=16, n=60, seed=2)
+    m_tot = phi.shape[0]
+    train = np.ones(phi.shape[1], dtype=bool)
+    masks = {"all": train, "half": np.arange(60) < 30}
+    sw = shadow_sweep(phi, keep, masks, n_targets=6, m_grid=[m_tot // 2 - 1], repeats=1, attacks=ATT,
+                      orders=[np.arange(m_tot)[::-1]], fprs=(0.01,))
+    res = run_lira(lambda sl: phi[sl], keep, gaussian_sums(phi, keep), partners(phi, keep), train, 6, attacks=ATT)
+    for a in ATT:
+        pooled, _, _ = attack_metrics(res.member, res.scores[a], masks, [0.01])
+        for s in masks:
+            row = sw[(sw["attack"] == a) & (sw["set"] == s)].iloc[0]
+            assert row["auroc"] == pytest.approx(pooled[f"AUROC {s}"], abs=1e-12)
+            assert row["tpr@1%"] == pytest.approx(pooled[f"TPR@1% {s}"], abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sweep") / "s.zarr"
+    info = write_synthetic_store(path, n_shadows=32, n_samples=400, n_queries=2, frac_under=0.25,
+                                 separation={"over": 0.5, "under": 6.0}, seed=1, sample_chunk=128)
+    return path, info
+
+
+def test_sweep_on_a_synthetic_store_well_vs_weakly_separated(synth, tmp_path):
+    path, info = synth
+    data = open_shadows(path)
+    train = data.split == "train"
+    masks = {"strong": train & (data.group == "under"), "weak": train & (data.group == "over"), "random": train}
+    sw, secs = sweep_from_store(data, masks, n_targets=16, repeats=6, seed=0)
+    assert secs < 30
+    assert set(sw["m"]) == {1, 2, 4, 8, 15} and (sw["n_shadows"] == 2 * sw["m"]).all()
+    assert len(sw) == 3 * 2 * 5 * 6
+    summ = summarize_sweep(sw)
+    assert (summ["repeats"] == 6).all()
+    assert (summ["auroc lo"] <= summ["auroc mean"] + 1e-12).all()
+    assert (summ["auroc mean"] <= summ["auroc hi"] + 1e-12).all()
+
+    def curve(s, a):
+        d = summ[(summ["set"] == s) & (summ["attack"] == a)].sort_values("m")
+        return d["auroc mean"].to_numpy()
+
+    for a in ("lira-online", "lira-fixed-variance"):
+        strong, weak = curve("strong", a), curve("weak", a)
+        assert strong[0] > 0.97 and strong[-1] > 0.99  # ~1 with one shadow per side
+        assert weak[-1] > weak[0] + 0.03  # the weak group gains from more shadows
+        assert weak[-1] < 0.8 and weak[-1] > 0.6  # and stays near its Bayes AUROC (0.69 per query)
+    # fixed-variance: a monotone trend in m (up to resampling noise)
+    weak = curve("weak", "lira-fixed-variance")
+    assert (np.diff(weak) > -0.01).all()
+    # same seed, same numbers
+    sw2, _ = sweep_from_store(data, masks, n_targets=16, repeats=6, seed=0)
+    pd.testing.assert_frame_equal(sw, sw2)
+
+    files = plot_sweep(summ, tmp_path / "plots" / "sweep_auroc.png", title="synthetic")
+    files += plot_sweep(summ, tmp_path / "plots" / "sweep_tpr", metric="tpr@0.1%")
+    assert [f.suffix for f in files] == [".png", ".pdf", ".png", ".pdf"]
+    assert all(f.stat().st_size > 1000 for f in files)
+    assert files[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and files[1].read_bytes()[:5] == b"%PDF-"
+
+    # sample complexity on the measured sweep: the strong group needs one shadow per side
+    mem = np.where(data.group == "under", 0.9, 0.05)
+    tab = sample_complexity(summ, mem, {"gauss_uni": np.where(data.group == "under", 0.99, 0.02)}, masks)
+    assert tab.loc[("strong", "lira-online"), "m_needed auroc>=0.9"] == 1
+    assert not tab.loc[("weak", "lira-online"), "reached auroc>=0.9"]
+    assert tab.loc[("weak", "lira-online"), "pred 1/mem"] == pytest.approx(20.0)
+    out = plot_complexity(tab, tmp_path / "complexity")
+    assert all(p.stat().st_size > 1000 for p in out)
+
+
+def test_sweep_rejects_bad_inputs():
+    phi, keep = _phi()
+    with pytest.raises(ValueError, match="empty"):
+        shadow_sweep(phi, keep, {"none": np.zeros(phi.shape[1], bool)})
+    with pytest.raises(ValueError, match="no m"):
+        shadow_sweep(phi, keep, {"all": np.ones(phi.shape[1], bool)}, m_grid=[100])
+    k = keep.copy()
+    k[:, 0] = False
+    k[0, 0] = True  # one IN shadow only
+    with pytest.raises(ValueError, match=">= 2 IN"):
+        shadow_sweep(phi, k, {"all": np.ones(phi.shape[1], bool)})
+
+
+def _table():
+    rows = []
+    curves = {"hm": [0.95, 0.99, 1.0, 1.0], "mid": [0.6, 0.85, 0.91, 0.97], "rand": [0.5, 0.55, 0.6, 0.62]}
+    for s, curve in curves.items():
+        for m, v in zip([1, 2, 4, 8], curve):
+            rows.append({"set": s, "attack": "lira-online", "m": m, "n_shadows": 2 * m, "n_samples": 10,
+                         "repeats": 5, "auroc mean": v, "tpr@1% mean": v - 0.3})
+    return pd.DataFrame(rows)
+
+
+def test_complexity_picks_the_smallest_m_reaching_the_target():
+    summ = _table()
+    need = shadows_needed(summ, target=0.9)
+    assert need.loc[("hm", "lira-online"), "m_needed"] == 1
+    assert need.loc[("mid", "lira-online"), "m_needed"] == 4
+    assert need.loc[("mid", "lira-online"), "n_shadows_needed"] == 8
+    assert np.isnan(need.loc[("rand", "lira-online"), "m_needed"]) and not need.loc[("rand", "lira-online"), "reached"]
+    assert need.loc[("rand", "lira-online"), "best"] == 0.62
+    # a dip after reaching the target does not matter: the first m that reaches it counts
+    assert shadows_needed(summ, target=0.6).loc[("mid", "lira-online"), "m_needed"] == 1
+    assert shadows_needed(summ, metric="tpr@1%", target=0.6).loc[("mid", "lira-online"), "m_needed"] == 4
+    with pytest.raises(KeyError):
+        shadows_needed(summ, metric="nope")
+
+    n = 30
+    masks = {"hm": np.arange(n) < 10, "mid": (np.arange(n) >= 10) & (np.arange(n) < 20), "rand": np.arange(n) >= 20}
+    mem = np.r_[np.full(10, 0.9), np.full(10, 0.25), np.zeros(10)]
+    tab = sample_complexity(summ, mem, mem ** 2, masks, tpr_metric="tpr@1%", tpr_target=0.6)
+    assert tab.loc[("hm", "lira-online"), "pred 1/mem"] == pytest.approx(1 / 0.9)
+    assert tab.loc[("mid", "lira-online"), "pred 1/H2"] == pytest.approx(16.0)
+    assert tab.loc[("rand", "lira-online"), "pred 1/mem"] == np.inf
+    assert tab.loc[("mid", "lira-online"), "m_needed auroc>=0.9"] == 4
+    assert tab.loc[("mid", "lira-online"), "m_needed tpr@1%>=0.6"] == 4
+    med = sample_complexity(summ, mem, mem ** 2, masks, aggregate="median", tpr_metric=None)
+    assert "median mem" in med.columns and "m_needed tpr@1%>=0.5" not in med.columns
+
+
+def test_relative_target_uses_each_curves_own_full_shadow_value():
+    summ = _table()
+    need = shadows_needed(summ, relative=0.95)
+    # hm: target 0.5 + 0.95 * 0.5 = 0.975 -> m = 2; mid: 0.5 + 0.95 * 0.47 = 0.9465 -> m = 8;
+    # rand: 0.5 + 0.95 * 0.12 = 0.614 -> m = 8
+    assert need["m_needed"].tolist() == [2, 8, 8]
+    assert need.loc[("mid", "lira-online"), "target"] == pytest.approx(0.9465)
+
+
+def test_theory_suite_end_to_end_on_a_synthetic_store(synth, tmp_path):
+    from analysis.complexity import theory_suite
+    from analysis.memorization import memorization_from_counts
+    from analysis.passes import reduce_over_shadows
+
+    path, _ = synth
+    data = open_shadows(path)
+    _, _, counts = reduce_over_shadows(data)
+    mem, _ = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
+    train = data.split == "train"
+    extra = {"subpopulation": np.arange(train.size) % 7 == 0}
+    r = theory_suite(data, counts, train=train, mem=mem, group=data.group, threshold=0.5, plots=tmp_path / "plots",
+                     n_targets=8, repeats=3, extra_masks=extra, fprs=[0.001], max_per_set=60)
+    assert set(r["masks"]) <= {"highly memorized", "random", "under-represented", "subpopulation"}
+    assert {"random", "under-represented", "subpopulation"} <= set(r["masks"])
+    assert len(r["theory"]) == int(train.sum())
+    assert r["theory_summary"].loc["random", "n"] == int(train.sum())
+    # the strongly separated group: Gaussian H^2 near 1; nowhere a Bernoulli violation
+    th = r["theory"]
+    under = data.group[train] == "under"
+    assert th.loc[under, "H2_gauss_uni"].mean() > 0.9 > th.loc[~under, "H2_gauss_uni"].mean()
+    assert set(r["sweep"]["set"]) == set(r["masks"])
+    n_sw = r["sweep"].groupby("set")["n_samples"].first()
+    assert n_sw["random"] == 60 and n_sw["under-represented"] == 60  # capped (100 under samples)
+    assert r["complexity"].loc[("random", "lira-online"), "n_samples"] == int(train.sum())  # predictions: all
+    assert all(p.exists() and p.stat().st_size > 1000 for p in r["figures"])
+    assert {p.name for p in r["figures"]} >= {"sweep_auroc.png", "sweep_auroc.pdf", "complexity.png",
+                                              "complexity_relative.pdf", "sweep_tpr_0p1pct.png"}
+    assert r["complexity"].loc[("under-represented", "lira-online"), "m_needed auroc>=0.9"] == 1
+    # the report helpers: flat tables with captions, strict-JSON digest
+    import json
+
+    from analysis.complexity import theory_json, theory_tables
+    from analysis.report import _jsonable, to_markdown
+
+    tabs = theory_tables(r)
+    assert set(tabs) == {"theory", "sweep", "complexity"}
+    for df, caption in tabs.values():
+        assert caption and not isinstance(df.index, pd.MultiIndex)
+        assert to_markdown(df).count("\n") == len(df) + 2
+    assert "under-represented / lira-online / 1" in tabs["sweep"][0].index
+    json.dumps(_jsonable(theory_json(r)), allow_nan=False)
+
+
+def test_theory_suite_skips_the_sweep_with_too_few_shadows(tmp_path):
+    from analysis.complexity import theory_suite, theory_tables
+    from analysis.memorization import memorization_from_counts
+    from analysis.passes import reduce_over_shadows
+
+    write_synthetic_store(tmp_path / "s", n_shadows=2, n_samples=50, seed=3)
+    data = open_shadows(tmp_path / "s")
+    _, _, counts = reduce_over_shadows(data)
+    mem, _ = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
+    r = theory_suite(data, counts, train=data.split == "train", mem=mem, group=data.group, threshold=0.5,
+                     plots=tmp_path / "plots")
+    assert r["skipped"] and r["sweep"].empty and r["figures"] == []
+    assert len(r["theory"]) == 50 and r["theory"]["H2_gauss_uni"].isna().all()  # one shadow per side: no fit
+    assert set(theory_tables(r)) == {"theory"}
