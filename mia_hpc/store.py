@@ -245,14 +245,8 @@ def _fsync_tree(path: Path) -> None:
         return
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     dirs = {path.parent} | ({path} if path.is_dir() else set()) | {p.parent for p in files}
-    for p in files:
+    for p in [*files, *dirs]:
         fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    for d in dirs:
-        fd = os.open(d, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

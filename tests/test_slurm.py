@@ -468,7 +468,7 @@ def test_missing_profile_and_cli_errors(tmp_path):
 
     from mia_hpc.commands.slurm_cli import register
 
-    with pytest.raises(SpecError, match="profile not found"):
+    with pytest.raises(SpecError, match="profile file not found"):
         load_profile(tmp_path / "nope.toml")
     parser = argparse.ArgumentParser()
     handlers = register(parser.add_subparsers(dest="cmd"))
