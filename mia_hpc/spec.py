@@ -18,7 +18,9 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, TypeVar
+
+T = TypeVar("T")
 
 
 class SpecError(ValueError):
@@ -136,6 +138,18 @@ class AnalysisSpec:
 
 
 @dataclass(frozen=True)
+class AdaptiveSpec:
+    """``mia-hpc run --adaptive``: train shadows in doubling waves until the watched metrics settle."""
+
+    first_wave: int = option(8, "shadows in the first wave; each next wave doubles the total", ge=2, le=1_000_000,
+                             even=True)
+    watch: list[str] = option(["lira-online/AUROC Under", "lira-online/TPR@0.1% Under"],
+                              "'attack/column' cells of the attack table that must converge")
+    tolerance: float = option(0.02, "stop when every watched value moved by at most this over the last doubling",
+                              gt=0, le=1)
+
+
+@dataclass(frozen=True)
 class StoreSpec:
     """Layout of the Zarr store."""
 
@@ -156,6 +170,7 @@ class Spec:
     shadows: ShadowSpec = field(default_factory=ShadowSpec, metadata={"doc": "shadows"})
     queries: QuerySpec = field(default_factory=QuerySpec, metadata={"doc": "queries"})
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec, metadata={"doc": "analysis"})
+    adaptive: AdaptiveSpec = field(default_factory=AdaptiveSpec, metadata={"doc": "adaptive shadow budget"})
     store: StoreSpec = field(default_factory=StoreSpec, metadata={"doc": "store"})
 
     # --- derived quantities -------------------------------------------------------------------
@@ -176,11 +191,18 @@ class Spec:
     def hash(self) -> str:
         """Hash of the fields that determine the store's content.
 
-        ``analysis`` is left out: re-analysing a store with other targets or FPRs is allowed.
-        ``name`` is left out too, so renaming a spec file does not orphan its store.
+        ``analysis`` and ``adaptive`` are left out: they decide what is computed from the store and
+        how many of its shadows are trained, not what a shadow is. ``name``, ``data.root`` and
+        ``data.download`` are left out too, so renaming a spec file or moving the staged data does
+        not orphan a store.
         """
         d = self.to_dict()
         d.pop("analysis")
+        d.pop("adaptive")
+        # where the staged files live (and whether they may be downloaded) is not what they are:
+        # a run resumed on a node that mounts the data elsewhere is the same experiment
+        d["data"].pop("root")
+        d["data"].pop("download")
         d.pop("name")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -288,6 +310,9 @@ def _cross_checks(spec: Spec) -> None:
     for i, f in enumerate(spec.analysis.fpr):
         if not 0 < f < 1:
             raise SpecError(f"analysis.fpr[{i}]: must be a number > 0 and < 1, got {f!r}")
+    for i, w in enumerate(spec.adaptive.watch):
+        if w.count("/") != 1 or not all(w.split("/")):
+            raise SpecError(f"adaptive.watch[{i}]: must be 'attack/column', e.g. 'lira-online/AUROC Under', got {w!r}")
     if spec.model.arch.startswith("cnn") and spec.data.image_size < 8:
         raise SpecError(f"data.image_size: CNN models need >= 8 pixels, got {spec.data.image_size}")
 
@@ -324,17 +349,20 @@ def spec_from_dict(raw: dict[str, Any]) -> Spec:
     return spec
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read and validate a TOML spec. Raises :class:`SpecError` with the file name in the message."""
+def load_toml_file(path: str | Path, kind: str, example: str, parse: Callable[[dict[str, Any]], T]) -> T:
+    """Read a TOML file and validate it with ``parse``; every failure is one SpecError line.
+
+    ``kind`` ("spec", "profile") and ``example`` (a path to suggest) go into the messages.
+    """
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise SpecError(f"{path}: spec file not found; pass a TOML file such as jobs/demo.toml") from None
+        raise SpecError(f"{path}: {kind} file not found; pass a TOML file such as {example}") from None
     except IsADirectoryError:
-        raise SpecError(f"{path}: is a directory; pass a TOML spec file") from None
+        raise SpecError(f"{path}: is a directory; pass a TOML {kind} file") from None
     except UnicodeDecodeError:
-        raise SpecError(f"{path}: not UTF-8 text; a spec is a TOML file") from None
+        raise SpecError(f"{path}: not UTF-8 text; a {kind} is a TOML file") from None
     except OSError as err:
         raise SpecError(f"{path}: cannot read ({err.strerror})") from None
     try:
@@ -342,9 +370,14 @@ def load_spec(path: str | Path) -> Spec:
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path}: invalid TOML: {err}") from None
     try:
-        return spec_from_dict(raw)
+        return parse(raw)
     except SpecError as err:
         raise SpecError(f"{path}: {err}") from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a TOML spec. Raises :class:`SpecError` with the file name in the message."""
+    return load_toml_file(path, "spec", "jobs/demo.toml", spec_from_dict)
 
 
 def describe_fields(cls: type = Spec, prefix: str = "") -> list[tuple[str, str, str, str]]:

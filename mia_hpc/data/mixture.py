@@ -138,8 +138,10 @@ def build_dataset(spec: Spec) -> StaticData:
         missing, empty or holds an unreadable image.
     """
     data = spec.data
-    if data.source != "digits":  # pragma: no cover - the spec admits only "digits"
-        raise SpecError(f"data.source: only 'digits' is available, got {data.source!r}")
+    if data.source != "digits":  # real datasets from data.root: MNIST, CIFAR-10 and their D_U
+        from mia_hpc.data.real import build_real_dataset  # imported here: real.py imports this module
+
+        return build_real_dataset(spec)
     images, labels = load_digit_images(data.image_size)
     train_idx, test_idx = stratified_split(labels, data.test_fraction, rng_for(spec.seed, PURPOSE_SPLIT))
 

@@ -1,4 +1,4 @@
-"""PixMix (Hendrycks et al., CVPR 2022) for single-channel images, as used to make augMNIST.
+"""PixMix (Hendrycks et al., CVPR 2022) for grayscale or RGB images, as used to make augMNIST/augCIFAR-10.
 
 A port of the reference implementation (github.com/andyzoujm/pixmix: ``cifar.py::pixmix`` and
 ``pixmix_utils.py``) with two changes that do not alter the algorithm:
@@ -166,13 +166,13 @@ def augment(img: Image.Image, severity: int, rng: np.random.Generator) -> Image.
 
 def pixmix(image: np.ndarray, mixing_pic: np.ndarray, rng: np.random.Generator, *,
            mixing_severity: float = 2.0, aug_severity: int = 4, iterations: int = 4) -> np.ndarray:
-    """PixMix one single-channel image with one fractal picture.
+    """PixMix one grayscale (H, W) or RGB (H, W, 3) image with one fractal picture of its shape.
 
     Parameters
     ----------
-    image : (H, W) float in [0, 1]
+    image : (H, W) or (H, W, 3) float in [0, 1]
         The clean image.
-    mixing_pic : (H, W) float in [0, 1]
+    mixing_pic : float in [0, 1], the shape of ``image``
         The fractal it may be mixed with.
     rng : numpy Generator
         The only source of randomness.
@@ -185,12 +185,12 @@ def pixmix(image: np.ndarray, mixing_pic: np.ndarray, rng: np.random.Generator, 
 
     Returns
     -------
-    (H, W) float32 in [0, 1].
+    float32 in [0, 1], the shape of ``image``.
     """
     image = np.asarray(image, dtype=np.float64)
     mixing_pic = np.asarray(mixing_pic, dtype=np.float64)
-    if image.shape != mixing_pic.shape or image.ndim != 2:
-        raise ValueError(f"pixmix: need two (H, W) images of one shape, got {image.shape} and "
+    if image.shape != mixing_pic.shape or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"pixmix: need two (H, W) or two (H, W, 3) images of one shape, got {image.shape} and "
                          f"{mixing_pic.shape}")
     orig = _to_pil(image)
     if rng.random() < 0.5:

@@ -21,7 +21,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mia_hpc.spec import SpecError, build_config, option
+from mia_hpc.spec import SpecError, build_config, load_toml_file, option
 
 _SBATCH_OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=.*)?", re.DOTALL)
 # options the launcher sets itself; a profile must not override them (they would break the array
@@ -121,23 +121,4 @@ def profile_from_dict(raw: dict) -> Profile:
 
 def load_profile(path: str | Path) -> Profile:
     """Read and validate a profile. Raises :class:`SpecError` with the file name in the message."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{path}: profile not found; pass a TOML file such as "
-                        "slurm/profiles/generic-gpu.toml") from None
-    except IsADirectoryError:
-        raise SpecError(f"{path}: is a directory; pass a TOML profile file") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{path}: not UTF-8 text; a profile is a TOML file") from None
-    except OSError as err:
-        raise SpecError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise SpecError(f"{path}: invalid TOML: {err}") from None
-    try:
-        return profile_from_dict(raw)
-    except SpecError as err:
-        raise SpecError(f"{path}: {err}") from None
+    return load_toml_file(path, "profile", "slurm/profiles/generic-gpu.toml", profile_from_dict)
