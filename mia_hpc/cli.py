@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--parallel", type=int, default=0, help="shard processes at once (default: cores)")
     r.add_argument("--device", default="auto", help="torch device (default: cuda if available)")
     r.add_argument("--no-analyze", action="store_true", help="stop after training")
+    r.add_argument("--adaptive", action="store_true",
+                   help="train in doubling waves until the spec's [adaptive] metrics converge")
+    r.add_argument("--compare-full", action="store_true",
+                   help="with --adaptive: afterwards train all shadows and report the full run's values too")
 
     s = sub.add_parser("status", help="shadows done / total, per shard")
     s.add_argument("store")
@@ -72,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args) -> int:
     from mia_hpc import api
+
+    if args.adaptive:
+        from mia_hpc.adaptive import run_adaptive
+
+        res = run_adaptive(args.spec, args.out, executor=args.executor, parallel=args.parallel, device=args.device,
+                           compare_full=args.compare_full)
+        print("\n".join(res.lines()))
+        print(f"per-wave analyses in {Path(args.out) / 'waves'}; summary {Path(args.out) / 'adaptive.json'}")
+        return 0
 
     res = api.run(args.spec, args.out, executor=args.executor, analyze=not args.no_analyze, device=args.device,
                   parallel=args.parallel)

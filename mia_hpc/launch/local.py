@@ -38,21 +38,23 @@ class ShardFailed(RuntimeError):
 
 def run_shards(store: str | Path, n_shards: int, shards: Sequence[int], *, executor: str = "local",
                log_dir: str | Path | None = None, parallel: int = 0, device: str = "auto",
-               progress: bool = True) -> list[int]:
+               progress: bool = True, limit: int | None = None) -> list[int]:
     """Run the given shards to completion; return the shadows trained (not those already done)."""
     if executor not in EXECUTORS:
         raise ValueError(f"--executor: must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if not shards:
         return []
     if executor == "debug":
-        return [s for i in shards for s in train_shard(store, i, n_shards, device=device, progress=progress)]
+        return [s for i in shards
+                for s in train_shard(store, i, n_shards, device=device, progress=progress, limit=limit)]
     import submitit
 
     parallel = parallel or min(len(shards), os.cpu_count() or 1)
     log_dir = Path(log_dir or Path(store).parent / "logs")
     ex = submitit.LocalExecutor(folder=log_dir / "%j")
     ex.update_parameters(timeout_min=7 * 24 * 60)
-    fn = functools.partial(train_shard, device=device, threads=default_threads(parallel), progress=False)
+    fn = functools.partial(train_shard, device=device, threads=default_threads(parallel), progress=False,
+                           limit=limit)
     root = open_store(store)
     total = len(done_mask(root))
     trained: list[int] = []

@@ -15,12 +15,26 @@ import numpy as np
 
 
 def train_shard(store: str | Path, shard: int, n_shards: int, *, device: str = "auto", threads: int = 0,
-                progress: bool = True) -> list[int]:
-    """Train shard ``shard`` of ``n_shards``; return the shadows trained by this call."""
+                progress: bool = True, limit: int | None = None) -> list[int]:
+    """Train shard ``shard`` of ``n_shards`` (its shadows below ``limit``, if given).
+
+    Returns the shadows trained by this call (those not already done).
+    """
+    from mia_hpc.experiment import spec_of
+    from mia_hpc.launch.shards import shard_shadows
+    from mia_hpc.store import open_store
+
+    m = spec_of(open_store(store)).shadows.count
+    shadows = [s for s in shard_shadows(m, n_shards, shard) if limit is None or s < limit]
+    return train_shadow_list(store, shadows, device=device, threads=threads, progress=progress)
+
+
+def train_shadow_list(store: str | Path, shadows: list[int], *, device: str = "auto", threads: int = 0,
+                      progress: bool = True) -> list[int]:
+    """Train the given shadows that are not done yet, a batch at a time; return those trained."""
     import torch
 
     from mia_hpc.experiment import spec_of
-    from mia_hpc.launch.shards import shard_shadows
     from mia_hpc.store import done_mask, open_store, read_strings, write_shadow
     from mia_hpc.train.batched import TrainData, iter_batches, train_shadows
 
@@ -31,7 +45,7 @@ def train_shard(store: str | Path, shard: int, n_shards: int, *, device: str = "
     root = open_store(store)
     spec = spec_of(root)
     done = done_mask(root)
-    todo = [s for s in shard_shadows(spec.shadows.count, n_shards, shard) if not done[s]]
+    todo = [s for s in shadows if not done[s]]
     if not todo:
         return []
     data = TrainData(
