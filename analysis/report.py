@@ -251,7 +251,7 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 # --- entry point ------------------------------------------------------------------------------
 
 def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, fpr: list[float] | None = None,
-            progress: bool = True, shadow_limit: int | None = None) -> dict[str, Any]:
+            progress: bool = True, shadow_limit: int | None = None, extras: bool = True) -> dict[str, Any]:
     """Analyse a shadow store: LiRA attacks, memorization, privacy scores, accuracy; write reports.
 
     Parameters
@@ -270,6 +270,10 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         Show tqdm progress bars (on stderr).
     shadow_limit : int, optional
         Use only done shadows with index below this (a wave prefix of an adaptive run).
+    extras : bool
+        Also compute the paper's challenge sets (random, subpopulation, singletons) with bootstrap
+        intervals, OOD scores, Hellinger/Eq. 8 checks, the shadow-count sweep and the sample
+        complexity (:func:`_paper_extras`). Off for quick repeated analyses (adaptive waves).
 
     Returns
     -------
@@ -339,6 +343,12 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     per_sample = pd.DataFrame({"sample": data.ds["sample"].values, "group": group, "split": split,
                                "label": label, "mem": mem, "mem_se": mem_se, "privacy_score": priv})
 
+    extra: dict[str, Any] = {}
+    if extras:
+        extra = _paper_extras(data, counts, lira, out, train=train, group=group, mem=mem, priv=priv, thr=thr,
+                              fprs=fprs, n_targets=n_targets, progress=progress)
+        per_sample = per_sample.merge(extra.pop("per_sample"), on="sample", how="left")
+
     # --- write ---------------------------------------------------------------------------------
     n_pairs = lira.member.size
     _write_table(out, "attacks", attacks,
@@ -388,8 +398,71 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         "accuracy_percent": accuracy.to_dict(orient="index"),
         "memorization": memo.to_dict(orient="index"),
         "spearman_mem_privacy": rho,
+        **extra.get("summary", {}),
         "wall_s": round(time.perf_counter() - t_start, 3),
     }
     _write_text(out / "analysis.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
     return {"attacks": attacks, "attacks_per_target": per_target, "accuracy": accuracy, "memorization": memo,
-            "per_sample": per_sample, "spearman": rho, "lira": lira, "summary": summary}
+            "per_sample": per_sample, "spearman": rho, "lira": lira, "summary": summary,
+            **{k: v for k, v in extra.items() if k != "summary"}}
+
+
+def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np.ndarray, mem: np.ndarray,
+                  priv: np.ndarray, thr: float, fprs: list[float], n_targets: int, progress: bool) -> dict[str, Any]:
+    """The paper's further outputs; writes its tables and figures and returns their data.
+
+    Challenge sets (random under-represented, subpopulation from shadow 0's features, singletons)
+    with bootstrap intervals (Tables 2/3/5), Table 1/4, OOD scores and their correlations (Figs.
+    1b, 5, 9, 10), Hellinger distances with the Eq. 8 check, the shadow-count sweep (Figs. 3, 7, 8)
+    and the sample complexity against 1/mem and 1/H^2 (Corollary 1).
+    """
+    from .complexity import theory_json, theory_suite, theory_tables
+    from .groups import challenge_sets, store_features
+    from .ood import ood_correlations, ood_scores_from_store, plot_mem_vs_ood, plot_ood_vs_privacy
+    from .tables import accuracy_table, attack_table, format_accuracy_table, format_attack_table, write_table
+
+    under = group == "under"
+    group_tr = group[train]
+    sets = challenge_sets(group, train, mem, thr, store_features(data.ds), seed=0)
+    ood = ood_scores_from_store(data, n_targets)
+    ood_corr = ood_correlations(ood, priv, mem, {"train": train, "train under": train & under})
+    paper = attack_table({a: (lira.member, lira.scores[a]) for a in lira.scores},
+                         {k: v[train] for k, v in sets.items()}, fpr=0.001, n_boot=200, seed=0)
+    table1 = accuracy_table(data.accuracy(), dataset=str(data.spec.get("name", "store")),
+                            n_over=int((train & ~under).sum()), n_under=int((train & under).sum()))
+    theory = theory_suite(data, counts, train=train, mem=mem, group=group, threshold=thr, plots=out / "plots",
+                          fprs=fprs, n_targets=min(n_targets, 64), progress=progress)
+
+    write_table(out / "tables", "paper_attacks", paper, format_attack_table(paper),
+                caption=f"Pooled AUROC and TPR@0.1% FPR over {n_targets} targets with 95% bootstrap intervals "
+                        f"({paper.attrs['n_boot']} replicates over targets and samples). All = train split; "
+                        "Under-represented = the row's challenge set (one store: the 'All' column is the same "
+                        "for every challenge set of an attack).")
+    write_table(out / "tables", "paper_accuracy", table1, format_accuracy_table(table1),
+                caption=f"Accuracy (%) over {data.n_shadows} shadows, mean ± 1.96 sd (paper Table 1/4).")
+    _write_text(out / "tables" / "ood_correlations.csv", ood_corr.to_csv())
+    hm = sets["singletons"][train]
+    for k, v in ood.items():
+        plot_ood_vs_privacy(out / "plots" / f"ood_{k}_vs_privacy", v[train], priv[train], group_tr, name=k,
+                            highlight=hm)
+        plot_mem_vs_ood(out / "plots" / f"mem_vs_ood_{k}", v[train], mem[train], group_tr, name=k, highlight=hm)
+    for name, (df, caption) in theory_tables(theory).items():
+        _write_table(out, name, df, caption)
+    if not theory["sweep"].empty:
+        _write_text(out / "tables" / "sweep_raw.csv", theory["sweep"].to_csv(index=False))
+
+    per_sample = pd.DataFrame({"sample": data.ds["sample"].values,
+                               **{f"in_{k}": v for k, v in sets.items()},
+                               **{f"ood_{k}": v for k, v in ood.items()}})
+    h2 = theory["theory"][["sample", "H2_gauss_uni", "H2_gauss_multi", "H2_bernoulli", "violation"]]
+    per_sample = per_sample.merge(h2.rename(columns={"violation": "eq8_violation"}), on="sample", how="left")
+    return {
+        "per_sample": per_sample, "paper_attacks": paper, "paper_accuracy": table1, "ood_correlations": ood_corr,
+        "challenge_sets": sets, "theory": theory,
+        "summary": {
+            "challenge_sets": {k: int(v.sum()) for k, v in sets.items()},
+            "ood_correlations": {f"{a}/{b}": r for (a, b), r in ood_corr.to_dict(orient="index").items()},
+            "paper_attacks": {f"{a}/{c}": r for (a, c), r in paper.to_dict(orient="index").items()},
+            "theory": theory_json(theory),
+        },
+    }

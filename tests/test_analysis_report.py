@@ -85,11 +85,19 @@ def test_accuracy_and_memorization_tables(result, store):
     assert abs(memo.loc["over", "mean mem"]) < 0.05
     assert memo.loc["under", "mean privacy score"] > 2 * memo.loc["over", "mean privacy score"]
     per = pd.read_csv(out / "per_sample.csv")
-    assert list(per.columns) == ["sample", "group", "split", "label", "mem", "mem_se", "privacy_score"]
+    assert list(per.columns[:7]) == ["sample", "group", "split", "label", "mem", "mem_se", "privacy_score"]
+    # the paper's extras per sample: challenge-set flags, OOD scores, Hellinger distances, Eq. 8 check
+    assert {"in_random", "in_singletons", "ood_msp", "ood_energy", "H2_gauss_uni", "H2_bernoulli",
+            "eq8_violation"} <= set(per.columns)
+    assert per.loc[~_test_split(per), "H2_bernoulli"].notna().all()
     assert len(per) == 500
     test = per["split"] == "test"
     assert per.loc[test, "mem"].isna().all() and per.loc[~test, "mem"].notna().all()
     assert per.loc[~test, "privacy_score"].notna().all()
+
+
+def _test_split(per: pd.DataFrame) -> pd.Series:
+    return per["split"] == "test"
 
 
 def test_plots_are_valid_pngs(result):
