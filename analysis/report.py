@@ -197,7 +197,9 @@ def _figure():
 
 
 def _save_png(fig, path: Path) -> None:
+    """PNG for the report, and a PDF beside it for papers."""
     _atomic(path, lambda p: fig.savefig(p, format="png"))
+    _atomic(path.with_suffix(".pdf"), lambda p: fig.savefig(p, format="pdf"))
 
 
 def _plot_privacy_hist(path: Path, group_tr: np.ndarray, priv_tr: np.ndarray) -> None:
