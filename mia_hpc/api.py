@@ -95,6 +95,11 @@ def run(spec: str | Path | Spec, out: str | Path, *, executor: str = "local", an
     from mia_hpc.launch.local import run_shards
 
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    if spec.selection.kind != "none":  # multi-stage spec: oracle, selection, attack, analysis (mia_hpc.stages)
+        from mia_hpc.stages import run_staged
+
+        return run_staged(spec, out, executor=executor, analyze=analyze, device=device, parallel=parallel,
+                          progress=progress)
     out = Path(out)
     store = out / "store.zarr"
     prepare_store(spec, store)

@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     from mia_hpc.commands import interop_cli
 
     _EXTRA_HANDLERS.update(interop_cli.register(sub))
+    from mia_hpc.commands import stages_cli
+
+    _EXTRA_HANDLERS.update(stages_cli.register(sub))
     return p
 
 

@@ -157,6 +157,26 @@ class StoreSpec:
 
 
 @dataclass(frozen=True)
+class SelectionSpec:
+    """Multi-stage D_U selection (paper §6 (b), (c)): a memorization-oracle run on the candidate pool
+    D_O u (all D_U candidates) in ``OUT/oracle/``, the selection (``OUT/selection.json``), then the
+    attack run on D_O u (the selected D_U) in ``OUT/store.zarr``; see :mod:`mia_hpc.stages`."""
+
+    kind: Literal["none", "singletons", "subpopulation"] = option(
+        "none", "'none': one stage (D_U as drawn); 'singletons': keep the D_U candidates whose oracle memorization "
+        "exceeds selection.threshold; 'subpopulation': keep the D_U candidates of the smallest KMeans cluster of the "
+        "oracle's penultimate features (PCA 10, 5 clusters)")
+    threshold: float = option(0.8, "singletons: oracle memorization above which a D_U candidate is kept "
+                                   "(paper: 0.8 MNIST-like, 0.5 CIFAR-like)", ge=0, le=1)
+    candidates: int = option(0, "D_U candidates in the oracle's pool (0: the spec's D_U, size - round(alpha * size))",
+                             ge=0, le=10_000_000)
+    oracle_shadows: int = option(0, "shadows of the oracle run (0: shadows.count)", ge=0, le=1_000_000, even=True)
+    oracle_epochs: int = option(0, "epochs of the oracle run (0: train.epochs)", ge=0, le=10_000)
+    min_selected: int = option(1, "the selection stage fails when fewer D_U candidates are selected", ge=0,
+                               le=10_000_000)
+
+
+@dataclass(frozen=True)
 class Spec:
     """A whole experiment."""
 
@@ -172,6 +192,8 @@ class Spec:
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec, metadata={"doc": "analysis"})
     adaptive: AdaptiveSpec = field(default_factory=AdaptiveSpec, metadata={"doc": "adaptive shadow budget"})
     store: StoreSpec = field(default_factory=StoreSpec, metadata={"doc": "store"})
+    selection: SelectionSpec = field(default_factory=SelectionSpec,
+                                     metadata={"doc": "multi-stage D_U selection (oracle run first)"})
 
     # --- derived quantities -------------------------------------------------------------------
     @property
@@ -194,7 +216,8 @@ class Spec:
         ``analysis`` and ``adaptive`` are left out: they decide what is computed from the store and
         how many of its shadows are trained, not what a shadow is. ``name``, ``data.root`` and
         ``data.download`` are left out too, so renaming a spec file or moving the staged data does
-        not orphan a store.
+        not orphan a store. ``selection`` counts only when its ``kind`` is not "none" (it then decides
+        which D_U samples the store holds), so single-stage specs keep their hash.
         """
         d = self.to_dict()
         d.pop("analysis")
@@ -204,6 +227,9 @@ class Spec:
         d["data"].pop("root")
         d["data"].pop("download")
         d.pop("name")
+        # [selection] decides which D_U samples the store holds; single-stage specs keep their old hash
+        if d["selection"]["kind"] == "none":
+            d.pop("selection")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -315,6 +341,21 @@ def _cross_checks(spec: Spec) -> None:
             raise SpecError(f"adaptive.watch[{i}]: must be 'attack/column', e.g. 'lira-online/AUROC Under', got {w!r}")
     if spec.model.arch.startswith("cnn") and spec.data.image_size < 8:
         raise SpecError(f"data.image_size: CNN models need >= 8 pixels, got {spec.data.image_size}")
+    _selection_cross_checks(spec)
+
+
+def _selection_cross_checks(spec: Spec) -> None:
+    """A staged spec needs a D_U to select from and an oracle that can estimate memorization."""
+    sel = spec.selection
+    if sel.kind == "none":
+        return
+    if spec.data.under.kind == "none":
+        raise SpecError(f"selection.kind: {sel.kind!r} selects from D_U; data.under.kind 'none' has none")
+    if sel.candidates == 0 and spec.n_under < 10:
+        raise SpecError(f"selection.candidates: the spec's D_U has {spec.n_under} samples; set data.alpha < 1 or "
+                        "selection.candidates >= 10")
+    if 0 < sel.candidates < 10:
+        raise SpecError(f"selection.candidates: must be 0 or >= 10 (one per class), got {sel.candidates}")
 
 
 #: Native side length of each real dataset (D_O is not resized: the paper resizes D_U to D_O).

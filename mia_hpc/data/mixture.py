@@ -137,6 +137,9 @@ def build_dataset(spec: Spec) -> StaticData:
         A class of the digits train split is too small for the D_O request, or ``fractal_dir`` is
         missing, empty or holds an unreadable image.
     """
+    if spec.selection.kind != "none":  # staged: the pool is the oracle's, restricted by the selection stage
+        raise SpecError(f"selection.kind: {spec.selection.kind!r} is a staged spec; its data is made by its stages "
+                        "('mia-hpc run' / 'mia-hpc submit', see mia_hpc.stages), not in one step")
     data = spec.data
     if data.source != "digits":  # real datasets from data.root: MNIST, CIFAR-10 and their D_U
         from mia_hpc.data.real import build_real_dataset  # imported here: real.py imports this module

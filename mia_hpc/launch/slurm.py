@@ -205,11 +205,13 @@ def shard_job_states(out: str | Path) -> dict[int, tuple[str, str]]:
 
 
 def submit(spec_path: str | Path | Spec, out: str | Path, profile: str | Path | Profile, *,
-           analyze: bool = True, folder: str | Path | None = None) -> SubmitResult:
+           analyze: bool = True, folder: str | Path | None = None, stages: bool = True) -> SubmitResult:
     """Submit the unfinished shards of ``spec`` as one array job, then the dependent analysis.
 
     Returns as soon as ``sbatch`` accepted the jobs. ``folder``: submitit's files (default
-    ``OUT/slurm/submitit``).
+    ``OUT/slurm/submitit``). A staged spec (``selection.kind != "none"``) goes to
+    :func:`mia_hpc.stages.submit_staged` (oracle, selection, attack, analysis chained with afterok),
+    which returns a ``StagedSubmitResult``; ``stages=False`` is its way back here for the attack store.
     """
     import submitit
 
@@ -223,6 +225,10 @@ def submit(spec_path: str | Path | Spec, out: str | Path, profile: str | Path | 
     if shutil.which("sbatch") is None:
         raise SlurmError("sbatch not found: submit needs the Slurm client commands "
                          "(for a local test cluster: sudo bash .ci/slurm.sh)")
+    if stages and spec.selection.kind != "none":  # multi-stage spec: its own code path
+        from mia_hpc.stages import submit_staged
+
+        return submit_staged(spec, out, prof, analyze=analyze, folder=folder)  # type: ignore[return-value]
     store = out / "store.zarr"
     prepare_store(spec, store)
     folder = Path(folder).absolute() if folder else out / "slurm" / "submitit"
