@@ -66,8 +66,9 @@ def run_shards(store: str | Path, n_shards: int, shards: Sequence[int], *, execu
             jobs = ex.map_array(fn, [str(store)] * len(wave), wave, [n_shards] * len(wave))
             while not all(j.done() for j in jobs):
                 time.sleep(0.5)
-                bar.n = int(done_mask(root).sum())
-                bar.refresh()
+                n = int(done_mask(root).sum())
+                if n != bar.n:  # redraw only on progress: logs of non-interactive runs stay short
+                    bar.update(n - bar.n)
             for shard, job in zip(wave, jobs):
                 try:
                     trained += job.result()
