@@ -43,6 +43,8 @@ from .memorization import memorization_from_counts
 from .metrics import attack_metrics, fpr_label, metric_columns
 from .passes import reduce_over_shadows
 from .privacy import privacy_score_from_sums
+from .html_report import write_report
+from .scores import write_scores
 
 __all__ = ["analyze", "format_table", "to_markdown"]
 
@@ -403,7 +405,9 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         **extra.get("summary", {}),
         "wall_s": round(time.perf_counter() - t_start, 3),
     }
+    write_scores(out, {"per_sample": per_sample, "lira": lira, "summary": summary})
     _write_text(out / "analysis.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
+    write_report(out, store=store)  # reads analysis.json for its header
     return {"attacks": attacks, "attacks_per_target": per_target, "accuracy": accuracy, "memorization": memo,
             "per_sample": per_sample, "spearman": rho, "lira": lira, "summary": summary,
             **{k: v for k, v in extra.items() if k != "summary"}}

@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("store")
     a.add_argument("--out", required=True, help="output directory for tables and plots")
     a.add_argument("--targets", type=int, default=None, help="target shadows (default: the spec's)")
+    a.add_argument("--scheduler", default=None,
+                   help="run on a dask cluster: a scheduler address or .json file, or 'local' (2 worker processes)")
+    a.add_argument("--quick", action="store_true",
+                   help="attacks, memorization and privacy only (no challenge sets, bootstrap, theory, sweep)")
 
     t = sub.add_parser("train-shard", help="train one shard of a store (one array task)")
     t.add_argument("store")
@@ -74,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     from mia_hpc.commands import stages_cli
 
     _EXTRA_HANDLERS.update(stages_cli.register(sub))
+    from mia_hpc.commands import analysis_cli
+
+    _EXTRA_HANDLERS.update(analysis_cli.register(sub))
+    ba = bsub.add_parser("analyze", help="whole analysis vs one read of the logits: time, ratio, peak RSS")
+    analysis_cli.add_bench_analyze_arguments(ba)
     return p
 
 
@@ -123,9 +132,14 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_analyze(args) -> int:
+    from contextlib import nullcontext
+
     from analysis.report import analyze, format_table
 
-    res = analyze(args.store, args.out, targets=args.targets)
+    if args.scheduler:
+        from analysis.distributed import client_for
+    with client_for(args.scheduler) if args.scheduler else nullcontext():
+        res = analyze(args.store, args.out, targets=args.targets, extras=not args.quick)
     print(format_table(res["attacks"]))
     print(f"analysis written to {args.out}")
     return 0
@@ -140,6 +154,10 @@ def _cmd_train_shard(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.what == "analyze":
+        from mia_hpc.commands import analysis_cli
+
+        return analysis_cli.cmd_bench_analyze(args)
     from mia_hpc.bench import bench_train, format_bench
     from mia_hpc.spec import load_spec
 
