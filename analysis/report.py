@@ -436,8 +436,9 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
                          {k: v[train] for k, v in sets.items()}, fpr=0.001, n_boot=200, seed=0)
     table1 = accuracy_table(data.accuracy(), dataset=str(data.spec.get("name", "store")),
                             n_over=int((train & ~under).sum()), n_under=int((train & under).sum()))
+    subpop = {"subpopulation": sets["subpopulation"]} if "subpopulation" in sets else {}
     theory = theory_suite(data, counts, train=train, mem=mem, group=group, threshold=thr, plots=out / "plots",
-                          fprs=fprs, n_targets=min(n_targets, 64), progress=progress)
+                          fprs=fprs, n_targets=min(n_targets, 64), progress=progress, extra_masks=subpop)
 
     write_table(out / "tables", "paper_attacks", paper, format_attack_table(paper),
                 caption=f"Pooled AUROC and TPR@0.1% FPR over {n_targets} targets with 95% bootstrap intervals "

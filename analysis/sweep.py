@@ -298,8 +298,9 @@ def plot_sweep(summary: pd.DataFrame, path: str | Path, *, metric: str = "auroc"
             ax.axhline(0.5, color="grey", lw=0.6, ls=":")
         ax.set_title(a)
         ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:  # one legend below the panels: inside, it hides the curves it explains
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)), fontsize="small")
     if title:
         fig.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)
