@@ -78,3 +78,15 @@ def test_spec_mismatch_refused(tmp_path):
 def test_not_a_store(tmp_path):
     with pytest.raises(StoreError, match="not a mia-hpc store"):
         open_store(tmp_path)
+
+
+def test_no_pickle_anywhere_in_the_store(tmp_path):
+    """Stores hold plain arrays and JSON attributes only: no object/pickle codec, nothing executable."""
+    import json
+
+    _make(tmp_path / "s.zarr")
+    for meta in (tmp_path / "s.zarr").rglob("zarr.json"):
+        text = meta.read_text()
+        assert "pickle" not in text.lower(), meta
+        for codec in json.loads(text).get("codecs", []):
+            assert codec["name"] in {"bytes", "vlen-utf8", "zstd", "crc32c"}, (meta, codec)
