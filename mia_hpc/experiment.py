@@ -7,13 +7,14 @@ shards (local processes, Slurm tasks, containers) see byte-identical data.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 import zarr
 
 from mia_hpc.keep import make_keep
 from mia_hpc.queries import make_queries
 from mia_hpc.spec import Spec, spec_from_dict
-from mia_hpc.store import check_spec_matches, create_store, open_store, store_spec
+from mia_hpc.store import StaticData, check_spec_matches, create_store, open_store, store_spec
 
 
 def prepare_store(spec: Spec, path: str | Path) -> zarr.Group:
@@ -25,13 +26,23 @@ def prepare_store(spec: Spec, path: str | Path) -> zarr.Group:
         return root
     from mia_hpc.data import build_dataset  # data building is only needed on first creation
 
-    data = build_dataset(spec)
-    keep = make_keep(spec.shadows.count, data.split == "train", spec.seed, spec.shadows.keep_block)
+    return create_from_data(spec, path, build_dataset(spec))
+
+
+def create_from_data(spec: Spec, path: str | Path, data: StaticData,
+                     extra_attrs: Mapping[str, Any] | None = None) -> zarr.Group:
+    """Create the store of ``spec`` at ``path`` for given static data: keep masks, allocation, attrs.
+
+    Used for ordinary specs (data built from the spec) and for a staged attack run (data selected
+    from its oracle store).
+    """
     from mia_hpc.models import embed_dim
 
+    path = Path(path)
+    keep = make_keep(spec.shadows.count, data.split == "train", spec.seed, spec.shadows.keep_block)
     n_features = embed_dim(spec.model.arch, data.image.shape[1], data.n_classes, spec.data.image_size,
                            spec.model.width)
-    extra = {}
+    extra = dict(extra_attrs or {})
     if spec.dp.noise_multiplier > 0:
         from mia_hpc.dp import dp_schedule, epsilon
 

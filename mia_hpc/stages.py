@@ -206,9 +206,7 @@ def prepare_attack_store(spec: Spec, out: str | Path, selection: dict[str, Any])
     the keep masks, queries and allocation follow :func:`mia_hpc.experiment.prepare_store`.
     """
     from mia_hpc.data.selection import restrict_under
-    from mia_hpc.keep import make_keep
-    from mia_hpc.queries import make_queries
-    from mia_hpc.store import StaticData, check_spec_matches, create_store, open_store, read_strings
+    from mia_hpc.store import StaticData, check_spec_matches, open_store, read_strings
 
     path = attack_path(out)
     record = {"kind": selection["kind"], "hash": selection["hash"], "indices": selection["indices"],
@@ -225,25 +223,9 @@ def prepare_attack_store(spec: Spec, out: str | Path, selection: dict[str, Any])
                       group=read_strings(o, "group"), split=read_strings(o, "split"),
                       source=np.asarray(o["source"][...]), dataset=read_strings(o, "dataset"),
                       n_classes=int(o.attrs["n_classes"]))
-    data = restrict_under(full, selection["indices"])
-    keep = make_keep(spec.shadows.count, data.split == "train", spec.seed, spec.shadows.keep_block)
-    from mia_hpc.models import embed_dim
+    from mia_hpc.experiment import create_from_data
 
-    n_features = embed_dim(spec.model.arch, data.image.shape[1], data.n_classes, spec.data.image_size,
-                           spec.model.width)
-    extra: dict[str, Any] = {"selection": record}
-    if spec.dp.noise_multiplier > 0:
-        from mia_hpc.dp import dp_schedule, epsilon
-
-        n_pool = int((data.split == "train").sum())
-        sched = dp_schedule(spec, n_pool)
-        extra["dp"] = {"epsilon": epsilon(spec, n_pool), "delta": spec.dp.delta, "sample_rate": sched.sample_rate,
-                       "steps": sched.steps, "noise_multiplier": spec.dp.noise_multiplier,
-                       "max_grad_norm": spec.dp.max_grad_norm, "accountant": spec.dp.accountant}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    create_store(path, spec.to_dict(), spec.hash(), data, keep,
-                 make_queries(spec.queries.shift, spec.queries.mirror), spec.store.sample_chunk, n_features, extra)
-    return open_store(path)
+    return create_from_data(spec, path, restrict_under(full, selection["indices"]), {"selection": record})
 
 
 # --- local: every stage in order ------------------------------------------------------------------
@@ -364,26 +346,7 @@ def submit_staged(spec: Spec, out: str | Path, prof: Any, *, analyze: bool = Tru
     todo = pending_shards(ostore)
 
     def executor(name: str, dependency: str | None = None, gpus: bool = False) -> Any:
-        ex = submitit.SlurmExecutor(folder=folder / "%j", python=prof.python_command(), max_num_timeout=20)
-        params: dict[str, Any] = {"cpus_per_task": prof.cpus_per_task, "time": prof.time_min,
-                                  "mem": f"{int(round(prof.mem_gb * 1024))}M", "nodes": 1, "ntasks_per_node": 1,
-                                  "job_name": S.job_name(spec, name)}
-        if prof.partition:
-            params["partition"] = prof.partition
-        if prof.account:
-            params["account"] = prof.account
-        if prof.setup:
-            params["setup"] = prof.setup_lines()
-        flags = dict(prof.sbatch_flags()) if prof.sbatch_options else {}
-        if dependency:
-            params["dependency"] = f"afterok:{dependency}"
-            flags["kill-on-invalid-dep"] = "yes"  # a failed stage cancels the later ones
-        if flags:
-            params["additional_parameters"] = flags
-        if gpus and prof.gpus_per_task:
-            params["gpus_per_task"] = prof.gpus_per_task
-        ex.update_parameters(**params)
-        return ex
+        return S.slurm_executor(prof, folder, job_name=S.job_name(spec, name), dependency=dependency, gpus=gpus)
 
     def array_id(jobs: list[Any]) -> str:
         return str(jobs[0].job_id).split("_")[0]

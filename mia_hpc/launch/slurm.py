@@ -172,6 +172,38 @@ def in_flight(out: Path, alive: dict[str, str]) -> tuple[dict[int, str], list[st
     return shards, sorted({t.split("_")[0] for t in shards.values()})
 
 
+def slurm_executor(prof: Profile, folder: Path, *, job_name: str, dependency: str | None = None,
+                   gpus: bool = False) -> Any:
+    """A submitit SlurmExecutor with the profile's resources, for one job (or array) of a submission.
+
+    ``dependency``: job ids (``a:b``) this job runs ``afterok`` of; a failed dependency cancels it
+    (``--kill-on-invalid-dep``) instead of leaving it pending forever. ``gpus``: request the
+    profile's GPUs (shard tasks do, the analysis and selection jobs do not).
+    """
+    import submitit
+
+    ex = submitit.SlurmExecutor(folder=folder / "%j", python=prof.python_command(), max_num_timeout=20)
+    params: dict[str, Any] = {"cpus_per_task": prof.cpus_per_task, "time": prof.time_min,
+                              "mem": f"{int(round(prof.mem_gb * 1024))}M", "nodes": 1, "ntasks_per_node": 1,
+                              "job_name": job_name}
+    if prof.partition:
+        params["partition"] = prof.partition
+    if prof.account:
+        params["account"] = prof.account
+    if prof.setup:
+        params["setup"] = prof.setup_lines()
+    flags = dict(prof.sbatch_flags()) if prof.sbatch_options else {}
+    if dependency:
+        params["dependency"] = f"afterok:{dependency}"
+        flags["kill-on-invalid-dep"] = "yes"
+    if flags:
+        params["additional_parameters"] = flags
+    if gpus and prof.gpus_per_task:
+        params["gpus_per_task"] = prof.gpus_per_task
+    ex.update_parameters(**params)
+    return ex
+
+
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
                  "PREEMPTED"}
 
@@ -238,27 +270,11 @@ def submit(spec_path: str | Path | Spec, out: str | Path, profile: str | Path | 
     todo = [s for s in api.pending_shards(store) if s not in flying]
     n_shards = spec.shadows.shards
 
-    def executor() -> Any:
-        ex = submitit.SlurmExecutor(folder=folder / "%j", python=prof.python_command(), max_num_timeout=20)
-        params: dict[str, Any] = {"cpus_per_task": prof.cpus_per_task, "time": prof.time_min,
-                                  "mem": f"{int(round(prof.mem_gb * 1024))}M", "nodes": 1, "ntasks_per_node": 1}
-        if prof.partition:
-            params["partition"] = prof.partition
-        if prof.account:
-            params["account"] = prof.account
-        if prof.setup:
-            params["setup"] = prof.setup_lines()
-        if prof.sbatch_options:
-            params["additional_parameters"] = prof.sbatch_flags()
-        ex.update_parameters(**params)
-        return ex
-
     jobs: list[Any] = []
     array_id = None
     if todo:
-        ex = executor()
-        gpus = {"gpus_per_task": prof.gpus_per_task} if prof.gpus_per_task else {}
-        ex.update_parameters(job_name=job_name(spec, "shadows"), array_parallelism=prof.array_parallelism, **gpus)
+        ex = slurm_executor(prof, folder, job_name=job_name(spec, "shadows"), gpus=True)
+        ex.update_parameters(array_parallelism=prof.array_parallelism)
         try:
             jobs = ex.map_array(ShardTask(device="auto", threads=prof.cpus_per_task),
                                 [str(store)] * len(todo), todo, [n_shards] * len(todo))
@@ -278,13 +294,8 @@ def submit(spec_path: str | Path | Spec, out: str | Path, profile: str | Path | 
         analyze = False  # the analysis of the earlier submission still waits for its shards
         deps = []
     if analyze and (deps or not (analysis_dir / "analysis.json").is_file()):
-        ex = executor()
-        params: dict[str, Any] = {"job_name": job_name(spec, "analysis")}
-        if deps:
-            params["dependency"] = "afterok:" + ":".join(deps)
-            # a failed shard makes the dependency unsatisfiable: cancel the analysis, don't leave it pending
-            params["additional_parameters"] = {**prof.sbatch_flags(), "kill-on-invalid-dep": "yes"}
-        ex.update_parameters(**params)
+        ex = slurm_executor(prof, folder, job_name=job_name(spec, "analysis"),
+                            dependency=":".join(deps) if deps else None)
         try:
             analysis_job = ex.submit(run_analysis, str(store), str(analysis_dir))
         except submitit.core.utils.FailedJobError as err:
