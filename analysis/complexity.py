@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from .figures import save_figure
 import pandas as pd
 
 __all__ = ["shadows_needed", "sample_complexity", "plot_complexity", "theory_suite", "theory_tables", "theory_json"]
@@ -204,15 +206,7 @@ def plot_complexity(table: pd.DataFrame, path: str | Path, *, attack: str = "lir
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="x-small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    for suf in (".png", ".pdf"):
-        p = path.with_suffix(suf)
-        tmp = p.with_name(f".{p.name}.tmp")
-        fig.savefig(tmp, format=suf[1:])
-        tmp.replace(p)
-        out.append(p)
-    return out
+    return save_figure(fig, path)
 
 
 def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.ndarray, threshold: float,

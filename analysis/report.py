@@ -31,7 +31,6 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 
 from mia_hpc.store import SUBSETS
 
@@ -43,6 +42,8 @@ from .memorization import memorization_from_counts
 from .metrics import attack_metrics, fpr_label, metric_columns
 from .passes import reduce_over_shadows
 from .privacy import privacy_score_from_sums
+from .figures import save_figure
+from .ood import spearman
 from .html_report import write_report
 from .scores import write_scores
 
@@ -198,12 +199,6 @@ def _figure():
     return fig
 
 
-def _save_png(fig, path: Path) -> None:
-    """PNG for the report, and a PDF beside it for papers."""
-    _atomic(path, lambda p: fig.savefig(p, format="png"))
-    _atomic(path.with_suffix(".pdf"), lambda p: fig.savefig(p, format="pdf"))
-
-
 def _plot_privacy_hist(path: Path, group_tr: np.ndarray, priv_tr: np.ndarray) -> None:
     fig = _figure()
     ax = fig.subplots()
@@ -219,7 +214,7 @@ def _plot_privacy_hist(path: Path, group_tr: np.ndarray, priv_tr: np.ndarray) ->
     ax.set_title("Privacy score by group")
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    _save_png(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_mem_vs_privacy(path: Path, group_tr: np.ndarray, mem_tr: np.ndarray, priv_tr: np.ndarray,
@@ -240,16 +235,9 @@ def _plot_mem_vs_privacy(path: Path, group_tr: np.ndarray, mem_tr: np.ndarray, p
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    _save_png(fig, path)
+    save_figure(fig, path)
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    ok = np.isfinite(x) & np.isfinite(y)
-    n = int(ok.sum())
-    if n < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return {"rho": float("nan"), "p": float("nan"), "n": n}
-    r = spearmanr(x[ok], y[ok])
-    return {"rho": float(r.statistic), "p": float(r.pvalue), "n": n}
 
 
 # --- entry point ------------------------------------------------------------------------------
@@ -343,7 +331,7 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     attacks, per_target = _attack_tables(lira, group_tr, fprs)
     accuracy = _accuracy_table(np.asarray(data.accuracy().values, dtype=np.float64))
     memo = _memorization_table(group_tr, mem[train], priv[train], thr)
-    rho = _spearman(mem[train], priv[train])
+    rho = spearman(mem[train], priv[train])
     per_sample = pd.DataFrame({"sample": data.ds["sample"].values, "group": group, "split": split,
                                "label": label, "mem": mem, "mem_se": mem_se, "privacy_score": priv})
 

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import auc, roc_curve
 
+from .figures import save_figure
 from .lira import lira_scores, sd_floor
 from .metrics import fpr_label, tpr_at_fpr
 from .stats import GaussianSums, gaussian_sums
@@ -303,15 +304,7 @@ def plot_sweep(summary: pd.DataFrame, path: str | Path, *, metric: str = "auroc"
         fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)), fontsize="small")
     if title:
         fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    for suf in (".png", ".pdf"):
-        p = path.with_suffix(suf)
-        tmp = p.with_name(f".{p.name}.tmp")
-        fig.savefig(tmp, format=suf[1:])
-        tmp.replace(p)
-        out.append(p)
-    return out
+    return save_figure(fig, path)
 
 
 def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set: int | None = None,
