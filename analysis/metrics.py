@@ -15,7 +15,8 @@ from typing import Mapping
 import numpy as np
 from sklearn.metrics import auc, roc_auc_score, roc_curve
 
-__all__ = ["roc", "auroc", "tpr_at_fpr", "fpr_label", "metric_columns", "attack_metrics"]
+__all__ = ["roc", "auroc", "tpr_at_fpr", "fpr_label", "metric_columns", "attack_metrics",
+           "per_target_metrics"]
 
 
 def roc(member: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,6 +63,89 @@ def _one(member: np.ndarray, score: np.ndarray, fprs: list[float]) -> list[float
     return [float(auc(f, t))] + [tpr_at_fpr(f, t, x) for x in fprs]
 
 
+def per_target_metrics(member: np.ndarray, score: np.ndarray, fprs: list[float],
+                       mask: np.ndarray | None = None, *, block_elems: int = 1 << 22) -> np.ndarray:
+    """[AUROC, TPR@f for f in fprs] of every row (target) at once: an array (T, 1 + len(fprs)).
+
+    Row ``t`` equals ``_one(member[t, mask], score[t, mask], fprs)`` (sklearn's ``roc_curve`` with
+    ``drop_intermediate=True``, then ``auc`` and :func:`tpr_at_fpr`) without a Python loop over
+    rows: each block of rows is sorted once (descending score; tied scores form one threshold),
+    AUROC is the exact rank-sum (Mann-Whitney U, ties counted half) and TPR@f is the TPR of the
+    last ROC point sklearn keeps whose FPR is <= f (its collinear-point dropping is reproduced, as
+    it can drop the best point under an FPR budget). Rows without both classes are NaN.
+    """
+    member = np.asarray(member, dtype=bool)
+    score = np.asarray(score)
+    if score.dtype.kind != "f":
+        score = score.astype(np.float64)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.all():
+            mask = None
+    t_rows = member.shape[0]
+    n = member.shape[1] if mask is None else int(mask.sum())
+    out = np.full((t_rows, 1 + len(fprs)), np.nan)
+    if n == 0 or t_rows == 0:
+        return out
+    step = max(1, int(block_elems) // n)
+    idt = np.int32 if n < 2**30 else np.int64  # counts; half the memory traffic of int64
+    for r0 in range(0, t_rows, step):
+        s, mb = score[r0:r0 + step], member[r0:r0 + step]
+        if mask is not None:  # one block of rows at a time: no (T, N) copy
+            s, mb = s[:, mask], mb[:, mask]
+        b = s.shape[0]
+        if not np.isfinite(s).all():
+            raise ValueError("per_target_metrics: scores contain NaN or infinity")  # as sklearn's roc_curve
+        # order within a run of tied scores is irrelevant: only the runs' cumulative counts are used
+        order = np.argsort(s, axis=1)[:, ::-1]
+        s_sorted = np.take_along_axis(s, order, axis=1)
+        tps = np.cumsum(np.take_along_axis(mb, order, axis=1), axis=1, dtype=idt)
+        del order
+        # threshold points (sklearn's threshold_idxs): the last position of each run of equal scores
+        end = np.empty((b, n), dtype=bool)
+        np.not_equal(s_sorted[:, :-1], s_sorted[:, 1:], out=end[:, :-1])
+        end[:, -1] = True
+        del s_sorted
+        flat = np.flatnonzero(end)
+        del end
+        row = (flat // n).astype(idt)
+        tp = tps.ravel()[flat]
+        del tps
+        fp = (flat - row * np.int64(n) + 1).astype(idt) - tp
+        del flat
+        last = np.flatnonzero(np.r_[row[1:] != row[:-1], True])  # last point of each row
+        p, q = tp[last], fp[last]
+        first = np.r_[0, last[:-1] + 1]
+        k = tp.size
+        has_prev = np.ones(k, dtype=bool)
+        has_prev[first] = False
+        has_next = np.ones(k, dtype=bool)
+        has_next[last] = False
+        tp_prev = np.where(has_prev, np.r_[0, tp[:-1]], 0)
+        fp_prev = np.where(has_prev, np.r_[0, fp[:-1]], 0)
+        # AUROC: exact trapezoid over all threshold points, in integers
+        area = np.add.reduceat((fp - fp_prev).astype(np.float64) * (tp + tp_prev), first)  # exact: < 2**53
+        ok = (p > 0) & (q > 0)
+        pf, qf = p.astype(np.float64), q.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[r0:r0 + b, 0] = area / (2.0 * pf * qf)
+        # sklearn keeps the first and last threshold points and every corner (nonzero 2nd difference)
+        tp_next = np.r_[tp[1:], 0]
+        fp_next = np.r_[fp[1:], 0]
+        corner = (fp_next - 2 * fp + fp_prev != 0) | (tp_next - 2 * tp + tp_prev != 0)
+        keep = ~has_prev | ~has_next | corner
+        kept = np.flatnonzero(keep)
+        krow = row[kept]
+        kfirst = np.searchsorted(krow, np.arange(b))  # every row keeps its first point
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fpr = fp[kept] / qf[krow]
+            tpr = tp[kept] / pf[krow]
+        for i, f in enumerate(fprs):
+            # tpr is nondecreasing along the curve; the prepended (0, 0) point gives 0 at worst
+            out[r0:r0 + b, 1 + i] = np.maximum(np.maximum.reduceat(np.where(fpr <= f, tpr, 0.0), kfirst), 0.0)
+        out[r0:r0 + b][~ok] = np.nan
+    return out
+
 def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np.ndarray],
                    fprs: list[float]) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Pooled and per-target metrics of one attack.
@@ -81,7 +165,9 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
         Keyed by :func:`metric_columns` names.
     """
     member = np.asarray(member, dtype=bool)
-    score = np.asarray(score, dtype=np.float64)
+    score = np.asarray(score)  # float32 scores are used as they are (no (T, N) float64 copy)
+    if score.dtype.kind != "f":
+        score = score.astype(np.float64)
     names = ["AUROC"] + [f"TPR@{fpr_label(f)}" for f in fprs]
     pooled: dict[str, float] = {}
     mean: dict[str, float] = {}
@@ -89,8 +175,7 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
     for g, mask in masks.items():
         mask = np.asarray(mask, dtype=bool)
         vals = _one(member[:, mask], score[:, mask], fprs)
-        per = np.array([_one(member[t, mask], score[t, mask], fprs) for t in range(member.shape[0])])
-        per = per.reshape(member.shape[0], len(names))
+        per = per_target_metrics(member, score, fprs, mask)
         with np.errstate(invalid="ignore"):
             n_ok = np.sum(~np.isnan(per), axis=0)
             mu = np.where(n_ok > 0, np.nansum(per, axis=0) / np.maximum(n_ok, 1), np.nan)
