@@ -206,6 +206,18 @@ def _sacct(ids: list[str]) -> dict[str, tuple[str, str, str]]:
     return out
 
 
+def _final_sacct(ids: list[str], timeout: float = 60) -> dict[str, tuple[str, str, str]]:
+    """sacct states once no job is still pending/running: slurmdbd records a job's end a moment
+    after squeue drops it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = _sacct(ids)
+        if all(st[0] not in ("PENDING", "RUNNING", "COMPLETING") for st in states.values()) \
+                or time.monotonic() > deadline:
+            return states
+        time.sleep(1)
+
+
 def test_staged_submit_chains_every_stage_with_afterok(slurm_cluster, tmp_path):
     from mia_hpc.launch.slurm import SlurmError, submit
 
@@ -238,7 +250,7 @@ def test_staged_submit_chains_every_stage_with_afterok(slurm_cluster, tmp_path):
     with pytest.raises(SlurmError, match="still queued/running"):  # no second chain while this one runs
         submit(STAGED, out, LOCAL_PROFILE)
     wait_gone(ids, timeout=300)
-    states = _sacct(ids)
+    states = _final_sacct(ids)
     assert {states[j][0] for j in (res.selection_job, res.analysis_job)} == {"COMPLETED"}, states
     tasks = {j: s for j, s in states.items() if j.split("_")[0] in (res.oracle_job, res.shadows_job)}
     assert tasks and all(s[0] == "COMPLETED" for s in tasks.values()), states
@@ -270,7 +282,7 @@ def test_failed_selection_cancels_the_later_stages(slurm_cluster, tmp_path, caps
     assert f"selection: job {jobs['selection']} (after the oracle)" in printed
     ids = [jobs[k] for k in ("oracle", "selection", "shadows", "analysis")]
     wait_gone(ids, timeout=300)
-    states = _sacct(ids)
+    states = _final_sacct(ids)
     assert states[jobs["selection"]][0] == "FAILED", states
     later = {j: s for j, s in states.items() if j.split("_")[0] in (jobs["shadows"], jobs["analysis"])}
     assert later and all(s[0] == "CANCELLED" for s in later.values()), states  # kill-on-invalid-dep
