@@ -223,3 +223,19 @@ def load_fractal_dir(folder: str | Path, n: int, size: int) -> np.ndarray:
         The folder is missing or holds no images, or an image cannot be read.
     """
     return load_fractal_files(list_fractal_files(folder)[:n], size)
+
+
+def load_fractal_files_rgb(files: list, size: int) -> np.ndarray:
+    """Image files as (len(files), size, size, 3) float32 RGB in [0, 1] (bilinear resizing)."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = np.empty((len(files), size, size, 3), dtype=np.float32)
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+        except (UnidentifiedImageError, OSError) as err:
+            raise SpecError(f"data.under.fractal_dir: cannot read image {str(f)!r} ({err}); "
+                            "remove it or replace it with a valid .png/.jpg") from None
+        out[i] = np.moveaxis(resize_images(np.moveaxis(rgb, -1, 0), size), 0, -1)
+    return out

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from mia_hpc.data.digits import N_CLASSES, load_digit_images, stratified_split
-from mia_hpc.data.fractals import generate_fractals, list_fractal_files, load_fractal_files
+from mia_hpc.data.fractals import (generate_fractals, list_fractal_files, load_fractal_files,
+                                   load_fractal_files_rgb)
 from mia_hpc.data.pixmix import pixmix
 from mia_hpc.seeding import rng_for, seed_sequence
 from mia_hpc.spec import Spec, SpecError
@@ -26,6 +27,9 @@ PURPOSE_OVER = 102  # which train digits form D_O
 PURPOSE_UNDER_POOL_SOURCES = 103  # source digits of the pool D_U samples
 PURPOSE_UNDER_TEST_SOURCES = 104  # source digits of the test D_U samples
 PURPOSE_FRACTALS = 105  # the procedural fractal set
+PURPOSE_FRACTAL_COLOUR = 109  # per-fractal channel gammas of generated fractals for RGB PixMix
+
+_GAMMA_RANGE = (0.5, 2.0)  # channel gammas of generated fractals coloured for RGB PixMix
 PURPOSE_UNDER_POOL_MIX = 106  # fractal choice and PixMix draws of the pool D_U samples
 PURPOSE_UNDER_TEST_MIX = 107  # fractal choice and PixMix draws of the test D_U samples
 
@@ -73,12 +77,13 @@ def _draw_under_sources(labels: np.ndarray, idx: np.ndarray, n: int, rng: np.ran
     return np.sort(np.concatenate(chosen), kind="stable").astype(np.int64)
 
 
-def _fractal_bank(spec: Spec, rngs: list[np.random.Generator],
-                  counts: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The fractals the D_U samples use, and each sample's index into them.
+def fractal_bank(spec: Spec, rngs: list[np.random.Generator], counts: list[int],
+                 channels: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Fractals (F, H, W), or (F, H, W, 3) for RGB PixMix, for the D_U samples, and each sample's index.
 
     Only the fractals actually picked are rendered or read: with many fractals (or a large
-    folder) most are never used by a few hundred samples.
+    folder) most are never used by a few hundred samples. Generated fractals are coloured for RGB
+    with seeded per-fractal channel gammas.
     """
     under = spec.data.under
     size = spec.data.image_size
@@ -89,12 +94,17 @@ def _fractal_bank(spec: Spec, rngs: list[np.random.Generator],
         files, n_set = [], under.n_fractals
     picks = [rng.integers(n_set, size=k) for rng, k in zip(rngs, counts)]
     used, inverse = np.unique(np.concatenate(picks), return_inverse=True)
-    if files:
+    if files and channels == 1:
         bank = load_fractal_files([files[i] for i in used], size)
+    elif files:
+        bank = load_fractal_files_rgb([files[i] for i in used], size)
     else:
         bank = generate_fractals(n_set, size, seed_sequence(spec.seed, PURPOSE_FRACTALS), indices=used)
-    split_at = np.cumsum(counts)[:-1]
-    return bank, np.split(inverse, split_at)
+        if channels == 3:
+            gammas = np.stack([rng_for(spec.seed, PURPOSE_FRACTAL_COLOUR, int(i)).uniform(*_GAMMA_RANGE, size=3)
+                               for i in used]) if len(used) else np.zeros((0, 3))
+            bank = (bank[..., None].astype(np.float64) ** gammas[:, None, None, :]).astype(np.float32)
+    return bank, np.split(inverse, np.cumsum(counts)[:-1])
 
 
 def _mix(images: np.ndarray, sources: np.ndarray, fractals: np.ndarray, picks: np.ndarray,
@@ -160,7 +170,7 @@ def build_dataset(spec: Spec) -> StaticData:
         test_src = _draw_under_sources(labels, test_idx, n_under_test,
                                        rng_for(spec.seed, PURPOSE_UNDER_TEST_SOURCES))
         mix_rngs = [rng_for(spec.seed, PURPOSE_UNDER_POOL_MIX), rng_for(spec.seed, PURPOSE_UNDER_TEST_MIX)]
-        bank, (pool_picks, test_picks) = _fractal_bank(spec, mix_rngs, [n_under_pool, n_under_test])
+        bank, (pool_picks, test_picks) = fractal_bank(spec, mix_rngs, [n_under_pool, n_under_test])
         pool_img = _mix(images, pool_src, bank, pool_picks, spec, mix_rngs[0])
         test_img = _mix(images, test_src, bank, test_picks, spec, mix_rngs[1])
         parts.append((pool_img, pool_src, "under", "train", UNDER_NAME))

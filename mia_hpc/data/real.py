@@ -43,21 +43,19 @@ import numpy as np
 
 from mia_hpc.data.digits import N_CLASSES, resize_images
 from mia_hpc.data.formats import DISPLAY, load_split
-from mia_hpc.data.fractals import GRAY_WEIGHTS, generate_fractals, list_fractal_files, load_fractal_files
-from mia_hpc.data.mixture import (PURPOSE_FRACTALS, PURPOSE_OVER, PURPOSE_UNDER_POOL_MIX,
+from mia_hpc.data.fractals import GRAY_WEIGHTS
+from mia_hpc.data.mixture import (fractal_bank, PURPOSE_OVER, PURPOSE_UNDER_POOL_MIX,
                                   PURPOSE_UNDER_POOL_SOURCES, PURPOSE_UNDER_TEST_MIX, PURPOSE_UNDER_TEST_SOURCES,
                                   _MAX_REDRAWS, _MIN_CHANGE, per_class_counts)
 from mia_hpc.data.pixmix import pixmix
-from mia_hpc.seeding import rng_for, seed_sequence
+from mia_hpc.seeding import rng_for
 from mia_hpc.spec import Spec, SpecError
 from mia_hpc.store import StaticData
 
 PURPOSE_TEST_OVER = 108  # which test images form test D_O when data.test_over caps it
-PURPOSE_FRACTAL_COLOUR = 109  # per-fractal channel gammas of generated fractals for RGB PixMix
 
 #: Channels of each D_O: D_U is converted to them.
 CHANNELS = {"mnist": 1, "cifar10": 3}
-_GAMMA_RANGE = (0.5, 2.0)
 
 
 # --- conversions ----------------------------------------------------------------------------------
@@ -139,47 +137,6 @@ def draw_balanced(labels: np.ndarray, n: int, rng: np.random.Generator, what: st
 
 # --- PixMix on real images ------------------------------------------------------------------------
 
-def _fractal_bank(spec: Spec, channels: int, rngs: list[np.random.Generator],
-                  counts: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Fractals (F, H, W) or (F, H, W, 3) for the D_U samples, and each sample's index into them."""
-    under = spec.data.under
-    size = spec.data.image_size
-    if under.fractal_dir:
-        files = list_fractal_files(under.fractal_dir)[: under.n_fractals]
-        n_set = len(files)
-    else:
-        files, n_set = [], under.n_fractals
-    picks = [rng.integers(n_set, size=k) for rng, k in zip(rngs, counts)]
-    used, inverse = np.unique(np.concatenate(picks), return_inverse=True)
-    if files and channels == 1:
-        bank = load_fractal_files([files[i] for i in used], size)
-    elif files:
-        bank = load_fractal_files_rgb([files[i] for i in used], size)
-    else:
-        bank = generate_fractals(n_set, size, seed_sequence(spec.seed, PURPOSE_FRACTALS), indices=used)
-        if channels == 3:
-            gammas = np.stack([rng_for(spec.seed, PURPOSE_FRACTAL_COLOUR, int(i)).uniform(*_GAMMA_RANGE, size=3)
-                               for i in used]) if len(used) else np.zeros((0, 3))
-            bank = (bank[..., None].astype(np.float64) ** gammas[:, None, None, :]).astype(np.float32)
-    return bank, np.split(inverse, np.cumsum(counts)[:-1])
-
-
-def load_fractal_files_rgb(files: list, size: int) -> np.ndarray:
-    """Image files as (len(files), size, size, 3) float32 RGB in [0, 1] (bilinear resizing)."""
-    from PIL import Image, UnidentifiedImageError
-
-    out = np.empty((len(files), size, size, 3), dtype=np.float32)
-    for i, f in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / np.float32(255.0)
-        except (UnidentifiedImageError, OSError) as err:
-            raise SpecError(f"data.under.fractal_dir: cannot read image {str(f)!r} ({err}); "
-                            "remove it or replace it with a valid .png/.jpg") from None
-        out[i] = np.moveaxis(resize_images(np.moveaxis(rgb, -1, 0), size), 0, -1)
-    return out
-
-
 def _mix(images: np.ndarray, sources: np.ndarray, fractals: np.ndarray, picks: np.ndarray, spec: Spec,
          rng: np.random.Generator) -> np.ndarray:
     """PixMix each (C, H, W) source image with its fractal (in HWC for C = 3, as PIL wants)."""
@@ -249,7 +206,7 @@ def build_real_dataset(spec: Spec) -> StaticData:
         pool_src = _pixmix_sources(tr_lab, n_pool, rng_for(spec.seed, PURPOSE_UNDER_POOL_SOURCES))
         t_src = _pixmix_sources(te_lab, n_test, rng_for(spec.seed, PURPOSE_UNDER_TEST_SOURCES))
         rngs = [rng_for(spec.seed, PURPOSE_UNDER_POOL_MIX), rng_for(spec.seed, PURPOSE_UNDER_TEST_MIX)]
-        bank, (pool_picks, test_picks) = _fractal_bank(spec, channels, rngs, [n_pool, n_test])
+        bank, (pool_picks, test_picks) = fractal_bank(spec, rngs, [n_pool, n_test], channels)
         # Only the images used are converted: PixMix works on the D_O-shaped float images.
         pool_clean = convert(tr_img[pool_src], channels, size)
         test_clean = convert(te_img[t_src], channels, size)
