@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
+
+from .atomic import atomic_write
 
 
 def save_figure(fig: Any, path: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Write ``fig`` as ``path`` with each suffix in ``formats``; a crash never leaves a partial file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    for fmt in formats:
-        p = path.with_suffix(f".{fmt}")
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        try:
-            fig.savefig(tmp, format=fmt)
-            tmp.replace(p)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        out.append(p)
-    return out
+    return [atomic_write(path.with_suffix(f".{fmt}"), lambda p, fmt=fmt: fig.savefig(p, format=fmt))
+            for fmt in formats]

@@ -30,6 +30,8 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+
+from .atomic import write_text
 from typing import Any, Iterable
 
 __all__ = ["write_report", "render_report", "register_caption", "caption_for", "CAPTIONS"]
@@ -375,16 +377,7 @@ def write_report(out: str | Path, *, store: str | Path | None = None, title: str
     """
     out = Path(out)
     text = render_report(out, store=store, title=title)
-    path = out / "report" / "index.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(out / "report" / "index.html", text)
 
 
 def _main(argv: list[str] | None = None) -> int:  # python -m analysis.html_report OUT

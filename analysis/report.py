@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,12 +35,13 @@ from mia_hpc.store import SUBSETS
 
 from .attacks import ATTACKS as ATTACK_REGISTRY
 from .attacks import AttackContext, run_attacks
-from .lira import ATTACKS, LiraResult, resolve_targets, run_lira
+from .lira import LiraResult, resolve_targets, run_lira
 from .load import open_shadows
 from .memorization import memorization_from_counts
 from .metrics import attack_metrics, fpr_label, metric_columns
 from .passes import reduce_over_shadows
 from .privacy import privacy_score_from_sums
+from .atomic import write_text
 from .figures import save_figure
 from .ood import spearman
 from .html_report import write_report
@@ -84,28 +84,10 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(out) + "\n"
 
 
-# --- atomic writes ----------------------------------------------------------------------------
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` then rename ``tmp`` to ``path``; on error, remove ``tmp``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-
 def _write_table(out: Path, name: str, df: pd.DataFrame, caption: str, view: pd.DataFrame | None = None) -> None:
     """``tables/name.csv`` (numbers) and ``tables/name.md`` (caption + ``view``, default ``df``)."""
-    _write_text(out / "tables" / f"{name}.csv", df.to_csv())
-    _write_text(out / "tables" / f"{name}.md", f"{caption}\n\n{to_markdown(df if view is None else view)}")
+    write_text(out / "tables" / f"{name}.csv", df.to_csv())
+    write_text(out / "tables" / f"{name}.md", f"{caption}\n\n{to_markdown(df if view is None else view)}")
 
 
 def _jsonable(v: Any) -> Any:
@@ -364,7 +346,7 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
                  f"Train-split samples per group: Feldman-Zhang memorization, fraction above the singleton "
                  f"threshold {thr:g}, mean (finite) privacy score. Spearman rho(mem, privacy) = "
                  f"{_fmt(rho['rho'])} (n = {rho['n']}).")
-    _write_text(out / "per_sample.csv", per_sample.to_csv(index=False))
+    write_text(out / "per_sample.csv", per_sample.to_csv(index=False))
     _plot_privacy_hist(out / "plots" / "privacy_score_hist.png", group_tr, priv[train])
     _plot_mem_vs_privacy(out / "plots" / "mem_vs_privacy.png", group_tr, mem[train], priv[train], rho)
 
@@ -394,7 +376,7 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         "wall_s": round(time.perf_counter() - t_start, 3),
     }
     write_scores(out, {"per_sample": per_sample, "lira": lira, "summary": summary})
-    _write_text(out / "analysis.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
+    write_text(out / "analysis.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
     write_report(out, store=store)  # reads analysis.json for its header
     return {"attacks": attacks, "attacks_per_target": per_target, "accuracy": accuracy, "memorization": memo,
             "per_sample": per_sample, "spearman": rho, "lira": lira, "summary": summary,
@@ -435,7 +417,7 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
                         "for every challenge set of an attack).")
     write_table(out / "tables", "paper_accuracy", table1, format_accuracy_table(table1),
                 caption=f"Accuracy (%) over {data.n_shadows} shadows, mean ± 1.96 sd (paper Table 1/4).")
-    _write_text(out / "tables" / "ood_correlations.csv", ood_corr.to_csv())
+    write_text(out / "tables" / "ood_correlations.csv", ood_corr.to_csv())
     hm = sets["singletons"][train]
     for k, v in ood.items():
         plot_ood_vs_privacy(out / "plots" / f"ood_{k}_vs_privacy", v[train], priv[train], group_tr, name=k,
@@ -444,7 +426,7 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
     for name, (df, caption) in theory_tables(theory).items():
         _write_table(out, name, df, caption)
     if not theory["sweep"].empty:
-        _write_text(out / "tables" / "sweep_raw.csv", theory["sweep"].to_csv(index=False))
+        write_text(out / "tables" / "sweep_raw.csv", theory["sweep"].to_csv(index=False))
 
     per_sample = pd.DataFrame({"sample": data.ds["sample"].values,
                                **{f"in_{k}": v for k, v in sets.items()},

@@ -22,13 +22,13 @@ only core LaTeX (``\\hline``, ``\\multicolumn``), every cell escaped (``% _ & # 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .atomic import write_text
 from .bootstrap import bootstrap_metrics, metric_names
 
 __all__ = ["accuracy_table", "format_accuracy_table", "attack_table", "format_attack_table", "to_markdown",
@@ -292,17 +292,6 @@ def to_latex(view: pd.DataFrame, *, caption: str = "", label: str = "", groups: 
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_table(folder: str | Path, name: str, numeric: pd.DataFrame, view: pd.DataFrame | None = None, *,
                 caption: str = "") -> list[Path]:
     """Write ``folder/name.csv`` (``numeric``), ``name.md`` (caption + ``view``) and ``name.tex``.
@@ -313,7 +302,7 @@ def write_table(folder: str | Path, name: str, numeric: pd.DataFrame, view: pd.D
     folder = Path(folder)
     view = numeric.astype(str) if view is None else view
     paths = [folder / f"{name}.csv", folder / f"{name}.md", folder / f"{name}.tex"]
-    _write_text(paths[0], numeric.to_csv())
-    _write_text(paths[1], (f"{caption}\n\n" if caption else "") + to_markdown(view))
-    _write_text(paths[2], to_latex(view, caption=caption, label=f"tab:{name}"))
+    write_text(paths[0], numeric.to_csv())
+    write_text(paths[1], (f"{caption}\n\n" if caption else "") + to_markdown(view))
+    write_text(paths[2], to_latex(view, caption=caption, label=f"tab:{name}"))
     return paths

@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 import shlex
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
