@@ -63,6 +63,16 @@ def _one(member: np.ndarray, score: np.ndarray, fprs: list[float]) -> list[float
     return [float(auc(f, t))] + [tpr_at_fpr(f, t, x) for x in fprs]
 
 
+def _order_keys(s: np.ndarray) -> np.ndarray:
+    """uint64 keys whose unsigned order is the float order of ``s`` (-0.0 and +0.0 equal)."""
+    bits = (np.asarray(s, dtype=np.float64) + 0.0).view(np.uint64)  # + 0.0 turns -0.0 into +0.0
+    flip = bits >> np.uint64(63)  # 1 for negatives: flip every bit; else set the sign bit
+    flip *= np.uint64((1 << 63) - 1)
+    flip |= np.uint64(1 << 63)
+    bits ^= flip
+    return bits
+
+
 def per_target_metrics(member: np.ndarray, score: np.ndarray, fprs: list[float],
                        mask: np.ndarray | None = None, *, block_elems: int = 1 << 22) -> np.ndarray:
     """[AUROC, TPR@f for f in fprs] of every row (target) at once: an array (T, 1 + len(fprs)).
@@ -96,16 +106,22 @@ def per_target_metrics(member: np.ndarray, score: np.ndarray, fprs: list[float],
         b = s.shape[0]
         if not np.isfinite(s).all():
             raise ValueError("per_target_metrics: scores contain NaN or infinity")  # as sklearn's roc_curve
-        # order within a run of tied scores is irrelevant: only the runs' cumulative counts are used
-        order = np.argsort(s, axis=1)[:, ::-1]
-        s_sorted = np.take_along_axis(s, order, axis=1)
-        tps = np.cumsum(np.take_along_axis(mb, order, axis=1), axis=1, dtype=idt)
-        del order
+        # One SIMD sort of integer keys instead of an argsort + gathers (~10x faster): the score's
+        # order-preserving 64-bit pattern with the member flag in its lowest bit. Runs of equal
+        # ``key >> 1`` are the thresholds; only run ends and cumulative counts are used, so the
+        # order inside a run is irrelevant. Two scores 1 ulp apart may share a run (a tie).
+        key = _order_keys(s)
+        key &= ~np.uint64(1)
+        key |= mb.astype(np.uint64)
+        key.sort(axis=1)
+        key = key[:, ::-1]
+        tps = np.cumsum(key & np.uint64(1), axis=1, dtype=idt)
+        key >>= np.uint64(1)
         # threshold points (sklearn's threshold_idxs): the last position of each run of equal scores
         end = np.empty((b, n), dtype=bool)
-        np.not_equal(s_sorted[:, :-1], s_sorted[:, 1:], out=end[:, :-1])
+        np.not_equal(key[:, :-1], key[:, 1:], out=end[:, :-1])
         end[:, -1] = True
-        del s_sorted
+        del key
         flat = np.flatnonzero(end)
         del end
         row = (flat // n).astype(idt)
@@ -174,7 +190,8 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
     std: dict[str, float] = {}
     for g, mask in masks.items():
         mask = np.asarray(mask, dtype=bool)
-        vals = _one(member[:, mask], score[:, mask], fprs)
+        # pooled: all (target, sample) pairs as one row of the same exact, sort-based computation
+        vals = per_target_metrics(member[:, mask].reshape(1, -1), score[:, mask].reshape(1, -1), fprs)[0]
         per = per_target_metrics(member, score, fprs, mask)
         with np.errstate(invalid="ignore"):
             n_ok = np.sum(~np.isnan(per), axis=0)

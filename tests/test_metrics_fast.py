@@ -78,3 +78,17 @@ def test_non_finite_scores_raise():
     member = np.array([[True, False, True]])
     with pytest.raises(ValueError):
         per_target_metrics(member, np.array([[0.0, np.nan, 1.0]]), [0.1])
+
+
+def test_pooled_equals_sklearn_on_all_pairs():
+    rng = np.random.default_rng(4)
+    member = rng.random((17, 150)) < 0.5
+    score = np.round(rng.normal(size=(17, 150)) + member, 2)
+    score[:, :5] = -0.0  # signed zeros tie with +0.0, as in sklearn
+    score[3, :5] = 0.0
+    under = rng.random(150) < 0.3
+    pooled, _, _ = attack_metrics(member, score, {"All": np.ones(150, dtype=bool), "Under": under}, [0.001, 0.05])
+    for g, mask in {"All": np.ones(150, dtype=bool), "Under": under}.items():
+        ref = _one(member[:, mask], score[:, mask], [0.001, 0.05])
+        for i, name in enumerate(["AUROC", "TPR@0.1%", "TPR@5%"]):
+            assert pooled[f"{name} {g}"] == pytest.approx(ref[i], abs=1e-12)
