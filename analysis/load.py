@@ -61,9 +61,12 @@ def phi_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     Returns
     -------
     ndarray of float64, shape ``z.shape[:-1]``
+        Rounded to float32, the precision the logits are stored in: the analysis keeps the
+        targets' phi as float32, and with one precision everywhere a target's own contribution
+        cancels exactly from sums over shadows.
     """
     zy, lse = _other_logsumexp(z, y)
-    return zy - lse
+    return (zy - lse).astype(np.float32).astype(np.float64)
 
 
 def loss_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:

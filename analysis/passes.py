@@ -15,6 +15,8 @@ the formulas live in one place.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import dask
 import dask.array as da
 import numpy as np
@@ -23,7 +25,7 @@ from .load import ShadowData, phi_from_logits
 from .memorization import MemCounts, memorization_counts
 from .stats import GaussianSums, Partners, gaussian_sums
 
-__all__ = ["reduce_over_shadows"]
+__all__ = ["reduce_over_shadows", "one_pass", "PassResult"]
 
 
 def _block(z: np.ndarray, keep: np.ndarray, label: np.ndarray, shift: np.ndarray, first_in: np.ndarray,
@@ -34,7 +36,7 @@ def _block(z: np.ndarray, keep: np.ndarray, label: np.ndarray, shift: np.ndarray
     Q wide, then n_in, n_out, c_in, c_out.
     """
     keep = np.asarray(keep, dtype=bool)
-    x = phi_from_logits(z, label[None, :, None])  # (s, n, q)
+    x = phi_from_logits(z, label[None, :, None])
     g = gaussian_sums(x, keep, shift)
     x_in = np.where((sidx[:, None] == first_in[None, :])[..., None], x, 0.0).sum(axis=0)
     x_out = np.where((sidx[:, None] == first_out[None, :])[..., None], x, 0.0).sum(axis=0)
@@ -107,3 +109,130 @@ def reduce_over_shadows(data: ShadowData, *, progress: bool = False
     counts = MemCounts(n_in=as_int(cnt[:, 0]), c_in=as_int(cnt[:, 2]), n_out=as_int(cnt[:, 1]),
                        c_out=as_int(cnt[:, 3]))
     return sums, partner, counts
+
+
+# --- the report's single pass ---------------------------------------------------------------------
+
+@dataclass
+class PassResult:
+    """Everything :func:`analysis.report.analyze` needs from the logits, from one read of them.
+
+    Attributes
+    ----------
+    sums, partner, counts
+        As :func:`reduce_over_shadows` (phi over all queries; correctness of the identity query).
+    sig_sums, sig_partner, hist, edges
+        As :meth:`analysis.attacks.AttackContext.signal_sums` (loss, prob, Mentr of the identity query).
+    target_phi : ndarray (T, N, Q) float32
+        The targets' phi (LiRA), kept so the targets are not read again.
+    target_signals : ndarray (T, N, 3) float32
+        The targets' signals (every other attack).
+    """
+
+    sums: GaussianSums
+    partner: Partners
+    counts: MemCounts
+    sig_sums: GaussianSums
+    sig_partner: Partners
+    hist: np.ndarray
+    edges: np.ndarray
+    target_phi: np.ndarray
+    target_signals: np.ndarray
+
+
+def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, train: np.ndarray,
+                 shift_phi: np.ndarray, shift_sig: np.ndarray, first_in: np.ndarray, first_out: np.ndarray,
+                 edges: np.ndarray, n_targets: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """Partial sums of shadows ``s0 .. s0 + len(z)``: (packed (N, 6Q + 22) sums, Song histogram,
+    [(s0, target phi, target signals)] for the targets among them)."""
+    from .attacks._common import signals_from_logits, song_histogram
+
+    z = np.asarray(z)
+    s = z.shape[0]
+    sidx = np.arange(s0, s0 + s)
+    kp = np.asarray(keep[s0:s0 + s], dtype=bool)
+    phi = phi_from_logits(z, label[None, :, None])  # (s, n, q)
+    sig = signals_from_logits(z[:, :, 0, :], label[None, :])  # (s, n, 3)
+    is_in = (sidx[:, None] == first_in[None, :])[..., None]
+    is_out = (sidx[:, None] == first_out[None, :])[..., None]
+    packed = []
+    for x, shift in ((phi, shift_phi), (sig, shift_sig)):
+        g = gaussian_sums(x, kp, shift)
+        packed += [g.s1_in, g.s2_in, g.s1_out, g.s2_out, np.where(is_in, x, 0.0).sum(0), np.where(is_out, x, 0.0).sum(0)]
+    c = memorization_counts(z[:, :, 0, :].argmax(axis=-1) == label[None, :], kp)
+    packed.append(np.stack([c.n_in, c.n_out, c.c_in, c.c_out], axis=-1).astype(np.float64))
+    hist = song_histogram(sig[..., 2], kp, label, train, edges, z.shape[-1])
+    t = sidx < n_targets
+    targets = [(s0, phi[t].astype(np.float32), sig[t].astype(np.float32))] if t.any() else []
+    return np.concatenate(packed, axis=-1), hist, targets
+
+
+def _add(a: tuple, b: tuple) -> tuple:
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+
+
+def one_pass(data: ShadowData, n_targets: int, *, train: np.ndarray | None = None, song_bins: int = 512,
+             progress: bool = False) -> PassResult:
+    """Every per-sample reduction over shadows the report needs, and the targets' own signals,
+    from one read of the logits (plus the first shadow's, read first for the shifts and grid).
+
+    One task per logits chunk turns the chunk into small partial sums; a binary tree of additions
+    merges them, so at most a few chunks' partials are alive at a time whatever M is. The targets'
+    phi and signals ride along as float32 (T x N x (Q + 3) x 4 bytes), so no attack reads the
+    targets' logits again. The formulas are those of :func:`reduce_over_shadows` and
+    :meth:`analysis.attacks.AttackContext.signal_sums` (same shifts, partners and Song grid), which
+    the tests compare against.
+    """
+    from .attacks._common import signals_from_logits
+
+    logits = data.logits.data
+    logits = logits.rechunk({1: -1, 2: -1, 3: -1})
+    keep = np.asarray(data.keep.values, dtype=bool)
+    m, n, q, _ = logits.shape
+    label = np.asarray(data.label, dtype=np.int64)
+    train = (np.asarray(data.split) == "train") if train is None else np.asarray(train, dtype=bool)
+    z0 = np.asarray(logits[0].compute())
+    shift_phi = phi_from_logits(z0, label[:, None])
+    shift_sig = signals_from_logits(z0[:, 0, :], label)
+    e = np.unique(np.quantile(shift_sig[train, 2], np.linspace(0, 1, song_bins + 1))) if train.any() else np.zeros(1)
+    edges = e if e.size >= 2 else np.array([e[0] - 1.0, e[0] + 1.0])
+    first_in = np.where(keep.any(0), keep.argmax(0), -1)
+    first_out = np.where((~keep).any(0), (~keep).argmax(0), -1)
+
+    # Constants enter the graph once each (not hashed and embedded per task).
+    consts = [dask.delayed(a, pure=False) for a in (keep, label, train, shift_phi, shift_sig, first_in, first_out,
+                                                     edges)]
+    task = dask.delayed(_chunk_stats, pure=False)
+    starts = np.cumsum((0,) + logits.chunks[0][:-1])
+    parts = [task(blk, int(s0), *consts, n_targets) for blk, s0 in zip(logits.to_delayed().ravel(), starts)]
+    add = dask.delayed(_add, pure=False)
+    while len(parts) > 1:
+        parts = [add(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    if progress:
+        from tqdm.dask import TqdmCallback
+
+        with TqdmCallback(desc="one pass over the logits"):
+            (total, hist, targets), = dask.compute(parts[0])
+    else:
+        (total, hist, targets), = dask.compute(parts[0])
+
+    w = 6 * q
+    col = lambda i, k: total[:, i * k:(i + 1) * k]  # noqa: E731
+    sig = total[:, w:w + 18]
+    cnt = total[:, w + 18:]
+    as_int = lambda a: np.rint(a).astype(np.int64)  # noqa: E731  (exact: small integer sums in float64)
+    n_in, n_out = as_int(cnt[:, 0]), as_int(cnt[:, 1])
+    sums = GaussianSums(shift=shift_phi, n_in=n_in, s1_in=col(0, q), s2_in=col(1, q), n_out=n_out,
+                        s1_out=col(2, q), s2_out=col(3, q))
+    partner = Partners(first_in=first_in, first_out=first_out, x_in=col(4, q), x_out=col(5, q))
+    scol = lambda i: sig[:, 3 * i:3 * (i + 1)]  # noqa: E731
+    sig_sums = GaussianSums(shift=shift_sig, n_in=n_in, s1_in=scol(0), s2_in=scol(1), n_out=n_out,
+                            s1_out=scol(2), s2_out=scol(3))
+    sig_partner = Partners(first_in=first_in, first_out=first_out, x_in=scol(4), x_out=scol(5))
+    counts = MemCounts(n_in=n_in, c_in=as_int(cnt[:, 2]), n_out=n_out, c_out=as_int(cnt[:, 3]))
+    t_phi = np.empty((n_targets, n, q), dtype=np.float32)
+    t_sig = np.empty((n_targets, n, 3), dtype=np.float32)
+    for s0, p, g in targets:
+        t_phi[s0:s0 + len(p)] = p
+        t_sig[s0:s0 + len(g)] = g
+    return PassResult(sums, partner, counts, sig_sums, sig_partner, hist, edges, t_phi, t_sig)

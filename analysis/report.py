@@ -15,9 +15,9 @@ last, so its presence marks a finished analysis):
 * ``plots/privacy_score_hist.png`` (paper Fig. 1a) and ``plots/mem_vs_privacy.png`` (Fig. 2a);
 * ``analysis.json``: all numbers, with the store's spec hash.
 
-The logits are read twice: once for every per-sample reduction over shadows (LiRA sums and
-memorization counts, computed together in one dask pass) and once for the target shadows' own
-phi, a batch of targets at a time.
+The logits are read once for the attacks (:func:`analysis.passes.one_pass`: every per-sample
+reduction over shadows and the targets' own phi and signals together); Shokri's classifier reads
+its training rows and the targets' full softmax again, and the paper extras read what they need.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from .lira import LiraResult, resolve_targets, run_lira
 from .load import open_shadows
 from .memorization import memorization_from_counts
 from .metrics import attack_metrics, fpr_label, metric_columns
-from .passes import reduce_over_shadows
+from .passes import one_pass
 from .privacy import privacy_score_from_sums
 from .atomic import write_text
 from .figures import save_figure
@@ -274,22 +274,22 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     train = split == "train"
     if not train.any():
         raise ValueError(f"{store}: no train-split samples, nothing to attack")
-    phi = data.phi()
     keep = np.asarray(data.keep.values, dtype=bool)
 
-    # Pass 1: every reduction over shadows in one dask computation (the logits are read once).
-    sums, partner, counts = reduce_over_shadows(data, progress=progress)
+    # One pass over the logits: every reduction over shadows, and the targets' own phi and signals.
+    p = one_pass(data, n_targets, train=train, progress=progress)
+    sums, partner, counts = p.sums, p.partner, p.counts
     mem, mem_se = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
     priv = privacy_score_from_sums(sums)
 
-    # Pass 2: each target against the other shadows (balanced leave-pair-out from the sums).
+    # Each target against the other shadows (balanced leave-pair-out from the sums), from memory.
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_targets, desc="LiRA targets", unit="target")
     try:
-        lira = run_lira(lambda sl: phi.isel(shadow=sl).values, keep, sums, partner, train, n_targets,
+        lira = run_lira(lambda sl: p.target_phi[sl], keep, sums, partner, train, n_targets,
                         shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values,
                         progress=bar.update if bar is not None else None)
     finally:
@@ -303,8 +303,12 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
 
         bar = tqdm(total=len(ATTACK_REGISTRY), desc="attacks", unit="attack")
     try:
-        lira = run_attacks(AttackContext.from_shadows(data, n_targets, phi_sums=sums, phi_partner=partner, lira=lira),
-                           progress=(lambda _name: bar.update(1)) if bar is not None else None)
+        ctx = AttackContext.from_shadows(data, n_targets, phi_sums=sums, phi_partner=partner, lira=lira,
+                                         signal_stats=(p.sig_sums, p.sig_partner, p.hist, p.edges),
+                                         target_signals=p.target_signals)
+        del p
+        lira = run_attacks(ctx, progress=(lambda _name: bar.update(1)) if bar is not None else None)
+        del ctx
     finally:
         if bar is not None:
             bar.close()

@@ -147,7 +147,7 @@ def test_phi_is_stable_for_extreme_logits():
     y = np.array([0, 0, 2])
     phi = phi_from_logits(z, y)
     assert np.isfinite(phi).all()
-    np.testing.assert_allclose(phi, [2e4 - np.log(2), -2e4, -np.log(2)], rtol=1e-12)
+    np.testing.assert_allclose(phi, [2e4 - np.log(2), -2e4, -np.log(2)], rtol=1e-7)  # float32-rounded (the store precision)
     loss = loss_from_logits(z, y)
     assert np.isfinite(loss).all()
     np.testing.assert_allclose(loss, [0.0, 2e4, np.log(3)], atol=1e-9)
@@ -158,7 +158,7 @@ def test_phi_is_stable_for_extreme_logits():
     logp = z - logsumexp(z, axis=1, keepdims=True)
     py = np.take_along_axis(logp, y[:, None], 1)[:, 0]
     p_other = np.log(1 - np.exp(py))
-    np.testing.assert_allclose(phi_from_logits(z, y), py - p_other, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(phi_from_logits(z, y), py - p_other, rtol=1e-7, atol=1e-7)
     np.testing.assert_allclose(loss_from_logits(z, y), -py, rtol=1e-12)
 
 

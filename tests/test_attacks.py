@@ -90,8 +90,8 @@ def test_mentr_matches_the_formula_and_is_stable():
     m = mentr_from_logits(ext, np.array([0, 0, 2]))
     assert np.isfinite(m).all() and m[0] >= 0 and m[1] > 1e3  # confident right ~ 0, confident wrong huge
     s = signals_from_logits(z, y)
-    np.testing.assert_allclose(s[:, SIGNALS.index("loss")], loss_from_logits(z, y), rtol=1e-12)
-    np.testing.assert_allclose(s[:, SIGNALS.index("prob")], fy, rtol=1e-12)
+    np.testing.assert_allclose(s[:, SIGNALS.index("loss")], loss_from_logits(z, y), rtol=1e-7)  # signals are float32-rounded
+    np.testing.assert_allclose(s[:, SIGNALS.index("prob")], fy, rtol=1e-7)
 
 
 def test_signal_pass_equals_direct_sums():
@@ -131,10 +131,10 @@ def test_sablayrolles_thresholds_equal_direct_recomputation():
             use = (np.arange(8) != t) & (np.arange(8) != _partner(keep, t, i))
             li, lo = loss[use & keep[:, i], i], loss[use & ~keep[:, i], i]
             assert len(li) == keep[:, i].sum() - 1 and len(lo) == (~keep[:, i]).sum() - 1
-            assert tau[j] == pytest.approx((li.mean() + lo.mean()) / 2, rel=1e-9)
-            assert tau_out[j] == pytest.approx(lo.mean(), rel=1e-9)
+            assert tau[j] == pytest.approx((li.mean() + lo.mean()) / 2, rel=1e-6)  # signals are float32-rounded
+            assert tau_out[j] == pytest.approx(lo.mean(), rel=1e-6)
     r = run_sablayrolles(ctx)
-    np.testing.assert_allclose(r.scores["sablayrolles"][3], sablayrolles_thresholds(ctx, slice(3, 4))[0] - loss[3, tr])
+    np.testing.assert_allclose(r.scores["sablayrolles"][3], sablayrolles_thresholds(ctx, slice(3, 4))[0] - loss[3, tr], atol=1e-6)
 
 
 def test_song_thresholds_equal_a_direct_search():
@@ -164,7 +164,7 @@ def test_song_thresholds_equal_a_direct_search():
     r = run_song(ctx)
     t = 2
     want = song_thresholds(ctx, slice(t, t + 1))[0][label[tr]] - mentr[t, tr]
-    np.testing.assert_allclose(r.scores["song"][t], want)
+    np.testing.assert_allclose(r.scores["song"][t], want, rtol=1e-6)
 
 
 def _rmia_brute(z, keep, label, split, t, a, gamma, zidx):
@@ -227,7 +227,7 @@ def test_yeom_is_minus_the_loss_and_batches_do_not_matter():
     many = AttackContext(z, keep, label, split, 5, batch_bytes=1)  # one target per batch
     assert len(many.target_batches()) == 5
     want = -loss_from_logits(z[:5, :, 0, :], label[None, :])[:, split == "train"]
-    np.testing.assert_allclose(run_yeom(one).scores["yeom"], want, rtol=1e-12)
+    np.testing.assert_allclose(run_yeom(one).scores["yeom"], want, rtol=1e-7)
     for f in (run_song, run_sablayrolles, run_rmia, run_yeom):
         a, b = f(one), f(many)
         (name,) = a.scores
@@ -317,3 +317,19 @@ def test_shokri_reads_no_target_output_before_scoring_it():
             scored |= shadows
         last = phase
     assert n_folds == 3 and scored == set(range(10))
+
+
+def test_shokri_log_odds_equal_the_classifiers_probability():
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from analysis.attacks.shokri import _log_odds
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 13)) * 3 + 1
+    y = (x[:, 0] + rng.normal(size=400) > 1).astype(int)
+    clf = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0))
+    clf.fit(x, y)
+    p = np.clip(clf.predict_proba(x)[:, 1], 1e-12, 1 - 1e-12)
+    np.testing.assert_allclose(_log_odds(clf)(x), np.log(p) - np.log1p(-p), rtol=1e-4, atol=1e-4)

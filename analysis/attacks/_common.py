@@ -76,17 +76,19 @@ def mentr_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def signals_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Stack of :data:`SIGNALS` (..., 3) from logits (..., C) and labels (...), float64."""
+    """Stack of :data:`SIGNALS` (..., 3) from logits (..., C) and labels (...), float64 holding
+    float32-rounded values (one precision everywhere, as :func:`analysis.load.phi_from_logits`)."""
     logf, _ = _log_softmax(z)
     yy = np.broadcast_to(np.asarray(y, dtype=np.int64), logf.shape[:-1])[..., None]
     logp = np.take_along_axis(logf, yy, -1)[..., 0]
-    return np.stack([-logp, np.exp(logp), mentr_from_logits(z, y)], axis=-1)
+    x = np.stack([-logp, np.exp(logp), mentr_from_logits(z, y)], axis=-1)
+    return x.astype(np.float32).astype(np.float64)
 
 
 def _pass_block(z, keep, label, shift, first_in, first_out, sidx, train, edges, n_classes, what):
     """Per logits chunk: packed sums of the signals (what='sums') or Song's histograms (what='hist')."""
     keep = np.asarray(keep, dtype=bool)
-    x = signals_from_logits(z[:, :, 0, :], label[None, :])  # (s, n, 3)
+    x = signals_from_logits(z[:, :, 0, :], label[None, :])
     if what == "sums":
         g = gaussian_sums(x, keep, shift)
         x_in = np.where((sidx[:, None] == first_in[None, :])[..., None], x, 0.0).sum(axis=0)
@@ -131,13 +133,18 @@ class AttackContext:
         LiRA inputs (see :func:`analysis.lira.run_lira`) and, if already computed, its result.
     batch_bytes : int
         Memory budget of a batch of target logits.
+    signal_stats, target_signals : optional
+        :meth:`signal_sums`'s result and the (T, N, 3) target signals if already computed
+        (:func:`analysis.passes.one_pass` computes both with everything else).
     """
 
     def __init__(self, logits: Any, keep: np.ndarray, label: np.ndarray, split: np.ndarray, n_targets: int, *,
                  shadow_ids: np.ndarray | None = None, sample_ids: np.ndarray | None = None,
                  phi_of: Callable[[slice], np.ndarray] | None = None, phi_sums: GaussianSums | None = None,
                  phi_partner: Partners | None = None, lira: LiraResult | None = None,
-                 batch_bytes: int = 128 * 2**20, song_bins: int = 512) -> None:
+                 batch_bytes: int = 128 * 2**20, song_bins: int = 512,
+                 signal_stats: tuple[GaussianSums, Partners, np.ndarray, np.ndarray] | None = None,
+                 target_signals: np.ndarray | None = None) -> None:
         self.logits = logits if isinstance(logits, da.Array) else da.from_array(
             np.asarray(logits), chunks=(1,) + np.shape(logits)[1:])
         self.keep = np.asarray(keep, dtype=bool)
@@ -156,7 +163,8 @@ class AttackContext:
         self.phi_of, self.phi_sums, self.phi_partner, self.lira = phi_of, phi_sums, phi_partner, lira
         self.batch_bytes = int(batch_bytes)
         self.song_bins = int(song_bins)
-        self._sums: tuple[GaussianSums, Partners, np.ndarray, np.ndarray] | None = None
+        self._sums = signal_stats
+        self._tsig = target_signals
 
     @classmethod
     def from_shadows(cls, data: Any, n_targets: int, **kw: Any) -> "AttackContext":
@@ -186,8 +194,19 @@ class AttackContext:
         return np.asarray(self.logits[sl, :, 0, :].compute(), dtype=np.float64)
 
     def target_signals(self, sl: slice) -> np.ndarray:
-        """:data:`SIGNALS` of shadows ``sl``: (B, N, 3)."""
-        return signals_from_logits(self.target_logits(sl), self.label[None, :])
+        """:data:`SIGNALS` of targets ``sl``: (B, N, 3), float64.
+
+        Every attack reads them, so all T targets' signals are computed once, on first use, and
+        kept as float32 (T x N x 3 x 4 bytes) instead of re-reading the logits and recomputing Mentr
+        per attack. Signals are float32 quantities throughout (the store's precision): the sums of
+        :meth:`signal_sums` are of the same rounded values, so removing a target cancels exactly.
+        """
+        if self._tsig is None:
+            cache = np.empty((self.n_targets, self.n_samples, len(SIGNALS)), dtype=np.float32)
+            for b in self.target_batches():
+                cache[b] = signals_from_logits(self.target_logits(b), self.label[None, :])
+            self._tsig = cache
+        return self._tsig[sl].astype(np.float64)
 
     # --- one pass over all shadows -----------------------------------------------------------
     def signal_sums(self) -> tuple[GaussianSums, Partners, np.ndarray, np.ndarray]:
