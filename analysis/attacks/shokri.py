@@ -14,7 +14,8 @@ scores it, and k classifiers (not T) are trained. Training rows are subsampled t
 at most ``max_rows`` (default 20,000) per classifier, drawn from at most ``max_shadows`` (16)
 random shadows outside the fold, an equal random set of train samples per shadow.
 
-The score is the classifier's member probability, as log-odds (same ranking, fewer ties at 1).
+The score is the classifier's member log-odds (its output unit's pre-activation: the ranking of
+the member probability without its saturation at 1).
 """
 
 from __future__ import annotations
@@ -58,6 +59,30 @@ def shokri_folds(n_shadows: int, n_targets: int, k: int = 5, max_shadows: int = 
     return out
 
 
+def _log_odds(clf):
+    """The fitted pipeline's member log-odds, as a float32 forward pass.
+
+    The MLP's output unit is logistic, so its pre-activation *is* the log-odds: no probability is
+    formed (none saturates at 0 or 1) and float32 matrix products are several times faster than
+    ``predict_proba``'s float64 path on the T x N rows.
+    """
+    scaler, mlp = clf[0], clf[-1]
+    mean = scaler.mean_.astype(np.float32)
+    scale = scaler.scale_.astype(np.float32)
+    ws = [w.astype(np.float32) for w in mlp.coefs_]
+    bs = [b.astype(np.float32) for b in mlp.intercepts_]
+    if mlp.activation != "relu" or mlp.out_activation_ != "logistic":
+        raise ValueError("shokri: expected a ReLU MLP with a logistic output")
+
+    def f(x: np.ndarray) -> np.ndarray:
+        h = (x.astype(np.float32) - mean) / scale
+        for w, b in zip(ws[:-1], bs[:-1]):
+            h = np.maximum(h @ w + b, 0.0)
+        return (h @ ws[-1] + bs[-1])[:, 0].astype(np.float64)
+
+    return f
+
+
 def run_shokri(ctx: AttackContext, k: int = 5, max_rows: int = 20000, max_shadows: int = 16, hidden: int = 64,
                max_iter: int = 200, seed: int = 0) -> AttackResult:
     """Scores (T, N_train): log-odds of the fold's attack classifier that the sample is a member."""
@@ -87,15 +112,15 @@ def run_shokri(ctx: AttackContext, k: int = 5, max_rows: int = 20000, max_shadow
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.fit(xs, ys.astype(int))
         used[f] = [int(s) for s in shadows]
-        for start in range(0, targets.size, 8):
-            tb = targets[start:start + 8]
+        if len(clf.classes_) < 2:  # every training row on one side: no information
+            scores[targets] = 0.0
+            continue
+        log_odds = _log_odds(clf)
+        step = max(1, ctx.batch_bytes // max(1, tr.size * ctx.n_classes * 8 * 4))
+        for start in range(0, targets.size, step):
+            tb = targets[start:start + step]
             feats = shokri_features(ctx.target_logits(tb)[:, tr], ctx.label[tr][None, :])
-            if len(clf.classes_) < 2:  # every training row on one side: no information
-                scores[tb] = 0.0
-                continue
-            p = clf.predict_proba(feats.reshape(-1, feats.shape[-1]))[:, 1].reshape(len(tb), tr.size)
-            p = np.clip(p, 1e-15, 1 - 1e-15)
-            scores[tb] = np.log(p) - np.log1p(-p)
+            scores[tb] = log_odds(feats.reshape(-1, feats.shape[-1])).reshape(len(tb), tr.size)
     return ctx.result("shokri", scores, 0, k=max(2, min(k, ctx.n_shadows)), max_rows=max_rows,
                       train_shadows=used, fold_of_target={int(t): f for f, (ts, _) in folds.items() for t in ts},
                       features="sorted softmax, p_y, log p_y, correct (identity query)")
