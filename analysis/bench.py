@@ -55,12 +55,13 @@ t0 = time.perf_counter()
 from analysis.report import analyze
 t1 = time.perf_counter()
 targets = None if sys.argv[3] == "spec" else int(sys.argv[3])
+extras = sys.argv[5] == "1"
 if sys.argv[4]:
     from analysis.distributed import client_for
     with client_for(sys.argv[4]):
-        analyze(sys.argv[1], sys.argv[2], targets=targets, progress=False)
+        analyze(sys.argv[1], sys.argv[2], targets=targets, progress=False, extras=extras)
 else:
-    analyze(sys.argv[1], sys.argv[2], targets=targets, progress=False)
+    analyze(sys.argv[1], sys.argv[2], targets=targets, progress=False, extras=extras)
 t2 = time.perf_counter()
 print(json.dumps({"analyze_s": t2 - t1, "import_s": t1 - t0,
                   "maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
@@ -88,7 +89,7 @@ def _du(path: Path) -> int:
 
 def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, samples: int = 20000, classes: int = 10,
                   queries: int = 1, targets: int | None = None, workdir: str | Path | None = None,
-                  keep: bool = False, scheduler: str | None = None, seed: int = 0,
+                  keep: bool = False, scheduler: str | None = None, seed: int = 0, extras: bool = True,
                   log=print) -> dict[str, Any]:
     """Run the benchmark; return its figures (see the module docstring).
 
@@ -107,6 +108,8 @@ def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, sampl
         Keep the synthetic store and the analysis output.
     scheduler : str, optional
         Run the analysis on this dask distributed scheduler (``"local"``: a 2-process LocalCluster).
+    extras : bool
+        Time the whole analysis with the paper extras (default), or ``analyze --quick``.
     log : callable
         Progress lines (``print`` by default; ``None`` for silence).
     """
@@ -115,7 +118,7 @@ def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, sampl
     work = Path(tempfile.mkdtemp(prefix="mia-bench-analyze-")) if own_tmp else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"aim_ratio": AIM_RATIO, "aim_rss_gib": AIM_RSS_GIB, "cpus": os.cpu_count(),
-                           "scheduler": scheduler or "threads"}
+                           "scheduler": scheduler or "threads", "extras": bool(extras)}
     try:
         if store is None:
             from .synthetic import write_synthetic_store
@@ -146,7 +149,7 @@ def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, sampl
         log(f"  {r1['read_s']:.2f} s")
         log(f"running analyze (targets: {'spec' if targets is None else targets}) ...")
         a = _child(_CHILD_ANALYZE, str(store), str(out), "spec" if targets is None else str(int(targets)),
-                   "" if scheduler is None else scheduler)
+                   "" if scheduler is None else scheduler, "1" if extras else "0")
         log(f"  {a['analyze_s']:.2f} s, peak RSS {a['maxrss_gib']:.2f} GiB")
         log("reading the logits once more ...")
         r2 = _child(_CHILD_READ, str(store))
@@ -174,7 +177,8 @@ def format_bench_analyze(r: dict[str, Any]) -> str:
     lines = [f"bench analyze: {sh.get('shadow')} shadows x {sh.get('sample')} samples x {sh.get('query')} queries x "
              f"{sh.get('class')} classes ({r['logits_bytes'] / 1e9:.2f} GB of logits, "
              f"{r['store_bytes_on_disk'] / 1e9:.2f} GB on disk), {r['n_targets']} targets, "
-             f"{r['cpus']} CPUs, scheduler {r['scheduler']}"]
+             f"{r['cpus']} CPUs, scheduler {r['scheduler']}, "
+             + ("with the paper extras" if r.get("extras", True) else "analyze --quick (no paper extras)")]
     if r.get("write_s"):
         lines.append(f"  synthetic store written in {r['write_s']:.1f} s")
     lines += [

@@ -28,6 +28,8 @@ def add_bench_analyze_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the synthetic store and the analysis here (reused when the same size is there)")
     p.add_argument("--scheduler", default=None,
                    help="dask scheduler address for the analysis ('local': a 2-process LocalCluster)")
+    p.add_argument("--quick", action="store_true",
+                   help="time 'analyze --quick' (attacks, tables, report; no paper extras)")
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
 
 
@@ -54,7 +56,7 @@ def cmd_bench_analyze(args: argparse.Namespace) -> int:
         raise SpecError(f"--classes: must be >= 2, got {args.classes}")
     r = bench_analyze(args.store, shadows=args.shadows, samples=args.samples, classes=args.classes,
                       queries=args.queries, targets=args.targets, workdir=args.workdir,
-                      keep=args.workdir is not None, scheduler=args.scheduler)
+                      keep=args.workdir is not None, scheduler=args.scheduler, extras=not args.quick)
     print(format_bench_analyze(r))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
