@@ -23,6 +23,13 @@ replicate. AUROC is the trapezoidal area; TPR at FPR ``f`` is the largest TPR am
 FPR <= f (as :func:`analysis.metrics.tpr_at_fpr`). With unit weights the code reproduces the point
 estimates of :func:`analysis.metrics.attack_metrics` (tested).
 
+Large inputs (T * N * B above :data:`EXACT_BUDGET`, shared samples): the pair weights factorise,
+``w_tj = k_t c_j``, and :func:`_fast_shared` never forms them for all pairs: the AUROC replicate is
+its first-order expansion in the weights (one matrix product for all replicates), the TPR is exact
+on a top prefix of the sorted pairs, and the draws are the exact path's, so the two are paired
+(tested: identical TPR replicates, AUROC replicates within a few % of the interval width at
+T = 40; the neglected terms shrink as 1/T + 1/N).
+
 Replicates with no positive or no negative pair (possible for tiny inputs) are NaN and ignored by
 the percentiles; their number is reported as ``n_degenerate``.
 
@@ -49,7 +56,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["BootstrapResult", "bootstrap_metrics", "weighted_roc_metrics", "metric_names"]
+__all__ = ["BootstrapResult", "bootstrap_metrics", "weighted_roc_metrics", "metric_names", "EXACT_BUDGET"]
 
 
 def metric_names(fprs: Sequence[float]) -> list[str]:
@@ -169,7 +176,8 @@ def _draw_weights(rng: np.random.Generator, b: int, t: int, n: int, samples: str
 
 def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[float] = (0.001,),
                       n_boot: int = 200, seed: int = 0, level: float = 0.95, samples: str = "shared",
-                      mask: np.ndarray | None = None, max_bytes: int = 16 * 2**20) -> BootstrapResult:
+                      mask: np.ndarray | None = None, max_bytes: int = 16 * 2**20,
+                      exact_budget: int | None = None) -> BootstrapResult:
     """Pooled AUROC and TPR@FPR with bootstrap percentile intervals over targets and samples.
 
     Parameters
@@ -193,6 +201,10 @@ def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[f
         Restrict to these samples (a column such as "Under"); resampling is then within them.
     max_bytes : int
         Memory budget for a batch of replicates (each takes ~4 float64 copies of T*N).
+    exact_budget : int, optional
+        With ``samples="shared"``, inputs with more than this many pair-replicates (T * N * B;
+        default :data:`EXACT_BUDGET`) take the fast path (:func:`_fast_shared`: linearised AUROC,
+        exact TPR, exact class totals); smaller ones the exact weighted ROC of every replicate.
 
     Returns
     -------
@@ -213,6 +225,7 @@ def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[f
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     fprs = [float(f) for f in fprs]
     names = metric_names(fprs)
+    exact_budget = EXACT_BUDGET if exact_budget is None else int(exact_budget)
     t, n = member.shape
     n_pos = int(member.sum())
     settings = {"n_boot": n_boot, "seed": seed, "level": level, "samples": samples, "fprs": fprs}
@@ -220,12 +233,17 @@ def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[f
         nan = {k: float("nan") for k in names}
         return BootstrapResult(dict(nan), dict(nan), dict(nan), np.full((0, len(names)), np.nan), names, level,
                                n_boot, n_boot, t, n, 0, 0, settings)
-    pairs = _SortedPairs(member, score)
-    point = weighted_roc_metrics(pairs, np.ones((1, t * n)), fprs)[0]
-    rng = np.random.default_rng(seed)
-    batch = max(1, min(n_boot, max_bytes // (t * n * 8 * 3)))
-    reps = np.concatenate([weighted_roc_metrics(pairs, _draw_weights(rng, min(batch, n_boot - s), t, n, samples), fprs)
-                           for s in range(0, n_boot, batch)])
+    if samples == "shared" and t * n * n_boot > exact_budget and 0 < n_pos < t * n:
+        settings["method"] = "linearised AUROC, exact TPR (large input)"
+        point, reps = _fast_shared(member, score, fprs, n_boot, seed, max_bytes)
+    else:
+        settings["method"] = "exact weighted ROC"
+        pairs = _SortedPairs(member, score)
+        point = weighted_roc_metrics(pairs, np.ones((1, t * n)), fprs)[0]
+        rng = np.random.default_rng(seed)
+        batch = max(1, min(n_boot, max_bytes // (t * n * 8 * 3)))
+        reps = np.concatenate([weighted_roc_metrics(pairs, _draw_weights(rng, min(batch, n_boot - s), t, n, samples),
+                                                    fprs) for s in range(0, n_boot, batch)])
     bad = np.isnan(reps).any(axis=1)
     a = 100 * (1 - level) / 2
     if bad.all():
@@ -237,3 +255,147 @@ def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[f
                            hi={k: float(v) for k, v in zip(names, hi_v)},
                            replicates=reps, names=names, level=level, n_boot=n_boot, n_degenerate=int(bad.sum()),
                            n_targets=t, n_samples=n, n_pos=n_pos, n_neg=t * n - n_pos, settings=settings)
+
+
+# --- large inputs: the linearised AUROC bootstrap ---------------------------------------------------
+
+#: Above this many pair-replicates (T * N * B) the shared-sample bootstrap takes the fast path.
+EXACT_BUDGET = 400_000_000
+
+
+def _sorted_groups(member: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ascending order of the flattened pairs, their membership in that order, and tie-group ids.
+
+    One SIMD sort of uint64 keys (the score's order-preserving bits, low bits replaced by the pair
+    index) instead of a 64-bit argsort: ~10x faster at 10^7 pairs. Scores are thereby compared on
+    their top 64 - ceil(log2 P) bits (38 bits, ~1e-8 relative, at P = 4 * 10^7): closer scores
+    count as tied in the intervals.
+    """
+    from .metrics import _order_keys
+
+    p = member.size
+    b = max(1, int(p - 1).bit_length())
+    low = np.uint64((1 << b) - 1)
+    key = _order_keys(score.ravel())
+    key >>= np.uint64(b)
+    key <<= np.uint64(b)
+    key |= np.arange(p, dtype=np.uint64)
+    key.sort()
+    idx = (key & low).astype(np.int64)
+    key >>= np.uint64(b)
+    new = np.empty(p, dtype=bool)
+    new[0] = True
+    np.not_equal(key[1:], key[:-1], out=new[1:])
+    del key
+    gid = np.cumsum(new, dtype=np.int64) - 1
+    return idx, member.ravel()[idx], gid
+
+
+def _prefix_tpr(w: np.ndarray, pos: np.ndarray, ends: np.ndarray, n_pos: np.ndarray, n_neg: np.ndarray,
+                fprs: Sequence[float], complete: bool) -> tuple[np.ndarray, bool]:
+    """TPR at each FPR of weightings ``w`` (b, L) of a descending top prefix of the pairs.
+
+    ``pos``: membership along the prefix; ``ends``: last index of each tie group in it; ``n_pos``,
+    ``n_neg``: (b,) total positive and negative weight of all pairs. Returns ``(tpr (b, F), ok)``,
+    ``ok`` False when some row's prefix holds too little negative weight to decide its TPR (unless
+    the prefix is ``complete``, i.e. all pairs).
+    """
+    tp = np.cumsum(np.where(pos, w, 0.0), axis=1)[:, ends]
+    fp = np.cumsum(np.where(pos, 0.0, w), axis=1)[:, ends]
+    f_max = max(fprs) if len(fprs) else 0.0
+    if not complete and np.any(fp[:, -1] <= f_max * n_neg):
+        return np.empty((w.shape[0], len(fprs))), False
+    out = np.empty((w.shape[0], len(fprs)))
+    rows = np.arange(w.shape[0])
+    for j, f in enumerate(fprs):
+        # the admissible points (FPR <= f) are a prefix; the (0, 0) point is always admissible
+        kk = (fp <= f * n_neg[:, None]).sum(axis=1) - 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, j] = np.where(kk >= 0, tp[rows, np.maximum(kk, 0)], 0.0) / n_pos
+    return out, True
+
+
+def _fast_shared(member: np.ndarray, score: np.ndarray, fprs: list[float], n_boot: int, seed: int,
+                 max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Point estimates (K,) and replicates (B, K) for the shared-sample design on large inputs.
+
+    With shared samples a replicate's pair weight factorises, ``w_tj = k_t c_j`` (target and sample
+    draw counts), so the bootstrap never needs per-pair weights over all T*N pairs:
+
+    * AUROC: first-order (delta-method) expansion in the weights around 1,
+      ``A(w) = A + sum_tj w_tj g_tj``, with ``g`` the AUROC's influence values from the pairs'
+      placements (positives: ``(U/n_neg - A)/n_pos`` where U counts negatives below, ties half;
+      negatives likewise), so each replicate is the bilinear form ``k^T G c``: one matrix product
+      for all replicates. The dropped second-order terms are O(1/T + 1/N) of the first-order
+      ones; the test compares the intervals with the exact bootstrap.
+    * TPR at FPR f: exact. Only the highest-scoring pairs can decide it; the replicate's weighted
+      ROC is walked over a top prefix of the sorted pairs that provably holds more than f of every
+      replicate's negative weight (widened until it does).
+    * The class totals ``k^T M c`` are exact.
+    """
+    t, n = member.shape
+    p_tot = t * n
+    idx, mem, gid = _sorted_groups(member, score)
+    # placements, ascending order: negatives strictly below (+ half the tied) for positives, and
+    # positives strictly above (+ half the tied) for negatives
+    n_groups = int(gid[-1]) + 1
+    gpos = np.bincount(gid, weights=mem, minlength=n_groups)
+    gneg = np.bincount(gid, minlength=n_groups) - gpos
+    neg_below = np.cumsum(gneg) - gneg
+    pos_above = gpos.sum() - np.cumsum(gpos)
+    n_pos, n_neg = float(gpos.sum()), float(gneg.sum())
+    u = (neg_below + 0.5 * gneg)[gid]
+    v = (pos_above + 0.5 * gpos)[gid]
+    auc = float(np.sum(u[mem]) / (n_pos * n_neg))
+    g_sorted = np.where(mem, (u / n_neg - auc) / n_pos, (v / n_pos - auc) / n_neg)
+    del u, v
+    g = np.empty(p_tot, dtype=np.float32)
+    g[idx] = g_sorted
+    del g_sorted
+    g = g.reshape(t, n)
+    mf = member.astype(np.float32)
+
+    # the same draws as the exact path (same batches of the same generator): paired with it
+    rng = np.random.default_rng(seed)
+    batch = max(1, min(n_boot, max_bytes // (t * n * 8 * 3)))
+    ks, cs = [], []
+    for s0 in range(0, n_boot, batch):
+        b = min(batch, n_boot - s0)
+        ks.append(rng.multinomial(t, np.full(t, 1.0 / t), size=b))
+        cs.append(rng.multinomial(n, np.full(n, 1.0 / n), size=b))
+    k = np.concatenate(ks).astype(np.float32)  # (B, T) target draw counts
+    c = np.concatenate(cs).astype(np.float64)  # (B, N) sample draw counts
+    auc_b = auc + np.einsum("bn,bn->b", (k @ g).astype(np.float64), c)
+    pos_b = np.einsum("bn,bn->b", (k @ mf).astype(np.float64), c)  # exact: small integers
+    neg_b = float(t) * float(n) - pos_b
+    del g, mf
+
+    # TPR: walk the top of the (descending) order; start with 1.5x the negatives the largest FPR needs
+    f_max = max(fprs) if fprs else 0.0
+    need = int(min(n_neg, 1.5 * f_max * n_neg + 1000))
+    length = int(min(p_tot, np.searchsorted(np.cumsum(~mem[::-1]), need) + 1))
+    tid, sid = idx // n, idx % n
+    while True:
+        lo = int(np.searchsorted(gid, gid[p_tot - length], side="left"))  # whole lowest tie group
+        top = slice(lo, p_tot)
+        ti, si, mi, gi = tid[top][::-1], sid[top][::-1], mem[top][::-1], gid[top][::-1]
+        ends = np.flatnonzero(np.append(gi[1:] != gi[:-1], True))
+        point_tpr, ok = _prefix_tpr(np.ones((1, ti.size)), mi, ends, np.array([n_pos]), np.array([n_neg]), fprs,
+                                    complete=lo == 0)
+        tpr_b = np.empty((n_boot, len(fprs)))
+        step = max(1, int(max_bytes // max(1, ti.size * 8 * 3)))
+        for s0 in range(0, n_boot, step):
+            r = slice(s0, min(s0 + step, n_boot))
+            tpr_b[r], ok_r = _prefix_tpr(k[r][:, ti] * c[r][:, si], mi, ends, pos_b[r], neg_b[r], fprs,
+                                         complete=lo == 0)
+            ok = ok and ok_r
+            if not ok:
+                break
+        if ok:
+            break
+        length = min(p_tot, 2 * length)
+    points = point_tpr[0]
+    point = np.array([auc] + list(points))
+    reps = np.column_stack([auc_b, tpr_b])
+    reps[(pos_b == 0) | (neg_b == 0)] = np.nan  # a replicate without one class (tiny inputs only)
+    return point, reps

@@ -143,3 +143,26 @@ def test_shared_samples_cover_with_per_sample_difficulty():
         w_within.append(r.hi["AUROC"] - r.lo["AUROC"])
     assert hits / 40 >= 0.85, f"coverage {hits}/40"
     assert np.mean(w_within) < np.mean(w_shared)
+
+
+@pytest.mark.parametrize("decimals", [1, 3])
+def test_fast_shared_path_matches_the_exact_bootstrap(decimals):
+    # Same draws on both paths: TPR replicates identical, AUROC (first-order) within a few % of
+    # the interval width, point estimates identical; ties included (rounded scores).
+    rng = np.random.default_rng(1)
+    t, n = 40, 1500
+    difficulty = rng.normal(0, 0.5, n)  # sample effects shared by the targets: the crossed design
+    member = rng.random((t, n)) < 0.5
+    score = np.round(rng.normal(size=(t, n)) + member * (1 + difficulty) + rng.normal(0, 0.3, t)[:, None], decimals)
+    kw = dict(fprs=[0.001, 0.01], n_boot=150, seed=3)
+    exact = bootstrap_metrics(member, score, exact_budget=10**12, **kw)
+    fast = bootstrap_metrics(member, score, exact_budget=0, **kw)
+    assert fast.settings["method"].startswith("linearised") and exact.settings["method"] == "exact weighted ROC"
+    for k in exact.names:
+        assert fast.point[k] == pytest.approx(exact.point[k], abs=1e-12)
+    np.testing.assert_array_equal(fast.replicates[:, 1:], exact.replicates[:, 1:])
+    width = exact.hi["AUROC"] - exact.lo["AUROC"]
+    d = np.abs(fast.replicates[:, 0] - exact.replicates[:, 0])
+    assert np.median(d) < 0.02 * width and d.max() < 0.15 * width  # second-order terms: O(1/T + 1/N)
+    assert abs(fast.lo["AUROC"] - exact.lo["AUROC"]) < 0.1 * width
+    assert abs(fast.hi["AUROC"] - exact.hi["AUROC"]) < 0.1 * width
