@@ -19,7 +19,7 @@ compares *trends* across sets (log-log, with the line y = x for reference), not 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -214,7 +214,7 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
                  repeats: int = 10, seed: int = 0, max_per_set: int | None = 5000,
                  extra_masks: Mapping[str, np.ndarray] | None = None,
                  auroc_target: float = 0.9, tpr_target: float = 0.5, ridge: float = 1e-3, z: float = 2.0,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, fits: Any = None, phi: np.ndarray | None = None) -> dict:
     """Everything of §5 in one call, for :func:`analysis.report.analyze`.
 
     Parameters
@@ -240,6 +240,9 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
     max_per_set : int or None
         Cap on each challenge set's samples in the sweep (seeded subsample; default 5000), which
         bounds its memory on large stores; None: all. The theory columns use every train sample.
+    fits, phi : optional
+        The one pass's Gaussian fits and every shadow's phi (:class:`analysis.passes.PassResult`),
+        so that nothing is read from the store again.
 
     Returns
     -------
@@ -259,7 +262,7 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
         masks[k] = train & np.asarray(v, dtype=bool)
     masks = {k: v for k, v in masks.items() if v.any()}
     th = theory_per_sample(data.phi(), data.keep.values, counts, sample_ids=data.ds["sample"].values,
-                           samples=train, ridge=ridge, z=z)
+                           samples=train, ridge=ridge, z=z, fits=fits)
     masks_tr = {k: v[train] for k, v in masks.items()}
     th_sum = theory_summary(th, masks_tr, z=z)
     keep_tr = np.asarray(data.keep.values, dtype=bool)[:, train]
@@ -275,7 +278,7 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
         bar = tqdm(total=repeats, desc="shadow-count sweep", unit="repeat")
     try:
         t_n = min(data.n_shadows, 64) if n_targets is None or n_targets == 0 else n_targets
-        sw, secs = sweep_from_store(data, masks, n_targets=t_n, repeats=repeats, seed=seed, fprs=tuple(fprs),
+        sw, secs = sweep_from_store(data, masks, phi=phi, n_targets=t_n, repeats=repeats, seed=seed, fprs=tuple(fprs),
                                     max_per_set=max_per_set, subsample_seed=seed,
                                     progress=bar.update if bar is not None else None)
     finally:

@@ -16,6 +16,7 @@ the formulas live in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import dask
 import dask.array as da
@@ -127,6 +128,12 @@ class PassResult:
         The targets' phi (LiRA), kept so the targets are not read again.
     target_signals : ndarray (T, N, 3) float32
         The targets' signals (every other attack).
+    fits : analysis.theory.GaussFits
+        Per-sample IN/OUT Gaussian fits of phi (means, Q x Q covariances) over all shadows.
+    ood : dict name -> ndarray (N,)
+        Mean MSP and Energy over the targets (:func:`analysis.ood.ood_scores_from_store`).
+    phi_all : ndarray (M, N, Q) float32 or None
+        Every shadow's phi, when it fits the budget.
     """
 
     sums: GaussianSums
@@ -138,14 +145,19 @@ class PassResult:
     edges: np.ndarray
     target_phi: np.ndarray
     target_signals: np.ndarray
+    fits: Any
+    ood: dict
+    phi_all: np.ndarray | None
 
 
 def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, train: np.ndarray,
                  shift_phi: np.ndarray, shift_sig: np.ndarray, first_in: np.ndarray, first_out: np.ndarray,
-                 edges: np.ndarray, n_targets: int) -> tuple[np.ndarray, np.ndarray, list]:
-    """Partial sums of shadows ``s0 .. s0 + len(z)``: (packed (N, 6Q + 22) sums, Song histogram,
-    [(s0, target phi, target signals)] for the targets among them)."""
+                 edges: np.ndarray, n_targets: int, keep_all_phi: bool) -> tuple[np.ndarray, np.ndarray, list]:
+    """Partial sums of shadows ``s0 .. s0 + len(z)``: (packed (N, 6Q + 24 + 2Q^2) sums, Song
+    histogram, [(s0, phi, target signals)] with the phi of the targets (or of every shadow when
+    ``keep_all_phi``) among them)."""
     from .attacks._common import signals_from_logits, song_histogram
+    from .ood import energy_score, msp_score
 
     z = np.asarray(z)
     s = z.shape[0]
@@ -161,9 +173,21 @@ def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, tr
         packed += [g.s1_in, g.s2_in, g.s1_out, g.s2_out, np.where(is_in, x, 0.0).sum(0), np.where(is_out, x, 0.0).sum(0)]
     c = memorization_counts(z[:, :, 0, :].argmax(axis=-1) == label[None, :], kp)
     packed.append(np.stack([c.n_in, c.n_out, c.c_in, c.c_out], axis=-1).astype(np.float64))
-    hist = song_histogram(sig[..., 2], kp, label, train, edges, z.shape[-1])
+    # full Q x Q cross sums of the shifted phi (the multivariate Gaussian fits of the theory checks)
+    d = phi - shift_phi
+    d_in = np.where(kp[..., None], d, 0.0)
+    d_out = d - d_in
+    n, q = d.shape[1], d.shape[2]
+    packed += [np.einsum("snq,snr->nqr", d_in, d_in).reshape(n, q * q),
+               np.einsum("snq,snr->nqr", d_out, d_out).reshape(n, q * q)]
+    # the OOD detectors' scores of the target models (identity query), summed over targets
     t = sidx < n_targets
-    targets = [(s0, phi[t].astype(np.float32), sig[t].astype(np.float32))] if t.any() else []
+    zt = z[t, :, 0, :].astype(np.float64)
+    packed.append(np.stack([msp_score(zt).sum(0), energy_score(zt).sum(0)], axis=-1) if t.any()
+                  else np.zeros((n, 2)))
+    hist = song_histogram(sig[..., 2], kp, label, train, edges, z.shape[-1])
+    keep_rows = np.ones(s, dtype=bool) if keep_all_phi else t
+    targets = [(s0, phi[keep_rows].astype(np.float32), sig[t].astype(np.float32))] if keep_rows.any() else []
     return np.concatenate(packed, axis=-1), hist, targets
 
 
@@ -172,7 +196,7 @@ def _add(a: tuple, b: tuple) -> tuple:
 
 
 def one_pass(data: ShadowData, n_targets: int, *, train: np.ndarray | None = None, song_bins: int = 512,
-             progress: bool = False) -> PassResult:
+             phi_budget: int = 512 * 2**20, progress: bool = False) -> PassResult:
     """Every per-sample reduction over shadows the report needs, and the targets' own signals,
     from one read of the logits (plus the first shadow's, read first for the shifts and grid).
 
@@ -182,8 +206,14 @@ def one_pass(data: ShadowData, n_targets: int, *, train: np.ndarray | None = Non
     targets' logits again. The formulas are those of :func:`reduce_over_shadows` and
     :meth:`analysis.attacks.AttackContext.signal_sums` (same shifts, partners and Song grid), which
     the tests compare against.
+
+    Also summed in the same pass: the full Q x Q IN/OUT cross moments of phi (the theory's
+    multivariate Gaussian fits, :func:`analysis.theory.fits_from_sums`) and the target models' MSP
+    and Energy OOD scores. When every shadow's phi fits ``phi_budget`` bytes as float32 it is kept
+    too (``phi_all``: the shadow-count sweep then reads nothing).
     """
     from .attacks._common import signals_from_logits
+    from .theory import fits_from_sums
 
     logits = data.logits.data
     logits = logits.rechunk({1: -1, 2: -1, 3: -1})
@@ -204,7 +234,8 @@ def one_pass(data: ShadowData, n_targets: int, *, train: np.ndarray | None = Non
                                                      edges)]
     task = dask.delayed(_chunk_stats, pure=False)
     starts = np.cumsum((0,) + logits.chunks[0][:-1])
-    parts = [task(blk, int(s0), *consts, n_targets) for blk, s0 in zip(logits.to_delayed().ravel(), starts)]
+    keep_all = m * n * q * 4 <= phi_budget
+    parts = [task(blk, int(s0), *consts, n_targets, keep_all) for blk, s0 in zip(logits.to_delayed().ravel(), starts)]
     add = dask.delayed(_add, pure=False)
     while len(parts) > 1:
         parts = [add(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
@@ -219,7 +250,10 @@ def one_pass(data: ShadowData, n_targets: int, *, train: np.ndarray | None = Non
     w = 6 * q
     col = lambda i, k: total[:, i * k:(i + 1) * k]  # noqa: E731
     sig = total[:, w:w + 18]
-    cnt = total[:, w + 18:]
+    cnt = total[:, w + 18:w + 22]
+    cross_in = total[:, w + 22:w + 22 + q * q].reshape(n, q, q)
+    cross_out = total[:, w + 22 + q * q:w + 22 + 2 * q * q].reshape(n, q, q)
+    ood_sum = total[:, w + 22 + 2 * q * q:]
     as_int = lambda a: np.rint(a).astype(np.int64)  # noqa: E731  (exact: small integer sums in float64)
     n_in, n_out = as_int(cnt[:, 0]), as_int(cnt[:, 1])
     sums = GaussianSums(shift=shift_phi, n_in=n_in, s1_in=col(0, q), s2_in=col(1, q), n_out=n_out,
@@ -230,9 +264,12 @@ def one_pass(data: ShadowData, n_targets: int, *, train: np.ndarray | None = Non
                             s1_out=scol(2), s2_out=scol(3))
     sig_partner = Partners(first_in=first_in, first_out=first_out, x_in=scol(4), x_out=scol(5))
     counts = MemCounts(n_in=n_in, c_in=as_int(cnt[:, 2]), n_out=n_out, c_out=as_int(cnt[:, 3]))
-    t_phi = np.empty((n_targets, n, q), dtype=np.float32)
+    phi_kept = np.empty((m if keep_all else n_targets, n, q), dtype=np.float32)
     t_sig = np.empty((n_targets, n, 3), dtype=np.float32)
     for s0, p, g in targets:
-        t_phi[s0:s0 + len(p)] = p
+        phi_kept[s0:s0 + len(p)] = p
         t_sig[s0:s0 + len(g)] = g
-    return PassResult(sums, partner, counts, sig_sums, sig_partner, hist, edges, t_phi, t_sig)
+    fits = fits_from_sums(shift_phi, n_in, sums.s1_in, cross_in, n_out, sums.s1_out, cross_out)
+    ood = {"msp": ood_sum[:, 0] / n_targets, "energy": ood_sum[:, 1] / n_targets}
+    return PassResult(sums, partner, counts, sig_sums, sig_partner, hist, edges, phi_kept[:n_targets], t_sig,
+                      fits, ood, phi_kept if keep_all else None)

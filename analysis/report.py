@@ -306,6 +306,7 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         ctx = AttackContext.from_shadows(data, n_targets, phi_sums=sums, phi_partner=partner, lira=lira,
                                          signal_stats=(p.sig_sums, p.sig_partner, p.hist, p.edges),
                                          target_signals=p.target_signals)
+        extra_inputs = {"fits": p.fits, "ood": p.ood, "phi": p.phi_all}
         del p
         lira = run_attacks(ctx, progress=(lambda _name: bar.update(1)) if bar is not None else None)
         del ctx
@@ -324,7 +325,7 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     extra: dict[str, Any] = {}
     if extras:
         extra = _paper_extras(data, counts, lira, out, train=train, group=group, mem=mem, priv=priv, thr=thr,
-                              fprs=fprs, n_targets=n_targets, progress=progress)
+                              fprs=fprs, n_targets=n_targets, progress=progress, **extra_inputs)
         per_sample = per_sample.merge(extra.pop("per_sample"), on="sample", how="left")
 
     # --- write ---------------------------------------------------------------------------------
@@ -388,13 +389,17 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
 
 
 def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np.ndarray, mem: np.ndarray,
-                  priv: np.ndarray, thr: float, fprs: list[float], n_targets: int, progress: bool) -> dict[str, Any]:
+                  priv: np.ndarray, thr: float, fprs: list[float], n_targets: int, progress: bool,
+                  fits: Any = None, ood: dict[str, np.ndarray] | None = None,
+                  phi: np.ndarray | None = None) -> dict[str, Any]:
     """The paper's further outputs; writes its tables and figures and returns their data.
 
     Challenge sets (random under-represented, subpopulation from shadow 0's features, singletons)
     with bootstrap intervals (Tables 2/3/5), Table 1/4, OOD scores and their correlations (Figs.
     1b, 5, 9, 10), Hellinger distances with the Eq. 8 check, the shadow-count sweep (Figs. 3, 7, 8)
-    and the sample complexity against 1/mem and 1/H^2 (Corollary 1).
+    and the sample complexity against 1/mem and 1/H^2 (Corollary 1). ``fits``, ``ood`` and ``phi``
+    come from the report's one pass (:class:`analysis.passes.PassResult`); without them they are
+    read from the store.
     """
     from .complexity import theory_json, theory_suite, theory_tables
     from .groups import challenge_sets, store_features
@@ -404,7 +409,7 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
     under = group == "under"
     group_tr = group[train]
     sets = challenge_sets(group, train, mem, thr, store_features(data.ds), seed=0)
-    ood = ood_scores_from_store(data, n_targets)
+    ood = ood_scores_from_store(data, n_targets) if ood is None else ood
     ood_corr = ood_correlations(ood, priv, mem, {"train": train, "train under": train & under})
     paper = attack_table({a: (lira.member, lira.scores[a]) for a in lira.scores},
                          {k: v[train] for k, v in sets.items()}, fpr=0.001, n_boot=200, seed=0)
@@ -412,7 +417,8 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
                             n_over=int((train & ~under).sum()), n_under=int((train & under).sum()))
     subpop = {"subpopulation": sets["subpopulation"]} if "subpopulation" in sets else {}
     theory = theory_suite(data, counts, train=train, mem=mem, group=group, threshold=thr, plots=out / "plots",
-                          fprs=fprs, n_targets=min(n_targets, 64), progress=progress, extra_masks=subpop)
+                          fprs=fprs, n_targets=min(n_targets, 64), progress=progress, extra_masks=subpop,
+                          fits=fits, phi=phi)
 
     write_table(out / "tables", "paper_attacks", paper, format_attack_table(paper),
                 caption=f"Pooled AUROC and TPR@0.1% FPR over {n_targets} targets with 95% bootstrap intervals "

@@ -308,7 +308,8 @@ def plot_sweep(summary: pd.DataFrame, path: str | Path, *, metric: str = "auroc"
 
 
 def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set: int | None = None,
-                     subsample_seed: int = 0, **kwargs: Any) -> tuple[pd.DataFrame, float]:
+                     subsample_seed: int = 0, phi: np.ndarray | None = None,
+                     **kwargs: Any) -> tuple[pd.DataFrame, float]:
     """Read phi of the challenge samples of an opened store once and run :func:`shadow_sweep`.
 
     Memory: phi of the union of the challenge sets, (M, N_c, Q) float64, plus per repeat the
@@ -322,6 +323,9 @@ def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set:
     max_per_set : int, optional
         Keep at most this many samples of each set, a seeded uniform subsample (``subsample_seed``);
         default: all.
+    phi : ndarray (M, N, Q), optional
+        Every done shadow's phi if already in memory (:attr:`analysis.passes.PassResult.phi_all`);
+        default: read from the store.
     **kwargs
         Passed to :func:`shadow_sweep`.
 
@@ -346,7 +350,7 @@ def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set:
     for v in masks.values():
         union |= v
     idx = np.flatnonzero(union)
-    phi = np.asarray(data.phi().isel(sample=idx).values, dtype=np.float64)
+    phi = np.asarray(data.phi().isel(sample=idx).values if phi is None else phi[:, idx], dtype=np.float64)
     keep = np.asarray(data.keep.values, dtype=bool)[:, idx]
     df = shadow_sweep(phi, keep, {k: v[idx] for k, v in masks.items()}, **kwargs)
     return df, time.perf_counter() - t0

@@ -241,8 +241,19 @@ def gauss_fits(phi: Any, keep: Any, *, samples: np.ndarray | None = None) -> Gau
 
         parts = list(dask.compute(*parts))
     s1i, s2i, s1o, s2o = (np.asarray(p, dtype=np.float64) for p in parts)
-    n_in = keep.sum(axis=0).astype(np.float64)
-    n_out = (~keep).sum(axis=0).astype(np.float64)
+    return fits_from_sums(shift, keep.sum(axis=0), s1i, s2i, (~keep).sum(axis=0), s1o, s2o)
+
+
+def fits_from_sums(shift: np.ndarray, n_in: np.ndarray, s1_in: np.ndarray, s2_in: np.ndarray, n_out: np.ndarray,
+                   s1_out: np.ndarray, s2_out: np.ndarray) -> GaussFits:
+    """:class:`GaussFits` from sums of ``phi - shift`` over the IN and OUT shadows of each sample.
+
+    ``shift`` (N, Q); ``n_*`` (N,); ``s1_*`` (N, Q) sums; ``s2_*`` (N, Q, Q) sums of outer products
+    (what :func:`gauss_fits` and :func:`analysis.passes.one_pass` accumulate).
+    """
+    n_in = np.asarray(n_in).astype(np.float64)
+    n_out = np.asarray(n_out).astype(np.float64)
+    s1i, s2i, s1o, s2o = (np.asarray(a, dtype=np.float64) for a in (s1_in, s2_in, s1_out, s2_out))
 
     def fit(n, s1, s2):
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -267,7 +278,8 @@ def _variance_floor(fits: GaussFits) -> np.ndarray:
 
 
 def theory_per_sample(phi: Any, keep: Any, counts: Any, *, sample_ids: np.ndarray | None = None,
-                      samples: np.ndarray | None = None, ridge: float = 1e-3, z: float = 2.0) -> pd.DataFrame:
+                      samples: np.ndarray | None = None, ridge: float = 1e-3, z: float = 2.0,
+                      fits: GaussFits | None = None) -> pd.DataFrame:
     """Per-sample Hellinger distances and the Eq. 8 check.
 
     Parameters
@@ -286,6 +298,9 @@ def theory_per_sample(phi: Any, keep: Any, counts: Any, *, sample_ids: np.ndarra
         Relative ridge on the multivariate covariances (module docstring).
     z : float
         Noise threshold of the violation flags, in standard errors.
+    fits : GaussFits, optional
+        Already computed fits over *all* samples (``phi`` is then not read; e.g.
+        :attr:`analysis.passes.PassResult.fits`).
 
     Returns
     -------
@@ -298,7 +313,8 @@ def theory_per_sample(phi: Any, keep: Any, counts: Any, *, sample_ids: np.ndarra
     idx = np.arange(n) if samples is None else (
         np.flatnonzero(samples) if np.asarray(samples).dtype == bool else np.asarray(samples))
     ids = (np.arange(n) if sample_ids is None else np.asarray(sample_ids))[idx]
-    fits = gauss_fits(phi, keep_np, samples=idx)
+    fits = gauss_fits(phi, keep_np, samples=idx) if fits is None else GaussFits(
+        fits.n_in[idx], fits.mu_in[idx], fits.cov_in[idx], fits.n_out[idx], fits.mu_out[idx], fits.cov_out[idx])
     floor = _variance_floor(fits)
     q = fits.mu_in.shape[-1]
     vi = np.maximum(fits.cov_in[:, 0, 0], floor[0] ** 2)
