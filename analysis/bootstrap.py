@@ -260,7 +260,7 @@ def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[f
 # --- large inputs: the linearised AUROC bootstrap ---------------------------------------------------
 
 #: Above this many pair-replicates (T * N * B) the shared-sample bootstrap takes the fast path.
-EXACT_BUDGET = 400_000_000
+EXACT_BUDGET = 50_000_000
 
 
 def _sorted_groups(member: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -39,11 +39,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import auc, roc_curve
 
 from .figures import save_figure
 from .lira import lira_scores, sd_floor
-from .metrics import fpr_label, tpr_at_fpr
+from .metrics import fpr_label, per_target_metrics
 from .stats import GaussianSums, gaussian_sums
 
 __all__ = ["default_m_grid", "shadow_sweep", "sweep_scores", "summarize_sweep", "plot_sweep", "sweep_from_store",
@@ -65,11 +64,11 @@ def default_m_grid(k_max: int) -> list[int]:
 
 
 def _metrics(member: np.ndarray, score: np.ndarray, fprs: Sequence[float]) -> list[float]:
-    m = member.ravel()
-    if m.size == 0 or m.all() or not m.any():
+    """Pooled [AUROC, TPR@f...] (sklearn's roc_curve semantics, via the sort-based exact path)."""
+    m = np.asarray(member, dtype=bool).reshape(1, -1)
+    if m.size == 0:
         return [np.nan] * (1 + len(fprs))
-    f, t, _ = roc_curve(m, score.ravel())
-    return [float(auc(f, t))] + [tpr_at_fpr(f, t, x) for x in fprs]
+    return [float(v) for v in per_target_metrics(m, np.asarray(score).reshape(1, -1), list(fprs))[0]]
 
 
 def _sorted_lists(keep: np.ndarray, rank: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
