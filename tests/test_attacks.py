@@ -319,6 +319,7 @@ def test_shokri_reads_no_target_output_before_scoring_it():
     assert n_folds == 3 and scored == set(range(10))
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_shokri_log_odds_equal_the_classifiers_probability():
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
