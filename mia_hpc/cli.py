@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="train in doubling waves until the spec's [adaptive] metrics converge")
     r.add_argument("--compare-full", action="store_true",
                    help="with --adaptive: afterwards train all shadows and report the full run's values too")
+    r.add_argument("--quick", action="store_true",
+                   help="the final report without the paper extras (as 'analyze --quick')")
+    r.add_argument("--tiny", action="store_true",
+                   help="run the spec's tiny form: same datasets, groups and stages; 4 shadows, 1 epoch, a few "
+                        "samples per class, tiny model (mia_hpc.tiny); seconds on a CPU")
+    r.add_argument("--data-root", default="",
+                   help="read real datasets from this folder instead of the spec's data.root (same spec hash)")
 
     s = sub.add_parser("status", help="shadows done / total, per shard")
     s.add_argument("store")
@@ -61,13 +68,22 @@ def _parser() -> argparse.ArgumentParser:
     bsub = b.add_subparsers(dest="what", required=True)
     bt = bsub.add_parser("train", help="batched trainer vs a plain loop, in one run")
     bt.add_argument("--spec", default="jobs/demo.toml")
-    bt.add_argument("--shadows", type=int, default=0, help="shadows to train (default: spec's batch)")
+    bt.add_argument("--shadows", type=int, default=0,
+                    help="K shadows trained at once (default: the spec's shadows.batch; 0 there: auto)")
+    bt.add_argument("--steps", type=int, default=5, help="timed training steps of the projection (after 2 warm-up)")
+    bt.add_argument("--backend", default="auto", choices=["auto", "vmap", "sequential"])
+    bt.add_argument("--tiny", action="store_true", help="bench the spec's tiny form (mia_hpc.tiny)")
+    bt.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own)")
+    bt.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
+                    help="also train shadows to the end batched and one at a time on the spec's own data "
+                         "(default: only for the embedded digits)")
     bt.add_argument("--epochs", type=int, default=0, help="override the spec's epochs")
     bt.add_argument("--device", default="auto")
     bt.add_argument("--json", default="", help="also write the figures to this JSON file")
 
     sp = sub.add_parser("spec", help="validate a spec and print it normalized, or list every field")
     sp.add_argument("spec", nargs="?", help="TOML spec to validate (omit to list the fields)")
+    sp.add_argument("--tiny", action="store_true", help="print the spec's tiny form (what 'run --tiny' runs)")
 
     from mia_hpc.commands import slurm_cli
 
@@ -81,25 +97,43 @@ def _parser() -> argparse.ArgumentParser:
     from mia_hpc.commands import analysis_cli
 
     _EXTRA_HANDLERS.update(analysis_cli.register(sub))
+    from mia_hpc.commands import adaptive_cli
+
+    _EXTRA_HANDLERS.update(adaptive_cli.register(sub))
     ba = bsub.add_parser("analyze", help="whole analysis vs one read of the logits: time, ratio, peak RSS")
     analysis_cli.add_bench_analyze_arguments(ba)
     return p
 
 
+def _load_run_spec(args):
+    """The spec of ``run`` / ``bench``: as written, or its tiny form (``--tiny``), read from ``--data-root``."""
+    from mia_hpc.spec import load_spec
+    from mia_hpc.tiny import tiny_spec, with_data_root
+
+    spec = load_spec(args.spec)
+    if getattr(args, "tiny", False):
+        spec = tiny_spec(spec)
+    if getattr(args, "data_root", ""):
+        spec = with_data_root(spec, args.data_root)
+    return spec
+
+
 def _cmd_run(args) -> int:
     from mia_hpc import api
 
+    spec = _load_run_spec(args)
     if args.adaptive:
         from mia_hpc.adaptive import run_adaptive
 
-        res = run_adaptive(args.spec, args.out, executor=args.executor, parallel=args.parallel, device=args.device,
-                           compare_full=args.compare_full)
+        res = run_adaptive(spec, args.out, executor=args.executor, parallel=args.parallel, device=args.device,
+                           compare_full=args.compare_full, analyze=not args.no_analyze, extras=not args.quick)
         print("\n".join(res.lines()))
-        print(f"per-wave analyses in {Path(args.out) / 'waves'}; summary {Path(args.out) / 'adaptive.json'}")
+        print(f"per-wave values in {Path(args.out) / 'waves'}; summary {Path(args.out) / 'adaptive.json'}"
+              + ("" if args.no_analyze else f"; report of the shadows used in {Path(args.out) / 'analysis'}"))
         return 0
 
-    res = api.run(args.spec, args.out, executor=args.executor, analyze=not args.no_analyze, device=args.device,
-                  parallel=args.parallel)
+    res = api.run(spec, args.out, executor=args.executor, analyze=not args.no_analyze, device=args.device,
+                  parallel=args.parallel, extras=not args.quick)
     print("\n".join(api.status(res["store"]).lines()))
     if res["analysis"] is not None:
         from analysis.report import format_table
@@ -158,11 +192,28 @@ def _cmd_bench(args) -> int:
         from mia_hpc.commands import analysis_cli
 
         return analysis_cli.cmd_bench_analyze(args)
-    from mia_hpc.bench import bench_train, format_bench
-    from mia_hpc.spec import load_spec
+    from mia_hpc.bench import bench_projection, bench_train, format_bench, format_projection
 
-    r = bench_train(load_spec(args.spec), shadows=args.shadows, epochs=args.epochs, device=args.device)
-    print(format_bench(r))
+    spec = _load_run_spec(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.epochs:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=args.epochs))
+    proj = bench_projection(spec, shadows=args.shadows, steps=args.steps, device=args.device, backend=args.backend)
+    print(format_projection(proj))
+    if args.compare or (args.compare is None and spec.data.source == "digits"):
+        r = bench_train(spec, shadows=args.shadows, epochs=args.epochs, device=args.device)
+        print(format_bench(r))
+    else:  # the comparison's record layout (mia-hpc plan --bench reads it), filled from the projection
+        r = {"device": proj["device"], "arch": proj["arch"], "epochs": spec.train.epochs, "source": "projection",
+             "auto_backend": proj["backend"], "shadows": proj["batched"]["k"], "spec_shadows": proj["spec_shadows"],
+             "trainers": {proj["backend"]: {"seconds_per_shadow": proj["batched"]["seconds_per_shadow"]},
+                          "loop": {"seconds_per_shadow": proj["loop"]["seconds_per_shadow"]}}}
+    r["projection"] = proj
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))
     return 0
@@ -173,6 +224,10 @@ def _cmd_spec(args) -> int:
 
     if args.spec:
         spec = load_spec(args.spec)
+        if args.tiny:
+            from mia_hpc.tiny import tiny_spec
+
+            spec = tiny_spec(spec)
         print(json.dumps(spec.to_dict(), indent=2))
         print(f"# spec hash {spec.hash()}")
     else:

@@ -77,8 +77,12 @@ class DataSpec:
 class ModelSpec:
     """The shadow architecture."""
 
-    arch: Literal["cnn32", "cnn64", "mlp"] = option("cnn32", "shadow architecture")
+    arch: Literal["cnn32", "cnn64", "mlp", "resnet9", "resnet18"] = option(
+        "cnn32", "shadow architecture: LiRA's CNN32/CNN64, an MLP, or ResNet-9 / ResNet-18 (mia_hpc.models)")
     width: int = option(0, "override of the first layer width (0: the architecture's own)", ge=0, le=4096)
+    norm: Literal["batch", "group"] = option(
+        "batch", "ResNet normalization: 'batch' (BatchNorm, per-shadow running statistics) or 'group' "
+        "(GroupNorm: needed for DP-SGD); CNNs and the MLP have none")
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,17 @@ class TrainSpec:
     lr: float = option(0.02, "peak learning rate", gt=0, le=10)
     momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
     weight_decay: float = option(5e-4, "L2 weight decay", ge=0, le=1)
-    schedule: Literal["cosine", "constant"] = option("cosine", "learning-rate schedule over all steps")
-    augment_shift: int = option(0, "random translation (pixels) applied to training images", ge=0, le=16)
+    schedule: Literal["cosine", "constant", "triangular"] = option(
+        "cosine", "learning-rate schedule over all steps ('triangular': linear up to lr at train.warmup, then "
+        "linearly down to 0, as airbench / one-cycle)")
+    augment_shift: int = option(0, "random translation (pixels) applied to training images: a random crop of the "
+                                   "image reflect-padded by this many pixels", ge=0, le=16)
+    warmup: float = option(0.0, "fraction of all steps with a linear learning-rate warm-up from 0 (the peak of "
+                                "'triangular'; before cosine/constant)", ge=0, lt=1)
+    augment_flip: bool = option(False, "random horizontal flips of training images (CIFAR; not for digits)")
+    precision: Literal["fp32", "bf16"] = option(
+        "fp32", "training arithmetic: 'bf16' runs forward and backward under torch.autocast in bfloat16 (fp32 "
+        "weights and optimizer; queries stay fp32); on CPU it runs too, with CPU autocast (sequential backend)")
 
 
 @dataclass(frozen=True)
@@ -112,7 +125,8 @@ class ShadowSpec:
 
     count: int = option(16, "number of shadow models M (even: each sample is IN for exactly M/2)", ge=2,
                     le=1_000_000, even=True)
-    batch: int = option(8, "shadows trained at once in one process (K)", ge=1, le=4096)
+    batch: int = option(8, "shadows trained at once in one process (K); 0: auto (CUDA: as many as a memory "
+                           "probe says fit in 85% of free device memory; CPU: 8)", ge=0, le=4096)
     shards: int = option(2, "array tasks the shadows are split into", ge=1, le=100_000)
     keep_block: int = option(0, "keep masks balanced within blocks of this many shadows (0: all M)", ge=0,
                          le=1_000_000, even=True)
@@ -144,9 +158,12 @@ class AdaptiveSpec:
     first_wave: int = option(8, "shadows in the first wave; each next wave doubles the total", ge=2, le=1_000_000,
                              even=True)
     watch: list[str] = option(["lira-online/AUROC Under", "lira-online/TPR@0.1% Under"],
-                              "'attack/column' cells of the attack table that must converge")
+                              "quantities that must converge: 'ATTACK/METRIC GROUP' (METRIC 'AUROC' or 'TPR@<x>%'; "
+                              "GROUP 'All', 'Under' (= 'random'), 'over', 'singletons', 'subpopulation', 'samples') "
+                              "or 'mem/mean GROUP'; see analysis/watch.py")
     tolerance: float = option(0.02, "stop when every watched value moved by at most this over the last doubling",
                               gt=0, le=1)
+    samples: list[int] = option([], "store sample indices of the watch group 'samples' (train split)")
 
 
 @dataclass(frozen=True)
@@ -230,7 +247,16 @@ class Spec:
         # [selection] decides which D_U samples the store holds; single-stage specs keep their old hash
         if d["selection"]["kind"] == "none":
             d.pop("selection")
+        # fields added after stores existed count only when set away from their default, so the
+        # stores made before them keep their hash (their shadows were made exactly so)
+        for table, key in _LATER_FIELDS:
+            if d[table][key] == getattr(getattr(Spec(), table), key):
+                d[table].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: (table, key) of fields added after the first stores were written (see :meth:`Spec.hash`).
+_LATER_FIELDS = (("model", "norm"), ("train", "warmup"), ("train", "augment_flip"), ("train", "precision"))
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -338,10 +364,31 @@ def _cross_checks(spec: Spec) -> None:
             raise SpecError(f"analysis.fpr[{i}]: must be a number > 0 and < 1, got {f!r}")
     for i, w in enumerate(spec.adaptive.watch):
         if w.count("/") != 1 or not all(w.split("/")):
-            raise SpecError(f"adaptive.watch[{i}]: must be 'attack/column', e.g. 'lira-online/AUROC Under', got {w!r}")
+            raise SpecError(f"adaptive.watch[{i}]: must be 'ATTACK/METRIC GROUP', e.g. 'lira-online/AUROC Under', "
+                            f"got {w!r}")
     if spec.model.arch.startswith("cnn") and spec.data.image_size < 8:
         raise SpecError(f"data.image_size: CNN models need >= 8 pixels, got {spec.data.image_size}")
+    _model_cross_checks(spec)
     _selection_cross_checks(spec)
+
+
+def _model_cross_checks(spec: Spec) -> None:
+    """ResNet input size and normalization, and what DP-SGD can train."""
+    m = spec.model
+    resnet = m.arch.startswith("resnet")
+    if resnet and spec.data.image_size < 8:
+        raise SpecError("data.image_size: ResNet models need >= 8 pixels (three 2x poolings), "
+                        f"got {spec.data.image_size}")
+    if m.norm != "batch" and not resnet:
+        raise SpecError(f"model.norm: {m.norm!r} applies to resnet9/resnet18 only; {m.arch!r} has no normalization "
+                        "layers (leave model.norm = 'batch')")
+    if spec.dp.noise_multiplier > 0:
+        if resnet and m.norm == "batch":
+            raise SpecError("model.norm: DP-SGD needs per-sample gradients, which BatchNorm mixes across the batch; "
+                            "set model.norm = 'group' for a ResNet under [dp]")
+        if spec.train.precision != "fp32":
+            raise SpecError(f"train.precision: {spec.train.precision!r} is not supported with DP-SGD "
+                            "(dp.noise_multiplier > 0); use 'fp32'")
 
 
 def _selection_cross_checks(spec: Spec) -> None:

@@ -124,3 +124,54 @@ def test_store_records_epsilon(tmp_path):
     plain = prepare_store(spec_from_dict({"data": {"size": 100, "alpha": 0.8, "test_under": 10},
                                           "shadows": {"count": 2, "shards": 1}}), tmp_path / "p.zarr")
     assert "dp" not in plain.attrs
+
+
+# --- paper §8 / Fig. 4: memorization with and without DP, per group (mia-hpc compare-mem) -----------
+
+def _mem_store(path, under_separation: float, seed: int = 2):
+    """A synthetic store whose offsets sit at the decision boundary, so IN flips the argmax often:
+    mean memorization grows with the group's IN/OUT separation (0: no memorization at all)."""
+    from analysis.synthetic import write_synthetic_store
+
+    write_synthetic_store(path, n_shadows=8, n_samples=200, separation={"over": 0.3, "under": under_separation},
+                          frac_under=0.3, seed=seed, n_test=20, offset_mean=-2.2, offset_std=0.5)
+    return path
+
+
+def test_compare_mem_figure_and_group_means(tmp_path, capsys):
+    from analysis.load import open_shadows
+    from analysis.memorization import memorization
+    from mia_hpc.cli import main
+
+    a = _mem_store(tmp_path / "plain.zarr", 4.0)  # "no DP": the under group is memorized
+    b = _mem_store(tmp_path / "dp.zarr", 0.3)  # "DP": its memorization collapses to the over group's
+    out = tmp_path / "cmp"
+    assert main(["compare-mem", str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "no DP / under" in printed and "DP-SGD / under" in printed
+    assert (out / "mem_compare.png").stat().st_size > 10_000
+    table = __import__("pandas").read_csv(out / "mem_compare.csv", index_col=[0, 1])
+    for label, store in (("no DP", a), ("DP-SGD", b)):  # the means are the plain per-group means of mem
+        data = open_shadows(store)
+        mem, _ = memorization(data.correct(), data.keep)
+        train = data.split == "train"
+        for g in ("over", "under"):
+            sel = train & (data.group == g)
+            assert table.loc[(label, g), "mean mem"] == pytest.approx(float(np.nanmean(mem[sel])), abs=1e-12)
+            assert table.loc[(label, g), "n_samples"] == int(sel.sum())
+    assert table.loc[("no DP", "under"), "mean mem"] > 0.5
+    assert table.loc[("DP-SGD", "under"), "mean mem"] < table.loc[("no DP", "under"), "mean mem"] - 0.3
+    assert "| no DP | under |" in (out / "mem_compare.md").read_text()
+
+
+def test_compare_mem_refuses_different_samples(tmp_path, capsys):
+    from mia_hpc.cli import main
+
+    a = _mem_store(tmp_path / "a.zarr", 4.0, seed=2)
+    b = _mem_store(tmp_path / "b.zarr", 4.0, seed=3)  # another seed: other labels
+    assert main(["compare-mem", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mia-hpc: error: ") and "\n" not in err and "holds other samples" in err
+    assert not (tmp_path / "cmp").exists()  # nothing written
+    assert main(["compare-mem", str(a), str(tmp_path / "nope"), "--out", str(tmp_path / "cmp")]) == 2
+    assert "not a mia-hpc store" in capsys.readouterr().err

@@ -23,6 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
     s.add_argument("--profile", required=True, help="cluster profile, e.g. slurm/profiles/generic-gpu.toml")
     s.add_argument("--out", required=True, help="run directory; the store is OUT/store.zarr")
     s.add_argument("--no-analyze", action="store_true", help="submit only the shadows' array job")
+    s.add_argument("--adaptive", action="store_true",
+                   help="doubling waves until the spec's [adaptive] quantities converge: each wave an array job, "
+                        "then a step job that stops or submits the next wave")
+    s.add_argument("--wait", action="store_true", help="with --adaptive: stay attached, print each wave, until the end")
+    s.add_argument("--quick", action="store_true", help="with --adaptive: the final report without the paper extras")
 
     r = subparsers.add_parser("render-sbatch", help="write sbatch scripts (array job, analysis) for a spec")
     r.add_argument("spec", help="TOML experiment spec, e.g. jobs/demo.toml")
@@ -34,12 +39,35 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
 def cmd_submit(args: argparse.Namespace) -> int:
     from mia_hpc.launch.slurm import SlurmError, submit
 
+    if (args.wait or args.quick) and not args.adaptive:
+        raise SpecError("--wait/--quick: only with --adaptive")
+    if args.adaptive:
+        return _submit_adaptive(args)
     try:
         res = submit(args.spec, args.out, args.profile, analyze=not args.no_analyze)
     except SlurmError as err:
         raise SpecError(str(err)) from None
     print("\n".join(res.lines()))
     print(f"progress: mia-hpc status {res.store}")
+    return 0
+
+
+def _submit_adaptive(args: argparse.Namespace) -> int:
+    from mia_hpc.adaptive import submit_adaptive, wait_adaptive
+    from mia_hpc.launch.slurm import SlurmError
+
+    try:
+        res = submit_adaptive(args.spec, args.out, args.profile, analyze=not args.no_analyze, extras=not args.quick)
+        print("\n".join(res.lines()))
+        if not args.wait:
+            print(f"progress: mia-hpc adaptive-status {res.out}")
+            return 0
+        done = wait_adaptive(res.out, on_wave=lambda w: print(
+            f"wave of {w.shadows} shadows: " + "  ".join(f"{k} = {v if v is None else round(v, 4)}"
+                                                        for k, v in w.values.items()), flush=True))
+    except SlurmError as err:
+        raise SpecError(str(err)) from None
+    print("\n".join(done.lines()))
     return 0
 
 
