@@ -36,7 +36,7 @@ def train_shadow_list(store: str | Path, shadows: list[int], *, device: str = "a
 
     from mia_hpc.experiment import spec_of
     from mia_hpc.store import done_mask, open_store, read_strings, write_shadow
-    from mia_hpc.train.batched import TrainData, iter_batches, train_shadows
+    from mia_hpc.train.batched import TrainData, iter_batches, resolve_shadow_batch, train_shadows
 
     if threads:
         torch.set_num_threads(threads)
@@ -56,7 +56,8 @@ def train_shadow_list(store: str | Path, shadows: list[int], *, device: str = "a
             root["query"][...], root["query_dx"][...], root["query_dy"][...], root["query_mirror"][...])],
     )
     trained = []
-    for batch in iter_batches(todo, spec.shadows.batch):
+    k = resolve_shadow_batch(spec, data, device, len(todo))  # shadows.batch = 0: CUDA memory probe / CPU default
+    for batch in iter_batches(todo, k):
         for res in train_shadows(spec, data, batch, device=device, progress=progress):
             write_shadow(root, res.shadow, res.logits, res.accuracy, res.train_loss, res.features)
             trained.append(res.shadow)
