@@ -87,8 +87,9 @@ def pending_shards(store: str | Path) -> list[int]:
 
 
 def run(spec: str | Path | Spec, out: str | Path, *, executor: str = "local", analyze: bool = True,
-        device: str = "auto", parallel: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Run an experiment end to end: store, shadows (resuming), then the analysis.
+        device: str = "auto", parallel: int = 0, progress: bool = True, extras: bool = True) -> dict[str, Any]:
+    """Run an experiment end to end: store, shadows (resuming), then the analysis (``extras=False``:
+    without the paper extras, as ``analyze --quick``).
 
     Returns ``{"store": Path, "trained": [shadows trained by this call], "analysis": dict | None}``.
     """
@@ -99,7 +100,7 @@ def run(spec: str | Path | Spec, out: str | Path, *, executor: str = "local", an
         from mia_hpc.stages import run_staged
 
         return run_staged(spec, out, executor=executor, analyze=analyze, device=device, parallel=parallel,
-                          progress=progress)
+                          progress=progress, extras=extras)
     out = Path(out)
     store = out / "store.zarr"
     prepare_store(spec, store)
@@ -109,5 +110,5 @@ def run(spec: str | Path | Spec, out: str | Path, *, executor: str = "local", an
     if analyze:
         from analysis.report import analyze as _analyze
 
-        result["analysis"] = _analyze(store, out / "analysis", progress=progress)
+        result["analysis"] = _analyze(store, out / "analysis", progress=progress, extras=extras)
     return result

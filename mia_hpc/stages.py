@@ -231,7 +231,7 @@ def prepare_attack_store(spec: Spec, out: str | Path, selection: dict[str, Any])
 # --- local: every stage in order ------------------------------------------------------------------
 
 def run_staged(spec: Spec, out: str | Path, *, executor: str = "local", analyze: bool = True, device: str = "auto",
-               parallel: int = 0, progress: bool = True) -> dict[str, Any]:
+               parallel: int = 0, progress: bool = True, extras: bool = True) -> dict[str, Any]:
     """Run oracle, selection, attack and analysis in order, each skipping what is done.
 
     Returns :func:`mia_hpc.api.run`'s dict (``store``, ``trained``, ``analysis``) plus ``oracle``
@@ -265,7 +265,7 @@ def run_staged(spec: Spec, out: str | Path, *, executor: str = "local", analyze:
     if analyze:
         from analysis.report import analyze as _analyze
 
-        result["analysis"] = _analyze(store, out / "analysis", progress=progress)
+        result["analysis"] = _analyze(store, out / "analysis", progress=progress, extras=extras)
     return result
 
 
