@@ -41,3 +41,14 @@ def random_train_data():
                          queries=make_queries(1, False), n_classes=10)
 
     return make
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny kernels on a shared two-core machine: one torch thread is faster than two contending."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,13 +19,7 @@ from mia_hpc.train.batched import steps_per_epoch, train_shadows
 from mia_hpc.train.loop import train_loop
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny kernels only contend with two threads on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("arch", ["resnet9", "resnet18"])

@@ -38,13 +38,7 @@ SETTINGS = {("mnist", "none"): (60_000, 0, "cnn32"), ("mnist", "pixmix"): (60_00
             ("cifar10", "cifar100"): (50_000, 1000, "resnet9")}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny kernels on a shared two-core machine: one thread each is faster than two contending."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
