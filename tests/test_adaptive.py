@@ -216,6 +216,31 @@ def test_slurm_waves_stop_and_equal_the_local_run(slurm_cluster, local_run, tmp_
     assert again.wave is None and "finished already" in again.lines()[-1]
 
 
+def test_slurm_failed_wave_cancels_its_step_and_wait_says_so(slurm_cluster, tmp_path):
+    """A wave whose array tasks fail: its step job never runs (afterok, kill-on-invalid-dep), the
+    attached launcher raises naming the jobs instead of waiting forever, and no shadow looks done."""
+    from mia_hpc.adaptive import read_state, submit_adaptive, wait_adaptive
+    from mia_hpc.launch.slurm import SlurmError
+
+    # the test cluster's profile with a setup command that fails: every task of the wave fails
+    prof = tmp_path / "failing.toml"
+    prof.write_text(LOCAL_PROFILE.read_text().replace("setup = []", 'setup = ["exit 3"]'))
+    spec_file = tmp_path / "tiny.toml"
+    spec_file.write_text(_toml(_spec_dict(0.15)))
+    out = tmp_path / "run"
+    res = submit_adaptive(spec_file, out, prof, extras=False)
+    ids = [res.array_job, res.step_job]
+    try:
+        with pytest.raises(SlurmError, match="stopped without finishing") as err:
+            wait_adaptive(out, timeout=240, poll=1.0)
+    finally:
+        wait_gone(ids, timeout=120)
+    assert str(res.step_job) in str(err.value) and str(res.array_job) in str(err.value)
+    assert not (out / "waves").exists() or not list((out / "waves").iterdir())  # the step never evaluated
+    assert not (read_state(out) or {}).get("finished")
+    assert not xr.open_zarr(out / "store.zarr").done.values.any()
+
+
 def _toml(d: dict, prefix: str = "") -> str:
     """A minimal TOML writer for the spec dicts used here (tables, strings, numbers, lists)."""
     lines, tables = [], []
