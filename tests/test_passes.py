@@ -1,6 +1,6 @@
-"""analysis.passes.one_pass: everything the report needs from one read of the logits equals what the
-separate readers compute (sums, partners, counts, Song histograms, target signals, the theory's
-Gaussian fits, the OOD means, every shadow's phi)."""
+"""analysis.passes: the one reducer, checked against direct numpy recomputations over all shadows
+(sums, partners, counts, Song histograms, target signals, the theory's Gaussian fits, the OOD
+means, every shadow's phi), and its three views (one_pass, reduce_over_shadows, signal_sums)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from analysis.attacks import AttackContext
+from analysis.attacks._common import signals_from_logits, song_histogram
 from analysis.load import open_shadows
-from analysis.ood import ood_scores_from_store
+from analysis.memorization import memorization_counts
+from analysis.ood import energy_score, msp_score
 from analysis.passes import one_pass, reduce_over_shadows
+from analysis.stats import gaussian_sums, partners
 from analysis.synthetic import write_synthetic_store
 from analysis.theory import gauss_fits
 
@@ -23,43 +26,68 @@ def data(tmp_path_factory):
     return open_shadows(path)
 
 
-def _eq(a, b, **kw):
-    np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), **kw)
+def _eq(a, b, rtol=1e-10, atol=1e-9):
+    np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), rtol=rtol, atol=atol)
+
+
+def _same_sums(got, want):
+    for f in ("shift", "n_in", "s1_in", "s2_in", "n_out", "s1_out", "s2_out"):
+        _eq(getattr(got, f), getattr(want, f))
+
+
+def _same_partners(got, want):
+    for f in ("first_in", "first_out", "x_in", "x_out"):
+        _eq(getattr(got, f), getattr(want, f), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("budget", [0, 2**30])
-def test_one_pass_equals_the_separate_readers(data, budget):
+def test_one_pass_equals_direct_recomputation(data, budget):
     t = 4
+    z = data.logits.values  # (M, N, Q, C): small enough to hold here
+    keep = data.keep.values
+    label = np.asarray(data.label)
+    train = np.asarray(data.split) == "train"
     p = one_pass(data, t, phi_budget=budget)
-    sums, part, counts = reduce_over_shadows(data)
-    for f in ("shift", "n_in", "s1_in", "s2_in", "n_out", "s1_out", "s2_out"):
-        _eq(getattr(p.sums, f), getattr(sums, f), rtol=1e-10, atol=1e-9)
-    for f in ("first_in", "first_out", "x_in", "x_out"):
-        _eq(getattr(p.partner, f), getattr(part, f), rtol=1e-12, atol=0)
-    for f in ("n_in", "c_in", "n_out", "c_out"):
-        np.testing.assert_array_equal(getattr(p.counts, f), getattr(counts, f))
-
-    ctx = AttackContext.from_shadows(data, t)
-    ss, sp, hist, edges = ctx.signal_sums()
-    for f in ("shift", "s1_in", "s2_in", "s1_out", "s2_out"):
-        _eq(getattr(p.sig_sums, f), getattr(ss, f), rtol=1e-10, atol=1e-9)
-    _eq(p.sig_partner.x_in, sp.x_in, rtol=1e-12, atol=0)
-    np.testing.assert_array_equal(p.hist, hist)
-    np.testing.assert_array_equal(p.edges, edges)
-    _eq(p.target_signals, ctx.target_signals(slice(0, t)), rtol=0, atol=0)  # same float32 values
 
     phi = data.phi().values
-    _eq(p.target_phi, phi[:t], rtol=0, atol=0)
+    _same_sums(p.sums, gaussian_sums(phi, keep, phi[0]))
+    _same_partners(p.partner, partners(phi, keep))
+    c = memorization_counts(z[:, :, 0, :].argmax(-1) == label[None, :], keep)
+    for f in ("n_in", "c_in", "n_out", "c_out"):
+        np.testing.assert_array_equal(getattr(p.counts, f), getattr(c, f))
+
+    sig = signals_from_logits(z[:, :, 0, :], label[None, :])
+    _same_sums(p.sig_sums, gaussian_sums(sig, keep, sig[0]))
+    _same_partners(p.sig_partner, partners(sig, keep))
+    edges = np.unique(np.quantile(sig[0][train, 2], np.linspace(0, 1, 513)))
+    np.testing.assert_array_equal(p.edges, edges)
+    np.testing.assert_array_equal(p.hist, song_histogram(sig[..., 2], keep, label, train, edges, z.shape[-1]))
+
+    _eq(p.target_phi, phi[:t], rtol=0, atol=0)  # float32-rounded values, exactly
+    _eq(p.target_signals, sig[:t], rtol=0, atol=0)
     if budget:
         _eq(p.phi_all, phi, rtol=0, atol=0)
     else:
         assert p.phi_all is None
 
-    fits = gauss_fits(phi, data.keep.values)
+    fits = gauss_fits(phi, keep)
     for f in ("n_in", "mu_in", "cov_in", "n_out", "mu_out", "cov_out"):
         _eq(getattr(p.fits, f), getattr(fits, f), rtol=1e-9, atol=1e-9)
     assert p.fits.cov_in.shape == (phi.shape[1], 3, 3)
 
-    ood = ood_scores_from_store(data, t)
-    for k in ("msp", "energy"):
-        _eq(p.ood[k], ood[k], rtol=1e-12, atol=1e-12)
+    _eq(p.ood["msp"], msp_score(z[:t, :, 0, :]).mean(0), rtol=1e-12, atol=1e-12)
+    _eq(p.ood["energy"], energy_score(z[:t, :, 0, :]).mean(0), rtol=1e-12, atol=1e-12)
+
+
+def test_the_views_equal_the_full_pass(data):
+    p = one_pass(data, 3)
+    sums, part, counts = reduce_over_shadows(data)
+    _same_sums(sums, p.sums)
+    _same_partners(part, p.partner)
+    for f in ("n_in", "c_in", "n_out", "c_out"):
+        np.testing.assert_array_equal(getattr(counts, f), getattr(p.counts, f))
+    ss, sp, hist, edges = AttackContext.from_shadows(data, 3).signal_sums()
+    _same_sums(ss, p.sig_sums)
+    _same_partners(sp, p.sig_partner)
+    np.testing.assert_array_equal(hist, p.hist)
+    np.testing.assert_array_equal(edges, p.edges)

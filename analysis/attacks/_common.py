@@ -13,7 +13,7 @@ attacks use one plain prediction:
 ``mentr``  Song & Mittal's modified prediction entropy (Song).
 
 Per-sample reference statistics come from running sums over all done shadows (one dask pass over
-the logits, :meth:`AttackContext.signal_sums`), minus each target's own contribution and, where
+the logits, :meth:`AttackContext.signal_sums`, i.e. :func:`analysis.passes.reduce_over_tasks`), minus each target's own contribution and, where
 counts would otherwise reveal membership, a partner on the other side (:mod:`analysis.stats`).
 """
 
@@ -22,13 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import dask
 import dask.array as da
 import numpy as np
 
 from ..lira import LiraResult
 from ..load import _other_logsumexp
-from ..stats import GaussianSums, Partners, gaussian_sums
+from ..stats import GaussianSums, Partners
 
 __all__ = ["AttackContext", "AttackResult", "SIGNALS", "signals_from_logits", "mentr_from_logits"]
 
@@ -83,20 +82,6 @@ def signals_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     logp = np.take_along_axis(logf, yy, -1)[..., 0]
     x = np.stack([-logp, np.exp(logp), mentr_from_logits(z, y)], axis=-1)
     return x.astype(np.float32).astype(np.float64)
-
-
-def _pass_block(z, keep, label, shift, first_in, first_out, sidx, train, edges, n_classes, what):
-    """Per logits chunk: packed sums of the signals (what='sums') or Song's histograms (what='hist')."""
-    keep = np.asarray(keep, dtype=bool)
-    x = signals_from_logits(z[:, :, 0, :], label[None, :])
-    if what == "sums":
-        g = gaussian_sums(x, keep, shift)
-        x_in = np.where((sidx[:, None] == first_in[None, :])[..., None], x, 0.0).sum(axis=0)
-        x_out = np.where((sidx[:, None] == first_out[None, :])[..., None], x, 0.0).sum(axis=0)
-        cnt = np.stack([g.n_in, g.n_out], axis=-1).astype(np.float64)
-        return np.concatenate([g.s1_in, g.s2_in, g.s1_out, g.s2_out, x_in, x_out, cnt], axis=-1)[None]
-    h = song_histogram(x[..., 2], keep, label, train, edges, n_classes)
-    return h[None, None]
 
 
 def song_histogram(mentr: np.ndarray, keep: np.ndarray, label: np.ndarray, train: np.ndarray,
@@ -220,32 +205,9 @@ class AttackContext:
         """
         if self._sums is not None:
             return self._sums
-        logits = self.logits
-        keep = self.keep
-        m, n = keep.shape
-        shift = signals_from_logits(np.asarray(logits[0, :, 0, :].compute(), dtype=np.float64), self.label)
-        e = np.unique(np.quantile(shift[self.train, 2], np.linspace(0, 1, self.song_bins + 1)))
-        edges = e if e.size >= 2 else np.array([e[0] - 1.0, e[0] + 1.0])
-        first_in = np.where(keep.any(0), keep.argmax(0), -1)
-        first_out = np.where((~keep).any(0), (~keep).argmax(0), -1)
-        n_chunks = logits.chunks[1]
-        on_samples = lambda a: da.from_array(a, chunks=(n_chunks,) + a.shape[1:])  # noqa: E731
-        args = (logits, "snqc", da.from_array(keep, chunks=(logits.chunks[0], n_chunks)), "sn",
-                on_samples(self.label), "n", on_samples(shift), "nk", on_samples(first_in), "n",
-                on_samples(first_out), "n", da.arange(m, chunks=(logits.chunks[0],)), "s",
-                on_samples(self.train), "n")
-        meta = np.empty((0, 0, 0), np.float64)
-        parts = da.blockwise(_pass_block, "snj", *args, edges, None, self.n_classes, None, "sums", None,
-                             new_axes={"j": 6 * 3 + 2}, concatenate=True, dtype=np.float64, meta=meta)
-        h = len(edges) - 1
-        hparts = da.blockwise(_pass_block, "snj", *args, edges, None, self.n_classes, None, "hist", None,
-                              new_axes={"j": self.n_classes * 2 * h}, adjust_chunks={"n": 1},
-                              concatenate=True, dtype=np.float64, meta=meta)
-        total, hist = dask.compute(parts.sum(axis=0), hparts.sum(axis=(0, 1)))
-        col = lambda i: total[:, 3 * i:3 * (i + 1)]  # noqa: E731
-        as_int = lambda a: np.rint(a).astype(np.int64)  # noqa: E731
-        sums = GaussianSums(shift=shift, n_in=as_int(total[:, 18]), s1_in=col(0), s2_in=col(1),
-                            n_out=as_int(total[:, 19]), s1_out=col(2), s2_out=col(3))
-        partner = Partners(first_in=first_in, first_out=first_out, x_in=col(4), x_out=col(5))
-        self._sums = (sums, partner, hist, edges)
+        from ..passes import reduce_over_tasks
+
+        r = reduce_over_tasks(self.logits, self.keep, self.label, self.train, 0, phi=False, extras=False,
+                              song_bins=self.song_bins)
+        self._sums = (r.sig_sums, r.sig_partner, r.hist, r.edges)
         return self._sums
