@@ -54,12 +54,12 @@ wave), ``analysis/`` (the report of the shadows used), and on Slurm ``slurm/adap
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mia_hpc.jsonfile import read_json_dict, write_json_atomic
 from mia_hpc.launch.slurm import ShardTask
 from mia_hpc.spec import Spec, SpecError, load_spec, spec_from_dict
 
@@ -212,16 +212,6 @@ def evaluate_wave(spec: Spec, store: str | Path, size: int, previous: Wave | Non
     return wave
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def read_state(out: str | Path) -> dict[str, Any] | None:
     """``OUT/adaptive.json``, or None when there is none (or it is unreadable)."""
     try:
@@ -258,9 +248,9 @@ def advance(spec: Spec, out: str | Path, size: int) -> tuple[list[Wave], bool]:
     wave = evaluate_wave(spec, out / "store.zarr", size, waves[-1] if waves else None)
     waves.append(wave)
     stop = bool(wave.changes) and all(wave.within(spec.adaptive.tolerance).values())
-    _write_json_atomic(out / "waves" / f"{size:06d}.json", asdict(wave))
+    write_json_atomic(out / "waves" / f"{size:06d}.json", asdict(wave))
     last = stop or size >= spec.shadows.count
-    _write_json_atomic(out / STATE, _state(spec, waves, status="running" if not last else "reporting"))
+    write_json_atomic(out / STATE, _state(spec, waves, status="running" if not last else "reporting"))
     return waves, stop
 
 
@@ -274,7 +264,7 @@ def finish(spec: Spec, out: str | Path, waves: list[Wave], stop: bool, *, analyz
 
         _analyze(out / "store.zarr", out / "analysis", progress=progress, shadow_limit=used, extras=extras)
     status = "converged" if stop else "not converged"
-    _write_json_atomic(out / STATE, _state(spec, waves, status=status, full=full))
+    write_json_atomic(out / STATE, _state(spec, waves, status=status, full=full))
     return AdaptiveResult(out / "store.zarr", waves, stop, spec.shadows.count, full, spec.adaptive.tolerance)
 
 
@@ -378,11 +368,7 @@ def _slurm_file(out: Path) -> Path:
 
 
 def _read_slurm(out: Path) -> dict[str, Any]:
-    try:
-        d = json.loads(_slurm_file(out).read_text())
-        return d if isinstance(d, dict) else {}
-    except (FileNotFoundError, ValueError):
-        return {}
+    return read_json_dict(_slurm_file(out))
 
 
 def _record_jobs(out: Path, spec: Spec, size: int, array: str | None, step: str, shards: dict[str, str]) -> None:
@@ -392,7 +378,7 @@ def _record_jobs(out: Path, spec: Spec, size: int, array: str | None, step: str,
     if rec.get("spec_hash") != spec.hash():
         rec = {"spec_hash": spec.hash(), "waves": {}}
     rec.setdefault("waves", {})[str(size)] = {"array": array, "step": step, "shards": shards}
-    _write_json_atomic(_slurm_file(out), rec)
+    write_json_atomic(_slurm_file(out), rec)
     if shards:  # where `mia-hpc status` looks for each shard's latest task
         jobs = S._read_jobs(out)
         jobs.setdefault("shards", {}).update(shards)

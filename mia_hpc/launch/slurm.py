@@ -17,8 +17,6 @@ and nothing was left to train. Executor files (pickled calls, logs) live in ``OU
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -26,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mia_hpc.jsonfile import read_json_dict, write_json_atomic
 from mia_hpc.launch.profile import Profile, load_profile
 from mia_hpc.spec import Spec, SpecError, load_spec
 
@@ -148,19 +147,11 @@ def _jobs_file(out: Path) -> Path:
 
 
 def _read_jobs(out: Path) -> dict[str, Any]:
-    try:
-        d = json.loads(_jobs_file(out).read_text())
-        return d if isinstance(d, dict) else {}
-    except (FileNotFoundError, ValueError):
-        return {}
+    return read_json_dict(_jobs_file(out))
 
 
 def _write_jobs(out: Path, d: dict[str, Any]) -> None:
-    p = _jobs_file(out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
-    tmp.replace(p)
+    write_json_atomic(_jobs_file(out), d, sort_keys=True)
 
 
 def in_flight(out: Path, alive: dict[str, str]) -> tuple[dict[int, str], list[str]]:
