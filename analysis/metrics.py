@@ -64,8 +64,23 @@ def _one(member: np.ndarray, score: np.ndarray, fprs: list[float]) -> list[float
 
 
 def _order_keys(s: np.ndarray) -> np.ndarray:
-    """uint64 keys whose unsigned order is the float order of ``s`` (-0.0 and +0.0 equal)."""
-    bits = (np.asarray(s, dtype=np.float64) + 0.0).view(np.uint64)  # + 0.0 turns -0.0 into +0.0
+    """uint64 keys whose unsigned order is the float order of ``s`` (-0.0 and +0.0 equal).
+
+    float32 scores keep their own 32 bits (in the high half: the low bits stay free for flags and
+    no float64 copy is made); other floats are keyed on their float64 bits.
+    """
+    s = np.asarray(s)
+    if s.dtype == np.float32:
+        b32 = (s + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into +0.0
+        f32 = b32 >> np.uint32(31)
+        f32 *= np.uint32((1 << 31) - 1)
+        f32 |= np.uint32(1 << 31)
+        b32 ^= f32
+        del f32
+        bits = b32.astype(np.uint64)
+        bits <<= np.uint64(32)
+        return bits
+    bits = (np.asarray(s, dtype=np.float64) + 0.0).view(np.uint64)
     flip = bits >> np.uint64(63)  # 1 for negatives: flip every bit; else set the sign bit
     flip *= np.uint64((1 << 63) - 1)
     flip |= np.uint64(1 << 63)
@@ -78,11 +93,13 @@ def per_target_metrics(member: np.ndarray, score: np.ndarray, fprs: list[float],
     """[AUROC, TPR@f for f in fprs] of every row (target) at once: an array (T, 1 + len(fprs)).
 
     Row ``t`` equals ``_one(member[t, mask], score[t, mask], fprs)`` (sklearn's ``roc_curve`` with
-    ``drop_intermediate=True``, then ``auc`` and :func:`tpr_at_fpr`) without a Python loop over
-    rows: each block of rows is sorted once (descending score; tied scores form one threshold),
-    AUROC is the exact rank-sum (Mann-Whitney U, ties counted half) and TPR@f is the TPR of the
-    last ROC point sklearn keeps whose FPR is <= f (its collinear-point dropping is reproduced, as
-    it can drop the best point under an FPR budget). Rows without both classes are NaN.
+    ``drop_intermediate=True``, then ``auc`` and :func:`tpr_at_fpr`) without a Python loop: each
+    block of rows is sorted once as integer keys (the score's order-preserving bits, the member
+    flag in the lowest bit) and scanned once by :func:`analysis.roc_scan.roc_scan`, which walks
+    the thresholds as sklearn builds them: exact trapezoid area in integers, sklearn's
+    collinear-point dropping, TPR of the last kept point whose FPR is <= f. Rows without both
+    classes are NaN. Two float64 scores 1 ulp apart may count as a tie (float32 scores keep all
+    their bits).
     """
     member = np.asarray(member, dtype=bool)
     score = np.asarray(score)
@@ -98,69 +115,28 @@ def per_target_metrics(member: np.ndarray, score: np.ndarray, fprs: list[float],
     if n == 0 or t_rows == 0:
         return out
     step = max(1, int(block_elems) // n)
-    idt = np.int32 if n < 2**30 else np.int64  # counts; half the memory traffic of int64
     for r0 in range(0, t_rows, step):
         s, mb = score[r0:r0 + step], member[r0:r0 + step]
         if mask is not None:  # one block of rows at a time: no (T, N) copy
             s, mb = s[:, mask], mb[:, mask]
-        b = s.shape[0]
         if not np.isfinite(s).all():
             raise ValueError("per_target_metrics: scores contain NaN or infinity")  # as sklearn's roc_curve
-        # One SIMD sort of integer keys instead of an argsort + gathers (~10x faster): the score's
-        # order-preserving 64-bit pattern with the member flag in its lowest bit. Runs of equal
-        # ``key >> 1`` are the thresholds; only run ends and cumulative counts are used, so the
-        # order inside a run is irrelevant. Two scores 1 ulp apart may share a run (a tie).
-        key = _order_keys(s)
-        key &= ~np.uint64(1)
-        key |= mb.astype(np.uint64)
-        key.sort(axis=1)
-        key = key[:, ::-1]
-        tps = np.cumsum(key & np.uint64(1), axis=1, dtype=idt)
-        key >>= np.uint64(1)
-        # threshold points (sklearn's threshold_idxs): the last position of each run of equal scores
-        end = np.empty((b, n), dtype=bool)
-        np.not_equal(key[:, :-1], key[:, 1:], out=end[:, :-1])
-        end[:, -1] = True
-        del key
-        flat = np.flatnonzero(end)
-        del end
-        row = (flat // n).astype(idt)
-        tp = tps.ravel()[flat]
-        del tps
-        fp = (flat - row * np.int64(n) + 1).astype(idt) - tp
-        del flat
-        last = np.flatnonzero(np.r_[row[1:] != row[:-1], True])  # last point of each row
-        p, q = tp[last], fp[last]
-        first = np.r_[0, last[:-1] + 1]
-        k = tp.size
-        has_prev = np.ones(k, dtype=bool)
-        has_prev[first] = False
-        has_next = np.ones(k, dtype=bool)
-        has_next[last] = False
-        tp_prev = np.where(has_prev, np.r_[0, tp[:-1]], 0)
-        fp_prev = np.where(has_prev, np.r_[0, fp[:-1]], 0)
-        # AUROC: exact trapezoid over all threshold points, in integers
-        area = np.add.reduceat((fp - fp_prev).astype(np.float64) * (tp + tp_prev), first)  # exact: < 2**53
-        ok = (p > 0) & (q > 0)
-        pf, qf = p.astype(np.float64), q.astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[r0:r0 + b, 0] = area / (2.0 * pf * qf)
-        # sklearn keeps the first and last threshold points and every corner (nonzero 2nd difference)
-        tp_next = np.r_[tp[1:], 0]
-        fp_next = np.r_[fp[1:], 0]
-        corner = (fp_next - 2 * fp + fp_prev != 0) | (tp_next - 2 * tp + tp_prev != 0)
-        keep = ~has_prev | ~has_next | corner
-        kept = np.flatnonzero(keep)
-        krow = row[kept]
-        kfirst = np.searchsorted(krow, np.arange(b))  # every row keeps its first point
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fpr = fp[kept] / qf[krow]
-            tpr = tp[kept] / pf[krow]
-        for i, f in enumerate(fprs):
-            # tpr is nondecreasing along the curve; the prepended (0, 0) point gives 0 at worst
-            out[r0:r0 + b, 1 + i] = np.maximum(np.maximum.reduceat(np.where(fpr <= f, tpr, 0.0), kfirst), 0.0)
-        out[r0:r0 + b][~ok] = np.nan
+        out[r0:r0 + s.shape[0]] = _sorted_rows(s, mb, fprs)
     return out
+
+
+def _sorted_rows(s: np.ndarray, mb: np.ndarray, fprs: list[float]) -> np.ndarray:
+    """:func:`per_target_metrics` of one block of rows: one integer sort, then one compiled scan."""
+    from .roc_scan import roc_scan
+
+    key = _order_keys(s)
+    key &= ~np.uint64(1)
+    key |= mb
+    key.sort(axis=1)  # one SIMD sort of integer keys (~10x an argsort + gathers)
+    res = np.empty((s.shape[0], 1 + len(fprs)))
+    roc_scan(key, np.asarray(fprs, dtype=np.float64), res)
+    return res
+
 
 def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np.ndarray],
                    fprs: list[float]) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
