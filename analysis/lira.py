@@ -124,7 +124,9 @@ class LiraResult:
         Store sample ids of the challenge points (train split).
     member : ndarray of bool (T, N_train)
         Truth: ``keep[target, sample]``.
-    scores : dict attack -> ndarray (T, N_train)
+    scores : mapping attack -> ndarray (T, N_train)
+        float32 (the store's precision; metrics are computed on these values). A plain dict, or
+        :class:`analysis.spill.SpilledScores` to keep them on disk.
     n_neutral : dict attack -> int
         Pairs scored neutrally for lack of reference models on one side.
     """
@@ -190,7 +192,8 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
     floor = sd_floor(ref)
     per_target = max(1, int(train.sum()) * q * 8 * 24)  # ~24 float64 (N, Q) temporaries per target
     b = max(1, min(n_targets, batch_bytes // per_target))
-    parts: dict[str, list[np.ndarray]] = {a: [] for a in attacks}
+    # float32 results (the store's precision), filled in place: no list of parts to concatenate
+    out = {a: np.empty((n_targets, int(train.sum())), dtype=np.float32) for a in attacks}
     neutral = {a: 0 for a in attacks}
     for start in range(0, n_targets, b):
         sl = slice(start, min(start + b, n_targets))
@@ -198,11 +201,11 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
         loo = ref.without_pair(x, keep_tr[sl], part)
         s, nn = lira_scores(x, loo, floor=floor, attacks=attacks)
         for a in attacks:
-            parts[a].append(s[a])
+            out[a][sl] = s[a]
             neutral[a] += nn[a]
         if progress is not None:
             progress(sl.stop - sl.start)
     shadow_ids = np.arange(m) if shadow_ids is None else np.asarray(shadow_ids)
     sample_ids = np.arange(n) if sample_ids is None else np.asarray(sample_ids)
     return LiraResult(targets=shadow_ids[:n_targets], samples=sample_ids[train], member=keep_tr[:n_targets],
-                      scores={a: np.concatenate(parts[a]) for a in attacks}, n_neutral=neutral)
+                      scores=out, n_neutral=neutral)

@@ -44,6 +44,8 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
+from collections import ChainMap
+from collections.abc import Mapping as _Mapping
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -52,7 +54,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["scores_dataset", "write_scores"]
+__all__ = ["scores_dataset", "write_scores", "StoredScores"]
 
 _STATIC = ("sample", "group", "split", "label")
 
@@ -113,12 +115,12 @@ def scores_dataset(result: Mapping[str, Any], *, extra_per_sample: Mapping[str, 
         pos = pd.Index(sample).get_indexer(np.asarray(lira.samples))
         if (pos < 0).any():
             raise ValueError("lira.samples holds sample ids not in per_sample")
-        scores = dict(lira.scores)
         for a, s in (extra_scores or {}).items():
             if np.shape(s) != np.shape(lira.member):
                 raise ValueError(f"extra_scores[{a!r}]: expected shape {np.shape(lira.member)}, got {np.shape(s)}")
-            scores[a] = s
-        attacks = list(scores)
+        # names only: the arrays may live on disk (analysis.spill.SpilledScores) and are read one
+        # at a time by _fill_scores
+        attacks = list(dict.fromkeys([*lira.scores, *(extra_scores or {})]))
         t = np.asarray(lira.targets)
         # A lazy placeholder: write_scores fills it a block of targets at a time (see _fill_scores).
         tc = max(1, min(target_chunk, t.size))
@@ -150,7 +152,7 @@ def _fill_scores(path: Path, result: Mapping[str, Any], extra_scores: Mapping[st
     import zarr
 
     lira = result["lira"]
-    scores = {**dict(lira.scores), **dict(extra_scores or {})}
+    scores = ChainMap(dict(extra_scores or {}), lira.scores)  # lazy: one attack's array at a time
     pos = pd.Index(sample).get_indexer(np.asarray(lira.samples))
     arr = zarr.open_group(str(path), mode="r+")["score"]
     t = np.shape(lira.member)[0]
@@ -197,3 +199,37 @@ def write_scores(out: str | Path, result: Mapping[str, Any], *, extra_per_sample
         raise
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+class StoredScores(_Mapping):
+    """``attack -> (T, N_challenge) float32`` scores read from a written ``scores.zarr``.
+
+    What :func:`analysis.report.analyze` returns as ``lira.scores``: the arrays are not held in
+    memory after the analysis; each access reads one attack (the challenge samples' columns, in
+    the order of ``samples``) from the store, bit for bit what the analysis computed when
+    ``score_dtype`` is float32 (the analysis' own precision).
+    """
+
+    def __init__(self, path: str | Path, samples: np.ndarray) -> None:
+        import zarr
+
+        self.path = Path(path)
+        grp = zarr.open_group(str(self.path), mode="r")
+        self._attacks = [str(a) for a in np.asarray(grp["attack"][:]).tolist()]
+        self._pos = pd.Index(np.asarray(grp["sample"][:])).get_indexer(np.asarray(samples))
+        if (self._pos < 0).any():
+            raise ValueError(f"{self.path}: some challenge samples are not in the store")
+
+    def __getitem__(self, attack: str) -> np.ndarray:
+        import zarr
+
+        if attack not in self._attacks:
+            raise KeyError(attack)
+        arr = zarr.open_group(str(self.path), mode="r")["score"]
+        return np.asarray(arr[self._attacks.index(attack)])[:, self._pos]
+
+    def __iter__(self):
+        return iter(list(self._attacks))
+
+    def __len__(self) -> int:
+        return len(self._attacks)

@@ -119,6 +119,11 @@ class GaussianSums:
                             s1_in=self.s1_in[..., mask, :], s2_in=self.s2_in[..., mask, :],
                             s1_out=self.s1_out[..., mask, :], s2_out=self.s2_out[..., mask, :])
 
+    def channels(self, q: list[int]) -> "GaussianSums":
+        """The sums of the signal channels ``q`` only (the last axis of ``shift`` and ``s*``)."""
+        return replace(self, shift=self.shift[..., q], s1_in=self.s1_in[..., q], s2_in=self.s2_in[..., q],
+                       s1_out=self.s1_out[..., q], s2_out=self.s2_out[..., q])
+
     def pooled_variance(self) -> tuple[np.ndarray, np.ndarray]:
         """Variance (ddof=1) of *all* IN values and of all OUT values per query, over every sample.
 
@@ -199,6 +204,10 @@ class Partners:
     def take(self, mask: np.ndarray) -> "Partners":
         """The partners of the samples selected by ``mask``."""
         return Partners(self.first_in[mask], self.first_out[mask], self.x_in[mask], self.x_out[mask])
+
+    def channels(self, q: list[int]) -> "Partners":
+        """The partners' values of the signal channels ``q`` only."""
+        return Partners(self.first_in, self.first_out, self.x_in[..., q], self.x_out[..., q])
 
 
 def partners(x: Any, keep: np.ndarray) -> Partners:

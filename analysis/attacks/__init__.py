@@ -20,7 +20,7 @@ their scores into one result (what ``analysis.report.analyze`` tabulates).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, MutableMapping
 
 import numpy as np
 
@@ -57,8 +57,12 @@ def _lira_all(ctx: AttackContext) -> LiraResult:
 def run_lira_variant(ctx: AttackContext, variant: str) -> AttackResult:
     """One LiRA variant (``lira-online``, ``lira-offline``, ``lira-fixed-variance``) as an AttackResult."""
     r = _lira_all(ctx)
+    if variant not in r.scores:  # handed out before: compute the three again
+        ctx.lira = None
+        r = _lira_all(ctx)
+    # handed over, not copied: the context does not keep a second reference to the (T, N) array
     return AttackResult(targets=r.targets, samples=r.samples, member=r.member,
-                        scores={variant: r.scores[variant]}, n_neutral={variant: r.n_neutral[variant]})
+                        scores={variant: r.scores.pop(variant)}, n_neutral={variant: r.n_neutral[variant]})
 
 
 ATTACKS: dict[str, Callable[..., AttackResult]] = {
@@ -73,11 +77,14 @@ ATTACKS: dict[str, Callable[..., AttackResult]] = {
 
 def run_attacks(ctx: AttackContext, names: Iterable[str] | None = None,
                 params: dict[str, dict[str, Any]] | None = None,
-                progress: Callable[[str], None] | None = None) -> AttackResult:
+                progress: Callable[[str], None] | None = None,
+                scores: MutableMapping[str, np.ndarray] | None = None) -> AttackResult:
     """Run attacks by name (default: all of :data:`ATTACKS`, in its order) and merge their scores.
 
     ``params`` maps an attack name to keyword arguments of its entry point; ``progress`` is called
     with each name when it finishes. The result's ``info`` maps each name to its attack's ``info``.
+    ``scores`` is the mapping the merged scores go to (default a new dict; e.g. an
+    :class:`analysis.spill.SpilledScores`, so that one attack's scores are in memory at a time).
     """
     names = list(ATTACKS) if names is None else list(names)
     unknown = [n for n in names if n not in ATTACKS]
@@ -85,14 +92,25 @@ def run_attacks(ctx: AttackContext, names: Iterable[str] | None = None,
         raise ValueError(f"unknown attack(s) {unknown}; choose from {list(ATTACKS)}")
     params = params or {}
     out: AttackResult | None = None
-    for n in names:
+    # LiRA's three variants first: they are computed together and cached on the context until
+    # each is handed over, so running them first frees that cache before the other attacks run
+    for n in sorted(names, key=lambda a: a not in LIRA_ATTACKS):
         r = ATTACKS[n](ctx, **params.get(n, {}))
         if out is None:
-            out = AttackResult(targets=r.targets, samples=r.samples, member=r.member)
-        out.scores.update(r.scores)
+            out = AttackResult(targets=r.targets, samples=r.samples, member=r.member,
+                               scores={} if scores is None else scores)
+        for a in list(r.scores):
+            out.scores[a] = r.scores.pop(a)
         out.n_neutral.update(r.n_neutral)
         out.info[n] = getattr(r, "info", {})
         if progress is not None:
             progress(n)
     assert out is not None, "no attacks requested"
+    for n in names:  # back to the requested order (a table's row order)
+        if hasattr(out.scores, "move_to_end"):
+            out.scores.move_to_end(n)
+        else:
+            out.scores[n] = out.scores.pop(n)
+        out.n_neutral[n] = out.n_neutral.pop(n)
+        out.info[n] = out.info.pop(n)
     return out

@@ -64,15 +64,17 @@ def rmia_log_ratios(ctx: AttackContext, sl: slice, zidx: np.ndarray, a: float = 
     x = ctx.target_signals(sl) if x is None else x
     keep = ctx.keep[sl]
     tr = ctx.train
-    loo = sums.take(tr).without_pair(x[:, tr], keep[:, tr], partner.take(tr))
+    ch = [_P]  # Pr(x | theta') needs the reference models' p_y only
+    sums, partner, xp = sums.channels(ch), partner.channels(ch), x[..., ch]
+    loo = sums.take(tr).without_pair(xp[:, tr], keep[:, tr], partner.take(tr))
     _, _, mu_out, _ = loo.unshifted_moments()
-    lx = -x[:, tr, _L] - _log_pr(mu_out[..., _P], a)  # log p_y(theta) = -loss, exact
+    lx = -x[:, tr, _L] - _log_pr(mu_out[..., 0], a)  # log p_y(theta) = -loss, exact
     if ctx.test[zidx].all():
-        zl = sums.take(zidx).without(x[:, zidx], keep[:, zidx])  # every reference is OUT for z
+        zl = sums.take(zidx).without(xp[:, zidx], keep[:, zidx])  # every reference is OUT for z
     else:
-        zl = sums.take(zidx).without_pair(x[:, zidx], keep[:, zidx], partner.take(zidx))
+        zl = sums.take(zidx).without_pair(xp[:, zidx], keep[:, zidx], partner.take(zidx))
     _, _, mz, _ = zl.unshifted_moments()
-    lz = -x[:, zidx, _L] - _log_pr(mz[..., _P], a)
+    lz = -x[:, zidx, _L] - _log_pr(mz[..., 0], a)
     return lx, lz
 
 
@@ -82,7 +84,7 @@ def run_rmia(ctx: AttackContext, a: float = 0.3, gamma: float = 1.0, max_z: int 
     if not 0 <= a <= 1 or gamma <= 0:
         raise ValueError(f"need 0 <= a <= 1 and gamma > 0, got a={a}, gamma={gamma}")
     zidx, fixed = population(ctx, max_z, seed)
-    parts, neutral, n_z = [], 0, []
+    scores, neutral, n_z = ctx.empty_scores(), 0, []
     for sl in ctx.target_batches():
         x = ctx.target_signals(sl)
         lx, lz = rmia_log_ratios(ctx, sl, zidx, a, x)
@@ -100,7 +102,7 @@ def run_rmia(ctx: AttackContext, a: float = 0.3, gamma: float = 1.0, max_z: int 
             else:
                 frac = cnt / max(zi.size, 1)
             out[i] = np.where(bad, 0.5, frac)
-        parts.append(out)
-    return ctx.result("rmia", np.concatenate(parts), neutral, a=a, gamma=gamma, tiebreak=tiebreak,
+        scores[sl] = out
+    return ctx.result("rmia", scores, neutral, a=a, gamma=gamma, tiebreak=tiebreak,
                       population="test split" if fixed else "train subset, OUT for the target",
                       n_z=int(np.median(n_z)) if n_z else 0)

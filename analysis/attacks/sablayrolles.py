@@ -31,9 +31,11 @@ def sablayrolles_thresholds(ctx: AttackContext, sl: slice, tau: str = "midpoint"
     """
     sums, partner, _, _ = ctx.signal_sums()
     x = ctx.target_signals(sl)[:, ctx.train] if x is None else x
-    loo = sums.take(ctx.train).without_pair(x, ctx.keep[sl][:, ctx.train], partner.take(ctx.train))
+    ch = [_L]  # the loss channel only
+    loo = sums.take(ctx.train).channels(ch).without_pair(x[..., ch], ctx.keep[sl][:, ctx.train],
+                                                         partner.take(ctx.train).channels(ch))
     mu_in, _, mu_out, _ = loo.unshifted_moments(ddof=1)
-    mu_in, mu_out = mu_in[..., _L], mu_out[..., _L]
+    mu_in, mu_out = mu_in[..., 0], mu_out[..., 0]
     if tau == "out":
         return mu_out
     if tau != "midpoint":
@@ -44,11 +46,11 @@ def sablayrolles_thresholds(ctx: AttackContext, sl: slice, tau: str = "midpoint"
 
 def run_sablayrolles(ctx: AttackContext, tau: str = "midpoint") -> AttackResult:
     """Scores (T, N_train) = ``tau_i - loss`` for every target (higher = member)."""
-    parts, neutral = [], 0
+    scores, neutral = ctx.empty_scores(), 0
     for sl in ctx.target_batches():
         x = ctx.target_signals(sl)[:, ctx.train]
         s = sablayrolles_thresholds(ctx, sl, tau, x) - x[..., _L]
         bad = ~np.isfinite(s)
         neutral += int(bad.sum())
-        parts.append(np.where(bad, 0.0, s))
-    return ctx.result("sablayrolles", np.concatenate(parts), neutral, tau=tau, signal="loss, identity query")
+        scores[sl] = np.where(bad, 0.0, s)
+    return ctx.result("sablayrolles", scores, neutral, tau=tau, signal="loss, identity query")

@@ -64,13 +64,13 @@ def song_thresholds(ctx: AttackContext, sl: slice, mentr: np.ndarray | None = No
 def run_song(ctx: AttackContext) -> AttackResult:
     """Scores (T, N_train) = ``t_{y_i} - Mentr_i`` for every target; a class without both IN and
     OUT references gets threshold 0 (the score is then ``-Mentr``), counted as neutral."""
-    parts, neutral = [], 0
+    scores, neutral = ctx.empty_scores(), 0
     y = ctx.label[ctx.train]
     for sl in ctx.target_batches():
         mentr = ctx.target_signals(sl)[..., _E]
         thr = song_thresholds(ctx, sl, mentr)[:, y]  # (B, N_train)
         bad = np.isnan(thr)
         neutral += int(bad.sum())
-        parts.append(np.where(bad, 0.0, thr) - mentr[:, ctx.train])
-    return ctx.result("song", np.concatenate(parts), neutral, signal="Mentr, identity query",
+        scores[sl] = np.where(bad, 0.0, thr) - mentr[:, ctx.train]
+    return ctx.result("song", scores, neutral, signal="Mentr, identity query",
                       threshold="per class, max balanced accuracy on a quantile grid")

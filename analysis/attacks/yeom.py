@@ -7,8 +7,6 @@ samples, which is why per-sample calibrated attacks (Sablayrolles, LiRA) beat it
 
 from __future__ import annotations
 
-import numpy as np
-
 from ._common import SIGNALS, AttackContext, AttackResult
 
 __all__ = ["run_yeom"]
@@ -16,5 +14,7 @@ __all__ = ["run_yeom"]
 
 def run_yeom(ctx: AttackContext) -> AttackResult:
     """Scores (T, N_train) = ``-loss`` of each target on each train sample."""
-    parts = [-ctx.target_signals(sl)[:, ctx.train, SIGNALS.index("loss")] for sl in ctx.target_batches()]
-    return ctx.result("yeom", np.concatenate(parts), signal="loss, identity query")
+    scores = ctx.empty_scores()
+    for sl in ctx.target_batches():
+        scores[sl] = -ctx.target_signals(sl)[:, ctx.train, SIGNALS.index("loss")]
+    return ctx.result("yeom", scores, signal="loss, identity query")
