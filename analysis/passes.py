@@ -56,6 +56,8 @@ class PassResult:
         Mean MSP and Energy over the targets (:func:`analysis.ood.ood_scores_from_store`).
     phi_all : ndarray (M, N, Q) float32 or None
         Every shadow's phi, when asked for and it fits the budget.
+    target_scores : dict name -> ndarray (T, N_train) float32
+        What each of the ``scorers`` returned for the targets.
     """
 
     sums: GaussianSums | None = None
@@ -70,6 +72,7 @@ class PassResult:
     fits: Any = None
     ood: dict | None = None
     phi_all: np.ndarray | None = None
+    target_scores: dict | None = None
 
 
 def _side_sums(name: str, x: np.ndarray, kp: np.ndarray, shift: np.ndarray, is_in: np.ndarray,
@@ -84,12 +87,12 @@ def _side_sums(name: str, x: np.ndarray, kp: np.ndarray, shift: np.ndarray, is_i
 def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, train: np.ndarray,
                  shift_phi: np.ndarray | None, shift_sig: np.ndarray | None, first_in: np.ndarray,
                  first_out: np.ndarray, edges: np.ndarray | None, n_targets: int, what: frozenset,
-                 keep_all_phi: bool) -> dict[str, Any]:
+                 keep_all_phi: bool, scorers: dict | None = None) -> dict[str, Any]:
     """Partial sums of shadows ``s0 .. s0 + len(z)`` (a dict of per-sample arrays, summed by
     :func:`_add`), with ``"targets"``: [(s0, phi, signals)] of the targets among them (phi of every
     shadow when ``keep_all_phi``)."""
-    from .attacks._common import signals_from_logits, song_histogram
-    from .ood import energy_score, msp_score
+    from .attacks._common import song_histogram
+    from .logit_kernels import row_stats
 
     z = np.asarray(z)
     s, n = z.shape[0], z.shape[1]
@@ -100,12 +103,27 @@ def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, tr
     c = memorization_counts(z[:, :, 0, :].argmax(axis=-1) == label[None, :], kp)
     out: dict[str, Any] = {"counts": np.stack([c.n_in, c.n_out, c.c_in, c.c_out], axis=-1).astype(np.float64)}
     t = sidx < n_targets
+    # every per-row statistic of the identity query from one compiled loop per row (the functions
+    # phi_from_logits, signals_from_logits, ood_rows and shokri_rows use the same loop); the OOD
+    # scores and Shokri's features for the targets' rows only
+    want = {"phi": "phi" in what, "signals": "signals" in what}
+    on_t = row_stats(z[t, :, 0, :], label[None, :], **want, ood="extras" in what, features=bool(scorers))
+    on_o = row_stats(z[~t, :, 0, :], label[None, :], **want)
+
+    def both(k: str) -> np.ndarray:
+        a, b = on_t[k], on_o[k]
+        full = np.empty((s,) + a.shape[1:], dtype=a.dtype)
+        full[t], full[~t] = a, b
+        return full.astype(np.float32).astype(np.float64)  # float32-rounded, as the public functions
+
     phi = sig = None
     if "phi" in what:
-        phi = phi_from_logits(z, label[None, :, None])  # (s, n, q)
+        phi = both("phi")[..., None]  # (s, n, q)
+        if z.shape[2] > 1:
+            phi = np.concatenate([phi, phi_from_logits(z[:, :, 1:, :], label[None, :, None])], axis=2)
         out.update(_side_sums("phi", phi, kp, shift_phi, is_in, is_out))
     if "signals" in what:
-        sig = signals_from_logits(z[:, :, 0, :], label[None, :])  # (s, n, 3)
+        sig = both("signals")  # (s, n, 3)
         out.update(_side_sums("sig", sig, kp, shift_sig, is_in, is_out))
         out["hist"] = song_histogram(sig[..., 2], kp, label, train, edges, z.shape[-1])
     if "extras" in what:
@@ -116,12 +134,14 @@ def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, tr
         d_out = d - d_in
         out["cross_in"] = np.einsum("snq,snr->nqr", d_in, d_in)
         out["cross_out"] = np.einsum("snq,snr->nqr", d_out, d_out)
-        zt = z[t, :, 0, :].astype(np.float64)
-        out["ood"] = np.stack([msp_score(zt).sum(0), energy_score(zt).sum(0)], axis=-1) if t.any() \
-            else np.zeros((n, 2))
+        out["ood"] = on_t["ood"].sum(0) if t.any() else np.zeros((n, 2))  # (MSP, Energy)
     rows = np.ones(s, dtype=bool) if keep_all_phi else t
+    scored = {}
+    if scorers and t.any():  # attacks that need only each target's own features (Shokri's classifiers)
+        ft = on_t["features"][:, train]
+        scored = {name: fn(ft, sidx[t]) for name, fn in scorers.items()}
     out["targets"] = [(s0, None if phi is None else phi[rows].astype(np.float32),
-                       None if sig is None else sig[t].astype(np.float32))] if rows.any() else []
+                       None if sig is None else sig[t].astype(np.float32), scored)] if rows.any() else []
     return out
 
 
@@ -131,7 +151,7 @@ def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: np.ndarray, n_targets: int = 0, *,
                       phi: bool = True, signals: bool = True, extras: bool = True, song_bins: int = 512,
-                      phi_budget: int = 0, progress: bool = False) -> PassResult:
+                      phi_budget: int = 0, scorers: dict | None = None, progress: bool = False) -> PassResult:
     """The one reducer (see the module docstring): what is asked for, from one read of ``logits``.
 
     Parameters
@@ -151,6 +171,11 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
         Mentr quantile bins of Song's histograms.
     phi_budget : int
         Keep every shadow's phi when it fits this many bytes as float32 (0: never).
+    scorers : dict name -> callable, optional
+        ``fn(features, positions)``: (B, N_train) float32 scores of targets from their Shokri
+        features (B, N_train, C + 3) (:func:`analysis.logit_kernels.shokri_rows`, identity query,
+        train samples) and positions among the done shadows; gathered into
+        ``target_scores[name]`` (T, N_train), so no attack re-reads the targets' logits.
     progress : bool
         A tqdm bar over the dask tasks.
     """
@@ -159,9 +184,12 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
 
     if extras and not phi:
         raise ValueError("extras need phi")
-    logits = logits.rechunk({1: -1, 2: -1, 3: -1})
+    m, n, q, c = logits.shape
+    # several shadows per task (~16 MB of logits): the per-row loops are compiled, so the cost per
+    # task is numpy call overhead and the tree of partial-sum additions, both per task
+    per_task = max(1, min(m, (16 << 20) // max(1, n * q * c * 4)))
+    logits = logits.rechunk({0: per_task, 1: -1, 2: -1, 3: -1})
     keep = np.asarray(keep, dtype=bool)
-    m, n, q, _ = logits.shape
     label = np.asarray(label, dtype=np.int64)
     train = np.asarray(train, dtype=bool)
     # shifts close to each sample's mean (the first done shadow's values): stable second moments
@@ -183,18 +211,24 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
                                                      edges)]
     task = dask.delayed(_chunk_stats, pure=False)
     starts = np.cumsum((0,) + logits.chunks[0][:-1])
-    parts = [task(blk, int(s0), *consts, n_targets, what, keep_all)
+    scorers_d = dask.delayed(scorers, pure=False) if scorers else None
+    parts = [task(blk, int(s0), *consts, n_targets, what, keep_all, scorers_d)
              for blk, s0 in zip(logits.to_delayed().ravel(), starts)]
     add = dask.delayed(_add, pure=False)
     while len(parts) > 1:
         parts = [add(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
-    if progress:
-        from tqdm.dask import TqdmCallback
+    from threadpoolctl import threadpool_limits
 
-        with TqdmCallback(desc="one pass over the logits"):
+    # the tasks run in parallel already: a multi-threaded BLAS inside each (the scorers' matrix
+    # products) would oversubscribe the cores (measured 30% slower on 2 cores)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if progress:
+            from tqdm.dask import TqdmCallback
+
+            with TqdmCallback(desc="one pass over the logits"):
+                (tot,) = dask.compute(parts[0])
+        else:
             (tot,) = dask.compute(parts[0])
-    else:
-        (tot,) = dask.compute(parts[0])
 
     as_int = lambda a: np.rint(a).astype(np.int64)  # noqa: E731  (exact: small integer sums in float64)
     cnt = tot["counts"]
@@ -209,16 +243,23 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
     if phi:
         r.sums, r.partner = side("phi", shift_phi)
         kept = np.empty((m if keep_all else n_targets, n, q), dtype=np.float32)
-        for s0, p, _ in tot["targets"]:
-            kept[s0:s0 + len(p)] = p
         r.target_phi, r.phi_all = kept[:n_targets], (kept if keep_all else None)
     if signals:
         r.sig_sums, r.sig_partner = side("sig", shift_sig)
         r.hist, r.edges = tot["hist"], edges
-        t_sig = np.empty((n_targets, n, 3), dtype=np.float32)
-        for s0, _, g in tot["targets"]:
-            t_sig[s0:s0 + len(g)] = g
-        r.target_signals = t_sig
+        r.target_signals = np.empty((n_targets, n, 3), dtype=np.float32)
+    if scorers:
+        r.target_scores = {name: np.empty((n_targets, int(train.sum())), dtype=np.float32) for name in scorers}
+    pieces = tot.pop("targets")
+    while pieces:  # each task's piece is released once copied: no second copy of the targets' arrays
+        s0, ph, sg, sc = pieces.pop()
+        if phi:
+            kept[s0:s0 + len(ph)] = ph
+        if signals:
+            r.target_signals[s0:s0 + len(sg)] = sg
+        for name, v in sc.items():
+            r.target_scores[name][s0:s0 + len(v)] = v
+        del ph, sg, sc
     if extras:
         r.fits = fits_from_sums(shift_phi, n_in, r.sums.s1_in, tot["cross_in"], n_out, r.sums.s1_out,
                                 tot["cross_out"])
@@ -228,7 +269,7 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
 
 
 def one_pass(data: ShadowData, n_targets: int, *, train: np.ndarray | None = None, song_bins: int = 512,
-             phi_budget: int = 512 * 2**20, progress: bool = False) -> PassResult:
+             phi_budget: int = 512 * 2**20, scorers: dict | None = None, progress: bool = False) -> PassResult:
     """Everything :func:`analysis.report.analyze` needs from a store's logits, from one read.
 
     Every field of :class:`PassResult`: the phi and signal sums with partners, correctness counts,
@@ -238,7 +279,7 @@ def one_pass(data: ShadowData, n_targets: int, *, train: np.ndarray | None = Non
     """
     train = (np.asarray(data.split) == "train") if train is None else train
     return reduce_over_tasks(data.logits.data, data.keep.values, data.label, train, n_targets, song_bins=song_bins,
-                             phi_budget=phi_budget, progress=progress)
+                             phi_budget=phi_budget, scorers=scorers, progress=progress)
 
 
 def reduce_over_shadows(data: ShadowData, *, progress: bool = False

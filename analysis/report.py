@@ -26,7 +26,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,7 @@ from mia_hpc.store import SUBSETS
 
 from .attacks import ATTACKS as ATTACK_REGISTRY
 from .attacks import AttackContext, run_attacks
+from .attacks.shokri import fit_shokri
 from .lira import LiraResult, resolve_targets, run_lira
 from .load import open_shadows
 from .memorization import memorization_from_counts
@@ -45,7 +46,8 @@ from .atomic import write_text
 from .figures import save_figure
 from .ood import spearman
 from .html_report import write_report
-from .scores import write_scores
+from .scores import StoredScores, write_scores
+from .spill import SpilledScores
 
 __all__ = ["analyze", "format_table", "to_markdown"]
 
@@ -122,6 +124,22 @@ def _attack_tables(lira: LiraResult, group_tr: np.ndarray, fprs: list[float]
     per_target = pd.DataFrame.from_dict(per, orient="index", columns=per_cols)
     per_target.index.name = "attack"
     return attacks, per_target
+
+
+class _LazyPairs(Mapping):
+    """``attack -> (member, scores)`` of a result, each attack's scores read when asked for."""
+
+    def __init__(self, lira: LiraResult) -> None:
+        self.lira = lira
+
+    def __getitem__(self, attack: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.lira.member, self.lira.scores[attack]
+
+    def __iter__(self):
+        return iter(self.lira.scores)
+
+    def __len__(self) -> int:
+        return len(self.lira.scores)
 
 
 def _accuracy_table(acc: np.ndarray) -> pd.DataFrame:
@@ -276,8 +294,12 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         raise ValueError(f"{store}: no train-split samples, nothing to attack")
     keep = np.asarray(data.keep.values, dtype=bool)
 
+    # Shokri's k attack classifiers are fitted first (from a few sampled shadow rows), so that the
+    # one pass scores the targets as it reads them instead of a second read of the targets' logits.
+    shokri = fit_shokri(data.logits.data, keep, data.label, train, n_targets)
     # One pass over the logits: every reduction over shadows, and the targets' own phi and signals.
-    p = one_pass(data, n_targets, train=train, progress=progress)
+    p = one_pass(data, n_targets, train=train, progress=progress, phi_budget=(512 << 20) if extras else 0,
+                 scorers={"shokri": shokri.score_features})
     sums, partner, counts = p.sums, p.partner, p.counts
     mem, mem_se = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
     priv = privacy_score_from_sums(sums)
@@ -295,6 +317,7 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     finally:
         if bar is not None:
             bar.close()
+    p.target_phi = None  # only LiRA reads it
     # Every other attack of analysis.attacks (LiRA's result reused), merged into one result whose
     # scores hold one (T, N_train) array per attack, in analysis.attacks.ATTACKS order.
     bar = None
@@ -302,17 +325,34 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(ATTACK_REGISTRY), desc="attacks", unit="attack")
+    # each attack's (T, N) scores go to disk as soon as they exist (one attack in memory at a time)
+    spill = SpilledScores(out)
     try:
         ctx = AttackContext.from_shadows(data, n_targets, phi_sums=sums, phi_partner=partner, lira=lira,
                                          signal_stats=(p.sig_sums, p.sig_partner, p.hist, p.edges),
-                                         target_signals=p.target_signals)
+                                         target_signals=p.target_signals,
+                                         precomputed={"shokri": (shokri, p.target_scores["shokri"])})
         extra_inputs = {"fits": p.fits, "ood": p.ood, "phi": p.phi_all}
         del p
-        lira = run_attacks(ctx, progress=(lambda _name: bar.update(1)) if bar is not None else None)
+        lira = run_attacks(ctx, progress=(lambda _name: bar.update(1)) if bar is not None else None, scores=spill)
         del ctx
+    except BaseException:
+        spill.close()
+        raise
     finally:
         if bar is not None:
             bar.close()
+    try:
+        return _tabulate(data, lira, out, store=store, train=train, group=group, label=label, split=split,
+                         mem=mem, mem_se=mem_se, priv=priv, counts=counts, thr=thr, fprs=fprs, n_targets=n_targets,
+                         extras=extras, extra_inputs=extra_inputs, progress=progress, t_start=t_start)
+    finally:
+        spill.close()
+
+
+def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, mem_se, priv, counts, thr, fprs,
+              n_targets, extras, extra_inputs, progress, t_start) -> dict[str, Any]:
+    """The rest of :func:`analyze`: tables, plots, ``scores.zarr``, ``analysis.json`` and the report."""
 
     group_tr = group[train]
     attacks, per_target = _attack_tables(lira, group_tr, fprs)
@@ -381,6 +421,8 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         "wall_s": round(time.perf_counter() - t_start, 3),
     }
     write_scores(out, {"per_sample": per_sample, "lira": lira, "summary": summary})
+    # the returned scores are read back from scores.zarr (float32, as computed) on access
+    lira.scores = StoredScores(out / "scores.zarr", lira.samples)
     write_text(out / "analysis.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
     write_report(out, store=store)  # reads analysis.json for its header
     return {"attacks": attacks, "attacks_per_target": per_target, "accuracy": accuracy, "memorization": memo,
@@ -411,7 +453,7 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
     sets = challenge_sets(group, train, mem, thr, store_features(data.ds), seed=0)
     ood = ood_scores_from_store(data, n_targets) if ood is None else ood
     ood_corr = ood_correlations(ood, priv, mem, {"train": train, "train under": train & under})
-    paper = attack_table({a: (lira.member, lira.scores[a]) for a in lira.scores},
+    paper = attack_table(_LazyPairs(lira),
                          {k: v[train] for k, v in sets.items()}, fpr=0.001, n_boot=200, seed=0)
     table1 = accuracy_table(data.accuracy(), dataset=str(data.spec.get("name", "store")),
                             n_over=int((train & ~under).sum()), n_under=int((train & under).sum()))

@@ -283,9 +283,10 @@ class _Recorder:
         return self.a[key]
 
 
-def test_shokri_reads_no_target_output_before_scoring_it():
-    # Spy on every read of the logits. A fold's training rows are read after the previous fold's
-    # scoring and before its own; none of them may come from a target that fold then scores.
+def test_shokri_trains_only_on_what_it_reads_and_never_on_the_scored_target():
+    # Spy on every read of the logits: the rows read to train are exactly from the training
+    # shadows the result names, no fold's classifier saw a target it scores, and every target's
+    # own logits are read for scoring only after all training.
     import dask
     import dask.array as da
 
@@ -296,27 +297,40 @@ def test_shokri_reads_no_target_output_before_scoring_it():
 
     def scoring(sl):
         rec.phase = "score"
-        try:
-            return read_targets(sl)
-        finally:
-            rec.phase = "train"
+        return read_targets(sl)
 
     ctx.target_logits = scoring
     with dask.config.set(scheduler="synchronous"):
         r = run_shokri(ctx, k=3, max_rows=300, max_iter=30)
-    trained: set[int] = set()
-    scored: set[int] = set()
-    n_folds, last = 0, "score"
-    for phase, shadows in rec.events:
-        if phase == "train":
-            if last == "score":  # a new fold's training starts
-                trained, n_folds = set(), n_folds + 1
-            trained |= shadows
-        else:
-            assert not shadows & trained, (shadows, trained)
-            scored |= shadows
-        last = phase
-    assert n_folds == 3 and scored == set(range(10))
+    info = r.info
+    trained = set().union(*(s for p, s in rec.events if p == "train"))
+    scored = set().union(*(s for p, s in rec.events if p == "score"))
+    assert trained == set().union(*map(set, info["train_shadows"].values()))
+    assert scored == set(range(10)) and len(info["train_shadows"]) == 3
+    phases = [p for p, _ in rec.events]
+    assert "train" not in phases[phases.index("score"):]
+    for t, f in info["fold_of_target"].items():
+        assert t not in info["train_shadows"][f] and t % 3 == f
+
+
+def test_shokri_scored_in_the_pass_equals_read_back():
+    # The report scores Shokri's targets inside the one pass over the logits; the scores equal
+    # those of the attack reading the targets' logits itself.
+    from analysis.attacks.shokri import fit_shokri
+    from analysis.passes import reduce_over_tasks
+
+    z, keep, label, split = _random_case(m=10, n_train=50)
+    train = split == "train"
+    ctx = AttackContext(z, keep, label, split, 7)
+    params = {"k": 3, "max_rows": 300, "max_iter": 30}
+    own = run_shokri(ctx, **params).scores["shokri"]
+    model = fit_shokri(ctx.logits, keep, label, train, 7, **params)
+    p = reduce_over_tasks(ctx.logits, keep, label, train, 7, extras=False,
+                          scorers={"shokri": model.score_features})
+    ctx2 = AttackContext(z, keep, label, split, 7, precomputed={"shokri": (model, p.target_scores["shokri"])})
+    np.testing.assert_array_equal(run_shokri(ctx2, **params).scores["shokri"], own)
+    # other settings are not taken from the precomputed model
+    assert not np.array_equal(run_shokri(ctx2, k=2, max_rows=300, max_iter=30).scores["shokri"], own)
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -334,3 +348,21 @@ def test_shokri_log_odds_equal_the_classifiers_probability():
     clf.fit(x, y)
     p = np.clip(clf.predict_proba(x)[:, 1], 1e-12, 1 - 1e-12)
     np.testing.assert_allclose(_log_odds(clf)(x), np.log(p) - np.log1p(-p), rtol=1e-4, atol=1e-4)
+
+
+def test_shokri_features_match_the_formula():
+    from scipy.special import log_softmax
+
+    from analysis.attacks.shokri import shokri_features
+
+    rng = np.random.default_rng(5)
+    z = rng.normal(0, 4, size=(3, 50, 6))
+    z[0, :3] *= 500  # saturated rows stay finite
+    y = rng.integers(0, 6, 50)
+    logf = log_softmax(z, axis=-1)
+    logp = np.take_along_axis(logf, np.broadcast_to(y, (3, 50))[..., None], -1)[..., 0]
+    want = np.concatenate([-np.sort(-np.exp(logf), -1), np.exp(logp)[..., None], np.maximum(logp, -50)[..., None],
+                           (z.argmax(-1) == y)[..., None]], axis=-1)
+    got = shokri_features(z, y[None, :])
+    assert got.dtype == np.float32 and got.shape == (3, 50, 9) and np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -26,7 +26,6 @@ import dask.array as da
 import numpy as np
 
 from ..lira import LiraResult
-from ..load import _other_logsumexp
 from ..stats import GaussianSums, Partners
 
 __all__ = ["AttackContext", "AttackResult", "SIGNALS", "signals_from_logits", "mentr_from_logits"]
@@ -50,38 +49,24 @@ def _log_softmax(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mentr_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Song & Mittal's modified entropy ``-(1-F_y) log F_y - sum_{i != y} F_i log(1 - F_i)``.
+    """Song & Mittal's modified entropy ``-(1-F_y) log F_y - sum_{i != y} F_i log(1 - F_i)`` (float64).
 
     Stable for saturated logits: ``log(1 - F_i)`` is ``log1p(-F_i)`` where ``F_i <= 1/2`` and, for
-    the (single) class above 1/2, ``logsumexp_{j != i} z_j - logsumexp z`` computed exactly.
+    the (single) class above 1/2, ``logsumexp_{j != i} z_j - logsumexp z`` computed exactly
+    (:func:`analysis.logit_kernels.signal_rows`).
     """
-    z = np.asarray(z, dtype=np.float64)
-    logf, lse = _log_softmax(z)
-    f = np.exp(logf)
-    with np.errstate(divide="ignore"):
-        log1mf = np.log1p(-np.minimum(f, 0.5))  # exact for f <= 0.5; the big class is replaced below
-    top = z.argmax(axis=-1)
-    _, lse_not_top = _other_logsumexp(z, top)
-    big = np.take_along_axis(f, top[..., None], -1)[..., 0] > 0.5
-    exact = lse_not_top - lse
-    at_top = np.take_along_axis(log1mf, top[..., None], -1)[..., 0]
-    np.put_along_axis(log1mf, top[..., None], np.where(big, exact, at_top)[..., None], -1)
-    y = np.broadcast_to(np.asarray(y, dtype=np.int64), z.shape[:-1])[..., None]
-    logf_y = np.take_along_axis(logf, y, -1)[..., 0]
-    log1mf_y = np.take_along_axis(log1mf, y, -1)[..., 0]
-    others = f * log1mf
-    np.put_along_axis(others, y, 0.0, -1)
-    return -np.exp(log1mf_y) * logf_y - others.sum(axis=-1)
+    from ..logit_kernels import signal_rows
+
+    return signal_rows(z, y)[..., 2]
 
 
 def signals_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Stack of :data:`SIGNALS` (..., 3) from logits (..., C) and labels (...), float64 holding
-    float32-rounded values (one precision everywhere, as :func:`analysis.load.phi_from_logits`)."""
-    logf, _ = _log_softmax(z)
-    yy = np.broadcast_to(np.asarray(y, dtype=np.int64), logf.shape[:-1])[..., None]
-    logp = np.take_along_axis(logf, yy, -1)[..., 0]
-    x = np.stack([-logp, np.exp(logp), mentr_from_logits(z, y)], axis=-1)
-    return x.astype(np.float32).astype(np.float64)
+    float32-rounded values (one precision everywhere, as :func:`analysis.load.phi_from_logits`);
+    one compiled loop per row (:func:`analysis.logit_kernels.signal_rows`)."""
+    from ..logit_kernels import signal_rows
+
+    return signal_rows(z, y).astype(np.float32).astype(np.float64)
 
 
 def song_histogram(mentr: np.ndarray, keep: np.ndarray, label: np.ndarray, train: np.ndarray,
@@ -121,6 +106,9 @@ class AttackContext:
     signal_stats, target_signals : optional
         :meth:`signal_sums`'s result and the (T, N, 3) target signals if already computed
         (:func:`analysis.passes.one_pass` computes both with everything else).
+    precomputed : dict, optional
+        Attack name -> what its entry point may reuse (``"shokri"``: a
+        :class:`analysis.attacks.shokri.ShokriModel` and its (T, N_train) scores).
     """
 
     def __init__(self, logits: Any, keep: np.ndarray, label: np.ndarray, split: np.ndarray, n_targets: int, *,
@@ -129,7 +117,7 @@ class AttackContext:
                  phi_partner: Partners | None = None, lira: LiraResult | None = None,
                  batch_bytes: int = 128 * 2**20, song_bins: int = 512,
                  signal_stats: tuple[GaussianSums, Partners, np.ndarray, np.ndarray] | None = None,
-                 target_signals: np.ndarray | None = None) -> None:
+                 target_signals: np.ndarray | None = None, precomputed: dict[str, Any] | None = None) -> None:
         self.logits = logits if isinstance(logits, da.Array) else da.from_array(
             np.asarray(logits), chunks=(1,) + np.shape(logits)[1:])
         self.keep = np.asarray(keep, dtype=bool)
@@ -150,6 +138,7 @@ class AttackContext:
         self.song_bins = int(song_bins)
         self._sums = signal_stats
         self._tsig = target_signals
+        self.precomputed = dict(precomputed or {})
 
     @classmethod
     def from_shadows(cls, data: Any, n_targets: int, **kw: Any) -> "AttackContext":
@@ -161,11 +150,15 @@ class AttackContext:
     def result(self, name: str, scores: np.ndarray, n_neutral: int = 0, **info: Any) -> AttackResult:
         """Wrap (T, N_train) scores of attack ``name`` in the common result type."""
         t = self.n_targets
-        scores = np.asarray(scores, dtype=np.float64)
+        scores = np.asarray(scores, dtype=np.float32)  # as LiRA's: one precision for every attack's metrics
         assert scores.shape == (t, int(self.train.sum())), scores.shape
         return AttackResult(targets=self.shadow_ids[:t], samples=self.sample_ids[self.train],
                             member=self.keep[:t][:, self.train], scores={name: scores},
                             n_neutral={name: int(n_neutral)}, info=info)
+
+    def empty_scores(self) -> np.ndarray:
+        """A (T, N_train) float32 array for an attack to fill a batch of targets at a time."""
+        return np.empty((self.n_targets, int(self.train.sum())), dtype=np.float32)
 
     # --- reading -----------------------------------------------------------------------------
     def target_batches(self) -> list[slice]:
