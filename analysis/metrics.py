@@ -10,6 +10,8 @@ Columns: "All" = every train-split sample, "Under" = the under-represented group
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping
 
 import numpy as np
@@ -63,29 +65,35 @@ def _one(member: np.ndarray, score: np.ndarray, fprs: list[float]) -> list[float
     return [float(auc(f, t))] + [tpr_at_fpr(f, t, x) for x in fprs]
 
 
-def _order_keys(s: np.ndarray) -> np.ndarray:
+def _order_keys(s: np.ndarray, *, block: int = 1 << 22) -> np.ndarray:
     """uint64 keys whose unsigned order is the float order of ``s`` (-0.0 and +0.0 equal).
 
     float32 scores keep their own 32 bits (in the high half: the low bits stay free for flags and
-    no float64 copy is made); other floats are keyed on their float64 bits.
+    no float64 copy is made); other floats are keyed on their float64 bits. Computed ``block``
+    elements at a time, so the temporaries stay small next to the (8 bytes per score) result.
     """
     s = np.asarray(s)
-    if s.dtype == np.float32:
-        b32 = (s + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into +0.0
-        f32 = b32 >> np.uint32(31)
-        f32 *= np.uint32((1 << 31) - 1)
-        f32 |= np.uint32(1 << 31)
-        b32 ^= f32
-        del f32
-        bits = b32.astype(np.uint64)
-        bits <<= np.uint64(32)
-        return bits
-    bits = (np.asarray(s, dtype=np.float64) + 0.0).view(np.uint64)
-    flip = bits >> np.uint64(63)  # 1 for negatives: flip every bit; else set the sign bit
-    flip *= np.uint64((1 << 63) - 1)
-    flip |= np.uint64(1 << 63)
-    bits ^= flip
-    return bits
+    flat = s.reshape(-1)
+    out = np.empty(flat.size, dtype=np.uint64)
+    for i in range(0, flat.size, block):
+        x = flat[i:i + block]
+        if s.dtype == np.float32:
+            b32 = (x + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into +0.0
+            f32 = b32 >> np.uint32(31)
+            f32 *= np.uint32((1 << 31) - 1)
+            f32 |= np.uint32(1 << 31)
+            b32 ^= f32
+            o = out[i:i + block]
+            o[:] = b32
+            o <<= np.uint64(32)
+        else:
+            bits = (np.asarray(x, dtype=np.float64) + 0.0).view(np.uint64)
+            flip = bits >> np.uint64(63)  # 1 for negatives: flip every bit; else set the sign bit
+            flip *= np.uint64((1 << 63) - 1)
+            flip |= np.uint64(1 << 63)
+            bits ^= flip
+            out[i:i + block] = bits
+    return out.reshape(s.shape)
 
 
 def per_target_metrics(member: np.ndarray, score: np.ndarray, fprs: list[float],
@@ -164,17 +172,27 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
     pooled: dict[str, float] = {}
     mean: dict[str, float] = {}
     std: dict[str, float] = {}
-    for g, mask in masks.items():
-        mask = np.asarray(mask, dtype=bool)
-        # pooled: all (target, sample) pairs as one row of the same exact, sort-based computation
-        vals = per_target_metrics(member[:, mask].reshape(1, -1), score[:, mask].reshape(1, -1), fprs)[0]
-        per = per_target_metrics(member, score, fprs, mask)
-        with np.errstate(invalid="ignore"):
-            n_ok = np.sum(~np.isnan(per), axis=0)
-            mu = np.where(n_ok > 0, np.nansum(per, axis=0) / np.maximum(n_ok, 1), np.nan)
-            dev = np.nansum((per - mu) ** 2, axis=0)
-            sd = np.where(n_ok > 1, np.sqrt(dev / np.maximum(n_ok - 1, 1)), np.nan)
-        for i, name in enumerate(names):
-            col = f"{name} {g}"
-            pooled[col], mean[col], std[col] = vals[i], float(mu[i]), float(sd[i])
+    masks = {g: np.asarray(m, dtype=bool) for g, m in masks.items()}
+
+    def pooled_of(mask: np.ndarray) -> np.ndarray:
+        # all (target, sample) pairs as one row of the same exact, sort-based computation
+        if mask.all():  # a view, not a copy
+            return per_target_metrics(member.reshape(1, -1), score.reshape(1, -1), fprs)[0]
+        return per_target_metrics(member[:, mask].reshape(1, -1), score[:, mask].reshape(1, -1), fprs)[0]
+
+    # The pooled and the per-target computations of every column group are independent: run them
+    # on two threads (sorts, the compiled scan and most numpy steps release the GIL).
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as ex:
+        jobs = {g: (ex.submit(pooled_of, m), ex.submit(per_target_metrics, member, score, fprs, m))
+                for g, m in masks.items()}
+        for g, (job_pooled, job_per) in jobs.items():
+            vals, per = job_pooled.result(), job_per.result()
+            with np.errstate(invalid="ignore"):
+                n_ok = np.sum(~np.isnan(per), axis=0)
+                mu = np.where(n_ok > 0, np.nansum(per, axis=0) / np.maximum(n_ok, 1), np.nan)
+                dev = np.nansum((per - mu) ** 2, axis=0)
+                sd = np.where(n_ok > 1, np.sqrt(dev / np.maximum(n_ok - 1, 1)), np.nan)
+            for i, name in enumerate(names):
+                col = f"{name} {g}"
+                pooled[col], mean[col], std[col] = vals[i], float(mu[i]), float(sd[i])
     return pooled, mean, std

@@ -30,6 +30,7 @@ import numpy as np
 
 from .load import ShadowData, phi_from_logits
 from .memorization import MemCounts, memorization_counts
+from .spill import release_freed_memory
 from .stats import GaussianSums, Partners, gaussian_sums
 
 __all__ = ["reduce_over_shadows", "reduce_over_tasks", "one_pass", "PassResult"]
@@ -252,6 +253,8 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
         r.target_scores = {name: np.empty((n_targets, int(train.sum())), dtype=np.float32) for name in scorers}
     pieces = tot.pop("targets")
     while pieces:  # each task's piece is released once copied: no second copy of the targets' arrays
+        if len(pieces) % 16 == 0:
+            release_freed_memory()  # the pieces came from the worker threads' heaps
         s0, ph, sg, sc = pieces.pop()
         if phi:
             kept[s0:s0 + len(ph)] = ph

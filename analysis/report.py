@@ -47,7 +47,7 @@ from .figures import save_figure
 from .ood import spearman
 from .html_report import write_report
 from .scores import StoredScores, write_scores
-from .spill import SpilledScores
+from .spill import SpilledScores, release_freed_memory
 
 __all__ = ["analyze", "format_table", "to_markdown"]
 
@@ -116,6 +116,7 @@ def _attack_tables(lira: LiraResult, group_tr: np.ndarray, fprs: list[float]
     pooled, per = {}, {}
     for a in lira.scores:  # every attack run (analysis.attacks.ATTACKS order)
         p, mu, sd = attack_metrics(lira.member, lira.scores[a], masks, fprs)
+        release_freed_memory()
         pooled[a] = [p[c] for c in cols]
         per[a] = [x for c in cols for x in (mu[c], sd[c])]
     attacks = pd.DataFrame.from_dict(pooled, orient="index", columns=cols)
@@ -300,48 +301,56 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     # One pass over the logits: every reduction over shadows, and the targets' own phi and signals.
     p = one_pass(data, n_targets, train=train, progress=progress, phi_budget=(512 << 20) if extras else 0,
                  scorers={"shokri": shokri.score_features})
+    release_freed_memory()
     sums, partner, counts = p.sums, p.partner, p.counts
     mem, mem_se = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
     priv = privacy_score_from_sums(sums)
-
-    # Each target against the other shadows (balanced leave-pair-out from the sums), from memory.
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_targets, desc="LiRA targets", unit="target")
-    try:
-        lira = run_lira(lambda sl: p.target_phi[sl], keep, sums, partner, train, n_targets,
-                        shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values,
-                        progress=bar.update if bar is not None else None)
-    finally:
-        if bar is not None:
-            bar.close()
-    p.target_phi = None  # only LiRA reads it
-    # Every other attack of analysis.attacks (LiRA's result reused), merged into one result whose
-    # scores hold one (T, N_train) array per attack, in analysis.attacks.ATTACKS order.
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(ATTACK_REGISTRY), desc="attacks", unit="attack")
-    # each attack's (T, N) scores go to disk as soon as they exist (one attack in memory at a time)
+    # Each attack's (T, N) scores go to disk as soon as they exist (one attack in memory at a time);
+    # the targets' signals and Shokri scores wait there while LiRA runs on the targets' phi.
     spill = SpilledScores(out)
     try:
-        ctx = AttackContext.from_shadows(data, n_targets, phi_sums=sums, phi_partner=partner, lira=lira,
-                                         signal_stats=(p.sig_sums, p.sig_partner, p.hist, p.edges),
-                                         target_signals=p.target_signals,
-                                         precomputed={"shokri": (shokri, p.target_scores["shokri"])})
-        extra_inputs = {"fits": p.fits, "ood": p.ood, "phi": p.phi_all}
-        del p
-        lira = run_attacks(ctx, progress=(lambda _name: bar.update(1)) if bar is not None else None, scores=spill)
-        del ctx
+        spill["_signals"], spill["_shokri"] = p.target_signals, p.target_scores["shokri"]
+        p.target_signals = p.target_scores = None
+
+        # Each target against the other shadows (balanced leave-pair-out from the sums), from memory.
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_targets, desc="LiRA targets", unit="target")
+        try:
+            lira = run_lira(lambda sl: p.target_phi[sl], keep, sums, partner, train, n_targets,
+                            shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values,
+                            batch_bytes=64 << 20, progress=bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        p.target_phi = None  # only LiRA reads it
+        release_freed_memory()
+        # Every other attack of analysis.attacks (LiRA's result reused), merged into one result
+        # whose scores are the spill's arrays, in analysis.attacks.ATTACKS order.
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(ATTACK_REGISTRY), desc="attacks", unit="attack")
+        try:
+            ctx = AttackContext.from_shadows(data, n_targets, phi_sums=sums, phi_partner=partner, lira=lira,
+                                             signal_stats=(p.sig_sums, p.sig_partner, p.hist, p.edges),
+                                             target_signals=spill.pop("_signals"),
+                                             precomputed={"shokri": (shokri, lambda: spill.pop("_shokri"))})
+            extra_inputs = {"fits": p.fits, "ood": p.ood, "phi": p.phi_all}
+            del p
+            lira = run_attacks(ctx, progress=(lambda _name: bar.update(1)) if bar is not None else None,
+                               scores=spill)
+            del ctx
+            release_freed_memory()
+        finally:
+            if bar is not None:
+                bar.close()
     except BaseException:
         spill.close()
         raise
-    finally:
-        if bar is not None:
-            bar.close()
     try:
         return _tabulate(data, lira, out, store=store, train=train, group=group, label=label, split=split,
                          mem=mem, mem_se=mem_se, priv=priv, counts=counts, thr=thr, fprs=fprs, n_targets=n_targets,

