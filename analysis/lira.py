@@ -195,16 +195,25 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
     # float32 results (the store's precision), filled in place: no list of parts to concatenate
     out = {a: np.empty((n_targets, int(train.sum())), dtype=np.float32) for a in attacks}
     neutral = {a: 0 for a in attacks}
-    for start in range(0, n_targets, b):
-        sl = slice(start, min(start + b, n_targets))
+
+    def batch(sl: slice) -> dict[str, int]:
         x = np.asarray(x_of(sl), dtype=np.float64)[:, train]
         loo = ref.without_pair(x, keep_tr[sl], part)
         s, nn = lira_scores(x, loo, floor=floor, attacks=attacks)
         for a in attacks:
             out[a][sl] = s[a]
-            neutral[a] += nn[a]
         if progress is not None:
             progress(sl.stop - sl.start)
+        return nn
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    # two batches at a time: their numpy work releases the GIL, each writes its own rows
+    slices = [slice(start, min(start + b, n_targets)) for start in range(0, n_targets, b)]
+    with ThreadPoolExecutor(max_workers=max(1, min(2, len(slices)))) as ex:
+        for nn in ex.map(batch, slices):
+            for a in attacks:
+                neutral[a] += nn[a]
     shadow_ids = np.arange(m) if shadow_ids is None else np.asarray(shadow_ids)
     sample_ids = np.arange(n) if sample_ids is None else np.asarray(sample_ids)
     return LiraResult(targets=shadow_ids[:n_targets], samples=sample_ids[train], member=keep_tr[:n_targets],

@@ -162,13 +162,20 @@ def _fill_scores(path: Path, result: Mapping[str, Any], extra_scores: Mapping[st
     pos = pd.Index(sample).get_indexer(np.asarray(lira.samples))
     arr = zarr.open_group(str(path), mode="r+")["score"]
     t = np.shape(lira.member)[0]
+    from concurrent.futures import ThreadPoolExecutor
+
     for i, a in enumerate(attacks):
         src = scores[a]
-        for t0 in range(0, t, tc):
+
+        def put(t0: int) -> None:
             t1 = min(t0 + tc, t)
             block = np.full((1, t1 - t0, n), np.nan, dtype=dtype)
             block[0][:, pos] = src[t0:t1]
             arr[i:i + 1, t0:t1, :] = block
+
+        # blocks of targets are separate chunks: two threads compress and write them
+        with ThreadPoolExecutor(max_workers=2) as ex:
+            list(ex.map(put, range(0, t, tc)))
 
 
 def write_scores(out: str | Path, result: Mapping[str, Any], *, extra_per_sample: Mapping[str, Any] | None = None,

@@ -150,7 +150,9 @@ def attack_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]], challenge
     rows, index = [], []
     for attack, (member, score) in results.items():
         member = np.asarray(member, dtype=bool)
-        score = np.asarray(score, dtype=np.float64)
+        score = np.asarray(score)
+        if score.dtype != np.float32:
+            score = score.astype(np.float64)
         n = member.shape[-1]
         am = np.ones(n, dtype=bool) if all_mask is None else np.asarray(all_mask, dtype=bool)
         if am.shape != (n,):

@@ -19,6 +19,8 @@ counts would otherwise reveal membership, a partner on the other side (:mod:`ana
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -139,6 +141,7 @@ class AttackContext:
         self._sums = signal_stats
         self._tsig = target_signals
         self.precomputed = dict(precomputed or {})
+        self._lock = threading.Lock()  # lazy caches filled once when batches run on threads
 
     @classmethod
     def from_shadows(cls, data: Any, n_targets: int, **kw: Any) -> "AttackContext":
@@ -155,6 +158,18 @@ class AttackContext:
         return AttackResult(targets=self.shadow_ids[:t], samples=self.sample_ids[self.train],
                             member=self.keep[:t][:, self.train], scores={name: scores},
                             n_neutral={name: int(n_neutral)}, info=info)
+
+    def map_batches(self, fn: Callable[[slice], Any], workers: int = 2) -> list[Any]:
+        """``[fn(sl) for sl in self.target_batches()]`` on ``workers`` threads (the batches' numpy
+        work releases the GIL; each batch writes its own rows of the attack's scores)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        batches = self.target_batches()
+        workers = max(1, min(workers, os.cpu_count() or 1, len(batches)))
+        if workers == 1:
+            return [fn(sl) for sl in batches]
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            return list(ex.map(fn, batches))
 
     def empty_scores(self) -> np.ndarray:
         """A (T, N_train) float32 array for an attack to fill a batch of targets at a time."""
@@ -179,12 +194,16 @@ class AttackContext:
         per attack. Signals are float32 quantities throughout (the store's precision): the sums of
         :meth:`signal_sums` are of the same rounded values, so removing a target cancels exactly.
         """
-        if self._tsig is None:
-            cache = np.empty((self.n_targets, self.n_samples, len(SIGNALS)), dtype=np.float32)
-            for b in self.target_batches():
-                cache[b] = signals_from_logits(self.target_logits(b), self.label[None, :])
-            self._tsig = cache
+        with self._lock:
+            if self._tsig is None:
+                self._fill_target_signals()
         return self._tsig[sl].astype(np.float64)
+
+    def _fill_target_signals(self) -> None:
+        cache = np.empty((self.n_targets, self.n_samples, len(SIGNALS)), dtype=np.float32)
+        for b in self.target_batches():
+            cache[b] = signals_from_logits(self.target_logits(b), self.label[None, :])
+        self._tsig = cache
 
     # --- one pass over all shadows -----------------------------------------------------------
     def signal_sums(self) -> tuple[GaussianSums, Partners, np.ndarray, np.ndarray]:
@@ -196,11 +215,11 @@ class AttackContext:
         ``edges`` the Mentr bin edges (quantiles of the first shadow's train-split Mentr: the grid
         uses no membership information).
         """
-        if self._sums is not None:
-            return self._sums
-        from ..passes import reduce_over_tasks
+        with self._lock:
+            if self._sums is None:
+                from ..passes import reduce_over_tasks
 
-        r = reduce_over_tasks(self.logits, self.keep, self.label, self.train, 0, phi=False, extras=False,
-                              song_bins=self.song_bins)
-        self._sums = (r.sig_sums, r.sig_partner, r.hist, r.edges)
+                r = reduce_over_tasks(self.logits, self.keep, self.label, self.train, 0, phi=False, extras=False,
+                                      song_bins=self.song_bins)
+                self._sums = (r.sig_sums, r.sig_partner, r.hist, r.edges)
         return self._sums

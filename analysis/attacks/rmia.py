@@ -84,8 +84,10 @@ def run_rmia(ctx: AttackContext, a: float = 0.3, gamma: float = 1.0, max_z: int 
     if not 0 <= a <= 1 or gamma <= 0:
         raise ValueError(f"need 0 <= a <= 1 and gamma > 0, got a={a}, gamma={gamma}")
     zidx, fixed = population(ctx, max_z, seed)
-    scores, neutral, n_z = ctx.empty_scores(), 0, []
-    for sl in ctx.target_batches():
+    scores = ctx.empty_scores()
+
+    def batch(sl: slice) -> tuple[int, list[int]]:
+        neutral, n_z = 0, []
         x = ctx.target_signals(sl)
         lx, lz = rmia_log_ratios(ctx, sl, zidx, a, x)
         out = np.empty_like(lx)
@@ -103,6 +105,10 @@ def run_rmia(ctx: AttackContext, a: float = 0.3, gamma: float = 1.0, max_z: int 
                 frac = cnt / max(zi.size, 1)
             out[i] = np.where(bad, 0.5, frac)
         scores[sl] = out
+        return neutral, n_z
+
+    done = ctx.map_batches(batch)
+    neutral, n_z = sum(d[0] for d in done), [k for d in done for k in d[1]]
     return ctx.result("rmia", scores, neutral, a=a, gamma=gamma, tiebreak=tiebreak,
                       population="test split" if fixed else "train subset, OUT for the target",
                       n_z=int(np.median(n_z)) if n_z else 0)

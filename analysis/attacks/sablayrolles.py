@@ -46,11 +46,14 @@ def sablayrolles_thresholds(ctx: AttackContext, sl: slice, tau: str = "midpoint"
 
 def run_sablayrolles(ctx: AttackContext, tau: str = "midpoint") -> AttackResult:
     """Scores (T, N_train) = ``tau_i - loss`` for every target (higher = member)."""
-    scores, neutral = ctx.empty_scores(), 0
-    for sl in ctx.target_batches():
+    scores = ctx.empty_scores()
+
+    def batch(sl: slice) -> int:
         x = ctx.target_signals(sl)[:, ctx.train]
         s = sablayrolles_thresholds(ctx, sl, tau, x) - x[..., _L]
         bad = ~np.isfinite(s)
-        neutral += int(bad.sum())
         scores[sl] = np.where(bad, 0.0, s)
+        return int(bad.sum())
+
+    neutral = sum(ctx.map_batches(batch))
     return ctx.result("sablayrolles", scores, neutral, tau=tau, signal="loss, identity query")

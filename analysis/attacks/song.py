@@ -64,13 +64,16 @@ def song_thresholds(ctx: AttackContext, sl: slice, mentr: np.ndarray | None = No
 def run_song(ctx: AttackContext) -> AttackResult:
     """Scores (T, N_train) = ``t_{y_i} - Mentr_i`` for every target; a class without both IN and
     OUT references gets threshold 0 (the score is then ``-Mentr``), counted as neutral."""
-    scores, neutral = ctx.empty_scores(), 0
+    scores = ctx.empty_scores()
     y = ctx.label[ctx.train]
-    for sl in ctx.target_batches():
+
+    def batch(sl: slice) -> int:
         mentr = ctx.target_signals(sl)[..., _E]
         thr = song_thresholds(ctx, sl, mentr)[:, y]  # (B, N_train)
         bad = np.isnan(thr)
-        neutral += int(bad.sum())
         scores[sl] = np.where(bad, 0.0, thr) - mentr[:, ctx.train]
+        return int(bad.sum())
+
+    neutral = sum(ctx.map_batches(batch))
     return ctx.result("song", scores, neutral, signal="Mentr, identity query",
                       threshold="per class, max balanced accuracy on a quantile grid")
