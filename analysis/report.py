@@ -376,6 +376,8 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
         extra = _paper_extras(data, counts, lira, out, train=train, group=group, mem=mem, priv=priv, thr=thr,
                               fprs=fprs, n_targets=n_targets, progress=progress, **extra_inputs)
         per_sample = per_sample.merge(extra.pop("per_sample"), on="sample", how="left")
+    extra_inputs.clear()  # every shadow's phi (the sweep's input) is not needed any more
+    release_freed_memory()
 
     # --- write ---------------------------------------------------------------------------------
     n_pairs = lira.member.size

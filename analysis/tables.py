@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_text
+from .spill import release_freed_memory
 from .bootstrap import bootstrap_metrics, metric_names
 
 __all__ = ["accuracy_table", "format_accuracy_table", "attack_table", "format_attack_table", "to_markdown",
@@ -159,11 +160,13 @@ def attack_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]], challenge
             raise ValueError(f"all_mask has shape {am.shape}, expected ({n},)")
         kw = dict(fprs=[fpr], n_boot=n_boot, seed=seed, level=level, samples=samples)
         b_all = bootstrap_metrics(member, score, mask=am, **kw)  # the same for every challenge set
+        release_freed_memory()
         for cname, cmask in challenge.items():
             cmask = np.asarray(cmask, dtype=bool)
             if cmask.shape != (n,):
                 raise ValueError(f"challenge set {cname!r} has shape {cmask.shape}, expected ({n},)")
             b_u = bootstrap_metrics(member, score, mask=cmask, **kw)
+            release_freed_memory()
             row: dict[str, Any] = {}
             for m in names:
                 for g, b in (("All", b_all), ("Under", b_u)):
