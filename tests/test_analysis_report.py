@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -153,3 +154,48 @@ def test_too_few_done_shadows(tmp_path):
     write_synthetic_store(tmp_path / "s", n_shadows=4, n_samples=40, n_done=1, frac_under=0.25)
     with pytest.raises(AnalysisError, match="at least 2"):
         analyze(tmp_path / "s", tmp_path / "out", progress=False)
+
+
+def test_tables_are_computed_from_the_returned_float32_scores(result):
+    # The scores analyze returns are read back from scores.zarr; recomputing the metrics from them
+    # gives the attack table to the bit, and no scratch file of the spilled scores is left.
+    from analysis.metrics import attack_metrics
+    from analysis.scores import StoredScores
+
+    out, res = result
+    lira = res["lira"]
+    assert isinstance(lira.scores, StoredScores)
+    ps = res["per_sample"]
+    under = (ps["group"].values == "under")[ps["split"].values == "train"]
+    masks = {"All": np.ones(under.size, dtype=bool), "Under": under}
+    table = res["attacks"]
+    assert list(lira.scores) == list(table.index)
+    for a in lira.scores:
+        s = lira.scores[a]
+        assert s.dtype == np.float32 and s.shape == lira.member.shape
+        pooled, _, _ = attack_metrics(lira.member, s, masks, [0.001, 0.01])
+        for col in table.columns:
+            assert pooled[col] == table.loc[a, col] or (np.isnan(pooled[col]) and np.isnan(table.loc[a, col]))
+    assert not list(Path(out).rglob(".scores-spill-*"))
+
+
+def test_spilled_scores_hold_one_file_per_attack(tmp_path):
+    from analysis.spill import SpilledScores
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 5)), rng.normal(size=(3, 5)).astype(np.float32)
+    with SpilledScores(tmp_path) as sp:
+        sp["a"], sp["b"] = a, b
+        assert list(sp) == ["a", "b"] and len(list(sp.dir.iterdir())) == 2
+        np.testing.assert_array_equal(sp["a"], a.astype(np.float32))
+        assert sp["a"].dtype == np.float32
+        sp.move_to_end("a")
+        assert list(sp) == ["b", "a"]
+        sp["b"] = a  # overwritten in place
+        np.testing.assert_array_equal(sp["b"], a.astype(np.float32))
+        del sp["a"]
+        assert list(sp) == ["b"] and len(list(sp.dir.iterdir())) == 1
+        with pytest.raises(KeyError):
+            sp["a"]
+        d = sp.dir
+    assert not d.exists()
