@@ -287,6 +287,18 @@ def _sorted_keys(member: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, int
 
 
 @numba.njit(cache=True, nogil=True)
+def _tie_group(key, i, sh, mem_sorted):  # pragma: no cover - compiled
+    """End (exclusive) of the tie group starting at ``i`` of the sorted keys, and its members."""
+    v = key[i] >> sh
+    j = i
+    gp = 0
+    while j < key.size and (key[j] >> sh) == v:
+        gp += mem_sorted[j]
+        j += 1
+    return j, gp
+
+
+@numba.njit(cache=True, nogil=True)
 def _placements(key, b, member, g, mem_sorted):  # pragma: no cover - compiled
     """AUROC of the pairs and each pair's influence value ``g`` (at its index), from the sorted keys.
 
@@ -308,12 +320,7 @@ def _placements(key, b, member, g, mem_sorted):  # pragma: no cover - compiled
     neg_below = 0
     i = 0
     while i < p:
-        v = key[i] >> sh
-        j = i
-        gp = 0
-        while j < p and (key[j] >> sh) == v:
-            gp += mem_sorted[j]
-            j += 1
+        j, gp = _tie_group(key, i, sh, mem_sorted)
         gn = (j - i) - gp
         u_sum += gp * (neg_below + 0.5 * gn)
         neg_below += gn
@@ -325,12 +332,7 @@ def _placements(key, b, member, g, mem_sorted):  # pragma: no cover - compiled
     pos_below = 0
     i = 0
     while i < p:
-        v = key[i] >> sh
-        j = i
-        gp = 0
-        while j < p and (key[j] >> sh) == v:
-            gp += mem_sorted[j]
-            j += 1
+        j, gp = _tie_group(key, i, sh, mem_sorted)
         gn = (j - i) - gp
         g_pos = ((neg_below + 0.5 * gn) / n_neg - auc) / n_pos
         g_neg = (((n_pos - pos_below - gp) + 0.5 * gp) / n_pos - auc) / n_neg
