@@ -42,14 +42,6 @@ class AttackResult(LiraResult):
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _log_softmax(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(log F, lse)`` in float64 for logits ``z`` (..., C)."""
-    z = np.asarray(z, dtype=np.float64)
-    m = z.max(axis=-1, keepdims=True)
-    lse = m[..., 0] + np.log(np.exp(z - m).sum(axis=-1))
-    return z - lse[..., None], lse
-
-
 def mentr_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Song & Mittal's modified entropy ``-(1-F_y) log F_y - sum_{i != y} F_i log(1 - F_i)`` (float64).
 
