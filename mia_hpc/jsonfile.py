@@ -19,14 +19,14 @@ def read_json_dict(path: str | Path) -> dict[str, Any]:
     return d if isinstance(d, dict) else {}
 
 
-def write_json_atomic(path: str | Path, obj: Any, *, sort_keys: bool = False) -> None:
+def write_json_atomic(path: str | Path, obj: Any, *, sort_keys: bool = False, indent: int = 2) -> None:
     """Write ``obj`` to a temporary sibling, fsync it and rename it into place: readers see the
     old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
+        f.write(json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)

@@ -28,13 +28,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mia_hpc.jsonfile import write_json_atomic
 from mia_hpc.spec import SelectionSpec, Spec, SpecError, spec_from_dict
 from mia_hpc.store import StoreError
 
@@ -121,16 +121,6 @@ def _selection_hash(kind: str, oracle_hash: str, indices: list[int]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def read_selection(out: str | Path, spec: Spec | None = None) -> dict[str, Any] | None:
     """``OUT/selection.json`` if it exists (and, given ``spec``, was made for it), else None."""
     try:
@@ -193,7 +183,7 @@ def select(spec: Spec, out: str | Path) -> dict[str, Any]:
         "candidate_mem": [None if not np.isfinite(v) else float(v) for v in mem_c],
         "hash": _selection_hash(sel.kind, ospec.hash(), indices),
     }
-    _write_json_atomic(selection_path(out), record)
+    write_json_atomic(selection_path(out), record, sort_keys=True, indent=1)
     return record
 
 
@@ -380,7 +370,7 @@ def submit_staged(spec: Spec, out: str | Path, prof: Any, *, analyze: bool = Tru
         raise S.SlurmError(f"sbatch refused a stage (submitted so far: {done or 'none'}): {S._one_line(err)}") from None
     record = {"spec_hash": spec.hash(), "oracle": oracle_job, "selection": sel_job, "shadows": shadows_job,
               "analysis": analysis_job}
-    _write_json_atomic(out / "slurm" / "stages.json", record)
+    write_json_atomic(out / "slurm" / "stages.json", record, sort_keys=True, indent=1)
     # the attack shards' task ids where status and a later plain re-submit look for them
     jobs_record = {"spec_hash": spec.hash(), "shards": {str(i): str(j.job_id) for i, j in enumerate(jobs["shadows"])}}
     if analysis_job:
