@@ -52,7 +52,7 @@ Notes on interpretation
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numba
 import numpy as np
@@ -175,6 +175,19 @@ def _draw_weights(rng: np.random.Generator, b: int, t: int, n: int, samples: str
     return w.reshape(b, t * n)
 
 
+def _pairs(member: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(member bool (T, N), score float32 or float64 (T, N)), validated."""
+    member = np.asarray(member, dtype=bool)
+    score = np.asarray(score)
+    if score.dtype != np.float32:  # float32 scores are keyed on their own bits: no float64 copy
+        score = score.astype(np.float64)
+    if member.ndim == 1:
+        member, score = member[None], score[None]
+    if member.shape != score.shape or member.ndim != 2:
+        raise ValueError(f"member and score must both be (T, N), got {member.shape} and {score.shape}")
+    return member, score
+
+
 def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[float] = (0.001,),
                       n_boot: int = 200, seed: int = 0, level: float = 0.95, samples: str = "shared",
                       mask: np.ndarray | None = None, max_bytes: int = 16 * 2**20,
@@ -211,42 +224,86 @@ def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[f
     -------
     BootstrapResult
     """
-    member = np.asarray(member, dtype=bool)
-    score = np.asarray(score)
-    if score.dtype != np.float32:  # float32 scores are keyed on their own bits: no float64 copy
-        score = score.astype(np.float64)
-    if member.ndim == 1:
-        member, score = member[None], score[None]
-    if member.shape != score.shape or member.ndim != 2:
-        raise ValueError(f"member and score must both be (T, N), got {member.shape} and {score.shape}")
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        member, score = member[:, mask], score[:, mask]
+    return bootstrap_columns(member, score, {"": mask}, fprs=fprs, n_boot=n_boot, seed=seed, level=level,
+                             samples=samples, max_bytes=max_bytes, exact_budget=exact_budget)[""]
+
+
+def bootstrap_columns(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np.ndarray | None], *,
+                      fprs: Sequence[float] = (0.001,), n_boot: int = 200, seed: int = 0, level: float = 0.95,
+                      samples: str = "shared", max_bytes: int = 16 * 2**20,
+                      exact_budget: int | None = None) -> dict[str, BootstrapResult]:
+    """:func:`bootstrap_metrics` of one attack's pairs for several columns (sample masks) at once.
+
+    The pooled pairs are sorted once; each column on the fast path takes its pairs from that order
+    in one linear pass instead of its own sort (scores are then compared, for ties, on the bits the
+    whole pool keeps: all of a float32 score). ``masks`` maps a column name to a bool (N,) mask
+    (None: every sample). Other parameters: :func:`bootstrap_metrics`.
+    """
+    member, score = _pairs(member, score)
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if samples not in ("shared", "within"):
+        raise ValueError(f"samples must be 'within' or 'shared', got {samples!r}")
     fprs = [float(f) for f in fprs]
-    names = metric_names(fprs)
     exact_budget = EXACT_BUDGET if exact_budget is None else int(exact_budget)
+    t, n_all = member.shape
+    pool: _SortedPool | None = None
+    out = {}
+    for name, mask in masks.items():
+        every = mask is None
+        if not every:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != (n_all,):
+                raise ValueError(f"mask {name!r} has shape {mask.shape}, expected ({n_all},)")
+            every = bool(mask.all())
+        m_sub = member if every else member[:, mask]
+        n = m_sub.shape[1]
+        n_pos = int(np.count_nonzero(m_sub))
+        if samples == "shared" and t * n * n_boot > exact_budget and 0 < n_pos < t * n:
+            if pool is None:
+                pool = _SortedPool(member, score)
+            sub = pool if every else pool.subset(mask)
+            point, reps = _fast_shared(sub, m_sub, fprs, n_boot, seed, max_bytes)
+            method = "linearised AUROC, exact TPR (large input)"
+            del sub
+        else:
+            point, reps = _exact(m_sub, score if every else score[:, mask], fprs, n_boot, seed, samples,
+                                 max_bytes)
+            method = "exact weighted ROC"
+        out[name] = _result(point, reps, fprs, level, n_boot, t, n, n_pos,
+                            {"n_boot": n_boot, "seed": seed, "level": level, "samples": samples, "fprs": fprs,
+                             "method": method})
+    return out
+
+
+def _exact(member: np.ndarray, score: np.ndarray, fprs: list[float], n_boot: int, seed: int, samples: str,
+           max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Point estimates (K,) and replicates (B, K): the weighted ROC of every replicate."""
     t, n = member.shape
-    n_pos = int(member.sum())
-    settings = {"n_boot": n_boot, "seed": seed, "level": level, "samples": samples, "fprs": fprs}
+    if t * n == 0:
+        return np.full(1 + len(fprs), np.nan), np.full((0, 1 + len(fprs)), np.nan)
+    pairs = _SortedPairs(member, score)
+    point = weighted_roc_metrics(pairs, np.ones((1, t * n)), fprs)[0]
+    rng = np.random.default_rng(seed)
+    batch = _batch(t, n, n_boot, max_bytes)
+    reps = np.concatenate([weighted_roc_metrics(pairs, _draw_weights(rng, min(batch, n_boot - s), t, n, samples),
+                                                fprs) for s in range(0, n_boot, batch)])
+    return point, reps
+
+
+def _batch(t: int, n: int, n_boot: int, max_bytes: int) -> int:
+    return max(1, min(n_boot, max_bytes // (t * n * 8 * 3)))
+
+
+def _result(point: np.ndarray, reps: np.ndarray, fprs: list[float], level: float, n_boot: int, t: int, n: int,
+            n_pos: int, settings: dict) -> BootstrapResult:
+    names = metric_names(fprs)
     if t * n == 0:
         nan = {k: float("nan") for k in names}
-        return BootstrapResult(dict(nan), dict(nan), dict(nan), np.full((0, len(names)), np.nan), names, level,
-                               n_boot, n_boot, t, n, 0, 0, settings)
-    if samples == "shared" and t * n * n_boot > exact_budget and 0 < n_pos < t * n:
-        settings["method"] = "linearised AUROC, exact TPR (large input)"
-        point, reps = _fast_shared(member, score, fprs, n_boot, seed, max_bytes)
-    else:
-        settings["method"] = "exact weighted ROC"
-        pairs = _SortedPairs(member, score)
-        point = weighted_roc_metrics(pairs, np.ones((1, t * n)), fprs)[0]
-        rng = np.random.default_rng(seed)
-        batch = max(1, min(n_boot, max_bytes // (t * n * 8 * 3)))
-        reps = np.concatenate([weighted_roc_metrics(pairs, _draw_weights(rng, min(batch, n_boot - s), t, n, samples),
-                                                    fprs) for s in range(0, n_boot, batch)])
+        return BootstrapResult(dict(nan), dict(nan), dict(nan), reps, names, level, n_boot, n_boot, t, n, 0, 0,
+                               settings)
     bad = np.isnan(reps).any(axis=1)
     a = 100 * (1 - level) / 2
     if bad.all():
@@ -266,81 +323,154 @@ def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[f
 EXACT_BUDGET = 50_000_000
 
 
-def _sorted_keys(member: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, int]:
-    """The flattened pairs sorted ascending as uint64 keys: the score's order-preserving bits above,
-    the pair index in the low ``b`` bits; returns ``(keys, b)``.
-
-    One SIMD sort of integer keys instead of a 64-bit argsort: ~10x faster at 10^7 pairs. Scores
-    are thereby compared on their top 64 - ceil(log2 P) bits (38 bits, ~1e-8 relative, at
-    P = 4 * 10^7): closer scores count as tied in the intervals.
-    """
-    from .metrics import _order_keys
-
-    p = member.size
-    b = max(1, int(p - 1).bit_length())
-    key = _order_keys(score.ravel())
-    key >>= np.uint64(b)
-    key <<= np.uint64(b)
-    key |= np.arange(p, dtype=np.uint64)
-    key.sort()
-    return key, b
+@numba.njit(cache=True, nogil=True)
+def _pack_f32(bits, member, sh, key):  # pragma: no cover - compiled
+    """``key[i]``: the order-preserving bits of float32 score ``i`` (``bits``: its uint32 view) in the
+    high 32 bits, ``i`` shifted left by one from bit 1, the membership in bit 0. Returns False on a NaN."""
+    top = np.uint32(1 << 31)
+    for i in range(bits.size):
+        u = bits[i]
+        if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+            return False
+        if u == top:  # -0.0 is +0.0
+            u = np.uint32(0)
+        u = u ^ (np.uint32(0xFFFFFFFF) if u & top else top)
+        key[i] = (np.uint64(u) << np.uint64(32)) | (np.uint64(i) << np.uint64(1)) | np.uint64(member[i])
+    return True
 
 
 @numba.njit(cache=True, nogil=True)
-def _tie_group(key, i, sh, mem_sorted):  # pragma: no cover - compiled
-    """End (exclusive) of the tie group starting at ``i`` of the sorted keys, and its members."""
-    v = key[i] >> sh
-    j = i
-    gp = 0
-    while j < key.size and (key[j] >> sh) == v:
-        gp += mem_sorted[j]
-        j += 1
-    return j, gp
+def _pack_keys(key, member, sh):  # pragma: no cover - compiled
+    """Float64 order keys ``key`` (in place): the bits above ``sh`` kept, ``i << 1 | member[i]`` below."""
+    high = ~((np.uint64(1) << np.uint64(sh)) - np.uint64(1))
+    for i in range(key.size):
+        key[i] = (key[i] & high) | (np.uint64(i) << np.uint64(1)) | np.uint64(member[i])
 
 
 @numba.njit(cache=True, nogil=True)
-def _placements(key, b, member, g, mem_sorted):  # pragma: no cover - compiled
-    """AUROC of the pairs and each pair's influence value ``g`` (at its index), from the sorted keys.
+def _subset_keys(key, sh, n, pos, n_sub, out):  # pragma: no cover - compiled
+    """The sorted keys of the pairs whose sample ``i`` has ``pos[i] >= 0``, re-indexed to
+    ``t * n_sub + pos[i]`` (order kept: still sorted); returns how many were written to ``out``."""
+    low = (np.uint64(1) << np.uint64(sh - 1)) - np.uint64(1)
+    high = ~((np.uint64(1) << np.uint64(sh)) - np.uint64(1))
+    j = 0
+    for k in range(key.size):
+        idx = (key[k] >> np.uint64(1)) & low
+        t = idx // np.uint64(n)
+        q = pos[idx - t * np.uint64(n)]
+        if q >= 0:
+            out[j] = (key[k] & high) | ((t * np.uint64(n_sub) + np.uint64(q)) << np.uint64(1)) | (key[k] & np.uint64(1))
+            j += 1
+    return j
 
-    Walks the tie groups twice: first the Mann-Whitney count (negatives below a positive, ties
-    half), then ``g = (U_i / n_neg - A) / n_pos`` for a positive (U_i its placement) and
-    ``(V_i / n_pos - A) / n_neg`` for a negative (V_i the positives above it, ties half).
-    ``mem_sorted`` receives the membership in sorted order. Returns ``(A, n_pos, n_neg)``.
+
+class _SortedPool:
+    """One attack's pairs sorted ascending as uint64 keys: the score's order-preserving bits above
+    bit ``sh``, the pair index ``t * n + i`` from bit 1, the membership in bit 0.
+
+    One SIMD sort of integer keys instead of a 64-bit argsort (~10x faster at 10^7 pairs); the
+    membership travels in the key, so no gather by pair index is needed to walk the order. float32
+    scores keep all their 32 bits; float64 scores are compared on their top ``64 - sh`` bits (37
+    bits, ~1e-8 relative, at 4 * 10^7 pairs): closer scores count as tied in the intervals.
     """
-    p = key.size
-    low = (np.uint64(1) << np.uint64(b)) - np.uint64(1)
-    sh = np.uint64(b)
+
+    def __init__(self, member: np.ndarray, score: np.ndarray) -> None:
+        self.t, self.n = member.shape
+        p = member.size
+        self.sh = max(1, int(p - 1).bit_length()) + 1
+        flat_m = np.ascontiguousarray(member).reshape(-1).view(np.uint8)
+        if score.dtype == np.float32 and self.sh <= 32:
+            self.key = np.empty(p, dtype=np.uint64)
+            ok = _pack_f32(np.ascontiguousarray(score).reshape(-1).view(np.uint32), flat_m, self.sh, self.key)
+        else:
+            from .metrics import _order_keys
+
+            ok = not np.isnan(score).any()
+            self.key = _order_keys(score.reshape(-1))
+            _pack_keys(self.key, flat_m, self.sh)
+        if not ok:
+            raise ValueError("scores contain NaN; score every pair (e.g. a neutral value) before the bootstrap")
+        self.key.sort()
+
+    def subset(self, mask: np.ndarray) -> "_SortedPool":
+        """The pool of the (T, mask.sum()) pairs of the samples in ``mask``, from this order in one pass."""
+        pos = np.full(self.n, -1, dtype=np.int64)
+        pos[mask] = np.arange(int(mask.sum()))
+        n_sub = int(mask.sum())
+        out = np.empty(self.t * n_sub, dtype=np.uint64)
+        j = _subset_keys(self.key, self.sh, self.n, pos, n_sub, out)
+        assert j == out.size
+        sub = object.__new__(_SortedPool)
+        sub.t, sub.n, sub.sh, sub.key = self.t, n_sub, self.sh, out
+        return sub
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_range(key, lo, hi, sh):  # pragma: no cover - compiled
+    """Positives, negatives and the Mann-Whitney sum (negatives below each positive, ties one half)
+    of ``key[lo:hi]``, counting only the negatives inside the range."""
+    s = np.uint64(sh)
     n_pos = 0
-    for i in range(p):
-        m = member[key[i] & low]
-        mem_sorted[i] = m
-        n_pos += m
-    n_neg = p - n_pos
-    u_sum = 0.0
     neg_below = 0
-    i = 0
-    while i < p:
-        j, gp = _tie_group(key, i, sh, mem_sorted)
+    u = 0.0
+    i = lo
+    while i < hi:
+        v = key[i] >> s
+        j = i
+        gp = 0
+        while j < hi and (key[j] >> s) == v:
+            gp += key[j] & np.uint64(1)
+            j += 1
         gn = (j - i) - gp
-        u_sum += gp * (neg_below + 0.5 * gn)
+        u += gp * (neg_below + 0.5 * gn)
         neg_below += gn
+        n_pos += gp
         i = j
-    if n_pos == 0 or n_neg == 0:
-        return np.nan, n_pos, n_neg
-    auc = u_sum / (float(n_pos) * float(n_neg))
-    neg_below = 0
-    pos_below = 0
-    i = 0
-    while i < p:
-        j, gp = _tie_group(key, i, sh, mem_sorted)
+    return n_pos, neg_below, u
+
+
+@numba.njit(cache=True, nogil=True)
+def _influence_range(key, lo, hi, sh, neg_below, pos_below, n_pos, n_neg, auc, g):  # pragma: no cover
+    """``g`` at the pairs of ``key[lo:hi]``: ``(U / n_neg - A) / n_pos`` for a positive (U: negatives
+    below, ties half), ``(V / n_pos - A) / n_neg`` for a negative (V: positives above, ties half);
+    ``neg_below``, ``pos_below``: the counts below ``lo``."""
+    s = np.uint64(sh)
+    low = (np.uint64(1) << np.uint64(sh - 1)) - np.uint64(1)
+    i = lo
+    while i < hi:
+        v = key[i] >> s
+        j = i
+        gp = 0
+        while j < hi and (key[j] >> s) == v:
+            gp += key[j] & np.uint64(1)
+            j += 1
         gn = (j - i) - gp
         g_pos = ((neg_below + 0.5 * gn) / n_neg - auc) / n_pos
         g_neg = (((n_pos - pos_below - gp) + 0.5 * gp) / n_pos - auc) / n_neg
         for k in range(i, j):
-            g[key[k] & low] = g_pos if mem_sorted[k] else g_neg
+            g[(key[k] >> np.uint64(1)) & low] = g_pos if key[k] & np.uint64(1) else g_neg
         neg_below += gn
         pos_below += gp
         i = j
+
+
+def _placements(pool: _SortedPool, g: np.ndarray) -> tuple[float, int, int]:
+    """AUROC, positives and negatives of the pool; fills ``g`` (flat, pair order) with each pair's
+    AUROC influence value. Two threads, each on one half of the order (split between tie groups)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    key, sh, p = pool.key, pool.sh, pool.key.size
+    mid = p // 2
+    while 0 < mid < p and (key[mid] >> np.uint64(sh)) == (key[mid - 1] >> np.uint64(sh)):
+        mid += 1
+    with ThreadPoolExecutor(2) as ex:
+        (p1, n1, u1), (p2, n2, u2) = ex.map(lambda r: _count_range(key, r[0], r[1], sh), [(0, mid), (mid, p)])
+        n_pos, n_neg = p1 + p2, n1 + n2
+        if n_pos == 0 or n_neg == 0:
+            return np.nan, n_pos, n_neg
+        auc = (u1 + u2 + p2 * float(n1)) / (float(n_pos) * float(n_neg))
+        list(ex.map(lambda r: _influence_range(key, r[0], r[1], sh, r[2], r[3], n_pos, n_neg, auc, g),
+                    [(0, mid, 0, 0), (mid, p, n1, p1)]))
     return auc, n_pos, n_neg
 
 
@@ -369,38 +499,76 @@ def _prefix_tpr(w: np.ndarray, pos: np.ndarray, ends: np.ndarray, n_pos: np.ndar
 
 
 @numba.njit(cache=True, nogil=True)
-def _prefix_tpr_weighted(k, c, ti, si, mi, ends, n_pos, n_neg, fprs, complete, out):  # pragma: no cover
-    """:func:`_prefix_tpr` of the replicate weights ``k[b, ti] * c[b, si]`` without forming them:
-    fills ``out`` (B, F) and returns False when a replicate's prefix holds too little negative
-    weight to decide its TPR (unless ``complete``)."""
-    nb, nf = k.shape[0], fprs.size
-    f_max = 0.0
-    for j in range(nf):
-        f_max = max(f_max, fprs[j])
-    for b in range(nb):
-        tp = 0.0
-        fp = 0.0
-        best = np.zeros(nf)  # the (0, 0) point is always admissible
-        e = 0
-        for i in range(ti.size):
-            w = k[b, ti[i]] * c[b, si[i]]
-            if mi[i]:
-                tp += w
-            else:
-                fp += w
-            if e < ends.size and ends[e] == i:  # the end of a tie group: a ROC point
-                e += 1
-                for j in range(nf):
-                    if fp <= fprs[j] * n_neg[b]:
-                        best[j] = tp
-        if not complete and fp <= f_max * n_neg[b]:
-            return False
-        for j in range(nf):
-            out[b, j] = best[j] / n_pos[b]
-    return True
+def _top_length(key, need):  # pragma: no cover - compiled
+    """Pairs from the top of the (ascending) order down to and including the ``need``-th negative."""
+    seen = 0
+    for i in range(key.size - 1, -1, -1):
+        if not key[i] & np.uint64(1):
+            seen += 1
+            if seen >= need:
+                return key.size - i
+    return key.size
 
 
-def _fast_shared(member: np.ndarray, score: np.ndarray, fprs: list[float], n_boot: int, seed: int,
+@numba.njit(cache=True, nogil=True)
+def _prefix_walk(kt, ct, ti, si, mi, end, thr, b0, b1, best, fp_end):  # pragma: no cover - compiled
+    """Replicates ``b0:b1`` walking down a descending prefix: the weight of pair ``i`` in replicate
+    ``b`` is ``kt[ti[i], b] * ct[si[i], b]``; at each tie-group end (``end[i]``) every FPR ``j`` with
+    ``fp <= thr[j, b]`` records the TP weight in ``best[j, b]``. The inner loops run over
+    replicates, contiguous in every array (the draw counts are small integers: ``kt``, ``ct`` are
+    uint8 where they fit, so a pair's rows come from cache). ``fp_end[b]``: the prefix's negative weight."""
+    nb = b1 - b0
+    nf = thr.shape[0]
+    tp = np.zeros(nb)
+    fp = np.zeros(nb)
+    for i in range(ti.size):
+        kr = kt[ti[i], b0:b1]
+        cr = ct[si[i], b0:b1]
+        if mi[i]:
+            for b in range(nb):
+                tp[b] += np.float64(kr[b]) * np.float64(cr[b])
+        else:
+            for b in range(nb):
+                fp[b] += np.float64(kr[b]) * np.float64(cr[b])
+        if end[i]:
+            for j in range(nf):
+                bj = best[j, b0:b1]
+                tj = thr[j, b0:b1]
+                for b in range(nb):  # branch-free: fp only grows, so the last admissible end wins
+                    bj[b] = tp[b] if fp[b] <= tj[b] else bj[b]
+    fp_end[b0:b1] = fp
+
+
+def _compact(a: np.ndarray) -> np.ndarray:
+    """Draw counts, transposed to (items, B), as uint8 when they fit (they do unless a few items are drawn)."""
+    a = np.asarray(a).T
+    return np.ascontiguousarray(a, dtype=np.uint8 if a.size and a.max() < 256 else np.float64)
+
+
+_DRAWS: dict = {}
+
+
+def _shared_draws(t: int, n: int, n_boot: int, seed: int, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(k (B, T) target draw counts, c (B, N) sample draw counts), the exact path's draws (same
+    batches of the same generator, so the two are paired); the last few are kept, read-only: every
+    attack of a table draws the same ones."""
+    key = (t, n, n_boot, seed, _batch(t, n, n_boot, max_bytes))
+    if key not in _DRAWS:
+        rng = np.random.default_rng(seed)
+        ks, cs = [], []
+        for s0 in range(0, n_boot, key[-1]):
+            b = min(key[-1], n_boot - s0)
+            ks.append(rng.multinomial(t, np.full(t, 1.0 / t), size=b))
+            cs.append(rng.multinomial(n, np.full(n, 1.0 / n), size=b))
+        k, c = np.concatenate(ks).astype(np.float32), np.concatenate(cs).astype(np.float64)
+        k.flags.writeable = c.flags.writeable = False
+        while len(_DRAWS) >= 4:
+            _DRAWS.pop(next(iter(_DRAWS)))
+        _DRAWS[key] = (k, c)
+    return _DRAWS[key]
+
+
+def _fast_shared(pool: _SortedPool, member: np.ndarray, fprs: list[float], n_boot: int, seed: int,
                  max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """Point estimates (K,) and replicates (B, K) for the shared-sample design on large inputs.
 
@@ -418,56 +586,55 @@ def _fast_shared(member: np.ndarray, score: np.ndarray, fprs: list[float], n_boo
       replicate's negative weight (widened until it does).
     * The class totals ``k^T M c`` are exact.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     t, n = member.shape
     p_tot = t * n
-    key, nb = _sorted_keys(member, score)
-    mem = np.empty(p_tot, dtype=np.bool_)
     g = np.empty(p_tot, dtype=np.float32)
-    auc, n_pos, n_neg = _placements(key, nb, np.ascontiguousarray(member.ravel()), g, mem)
+    auc, n_pos, n_neg = _placements(pool, g)
     n_pos, n_neg = float(n_pos), float(n_neg)
-    g = g.reshape(t, n)
-    mf = member.astype(np.float32)
-
-    # the same draws as the exact path (same batches of the same generator): paired with it
-    rng = np.random.default_rng(seed)
-    batch = max(1, min(n_boot, max_bytes // (t * n * 8 * 3)))
-    ks, cs = [], []
-    for s0 in range(0, n_boot, batch):
-        b = min(batch, n_boot - s0)
-        ks.append(rng.multinomial(t, np.full(t, 1.0 / t), size=b))
-        cs.append(rng.multinomial(n, np.full(n, 1.0 / n), size=b))
-    k = np.concatenate(ks).astype(np.float32)  # (B, T) target draw counts
-    c = np.concatenate(cs).astype(np.float64)  # (B, N) sample draw counts
-    auc_b = auc + np.einsum("bn,bn->b", (k @ g).astype(np.float64), c)
-    pos_b = np.einsum("bn,bn->b", (k @ mf).astype(np.float64), c)  # exact: small integers
+    k, c = _shared_draws(t, n, n_boot, seed, max_bytes)
+    auc_b = auc + np.einsum("bn,bn->b", (k @ g.reshape(t, n)).astype(np.float64), c)
+    del g
+    km = np.zeros((n_boot, n), dtype=np.float32)
+    rows = max(1, (32 << 20) // (4 * n))
+    for r0 in range(0, t, rows):  # k @ member in row blocks: no float copy of the whole member
+        km += k[:, r0:r0 + rows] @ member[r0:r0 + rows].astype(np.float32)
+    pos_b = np.einsum("bn,bn->b", km.astype(np.float64), c)  # exact: small integers
     neg_b = float(t) * float(n) - pos_b
-    del g, mf
+    del km
 
     # TPR: walk the top of the (descending) order; start with 1.5x the negatives the largest FPR needs
     f_max = max(fprs) if fprs else 0.0
-    need = int(min(n_neg, 1.5 * f_max * n_neg + 1000))
-    length = int(min(p_tot, np.searchsorted(np.cumsum(~mem[::-1]), need) + 1))
-    low, sh = np.uint64((1 << nb) - 1), np.uint64(nb)
+    key, sh = pool.key, pool.sh
+    length = int(_top_length(key, int(min(n_neg, 1.5 * f_max * n_neg + 1000))))
+    low, s = np.uint64((1 << (sh - 1)) - 1), np.uint64(sh)
+    kt, ct = _compact(k), _compact(c)  # (T, B), (N, B): a pair's replicate weights contiguous
+    thr = np.asarray(fprs, dtype=np.float64)[:, None] * neg_b[None, :]  # (F, B)
+    halves = [(0, n_boot // 2), (n_boot // 2, n_boot)]
     while True:
         lo = p_tot - length
-        v0 = key[lo] >> sh
-        while lo > 0 and (key[lo - 1] >> sh) == v0:  # the whole lowest tie group
+        v0 = key[lo] >> s
+        while lo > 0 and (key[lo - 1] >> s) == v0:  # the whole lowest tie group
             lo -= 1
         top = key[lo:][::-1]
-        pair = (top & low).astype(np.int64)
-        ti, si, mi, gi = pair // n, pair % n, mem[lo:][::-1], top >> sh
-        ends = np.flatnonzero(np.append(gi[1:] != gi[:-1], True))
-        point_tpr, ok = _prefix_tpr(np.ones((1, ti.size)), mi, ends, np.array([n_pos]), np.array([n_neg]), fprs,
-                                    complete=lo == 0)
-        tpr_b = np.empty((n_boot, len(fprs)))
-        if ok:  # every replicate's weighted walk down the prefix in one compiled loop
-            ok = _prefix_tpr_weighted(k, c, ti, si, mi, ends, pos_b, neg_b, np.asarray(fprs, dtype=np.float64),
-                                      lo == 0, tpr_b)
+        pair = ((top >> np.uint64(1)) & low).astype(np.int64)
+        ti, si, mi, gi = pair // n, pair % n, (top & np.uint64(1)).astype(np.bool_), top >> s
+        end = np.append(gi[1:] != gi[:-1], True)
+        point_tpr, ok = _prefix_tpr(np.ones((1, ti.size)), mi, np.flatnonzero(end), np.array([n_pos]),
+                                    np.array([n_neg]), fprs, complete=lo == 0)
+        best = np.zeros((len(fprs), n_boot))
+        fp_end = np.empty(n_boot)
+        if ok:  # every replicate's weighted walk down the prefix, replicates split over two threads
+            with ThreadPoolExecutor(2) as ex:
+                list(ex.map(lambda h: _prefix_walk(kt, ct, ti, si, mi, end, thr, h[0], h[1], best, fp_end), halves))
+            ok = lo == 0 or bool(np.all(fp_end > f_max * neg_b))
         if ok:
             break
         length = min(p_tot, 2 * length)
-    points = point_tpr[0]
-    point = np.array([auc] + list(points))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr_b = best.T / pos_b[:, None]
+    point = np.array([auc] + list(point_tpr[0]))
     reps = np.column_stack([auc_b, tpr_b])
     reps[(pos_b == 0) | (neg_b == 0)] = np.nan  # a replicate without one class (tiny inputs only)
     return point, reps

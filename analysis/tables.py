@@ -30,7 +30,7 @@ import pandas as pd
 
 from .atomic import write_text
 from .spill import release_freed_memory
-from .bootstrap import bootstrap_metrics, metric_names
+from .bootstrap import bootstrap_columns, metric_names
 
 __all__ = ["accuracy_table", "format_accuracy_table", "attack_table", "format_attack_table", "to_markdown",
            "to_latex", "latex_escape", "write_table", "SUBSET_LABELS"]
@@ -158,15 +158,16 @@ def attack_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]], challenge
         am = np.ones(n, dtype=bool) if all_mask is None else np.asarray(all_mask, dtype=bool)
         if am.shape != (n,):
             raise ValueError(f"all_mask has shape {am.shape}, expected ({n},)")
-        kw = dict(fprs=[fpr], n_boot=n_boot, seed=seed, level=level, samples=samples)
-        b_all = bootstrap_metrics(member, score, mask=am, **kw)  # the same for every challenge set
-        release_freed_memory()
         for cname, cmask in challenge.items():
-            cmask = np.asarray(cmask, dtype=bool)
-            if cmask.shape != (n,):
-                raise ValueError(f"challenge set {cname!r} has shape {cmask.shape}, expected ({n},)")
-            b_u = bootstrap_metrics(member, score, mask=cmask, **kw)
-            release_freed_memory()
+            if np.shape(cmask) != (n,):
+                raise ValueError(f"challenge set {cname!r} has shape {np.shape(cmask)}, expected ({n},)")
+        # one sort of the attack's pairs serves the "All" column and every challenge set
+        cols = bootstrap_columns(member, score, {"\0all": am, **challenge}, fprs=[fpr], n_boot=n_boot, seed=seed,
+                                 level=level, samples=samples)
+        release_freed_memory()
+        b_all = cols.pop("\0all")  # the same for every challenge set
+        for cname, b_u in cols.items():
+            cmask = np.asarray(challenge[cname], dtype=bool)
             row: dict[str, Any] = {}
             for m in names:
                 for g, b in (("All", b_all), ("Under", b_u)):
