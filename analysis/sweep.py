@@ -17,13 +17,15 @@ shadows in a random order and uses the first m of each side", the per-sample tru
 LiRA reference code, and it keeps the IN/OUT reference counts independent of the target's
 membership (see :mod:`analysis.stats` for why unequal counts leak). Repeats differ by the order.
 
-Efficiency: per repeat, each sample's IN list and OUT list (sorted by the random order) and their
-prefix sums of ``phi - shift`` and its square are built once, O(M N Q). For target t and every m
-at once, the reference sums are prefix sum m, or prefix sum m+1 minus the target's own value where
-the target sits among the first m of the sample's list: O(len(m) N Q) per target, no loop over
-samples or shadows. Scores come from :func:`analysis.lira.lira_scores` (the same formulas, floors
-and pooled-variance fall-back as the full analysis). phi is held in memory for the challenge
-samples only (the union of the masks), (M, N_c, Q) float64.
+Efficiency: per repeat, one compiled walk over the shadows in the random order accumulates each
+sample's IN and OUT sums of ``phi - shift`` and its square, recording them when a side's count
+reaches m and m+1 for every m of the grid (the prefix sums of the sorted lists at those points,
+added in the same sequence), O(M N Q). For target t and every m at once, the reference sums are
+prefix sum m, or prefix sum m+1 minus the target's own value where the target sits among the first
+m of the sample's list: O(len(m) N Q) per target, no loop over samples or shadows. Scores come from
+:func:`analysis.lira.lira_scores` (the same formulas, floors and pooled-variance fall-back as the
+full analysis). Two repeats run at a time. phi is held in memory for the challenge samples only
+(the union of the masks), (M, N_c, Q) float64.
 
 Metrics per (challenge set, attack, m, repeat) pool every (target, sample in the set) pair, as
 ``tables/attacks.csv`` does. Fixed-variance LiRA pools the variance over all scored samples (the
@@ -34,9 +36,11 @@ union of the challenge sets: all train samples when the "random" set is included
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -63,29 +67,47 @@ def default_m_grid(k_max: int) -> list[int]:
     return grid
 
 
-def _metrics(member: np.ndarray, score: np.ndarray, fprs: Sequence[float]) -> list[float]:
-    """Pooled [AUROC, TPR@f...] (sklearn's roc_curve semantics, via the sort-based exact path)."""
-    m = np.asarray(member, dtype=bool).reshape(1, -1)
-    if m.size == 0:
-        return [np.nan] * (1 + len(fprs))
-    return [float(v) for v in per_target_metrics(m, np.asarray(score).reshape(1, -1), list(fprs))[0]]
-
-
-def _sorted_lists(keep: np.ndarray, rank: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample, the first ``k1`` IN and the first ``k1`` OUT shadows in the order ``rank``: (k1, N) each."""
-    # rank is one order for every sample: walk the shadows in it once and keep, per sample, the
-    # first k1 on each side (a running count), instead of two (M, N) argsorts
-    perm = np.argsort(rank, kind="stable")
-    kp = keep[perm]  # (M, N) in rank order
-
-    def first(side: np.ndarray) -> np.ndarray:
-        take = side & (np.cumsum(side, axis=0, dtype=np.int32) <= k1)
-        sample, row = np.nonzero(take.T)  # sample-major, rows ascending within a sample
-        if row.size != k1 * side.shape[1]:
-            raise ValueError(f"every sample needs >= {k1} shadows on each side")
-        return perm[row.reshape(side.shape[1], k1).T]
-
-    return first(kp), first(~kp)
+@numba.njit(cache=True, nogil=True)
+def _reference_sums(d, keep, perm, rec_a, rec_b, n_targets, a1, b1, a2, b2, pos):  # pragma: no cover - compiled
+    """One walk over the shadows in the repeat's order (``perm``): per sample, running sums of the
+    shifted phi ``d`` and its square on each side (0 = IN, 1 = OUT), recorded when the side's
+    count reaches a grid point m (``rec_a[count] = l``: into ``a1[side, l]``, ``a2``) or m + 1
+    (``rec_b``: into ``b1``, ``b2``); ``pos[t, i]``: target ``t``'s position in its side's list.
+    The sums add in the order's sequence, as a cumulative sum along the sorted lists would."""
+    n_sh, n, q = d.shape
+    cnt = np.zeros((2, n), dtype=np.int64)
+    s1 = np.zeros((2, n, q))
+    s2 = np.zeros((2, n, q))
+    top = rec_a.size - 1
+    for r in range(n_sh):
+        sh = perm[r]
+        row = keep[sh]
+        dr = d[sh]
+        for i in range(n):
+            side = 0 if row[i] else 1
+            c = cnt[side, i]
+            if sh < n_targets:
+                pos[sh, i] = c
+            if c >= top:  # past the largest grid point + 1: nothing more to record
+                cnt[side, i] = c + 1
+                continue
+            for k in range(q):
+                v = dr[i, k]
+                s1[side, i, k] += v
+                s2[side, i, k] += v * v
+            c += 1
+            cnt[side, i] = c
+            la = rec_a[c]
+            if la >= 0:
+                for k in range(q):
+                    a1[side, la, i, k] = s1[side, i, k]
+                    a2[side, la, i, k] = s2[side, i, k]
+            lb = rec_b[c]
+            if lb >= 0:
+                for k in range(q):
+                    b1[side, lb, i, k] = s1[side, i, k]
+                    b2[side, lb, i, k] = s2[side, i, k]
+    return cnt
 
 
 def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarray], *,
@@ -160,23 +182,33 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
     # std floor from the full reference sums (all shadows), as run_lira's from its sums
     floor = sd_floor(gaussian_sums(x, kp, shift))
     names = ["auroc"] + [f"tpr@{fpr_label(f)}" for f in fprs]
-    rows: list[list[Any]] = []
-    for r in range(repeats):
+    member = kp[:t_n]  # (T, Nc)
+
+    def one_repeat(r: int) -> list[list[Any]]:
         if orders is not None:
             order = np.asarray(orders[r], dtype=np.int64)
         else:
             order = np.random.default_rng([seed, r]).permutation(m_tot)
         scores = sweep_scores(x, kp, ms, order, t_n, shift=shift, floor=floor, attacks=attacks,
                               batch_bytes=batch_bytes)
-        member = kp[:t_n]  # (T, Nc)
+        out = []
         for name, mask in sub.items():
-            mem_s = member[:, mask]
+            # one row per m: the pooled (target, sample in the set) pairs, all m in one call
+            mem_rows = np.broadcast_to(member[:, mask].reshape(1, -1), (ms.size, t_n * int(mask.sum())))
             for a in attacks:
+                sc = np.moveaxis(scores[a], 1, 0)[:, :, mask].reshape(ms.size, -1)  # (L, T * set)
+                vals = per_target_metrics(mem_rows, sc, list(fprs))
                 for li, mv in enumerate(ms):
-                    vals = _metrics(mem_s, scores[a][:, li, mask], fprs)
-                    rows.append([name, a, int(mv), 2 * int(mv), r, int(mask.sum())] + vals)
-        if progress is not None:
-            progress(1)
+                    out.append([name, a, int(mv), 2 * int(mv), r, int(mask.sum())] + [float(v) for v in vals[li]])
+        return out
+
+    # two repeats at a time: their array work (numpy, compiled walks) runs on both cores
+    rows: list[list[Any]] = []
+    with ThreadPoolExecutor(2) as ex:
+        for part in ex.map(one_repeat, range(repeats)):
+            rows += part
+            if progress is not None:
+                progress(1)
     return pd.DataFrame(rows, columns=["set", "attack", "m", "n_shadows", "repeat", "n_samples"] + names)
 
 
@@ -209,25 +241,25 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
     ms = np.asarray(ms, dtype=np.int64)
     n_l = ms.size
     k1 = int(ms.max()) + 1
-    cols = np.arange(nc)
-    rank = np.empty(m_tot, dtype=np.int64)
-    rank[np.asarray(order)] = np.arange(m_tot)
-    d_all = x - shift
-    o_in, o_out = _sorted_lists(keep, rank, k1)  # (k1, N)
-    sums = {}
-    pos = {}
-    for side, o in (("in", o_in), ("out", o_out)):
-        v = d_all[o, cols[None, :]]  # (k1, N, Q)
-        # prefix sums with a leading 0 row: p[j] = sum of the first j entries of the list
-        p1 = np.concatenate([np.zeros((1, nc, q)), np.cumsum(v, axis=0)])
-        p2 = np.concatenate([np.zeros((1, nc, q)), np.cumsum(v * v, axis=0)])
-        sums[side] = (p1[ms], p1[ms + 1], p2[ms], p2[ms + 1])  # each (L, N, Q)
-        ps = np.full((m_tot, nc), k1 + 1, dtype=np.int64)  # each shadow's position in the list
-        ps[o, cols[None, :]] = np.arange(k1)[:, None]
-        pos[side] = ps
+    # per side and grid point m, the sums of the first m and the first m + 1 references of every
+    # sample's list (the target's own entry is taken out below): one compiled walk over the order
+    rec_a = np.full(k1 + 1, -1, dtype=np.int64)
+    rec_b = np.full(k1 + 1, -1, dtype=np.int64)
+    rec_a[ms] = np.arange(n_l)
+    rec_b[ms + 1] = np.arange(n_l)
+    a1, b1, a2, b2 = (np.zeros((2, n_l, nc, q)) for _ in range(4))
+    pos_t = np.empty((max(1, n_targets), nc), dtype=np.int64)
+    d_all = np.ascontiguousarray(x - shift, dtype=np.float64)
+    cnt = _reference_sums(d_all, np.ascontiguousarray(keep), np.asarray(order, dtype=np.int64), rec_a, rec_b,
+                          n_targets, a1, b1, a2, b2, pos_t)
+    if (cnt < k1).any():
+        raise ValueError(f"every sample needs >= {k1} shadows on each side")
+    sums = {"in": (a1[0], b1[0], a2[0], b2[0]), "out": (a1[1], b1[1], a2[1], b2[1])}
+    keep_t = np.asarray(keep[:n_targets], dtype=bool)
+    pos = {"in": np.where(keep_t, pos_t[:n_targets], k1 + 1), "out": np.where(keep_t, k1 + 1, pos_t[:n_targets])}
     per_target = max(1, n_l * nc * q * 8 * 24)
     b = max(1, min(n_targets, batch_bytes // per_target))
-    scores = {a: np.empty((n_targets, n_l, nc)) for a in attacks}
+    by_m = {a: np.empty((n_l, n_targets, nc)) for a in attacks}  # (L, T, N): each m's rows contiguous
     for start in range(0, n_targets, b):
         tt = np.arange(start, min(start + b, n_targets))
         dt = d_all[tt][:, None]  # (B, 1, N, Q)
@@ -243,8 +275,8 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
         xt = np.broadcast_to(x[tt][:, None], (tt.size, n_l, nc, q))
         s, _ = lira_scores(xt, loo, floor=floor, attacks=tuple(attacks))
         for a in attacks:
-            scores[a][tt] = s[a]
-    return scores
+            by_m[a][:, tt] = np.moveaxis(s[a], 1, 0)
+    return {a: np.moveaxis(v, 0, 1) for a, v in by_m.items()}
 
 
 def summarize_sweep(sweep: pd.DataFrame) -> pd.DataFrame:
