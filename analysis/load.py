@@ -94,6 +94,8 @@ class ShadowData:
         The store's spec hash.
     n_total : int
         Number of shadows in the store, done or not.
+    positions : ndarray of int, optional
+        Indices of the done shadows in the store (default ``0 .. M-1``).
     """
 
     path: Path
@@ -101,6 +103,7 @@ class ShadowData:
     spec: dict[str, Any]
     spec_hash: str
     n_total: int
+    positions: np.ndarray | None = None  # the done shadows' indices in the store (None: 0 .. M-1)
 
     # --- cheap per-sample facts (in memory) ---------------------------------------------------
     @property
@@ -132,6 +135,27 @@ class ShadowData:
     def logits(self) -> xr.DataArray:
         """(shadow, sample, query, class) float32 logits of the done shadows (lazy)."""
         return self.ds["logits"]
+
+    def logits_blocks(self, shadows_per_block: int) -> Any:
+        """The done shadows' logits as a dask array whose blocks are ``shadows_per_block`` whole
+        shadows, each block one read of the store's zarr array.
+
+        zarr fetches and decodes a block's chunks together; the xarray graph of :attr:`logits` has
+        one dask task per store chunk, and rechunking it adds a task per chunk more (measured on
+        2000 x 20,000 x 1 x 10 float32, 2 cores: 4.5 s to read this way, 10.6 s through xarray).
+        Same values: the logits carry no scale or offset encoding (NaN fill stays NaN).
+        """
+        import dask.array as da
+        import zarr
+
+        arr = zarr.open_group(str(self.path), mode="r")["logits"]
+        pos = np.arange(self.n_shadows) if self.positions is None else np.asarray(self.positions)
+        z = da.from_array(arr, chunks=(shadows_per_block,) + tuple(arr.shape[1:]), asarray=True)
+        if pos.size and np.array_equal(pos, np.arange(pos[0], pos[0] + pos.size)):  # a run: a slice
+            z = z[int(pos[0]):int(pos[0]) + pos.size]
+        else:  # shadows not done in between
+            z = z[pos]
+        return z.rechunk({0: shadows_per_block})
 
     # --- lazily derived signals ---------------------------------------------------------------
     def phi(self) -> xr.DataArray:
@@ -213,5 +237,5 @@ def open_shadows(path: str | Path, *, min_done: int = 2, shadow_limit: int | Non
         ds[v] = ds[v].load()
     spec = json.loads(ds.attrs.get("spec", "{}"))
     return ShadowData(path=path, ds=ds, spec=spec, spec_hash=str(ds.attrs.get("spec_hash", "")),
-                      n_total=int(done.size))
+                      n_total=int(done.size), positions=np.flatnonzero(done))
 

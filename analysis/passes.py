@@ -33,7 +33,7 @@ from .memorization import MemCounts, memorization_counts
 from .spill import release_freed_memory
 from .stats import GaussianSums, Partners, gaussian_sums
 
-__all__ = ["reduce_over_shadows", "reduce_over_tasks", "one_pass", "PassResult"]
+__all__ = ["reduce_over_shadows", "reduce_over_tasks", "one_pass", "PassResult", "shadows_per_task"]
 
 
 @dataclass
@@ -146,6 +146,14 @@ def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, tr
     return out
 
 
+def shadows_per_task(shape: tuple[int, ...]) -> int:
+    """Shadows per task of the pass: ~16 MB of logits (shape (M, N, Q, C) float32). The per-row
+    loops are compiled, so the cost per task is numpy call overhead and the tree of partial-sum
+    additions, both per task."""
+    m, rest = shape[0], int(np.prod(shape[1:]))
+    return max(1, min(m, (16 << 20) // max(1, rest * 4)))
+
+
 def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {k: a[k] + b[k] for k in a}  # arrays add, the target lists concatenate
 
@@ -186,10 +194,7 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
     if extras and not phi:
         raise ValueError("extras need phi")
     m, n, q, c = logits.shape
-    # several shadows per task (~16 MB of logits): the per-row loops are compiled, so the cost per
-    # task is numpy call overhead and the tree of partial-sum additions, both per task
-    per_task = max(1, min(m, (16 << 20) // max(1, n * q * c * 4)))
-    logits = logits.rechunk({0: per_task, 1: -1, 2: -1, 3: -1})
+    logits = logits.rechunk({0: shadows_per_task(logits.shape), 1: -1, 2: -1, 3: -1})  # no-op when blocked so
     keep = np.asarray(keep, dtype=bool)
     label = np.asarray(label, dtype=np.int64)
     train = np.asarray(train, dtype=bool)
@@ -281,7 +286,8 @@ def one_pass(data: ShadowData, n_targets: int, *, train: np.ndarray | None = Non
     every shadow's phi when it fits ``phi_budget`` bytes (the shadow-count sweep then reads nothing).
     """
     train = (np.asarray(data.split) == "train") if train is None else train
-    return reduce_over_tasks(data.logits.data, data.keep.values, data.label, train, n_targets, song_bins=song_bins,
+    logits = data.logits_blocks(shadows_per_task(data.logits.shape))  # one zarr read per task
+    return reduce_over_tasks(logits, data.keep.values, data.label, train, n_targets, song_bins=song_bins,
                              phi_budget=phi_budget, scorers=scorers, progress=progress)
 
 
@@ -305,6 +311,7 @@ def reduce_over_shadows(data: ShadowData, *, progress: bool = False
     counts : MemCounts
         IN/OUT shadows and their correct predictions per sample.
     """
-    r = reduce_over_tasks(data.logits.data, data.keep.values, data.label, np.asarray(data.split) == "train", 0,
+    logits = data.logits_blocks(shadows_per_task(data.logits.shape))
+    r = reduce_over_tasks(logits, data.keep.values, data.label, np.asarray(data.split) == "train", 0,
                           signals=False, extras=False, progress=progress)
     return r.sums, r.partner, r.counts

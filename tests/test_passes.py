@@ -91,3 +91,26 @@ def test_the_views_equal_the_full_pass(data):
     _same_partners(sp, p.sig_partner)
     np.testing.assert_array_equal(hist, p.hist)
     np.testing.assert_array_equal(edges, p.edges)
+
+
+@pytest.mark.parametrize("holes", [False, True])
+def test_logits_blocks_read_the_done_shadows_like_xarray(tmp_path, holes):
+    # the pass reads blocks of whole shadows straight from the zarr array; they must be exactly the
+    # done shadows xarray selects, in order, whether the done shadows are a run or have gaps
+    import zarr
+
+    path = tmp_path / "s.zarr"
+    write_synthetic_store(path, n_shadows=10, n_samples=300, n_queries=2, seed=3, sample_chunk=128)
+    if holes:
+        done = zarr.open_group(str(path), mode="r+")["done"]
+        flags = np.asarray(done[:])
+        flags[[0, 4, 5]] = False
+        done[:] = flags
+    for limit in (None, 7):
+        data = open_shadows(path, shadow_limit=limit)
+        want = data.logits.values
+        for per in (1, 2, 4, 64):
+            blocks = data.logits_blocks(per)
+            assert blocks.chunks[0][0] == min(per, data.n_shadows)
+            np.testing.assert_array_equal(blocks.compute(), want)
+    assert data.positions.tolist() == ([1, 2, 3, 6] if holes else list(range(7)))
