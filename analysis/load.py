@@ -128,7 +128,7 @@ class ShadowData:
 
     @property
     def keep(self) -> xr.DataArray:
-        """(shadow, sample) bool membership of each done shadow (lazy)."""
+        """(shadow, sample) bool membership of each done shadow (in memory)."""
         return self.ds["keep"]
 
     @property
@@ -224,18 +224,27 @@ def open_shadows(path: str | Path, *, min_done: int = 2, shadow_limit: int | Non
     missing = [v for v in ("logits", "keep", "done", "label", "group", "split", "accuracy") if v not in ds]
     if missing:
         raise StoreError(f"{path}: store lacks variables {missing}; was it made by mia-hpc?")
-    done = np.asarray(ds["done"].values, dtype=bool)
+    import zarr
+
+    # the per-shadow variables have one store chunk per shadow (each worker writes only its own):
+    # zarr reads such a variable's chunks together, xarray's dask graph one task each (measured
+    # 0.8 s vs 3 s for `done` at 2000 shadows); they are small, so they are loaded here, once
+    root = zarr.open_group(str(path), mode="r")
+    done = np.asarray(root["done"][...], dtype=bool)
     if shadow_limit is not None:
         done &= np.arange(done.size) < shadow_limit
     n_done = int(done.sum())
     if n_done < min_done:
         raise AnalysisError(f"{path}: only {n_done} of {done.size} shadows are done; the analysis needs "
                             f"at least {min_done} (finish training, or wait for more shadows)")
-    ds = ds.isel(shadow=np.flatnonzero(done))
+    pos = np.flatnonzero(done)
+    ds = ds.isel(shadow=pos)
+    for v in ("keep", "accuracy"):
+        ds[v] = (ds[v].dims, np.asarray(root[v][...])[pos], ds[v].attrs)
     # Small per-sample variables are needed eagerly by everyone; load them once.
     for v in ("label", "group", "split"):
         ds[v] = ds[v].load()
     spec = json.loads(ds.attrs.get("spec", "{}"))
     return ShadowData(path=path, ds=ds, spec=spec, spec_hash=str(ds.attrs.get("spec_hash", "")),
-                      n_total=int(done.size), positions=np.flatnonzero(done))
+                      n_total=int(done.size), positions=pos)
 
