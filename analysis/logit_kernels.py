@@ -32,6 +32,7 @@ def _row_stats(z, y, phi, sig, ood, feat):  # pragma: no cover - compiled
     r, c = z.shape
     want_phi, want_sig, want_ood, want_feat = phi.shape[0] > 0, sig.shape[0] > 0, ood.shape[0] > 0, feat.shape[0] > 0
     e = np.empty(c)
+    srt = np.empty(c)
     for i in range(r):
         yi = y[i]
         m = -np.inf
@@ -82,11 +83,19 @@ def _row_stats(z, y, phi, sig, ood, feat):  # pragma: no cover - compiled
             ood[i, 0] = -math.expm1(-math.log(s))  # 1 - exp(max z - logsumexp z)
             ood[i, 1] = -lse
         if want_feat:
-            for j in range(c):  # decreasing order by counting ranks: branch-free for small C (an
-                rank = 0        # insertion sort's mispredicted branches made it 20x slower)
-                for k in range(c):
-                    rank += (e[k] > e[j]) | ((e[k] == e[j]) & (k < j))
-                feat[i, rank] = e[j] / s
+            # the softmax values in decreasing order: a bubble network of min/max exchanges, branch-free
+            # (an insertion sort's mispredicted branches were 20x slower; counting ranks, 100 compares
+            # and a scatter per row at C = 10, 3x); equal values are interchangeable, only values are kept
+            for j in range(c):
+                srt[j] = e[j]
+            for a in range(c - 1):
+                for b in range(c - 1 - a):
+                    x0 = srt[b]
+                    x1 = srt[b + 1]
+                    srt[b] = max(x0, x1)
+                    srt[b + 1] = min(x0, x1)
+            for j in range(c):
+                feat[i, j] = srt[j] / s
             feat[i, c] = math.exp(logf_y)
             feat[i, c + 1] = max(logf_y, -50.0)
             feat[i, c + 2] = 1.0 if top == yi else 0.0
