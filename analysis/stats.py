@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numba
 import numpy as np
 
 __all__ = ["GaussianSums", "Partners", "gaussian_sums", "partners"]
@@ -91,14 +92,32 @@ class GaussianSums:
             other side has a shadow at all), independently of the target's membership.
         """
         keep = np.asarray(keep, dtype=bool)
-        loo = self.without(x, keep)
-        drop_in = ~keep & (partner.first_in >= 0)  # target OUT: drop the first IN shadow
-        drop_out = keep & (partner.first_out >= 0)  # target IN: drop the first OUT shadow
-        d_in = np.where(drop_in[..., None], np.asarray(partner.x_in, dtype=np.float64) - self.shift, 0.0)
-        d_out = np.where(drop_out[..., None], np.asarray(partner.x_out, dtype=np.float64) - self.shift, 0.0)
-        return replace(loo, n_in=loo.n_in - drop_in, n_out=loo.n_out - drop_out,
-                       s1_in=loo.s1_in - d_in, s2_in=loo.s2_in - d_in * d_in,
-                       s1_out=loo.s1_out - d_out, s2_out=loo.s2_out - d_out * d_out)
+        x = np.asarray(x, dtype=np.float64)
+        if np.ndim(self.n_in) != 1 or np.ndim(self.s1_in) != 2:  # sums with leading dims already: numpy
+            loo = self.without(x, keep)
+            drop_in = ~keep & (partner.first_in >= 0)  # target OUT: drop the first IN shadow
+            drop_out = keep & (partner.first_out >= 0)  # target IN: drop the first OUT shadow
+            d_in = np.where(drop_in[..., None], np.asarray(partner.x_in, dtype=np.float64) - self.shift, 0.0)
+            d_out = np.where(drop_out[..., None], np.asarray(partner.x_out, dtype=np.float64) - self.shift, 0.0)
+            return replace(loo, n_in=loo.n_in - drop_in, n_out=loo.n_out - drop_out,
+                           s1_in=loo.s1_in - d_in, s2_in=loo.s2_in - d_in * d_in,
+                           s1_out=loo.s1_out - d_out, s2_out=loo.s2_out - d_out * d_out)
+        one = x.ndim == 2
+        x3, k2 = (x[None], keep[None]) if one else (x, keep)
+        b, n, q = x3.shape
+        f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+        out = [np.empty((b, n), dtype=np.int64), np.empty((b, n, q)), np.empty((b, n, q)),
+               np.empty((b, n), dtype=np.int64), np.empty((b, n, q)), np.empty((b, n, q))]
+        # target OUT: the first IN shadow is dropped as well; target IN: the first OUT shadow
+        _without_pair(np.ascontiguousarray(x3), np.ascontiguousarray(np.broadcast_to(k2, (b, n))), f64(self.shift),
+                      np.ascontiguousarray(self.n_in, dtype=np.int64), f64(self.s1_in), f64(self.s2_in),
+                      np.ascontiguousarray(self.n_out, dtype=np.int64), f64(self.s1_out), f64(self.s2_out),
+                      np.ascontiguousarray(partner.first_in, dtype=np.int64),
+                      np.ascontiguousarray(partner.first_out, dtype=np.int64), f64(partner.x_in), f64(partner.x_out),
+                      *out)
+        if one:
+            out = [a[0] for a in out]
+        return replace(self, n_in=out[0], s1_in=out[1], s2_in=out[2], n_out=out[3], s1_out=out[4], s2_out=out[5])
 
     def moments(self, ddof: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Shifted means and variances ``(mu_in, var_in, mu_out, var_out)``, each (..., N, Q).
@@ -151,6 +170,43 @@ class GaussianSums:
                 return np.where(tn > 1, ss / (tn - 1), np.nan)
 
         return pooled(self.n_in, self.s1_in, self.s2_in), pooled(self.n_out, self.s1_out, self.s2_out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _without_pair(x, keep, shift, n_in, s1_in, s2_in, n_out, s1_out, s2_out, first_in, first_out, x_in, x_out,
+                  o_n_in, o_s1_in, o_s2_in, o_n_out, o_s1_out, o_s2_out):  # pragma: no cover - compiled
+    """:meth:`GaussianSums.without_pair` for a batch (B, N, Q), in one loop: the same operations in
+    the same order as the numpy expressions it replaces (subtracting the target's shifted value,
+    then the partner's), so the results are equal to the bit; ~10x fewer passes over memory."""
+    b, n, q = x.shape
+    for t in range(b):
+        for i in range(n):
+            k = keep[t, i]
+            p_in = (not k) and first_in[i] >= 0
+            p_out = k and first_out[i] >= 0
+            o_n_in[t, i] = n_in[i] - (1 if k else 0) - (1 if p_in else 0)
+            o_n_out[t, i] = n_out[i] - (0 if k else 1) - (1 if p_out else 0)
+            for j in range(q):
+                d = x[t, i, j] - shift[i, j]
+                a1, a2, c1, c2 = s1_in[i, j], s2_in[i, j], s1_out[i, j], s2_out[i, j]
+                if k:
+                    a1 = a1 - d
+                    a2 = a2 - d * d
+                else:
+                    c1 = c1 - d
+                    c2 = c2 - d * d
+                if p_in:
+                    dp = x_in[i, j] - shift[i, j]
+                    a1 = a1 - dp
+                    a2 = a2 - dp * dp
+                if p_out:
+                    dp = x_out[i, j] - shift[i, j]
+                    c1 = c1 - dp
+                    c2 = c2 - dp * dp
+                o_s1_in[t, i, j] = a1
+                o_s2_in[t, i, j] = a2
+                o_s1_out[t, i, j] = c1
+                o_s2_out[t, i, j] = c2
 
 
 def _mv(n: Any, s1: Any, s2: Any, ddof: int) -> tuple[np.ndarray, np.ndarray]:

@@ -284,3 +284,30 @@ def test_analysis_never_imports_torch():
             "assert 'torch' not in sys.modules, 'torch was imported'")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+def test_without_pair_kernel_equals_the_numpy_formulas_bit_for_bit():
+    # the compiled leave-pair-out (one loop) must equal the numpy expressions it replaced, exactly:
+    # the target's shifted value and its partner's subtracted in the same order
+    from dataclasses import replace as dc_replace
+
+    rng = np.random.default_rng(11)
+    m, n, q = 12, 40, 3
+    keep = rng.random((m, n)) < 0.5
+    keep[0, :5], keep[1:, :5] = True, False  # samples with a single IN shadow: no partner on one side
+    phi = rng.normal(size=(m, n, q)) * 3 + 1
+    sums = gaussian_sums(phi, keep, phi[0])
+    part = partners(phi, keep)
+    got = sums.without_pair(phi[3:9], keep[3:9], part)
+    loo = sums.without(phi[3:9], keep[3:9])
+    k = keep[3:9]
+    drop_in, drop_out = ~k & (part.first_in >= 0), k & (part.first_out >= 0)
+    d_in = np.where(drop_in[..., None], part.x_in - sums.shift, 0.0)
+    d_out = np.where(drop_out[..., None], part.x_out - sums.shift, 0.0)
+    want = dc_replace(loo, n_in=loo.n_in - drop_in, n_out=loo.n_out - drop_out, s1_in=loo.s1_in - d_in,
+                      s2_in=loo.s2_in - d_in * d_in, s1_out=loo.s1_out - d_out, s2_out=loo.s2_out - d_out * d_out)
+    for f in ("n_in", "s1_in", "s2_in", "n_out", "s1_out", "s2_out"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(want, f))
+    one = sums.without_pair(phi[4], keep[4], part)  # an unbatched target: the same row
+    np.testing.assert_array_equal(one.s2_out, got.s2_out[1])
+    np.testing.assert_array_equal(one.n_in, got.n_in[1])
