@@ -208,7 +208,8 @@ def _scatter(ax, x, y, group, highlight, highlight_label):
     for g in ("over", "under"):
         sel = ok & (group == g)
         if sel.any():
-            ax.scatter(x[sel], y[sel], s=6, alpha=0.5, color=GROUP_COLORS[g], label=f"{g}-represented (n={int(sel.sum())})")
+            ax.scatter(x[sel], y[sel], s=6, alpha=0.5, color=GROUP_COLORS[g], label=f"{g}-represented (n={int(sel.sum())})",
+                       rasterized=True)  # thousands of points: an image inside the PDF, fast to write and view
     if highlight is not None:
         sel = ok & np.asarray(highlight, dtype=bool)
         if sel.any():
