@@ -3,7 +3,7 @@
 A full-size analysis scores T x N pairs per attack (2000 x 20,000 float32 = 160 MB) for nine
 attacks; holding all of them would be most of the analysis' memory. :class:`SpilledScores` is the
 ``scores`` mapping of an :class:`analysis.lira.LiraResult` that writes each array to an ``.npy``
-file as it is set and reads it back on each access, so consumers that go one attack at a time
+file as it is set and maps it back on each access, so consumers that go one attack at a time
 (the metrics, the bootstrap tables, ``scores.zarr``) hold one attack's scores at a time.
 """
 
@@ -48,7 +48,10 @@ class SpilledScores(MutableMapping):
         self._files[name] = path
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return np.load(self._files[name], allow_pickle=False)
+        # memory-mapped (copy-on-write): the consumers read the page cache directly instead of a
+        # fresh copy of the whole array (measured 0.65 GB/s for np.load's read into new memory here);
+        # a mapping outlives the file's removal, so a popped array stays valid
+        return np.asarray(np.load(self._files[name], mmap_mode="c", allow_pickle=False))
 
     def __delitem__(self, name: str) -> None:
         self._files.pop(name).unlink()
