@@ -15,9 +15,12 @@ number of shadows, and the logits are read exactly once.
 :func:`reduce_over_shadows` (phi and counts only: adaptive waves) and
 :meth:`analysis.attacks.AttackContext.signal_sums` (signals only) are views of it.
 
-The per-chunk work reuses the numpy paths of :func:`analysis.stats.gaussian_sums`,
-:func:`analysis.memorization.memorization_counts`, :func:`analysis.load.phi_from_logits` and
-:func:`analysis.attacks._common.signals_from_logits`, so the formulas live in one place.
+The per-row statistics of the logits come from :mod:`analysis.logit_kernels` (the loop
+:func:`analysis.load.phi_from_logits` and :func:`analysis.attacks._common.signals_from_logits` use),
+and every per-sample sum of a task from one compiled loop over its rows (:func:`_accumulate`),
+checked against :func:`analysis.stats.gaussian_sums`, :func:`analysis.stats.partners`,
+:func:`analysis.memorization.memorization_counts` and :func:`analysis.attacks._common.song_histogram`
+in the tests.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
+import numba
 import numpy as np
 
 from .load import ShadowData, phi_from_logits
-from .memorization import MemCounts, memorization_counts
+from .memorization import MemCounts
 from .spill import release_freed_memory
-from .stats import GaussianSums, Partners, gaussian_sums
+from .stats import GaussianSums, Partners
 
 __all__ = ["reduce_over_shadows", "reduce_over_tasks", "one_pass", "PassResult", "shadows_per_task"]
 
@@ -76,13 +80,86 @@ class PassResult:
     target_scores: dict | None = None
 
 
-def _side_sums(name: str, x: np.ndarray, kp: np.ndarray, shift: np.ndarray, is_in: np.ndarray,
-               is_out: np.ndarray) -> dict[str, np.ndarray]:
-    """IN/OUT sums of ``x - shift`` and the partners' values, keyed ``name/...``."""
-    g = gaussian_sums(x, kp, shift)
-    return {f"{name}/s1_in": g.s1_in, f"{name}/s2_in": g.s2_in, f"{name}/s1_out": g.s1_out,
-            f"{name}/s2_out": g.s2_out, f"{name}/x_in": np.where(is_in, x, 0.0).sum(0),
-            f"{name}/x_out": np.where(is_out, x, 0.0).sum(0)}
+@numba.njit(cache=True, nogil=True)
+def _accumulate(z0, label, keep, sidx, first_in, first_out, phi, shift_phi, sig, shift_sig, mentr_edges, train,
+                n_classes, cross, counts, ps, ss, hist, cin, cout):  # pragma: no cover - compiled
+    """One loop over a task's (shadow, sample) rows adding every per-sample sum of the pass.
+
+    ``counts`` (N, 4): IN shadows, OUT shadows, correct IN, correct OUT (argmax of the identity
+    query's logits ``z0`` (S, N, C) == label); ``ps`` (6, N, Q) for phi and ``ss`` (6, N, 3) for
+    the signals (skipped when 0 rows): sums of ``x - shift`` and of its square over IN and over
+    OUT shadows, then the partners' values (``x`` of the shadow ``first_in`` / ``first_out``);
+    ``hist``: Song's counts per (class, OUT/IN, Mentr bin) of train samples (bins of
+    ``mentr_edges``' inner edges, ``searchsorted(..., side="right")``); ``cin``/``cout`` (N, Q, Q)
+    the shifted phi's cross products (when ``cross``). The sums run over the shadows in order,
+    as numpy's reductions over the shadow axis do.
+    """
+    s_n, n = keep.shape
+    q = phi.shape[2]
+    want_phi = ps.shape[0] > 0
+    want_sig = ss.shape[0] > 0
+    inner = mentr_edges.size - 2  # searchsorted over edges[1:-1]
+    nb = mentr_edges.size - 1
+    for r in range(s_n):
+        sh = sidx[r]
+        for i in range(n):
+            k = keep[r, i]
+            top = 0
+            m = z0[r, i, 0]
+            for j in range(1, z0.shape[2]):
+                if z0[r, i, j] > m:
+                    m = z0[r, i, j]
+                    top = j
+            ok = 1.0 if top == label[i] else 0.0
+            if k:
+                counts[i, 0] += 1.0
+                counts[i, 2] += ok
+            else:
+                counts[i, 1] += 1.0
+                counts[i, 3] += ok
+            if want_phi:
+                side = 0 if k else 2
+                for a in range(q):
+                    d = phi[r, i, a] - shift_phi[i, a]
+                    ps[side, i, a] += d
+                    ps[side + 1, i, a] += d * d
+                    if sh == first_in[i]:
+                        ps[4, i, a] = phi[r, i, a]
+                    if sh == first_out[i]:
+                        ps[5, i, a] = phi[r, i, a]
+                if cross:
+                    for a in range(q):
+                        da = phi[r, i, a] - shift_phi[i, a]
+                        for b in range(q):
+                            db = phi[r, i, b] - shift_phi[i, b]
+                            if k:
+                                cin[i, a, b] += da * db
+                            else:
+                                cout[i, a, b] += da * db
+            if want_sig:
+                side = 0 if k else 2
+                for a in range(3):
+                    d = sig[r, i, a] - shift_sig[i, a]
+                    ss[side, i, a] += d
+                    ss[side + 1, i, a] += d * d
+                    if sh == first_in[i]:
+                        ss[4, i, a] = sig[r, i, a]
+                    if sh == first_out[i]:
+                        ss[5, i, a] = sig[r, i, a]
+                if train[i]:
+                    v = sig[r, i, 2]  # Mentr
+                    lo = 0
+                    hi = inner
+                    if v != v:  # NaN sorts last, as in numpy
+                        lo = inner
+                        hi = inner
+                    while lo < hi:  # bins: the number of inner edges <= v
+                        mid = (lo + hi) // 2
+                        if mentr_edges[1 + mid] <= v:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    hist[(label[i] * 2 + (1 if k else 0)) * nb + lo] += 1.0
 
 
 def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, train: np.ndarray,
@@ -92,17 +169,12 @@ def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, tr
     """Partial sums of shadows ``s0 .. s0 + len(z)`` (a dict of per-sample arrays, summed by
     :func:`_add`), with ``"targets"``: [(s0, phi, signals)] of the targets among them (phi of every
     shadow when ``keep_all_phi``)."""
-    from .attacks._common import song_histogram
     from .logit_kernels import row_stats
 
     z = np.asarray(z)
     s, n = z.shape[0], z.shape[1]
     sidx = np.arange(s0, s0 + s)
-    kp = np.asarray(keep[s0:s0 + s], dtype=bool)
-    is_in = (sidx[:, None] == first_in[None, :])[..., None]
-    is_out = (sidx[:, None] == first_out[None, :])[..., None]
-    c = memorization_counts(z[:, :, 0, :].argmax(axis=-1) == label[None, :], kp)
-    out: dict[str, Any] = {"counts": np.stack([c.n_in, c.n_out, c.c_in, c.c_out], axis=-1).astype(np.float64)}
+    kp = np.ascontiguousarray(keep[s0:s0 + s], dtype=bool)
     t = sidx < n_targets
     # every per-row statistic of the identity query from one compiled loop per row (the functions
     # phi_from_logits, signals_from_logits, ood_rows and shokri_rows use the same loop); the OOD
@@ -118,23 +190,37 @@ def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, tr
         return full.astype(np.float32).astype(np.float64)  # float32-rounded, as the public functions
 
     phi = sig = None
+    q = z.shape[2]
     if "phi" in what:
         phi = both("phi")[..., None]  # (s, n, q)
-        if z.shape[2] > 1:
+        if q > 1:
             phi = np.concatenate([phi, phi_from_logits(z[:, :, 1:, :], label[None, :, None])], axis=2)
-        out.update(_side_sums("phi", phi, kp, shift_phi, is_in, is_out))
     if "signals" in what:
         sig = both("signals")  # (s, n, 3)
-        out.update(_side_sums("sig", sig, kp, shift_sig, is_in, is_out))
-        out["hist"] = song_histogram(sig[..., 2], kp, label, train, edges, z.shape[-1])
-    if "extras" in what:
-        # full Q x Q cross sums of the shifted phi (the theory's multivariate Gaussian fits) and the
-        # OOD detectors' scores of the target models (identity query), summed over targets
-        d = phi - shift_phi
-        d_in = np.where(kp[..., None], d, 0.0)
-        d_out = d - d_in
-        out["cross_in"] = np.einsum("snq,snr->nqr", d_in, d_in)
-        out["cross_out"] = np.einsum("snq,snr->nqr", d_out, d_out)
+    # every per-sample sum over this task's shadows in one compiled loop (no (s, n) temporaries)
+    cross = "extras" in what
+    counts = np.zeros((n, 4))
+    ps = np.zeros((6 if phi is not None else 0, n, q))
+    ss = np.zeros((6 if sig is not None else 0, n, 3))
+    hist = np.zeros(z.shape[-1] * 2 * (len(edges) - 1) if sig is not None else 0)
+    cin = np.zeros((n, q, q) if cross else (0, 0, 0))
+    cout = np.zeros_like(cin)
+    _accumulate(np.ascontiguousarray(z[:, :, 0, :]), label, kp, sidx, first_in, first_out,
+                np.zeros((s, n, q)) if phi is None else phi, np.zeros((n, q)) if shift_phi is None else shift_phi,
+                np.zeros((s, n, 3)) if sig is None else sig, np.zeros((n, 3)) if shift_sig is None else shift_sig,
+                np.zeros(2) if edges is None else np.asarray(edges, dtype=np.float64), train, z.shape[-1], cross,
+                counts, ps, ss, hist, cin, cout)
+    out: dict[str, Any] = {"counts": counts}
+    for name, arr in (("phi", ps), ("sig", ss)):
+        if arr.shape[0]:
+            out.update({f"{name}/{k}": arr[j] for j, k in enumerate(("s1_in", "s2_in", "s1_out", "s2_out", "x_in",
+                                                                     "x_out"))})
+    if sig is not None:
+        out["hist"] = hist
+    if cross:
+        # the theory's multivariate Gaussian fits (full Q x Q cross sums) and the OOD detectors'
+        # scores of the target models (identity query), summed over targets
+        out["cross_in"], out["cross_out"] = cin, cout
         out["ood"] = on_t["ood"].sum(0) if t.any() else np.zeros((n, 2))  # (MSP, Energy)
     rows = np.ones(s, dtype=bool) if keep_all_phi else t
     scored = {}
