@@ -22,9 +22,10 @@ sample's IN and OUT sums of ``phi - shift`` and its square, recording them when 
 reaches m and m+1 for every m of the grid (the prefix sums of the sorted lists at those points,
 added in the same sequence), O(M N Q). For target t and every m at once, the reference sums are
 prefix sum m, or prefix sum m+1 minus the target's own value where the target sits among the first
-m of the sample's list: O(len(m) N Q) per target, no loop over samples or shadows. Scores come from
-:func:`analysis.lira.lira_scores` (the same formulas, floors and pooled-variance fall-back as the
-full analysis). Two repeats run at a time. phi is held in memory for the challenge samples only
+m of the sample's list: O(len(m) N Q) per target. The scores are :func:`analysis.lira.lira_scores`'
+formulas (the same floors, pooled-variance fall-back and neutral values as the full analysis; tested
+against it), evaluated by one compiled loop from the walk's sums without forming the per-target
+sums. Two repeats run at a time. phi is held in memory for the challenge samples only
 (the union of the masks), (M, N_c, Q) float64.
 
 Metrics per (challenge set, attack, m, repeat) pool every (target, sample in the set) pair, as
@@ -44,10 +45,12 @@ import numba
 import numpy as np
 import pandas as pd
 
+from scipy.special import log_ndtr
+
 from .figures import save_figure
-from .lira import lira_scores, sd_floor
+from .lira import sd_floor
 from .metrics import fpr_label, per_target_metrics
-from .stats import GaussianSums, gaussian_sums
+from .stats import gaussian_sums
 
 __all__ = ["default_m_grid", "shadow_sweep", "sweep_scores", "summarize_sweep", "plot_sweep", "sweep_from_store",
            "SWEEP_ATTACKS"]
@@ -141,7 +144,8 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
     attacks : sequence of str
         Among ``lira-online``, ``lira-fixed-variance``, ``lira-offline``.
     batch_bytes : int
-        Memory budget for a batch of targets' temporaries.
+        Unused since the scores are computed without per-target temporaries (memory: the scores,
+        (T, len(m grid), N) float64 per attack and repeat in flight); kept for callers.
     progress : callable, optional
         Called with 1 after each repeat.
     orders : sequence of permutations of range(M), optional
@@ -183,14 +187,15 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
     floor = sd_floor(gaussian_sums(x, kp, shift))
     names = ["auroc"] + [f"tpr@{fpr_label(f)}" for f in fprs]
     member = kp[:t_n]  # (T, Nc)
+    kp = np.ascontiguousarray(kp)
+    shifted = np.ascontiguousarray(x - shift, dtype=np.float64)  # once for every repeat
 
     def one_repeat(r: int) -> list[list[Any]]:
         if orders is not None:
             order = np.asarray(orders[r], dtype=np.int64)
         else:
             order = np.random.default_rng([seed, r]).permutation(m_tot)
-        scores = sweep_scores(x, kp, ms, order, t_n, shift=shift, floor=floor, attacks=attacks,
-                              batch_bytes=batch_bytes)
+        scores = sweep_scores(x, kp, ms, order, t_n, shift=shift, floor=floor, attacks=attacks, shifted=shifted)
         out = []
         for name, mask in sub.items():
             # one row per m: the pooled (target, sample in the set) pairs, all m in one call
@@ -214,7 +219,7 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
 
 def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndarray, n_targets: int, *,
                  shift: np.ndarray, floor: np.ndarray, attacks: Sequence[str] = SWEEP_ATTACKS,
-                 batch_bytes: int = 256 * 2**20) -> dict[str, np.ndarray]:
+                 batch_bytes: int = 256 * 2**20, shifted: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Scores of the first ``n_targets`` shadows with m IN + m OUT references, for every m in ``ms``.
 
     Parameters
@@ -232,6 +237,10 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
         Subtracted before summing (any value near the samples' means).
     floor : ndarray, shape (Q,)
         Standard-deviation floor (:func:`analysis.lira.sd_floor`).
+    batch_bytes : int
+        Unused (the scores are computed without per-target temporaries); kept for callers.
+    shifted : ndarray, shape (M, N, Q), optional
+        ``x - shift`` as a C-contiguous float64 array, when the caller scores several orders.
 
     Returns
     -------
@@ -249,34 +258,111 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
     rec_b[ms + 1] = np.arange(n_l)
     a1, b1, a2, b2 = (np.zeros((2, n_l, nc, q)) for _ in range(4))
     pos_t = np.empty((max(1, n_targets), nc), dtype=np.int64)
-    d_all = np.ascontiguousarray(x - shift, dtype=np.float64)
-    cnt = _reference_sums(d_all, np.ascontiguousarray(keep), np.asarray(order, dtype=np.int64), rec_a, rec_b,
+    d_all = np.ascontiguousarray(x - shift, dtype=np.float64) if shifted is None else shifted
+    cnt = _reference_sums(d_all, keep if keep.flags.c_contiguous else np.ascontiguousarray(keep), np.asarray(order, dtype=np.int64), rec_a, rec_b,
                           n_targets, a1, b1, a2, b2, pos_t)
     if (cnt < k1).any():
         raise ValueError(f"every sample needs >= {k1} shadows on each side")
-    sums = {"in": (a1[0], b1[0], a2[0], b2[0]), "out": (a1[1], b1[1], a2[1], b2[1])}
-    keep_t = np.asarray(keep[:n_targets], dtype=bool)
-    pos = {"in": np.where(keep_t, pos_t[:n_targets], k1 + 1), "out": np.where(keep_t, k1 + 1, pos_t[:n_targets])}
-    per_target = max(1, n_l * nc * q * 8 * 24)
-    b = max(1, min(n_targets, batch_bytes // per_target))
-    by_m = {a: np.empty((n_l, n_targets, nc)) for a in attacks}  # (L, T, N): each m's rows contiguous
-    for start in range(0, n_targets, b):
-        tt = np.arange(start, min(start + b, n_targets))
-        dt = d_all[tt][:, None]  # (B, 1, N, Q)
-        parts = {}
-        for side in ("in", "out"):
-            a1, b1, a2, b2 = sums[side]
-            # the target among the first m of this side's list: take m + 1 entries less the target
-            inside = (pos[side][tt][:, None, :] < ms[None, :, None])[..., None]  # (B, L, N, 1)
-            parts[side] = (np.where(inside, b1[None] - dt, a1[None]), np.where(inside, b2[None] - dt * dt, a2[None]))
-        cnt = np.broadcast_to(ms[None, :, None], (tt.size, n_l, nc))
-        loo = GaussianSums(shift=shift, n_in=cnt, s1_in=parts["in"][0], s2_in=parts["in"][1],
-                           n_out=cnt, s1_out=parts["out"][0], s2_out=parts["out"][1])
-        xt = np.broadcast_to(x[tt][:, None], (tt.size, n_l, nc, q))
-        s, _ = lira_scores(xt, loo, floor=floor, attacks=tuple(attacks))
-        for a in attacks:
-            by_m[a][:, tt] = np.moveaxis(s[a], 1, 0)
-    return {a: np.moveaxis(v, 0, 1) for a, v in by_m.items()}
+    for a in attacks:
+        if a not in ("lira-online", "lira-fixed-variance", "lira-offline"):
+            raise ValueError(f"unknown attack {a!r}; choose from lira-online, lira-fixed-variance, lira-offline")
+    t_n = n_targets
+    online, fixed = np.empty((n_l, t_n, nc)), np.empty((n_l, t_n, nc))  # (L, T, N): each m's rows contiguous
+    z_off = np.empty((n_l, t_n, nc, q) if "lira-offline" in attacks else (0, 0, 0, 0))
+    _sweep_rows(d_all, np.ascontiguousarray(keep[:t_n], dtype=np.bool_), pos_t[:t_n], ms, a1, b1, a2, b2,
+                np.ascontiguousarray(shift, dtype=np.float64), np.asarray(floor, dtype=np.float64),
+                "lira-online" in attacks, "lira-fixed-variance" in attacks, online, fixed, z_off)
+    out = {}
+    for a in attacks:
+        if a == "lira-online":
+            v = online
+        elif a == "lira-fixed-variance":
+            v = fixed
+        else:
+            v = log_ndtr(z_off).mean(axis=-1)
+        # non-finite scores get lira_scores' neutral values
+        v = np.where(np.isfinite(v), v, float(np.log(0.5)) if a == "lira-offline" else 0.0)
+        out[a] = np.moveaxis(v, 0, 1)  # (T, L, N)
+    return out
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _sweep_rows(d, keep_t, pos_t, ms, a1, b1, a2, b2, shift, floor, want_online, want_fixed, online, fixed,
+                z_off):  # pragma: no cover - compiled
+    """:func:`analysis.lira.lira_scores` of every (m, target, sample) from the walk's sums, without
+    forming them: for side s and sample i the reference sums are ``a[s, l, i]`` (the first m), or
+    ``b[s, l, i]`` less the target's own shifted value ``d[t, i]`` where the target is among the
+    first m of that list (``pos_t[t, i] < m``, on the target's side); counts are m on both sides.
+    Per (m, target): the pooled variance of each side over the samples (Chan's combination, as
+    :meth:`analysis.stats.GaussianSums.pooled_variance`), then each sample's moments (ddof 1),
+    floored standard deviations and the online / fixed-variance log-likelihood ratios summed over
+    queries, and the offline z-scores."""
+    n_l, t_n, n = online.shape
+    q = d.shape[2]
+    want_off = z_off.shape[0] > 0
+    s1 = np.empty((2, n, q))
+    s2 = np.empty((2, n, q))
+    sd_g = np.empty((2, q))
+    log_g = np.empty((2, q))
+    for li in range(n_l):
+        m = ms[li]
+        mf = float(m)
+        for t in range(t_n):
+            for i in range(n):
+                side_t = 0 if keep_t[t, i] else 1
+                inside = pos_t[t, i] < m
+                for s in range(2):
+                    for k in range(q):
+                        if s == side_t and inside:
+                            dt = d[t, i, k]
+                            s1[s, i, k] = b1[s, li, i, k] - dt
+                            s2[s, i, k] = b2[s, li, i, k] - dt * dt
+                        else:
+                            s1[s, i, k] = a1[s, li, i, k]
+                            s2[s, i, k] = a2[s, li, i, k]
+            for s in range(2):  # pooled variance of all values of each side (n = m per sample)
+                for k in range(q):
+                    tn = mf * n
+                    tot = 0.0
+                    for i in range(n):
+                        tot += mf * (s1[s, i, k] / mf + shift[i, k])
+                    grand = tot / tn
+                    ss = 0.0
+                    dev = 0.0
+                    for i in range(n):
+                        mu = s1[s, i, k] / mf
+                        within = s2[s, i, k] - s1[s, i, k] * mu
+                        ss += within if within > 0.0 else 0.0
+                        e = (mu + shift[i, k]) - grand
+                        dev += mf * (e * e)
+                    var = (ss + dev) / (tn - 1.0) if tn > 1.0 else np.nan
+                    sd_g[s, k] = max(np.sqrt(var), floor[k]) if var == var else np.nan
+                    log_g[s, k] = np.log(sd_g[s, k])
+            for i in range(n):
+                acc_on = 0.0
+                acc_fx = 0.0
+                for k in range(q):
+                    xs = d[t, i, k]
+                    mu_i = s1[0, i, k] / mf
+                    mu_o = s1[1, i, k] / mf
+                    di = s2[0, i, k] - s1[0, i, k] * s1[0, i, k] / mf
+                    do = s2[1, i, k] - s1[1, i, k] * s1[1, i, k] / mf
+                    var_i = (di if (di >= 0.0 or di != di) else 0.0) / (mf - 1.0) if m > 1 else np.nan
+                    var_o = (do if (do >= 0.0 or do != do) else 0.0) / (mf - 1.0) if m > 1 else np.nan
+                    sd_i = sd_g[0, k] if np.isnan(var_i) else max(np.sqrt(var_i), floor[k])
+                    sd_o = sd_g[1, k] if np.isnan(var_o) else max(np.sqrt(var_o), floor[k])
+                    if want_online:
+                        zi = (xs - mu_i) / sd_i
+                        zo = (xs - mu_o) / sd_o
+                        acc_on += (-0.5 * zi * zi - np.log(sd_i)) - (-0.5 * zo * zo - np.log(sd_o))
+                    if want_fixed:
+                        zi = (xs - mu_i) / sd_g[0, k]
+                        zo = (xs - mu_o) / sd_g[1, k]
+                        acc_fx += (-0.5 * zi * zi - log_g[0, k]) - (-0.5 * zo * zo - log_g[1, k])
+                    if want_off:
+                        z_off[li, t, i, k] = (xs - mu_o) / sd_o
+                online[li, t, i] = acc_on
+                fixed[li, t, i] = acc_fx
 
 
 def summarize_sweep(sweep: pd.DataFrame) -> pd.DataFrame:
