@@ -214,7 +214,8 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
                  repeats: int = 10, seed: int = 0, max_per_set: int | None = 5000,
                  extra_masks: Mapping[str, np.ndarray] | None = None,
                  auroc_target: float = 0.9, tpr_target: float = 0.5, ridge: float = 1e-3, z: float = 2.0,
-                 progress: bool = False, fits: Any = None, phi: np.ndarray | None = None) -> dict:
+                 progress: bool = False, fits: Any = None, phi: np.ndarray | None = None,
+                 figures: Any = None) -> dict:
     """Everything of §5 in one call, for :func:`analysis.report.analyze`.
 
     Parameters
@@ -243,6 +244,8 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
     fits, phi : optional
         The one pass's Gaussian fits and every shadow's phi (:class:`analysis.passes.PassResult`),
         so that nothing is read from the store again.
+    figures : analysis.figures.FigureQueue, optional
+        Draw the figures on this queue (they are written when it is waited on); default now.
 
     Returns
     -------
@@ -285,17 +288,25 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
         if bar is not None:
             bar.close()
     summ = summarize_sweep(sw)
-    figs = plot_sweep(summ, plots / "sweep_auroc", title="LiRA AUROC vs number of reference shadows")
-    for f in fprs:
-        lab = fpr_label(f)
-        figs += plot_sweep(summ, plots / f"sweep_tpr_{lab.replace('%', 'pct').replace('.', 'p')}",
-                           metric=f"tpr@{lab}", title=f"LiRA TPR at {lab} FPR vs number of reference shadows")
     tpr_metric = f"tpr@{fpr_label(max(fprs))}" if len(fprs) else None
     comp = sample_complexity(summ, mem[train], {"gauss_uni": th["H2_gauss_uni"].to_numpy(),
                                                  "bernoulli": th["H2_bernoulli"].to_numpy()},
                              masks_tr, auroc_target=auroc_target, tpr_metric=tpr_metric, tpr_target=tpr_target)
-    figs += plot_complexity(comp, plots / "complexity")
-    figs += plot_complexity(comp, plots / "complexity_relative", measured="n_shadows_needed auroc>=0.95full")
+    from .figures import FigureQueue, figure_paths
+
+    queue = figures if figures is not None else FigureQueue(background=False)
+    plans = [(plot_sweep, (summ, plots / "sweep_auroc"), {"title": "LiRA AUROC vs number of reference shadows"})]
+    for f in fprs:
+        lab = fpr_label(f)
+        plans.append((plot_sweep, (summ, plots / f"sweep_tpr_{lab.replace('%', 'pct').replace('.', 'p')}"),
+                      {"metric": f"tpr@{lab}", "title": f"LiRA TPR at {lab} FPR vs number of reference shadows"}))
+    plans += [(plot_complexity, (comp, plots / "complexity"), {}),
+              (plot_complexity, (comp, plots / "complexity_relative"),
+               {"measured": "n_shadows_needed auroc>=0.95full"})]
+    figs = []
+    for fn, args, kw in plans:
+        queue.submit(fn, *args, **kw)
+        figs += figure_paths(args[1])
     return {"theory": th, "theory_summary": th_sum, "sweep": sw, "sweep_summary": summ, "complexity": comp,
             "figures": figs, "masks": masks, "sweep_s": secs, "skipped": None,
             "settings": {"ridge": ridge, "z": z, "repeats": repeats, "seed": seed, "n_targets": t_n,

@@ -43,7 +43,7 @@ from .metrics import attack_metrics, fpr_label, metric_columns
 from .passes import one_pass
 from .privacy import privacy_score_from_sums
 from .atomic import write_text
-from .figures import save_figure
+from .figures import FigureQueue, save_figure
 from .ood import spearman
 from .html_report import write_report
 from .scores import StoredScores, write_scores
@@ -352,29 +352,35 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         spill.close()
         raise
     try:
-        return _tabulate(data, lira, out, store=store, train=train, group=group, label=label, split=split,
-                         mem=mem, mem_se=mem_se, priv=priv, counts=counts, thr=thr, fprs=fprs, n_targets=n_targets,
-                         extras=extras, extra_inputs=extra_inputs, progress=progress, t_start=t_start)
+        # every figure is drawn on one background thread while the tables are computed
+        with FigureQueue() as figures:
+            return _tabulate(data, lira, out, store=store, train=train, group=group, label=label, split=split,
+                             mem=mem, mem_se=mem_se, priv=priv, counts=counts, thr=thr, fprs=fprs,
+                             n_targets=n_targets, extras=extras, extra_inputs=extra_inputs, progress=progress,
+                             t_start=t_start, figures=figures)
     finally:
         spill.close()
 
 
 def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, mem_se, priv, counts, thr, fprs,
-              n_targets, extras, extra_inputs, progress, t_start) -> dict[str, Any]:
-    """The rest of :func:`analyze`: tables, plots, ``scores.zarr``, ``analysis.json`` and the report."""
+              n_targets, extras, extra_inputs, progress, t_start, figures: FigureQueue) -> dict[str, Any]:
+    """The rest of :func:`analyze`: tables, plots (drawn on ``figures``), ``scores.zarr``,
+    ``analysis.json`` and the report."""
 
     group_tr = group[train]
+    rho = spearman(mem[train], priv[train])
+    figures.submit(_plot_privacy_hist, out / "plots" / "privacy_score_hist.png", group_tr, priv[train])
+    figures.submit(_plot_mem_vs_privacy, out / "plots" / "mem_vs_privacy.png", group_tr, mem[train], priv[train], rho)
     attacks, per_target = _attack_tables(lira, group_tr, fprs)
     accuracy = _accuracy_table(np.asarray(data.accuracy().values, dtype=np.float64))
     memo = _memorization_table(group_tr, mem[train], priv[train], thr)
-    rho = spearman(mem[train], priv[train])
     per_sample = pd.DataFrame({"sample": data.ds["sample"].values, "group": group, "split": split,
                                "label": label, "mem": mem, "mem_se": mem_se, "privacy_score": priv})
 
     extra: dict[str, Any] = {}
     if extras:
         extra = _paper_extras(data, counts, lira, out, train=train, group=group, mem=mem, priv=priv, thr=thr,
-                              fprs=fprs, n_targets=n_targets, progress=progress, **extra_inputs)
+                              fprs=fprs, n_targets=n_targets, progress=progress, figures=figures, **extra_inputs)
         per_sample = per_sample.merge(extra.pop("per_sample"), on="sample", how="left")
     extra_inputs.clear()  # every shadow's phi (the sweep's input) is not needed any more
     release_freed_memory()
@@ -403,8 +409,6 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
                  f"threshold {thr:g}, mean (finite) privacy score. Spearman rho(mem, privacy) = "
                  f"{_fmt(rho['rho'])} (n = {rho['n']}).")
     write_text(out / "per_sample.csv", per_sample.to_csv(index=False))
-    _plot_privacy_hist(out / "plots" / "privacy_score_hist.png", group_tr, priv[train])
-    _plot_mem_vs_privacy(out / "plots" / "mem_vs_privacy.png", group_tr, mem[train], priv[train], rho)
 
     summary = {
         "store": str(Path(store).resolve()),
@@ -434,6 +438,7 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
     write_scores(out, {"per_sample": per_sample, "lira": lira, "summary": summary})
     # the returned scores are read back from scores.zarr (float32, as computed) on access
     lira.scores = StoredScores(out / "scores.zarr", lira.samples)
+    figures.wait()  # every figure written before analysis.json marks the analysis finished
     write_text(out / "analysis.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
     write_report(out, store=store)  # reads analysis.json for its header
     return {"attacks": attacks, "attacks_per_target": per_target, "accuracy": accuracy, "memorization": memo,
@@ -444,7 +449,7 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
 def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np.ndarray, mem: np.ndarray,
                   priv: np.ndarray, thr: float, fprs: list[float], n_targets: int, progress: bool,
                   fits: Any = None, ood: dict[str, np.ndarray] | None = None,
-                  phi: np.ndarray | None = None) -> dict[str, Any]:
+                  phi: np.ndarray | None = None, figures: FigureQueue | None = None) -> dict[str, Any]:
     """The paper's further outputs; writes its tables and figures and returns their data.
 
     Challenge sets (random under-represented, subpopulation from shadow 0's features, singletons)
@@ -464,6 +469,13 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
     sets = challenge_sets(group, train, mem, thr, store_features(data.ds), seed=0)
     ood = ood_scores_from_store(data, n_targets) if ood is None else ood
     ood_corr = ood_correlations(ood, priv, mem, {"train": train, "train under": train & under})
+    figures = figures if figures is not None else FigureQueue(background=False)
+    hm = sets["singletons"][train]
+    for k, v in ood.items():  # drawn while the bootstrap tables are computed
+        figures.submit(plot_ood_vs_privacy, out / "plots" / f"ood_{k}_vs_privacy", v[train], priv[train], group_tr,
+                       name=k, highlight=hm)
+        figures.submit(plot_mem_vs_ood, out / "plots" / f"mem_vs_ood_{k}", v[train], mem[train], group_tr, name=k,
+                       highlight=hm)
     paper = attack_table(_LazyPairs(lira),
                          {k: v[train] for k, v in sets.items()}, fpr=0.001, n_boot=200, seed=0)
     table1 = accuracy_table(data.accuracy(), dataset=str(data.spec.get("name", "store")),
@@ -471,7 +483,7 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
     subpop = {"subpopulation": sets["subpopulation"]} if "subpopulation" in sets else {}
     theory = theory_suite(data, counts, train=train, mem=mem, group=group, threshold=thr, plots=out / "plots",
                           fprs=fprs, n_targets=min(n_targets, 64), progress=progress, extra_masks=subpop,
-                          fits=fits, phi=phi)
+                          fits=fits, phi=phi, figures=figures)
 
     write_table(out / "tables", "paper_attacks", paper, format_attack_table(paper),
                 caption=f"Pooled AUROC and TPR@0.1% FPR over {n_targets} targets with 95% bootstrap intervals "
@@ -481,11 +493,6 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
     write_table(out / "tables", "paper_accuracy", table1, format_accuracy_table(table1),
                 caption=f"Accuracy (%) over {data.n_shadows} shadows, mean ± 1.96 sd (paper Table 1/4).")
     write_text(out / "tables" / "ood_correlations.csv", ood_corr.to_csv())
-    hm = sets["singletons"][train]
-    for k, v in ood.items():
-        plot_ood_vs_privacy(out / "plots" / f"ood_{k}_vs_privacy", v[train], priv[train], group_tr, name=k,
-                            highlight=hm)
-        plot_mem_vs_ood(out / "plots" / f"mem_vs_ood_{k}", v[train], mem[train], group_tr, name=k, highlight=hm)
     for name, (df, caption) in theory_tables(theory).items():
         _write_table(out, name, df, caption)
     if not theory["sweep"].empty:

@@ -199,3 +199,28 @@ def test_spilled_scores_hold_one_file_per_attack(tmp_path):
             sp["a"]
         d = sp.dir
     assert not d.exists()
+
+
+def test_figure_queue_runs_calls_in_order_on_one_thread_and_reraises():
+    import threading
+
+    from analysis.figures import FigureQueue
+
+    seen = []
+    with FigureQueue() as q:
+        for i in range(5):
+            q.submit(lambda i=i: seen.append((i, threading.current_thread().name)))
+        q.wait()
+        assert [i for i, _ in seen] == list(range(5))
+        names = {name for _, name in seen}
+        assert len(names) == 1 and threading.current_thread().name not in names  # one background thread
+
+        def boom():
+            raise ValueError("bad figure")
+
+        q.submit(boom)
+        with pytest.raises(ValueError, match="bad figure"):
+            q.wait()
+    inline = []
+    FigureQueue(background=False).submit(lambda: inline.append(threading.current_thread().name))
+    assert inline == [threading.current_thread().name]
