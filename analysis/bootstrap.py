@@ -406,21 +406,28 @@ class _SortedPool:
 
 
 @numba.njit(cache=True, nogil=True)
+def _tie_group(key, i, hi, sh):  # pragma: no cover - compiled
+    """End (exclusive, at most ``hi``) of the tie group starting at ``i`` and its positives."""
+    s = np.uint64(sh)
+    v = key[i] >> s
+    j = i
+    gp = 0
+    while j < hi and (key[j] >> s) == v:
+        gp += key[j] & np.uint64(1)
+        j += 1
+    return j, gp
+
+
+@numba.njit(cache=True, nogil=True)
 def _count_range(key, lo, hi, sh):  # pragma: no cover - compiled
     """Positives, negatives and the Mann-Whitney sum (negatives below each positive, ties one half)
     of ``key[lo:hi]``, counting only the negatives inside the range."""
-    s = np.uint64(sh)
     n_pos = 0
     neg_below = 0
     u = 0.0
     i = lo
     while i < hi:
-        v = key[i] >> s
-        j = i
-        gp = 0
-        while j < hi and (key[j] >> s) == v:
-            gp += key[j] & np.uint64(1)
-            j += 1
+        j, gp = _tie_group(key, i, hi, sh)
         gn = (j - i) - gp
         u += gp * (neg_below + 0.5 * gn)
         neg_below += gn
@@ -434,16 +441,10 @@ def _influence_range(key, lo, hi, sh, neg_below, pos_below, n_pos, n_neg, auc, g
     """``g`` at the pairs of ``key[lo:hi]``: ``(U / n_neg - A) / n_pos`` for a positive (U: negatives
     below, ties half), ``(V / n_pos - A) / n_neg`` for a negative (V: positives above, ties half);
     ``neg_below``, ``pos_below``: the counts below ``lo``."""
-    s = np.uint64(sh)
     low = (np.uint64(1) << np.uint64(sh - 1)) - np.uint64(1)
     i = lo
     while i < hi:
-        v = key[i] >> s
-        j = i
-        gp = 0
-        while j < hi and (key[j] >> s) == v:
-            gp += key[j] & np.uint64(1)
-            j += 1
+        j, gp = _tie_group(key, i, hi, sh)
         gn = (j - i) - gp
         g_pos = ((neg_below + 0.5 * gn) / n_neg - auc) / n_pos
         g_neg = (((n_pos - pos_below - gp) + 0.5 * gp) / n_pos - auc) / n_neg

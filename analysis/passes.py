@@ -81,6 +81,21 @@ class PassResult:
 
 
 @numba.njit(cache=True, nogil=True)
+def _add_row(acc, x, shift, r, i, is_in, first_in, first_out):  # pragma: no cover - compiled
+    """Add row (r, i) of ``x`` to the sums ``acc`` (6, N, Q): ``x - shift`` and its square on its
+    side (IN: 0, 1; OUT: 2, 3), and its raw value as the sample's IN (4) or OUT (5) partner."""
+    side = 0 if is_in else 2
+    for a in range(x.shape[2]):
+        d = x[r, i, a] - shift[i, a]
+        acc[side, i, a] += d
+        acc[side + 1, i, a] += d * d
+        if first_in:
+            acc[4, i, a] = x[r, i, a]
+        if first_out:
+            acc[5, i, a] = x[r, i, a]
+
+
+@numba.njit(cache=True, nogil=True)
 def _accumulate(z0, label, keep, sidx, first_in, first_out, phi, shift_phi, sig, shift_sig, mentr_edges, train,
                 n_classes, cross, counts, ps, ss, hist, cin, cout):  # pragma: no cover - compiled
     """One loop over a task's (shadow, sample) rows adding every per-sample sum of the pass.
@@ -118,15 +133,7 @@ def _accumulate(z0, label, keep, sidx, first_in, first_out, phi, shift_phi, sig,
                 counts[i, 1] += 1.0
                 counts[i, 3] += ok
             if want_phi:
-                side = 0 if k else 2
-                for a in range(q):
-                    d = phi[r, i, a] - shift_phi[i, a]
-                    ps[side, i, a] += d
-                    ps[side + 1, i, a] += d * d
-                    if sh == first_in[i]:
-                        ps[4, i, a] = phi[r, i, a]
-                    if sh == first_out[i]:
-                        ps[5, i, a] = phi[r, i, a]
+                _add_row(ps, phi, shift_phi, r, i, k, sh == first_in[i], sh == first_out[i])
                 if cross:
                     for a in range(q):
                         da = phi[r, i, a] - shift_phi[i, a]
@@ -137,15 +144,7 @@ def _accumulate(z0, label, keep, sidx, first_in, first_out, phi, shift_phi, sig,
                             else:
                                 cout[i, a, b] += da * db
             if want_sig:
-                side = 0 if k else 2
-                for a in range(3):
-                    d = sig[r, i, a] - shift_sig[i, a]
-                    ss[side, i, a] += d
-                    ss[side + 1, i, a] += d * d
-                    if sh == first_in[i]:
-                        ss[4, i, a] = sig[r, i, a]
-                    if sh == first_out[i]:
-                        ss[5, i, a] = sig[r, i, a]
+                _add_row(ss, sig, shift_sig, r, i, k, sh == first_in[i], sh == first_out[i])
                 if train[i]:
                     v = sig[r, i, 2]  # Mentr
                     lo = 0
