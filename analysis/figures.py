@@ -33,8 +33,9 @@ class FigureQueue:
     (building the figure and saving it) through it: matplotlib then only ever runs on the queue's
     thread. Drawing is Python-bound; the analysis' numeric work (compiled loops, sorts, BLAS)
     releases the GIL, so the figures are drawn while the numbers are computed (the full-size
-    analysis' 11 figures, PNG and PDF, take ~12 s to draw). :meth:`wait` blocks until every submitted call has run and
-    re-raises the first failure; :meth:`close` drops what has not started.
+    analysis' 11 figures, PNG and PDF, take ~12 s to draw). :meth:`wait` blocks until every
+    submitted call has run and re-raises the first failure; :meth:`close` drops what has not
+    started.
 
     Parameters
     ----------
