@@ -32,6 +32,7 @@ import dask
 import numba
 import numpy as np
 
+from .attacks._common import song_bin
 from .load import ShadowData, phi_from_logits
 from .memorization import MemCounts
 from .spill import release_freed_memory
@@ -113,7 +114,6 @@ def _accumulate(z0, label, keep, sidx, first_in, first_out, phi, shift_phi, sig,
     q = phi.shape[2]
     want_phi = ps.shape[0] > 0
     want_sig = ss.shape[0] > 0
-    inner = mentr_edges.size - 2  # searchsorted over edges[1:-1]
     nb = mentr_edges.size - 1
     for r in range(s_n):
         sh = sidx[r]
@@ -145,20 +145,8 @@ def _accumulate(z0, label, keep, sidx, first_in, first_out, phi, shift_phi, sig,
                                 cout[i, a, b] += da * db
             if want_sig:
                 _add_row(ss, sig, shift_sig, r, i, k, sh == first_in[i], sh == first_out[i])
-                if train[i]:
-                    v = sig[r, i, 2]  # Mentr
-                    lo = 0
-                    hi = inner
-                    if v != v:  # NaN sorts last, as in numpy
-                        lo = inner
-                        hi = inner
-                    while lo < hi:  # bins: the number of inner edges <= v
-                        mid = (lo + hi) // 2
-                        if mentr_edges[1 + mid] <= v:
-                            lo = mid + 1
-                        else:
-                            hi = mid
-                    hist[(label[i] * 2 + (1 if k else 0)) * nb + lo] += 1.0
+                if train[i]:  # Song's histogram of Mentr, as song_histogram
+                    hist[(label[i] * 2 + (1 if k else 0)) * nb + song_bin(mentr_edges, sig[r, i, 2])] += 1.0
 
 
 def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, train: np.ndarray,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import dask.array as da
+import numba
 import numpy as np
 
 from ..lira import LiraResult
@@ -64,18 +65,55 @@ def signals_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def song_histogram(mentr: np.ndarray, keep: np.ndarray, label: np.ndarray, train: np.ndarray,
-                   edges: np.ndarray, n_classes: int) -> np.ndarray:
+                   edges: np.ndarray, n_classes: int, *, per_row: bool = False) -> np.ndarray:
     """Counts of train-split Mentr values per (class, OUT/IN, bin), flattened to (C * 2 * B,).
 
     ``mentr`` and ``keep`` are (S, N) (or (N,)); bin ``b`` holds values in ``[edges[b], edges[b+1])``,
-    the two end bins extended to -inf / +inf.
+    the two end bins extended to -inf / +inf (``searchsorted(edges[1:-1], v, side="right")``; NaN
+    in the last bin). With ``per_row``, one histogram per row: (S, C * 2 * B). One compiled loop.
     """
-    mentr = np.atleast_2d(mentr)
+    mentr = np.atleast_2d(np.asarray(mentr, dtype=np.float64))
     keep = np.atleast_2d(np.asarray(keep, dtype=bool))
-    b = len(edges) - 1
-    bins = np.searchsorted(edges[1:-1], mentr, side="right")  # 0 .. B-1
-    code = (label[None, :] * 2 + keep) * b + bins
-    return np.bincount(code[:, train].ravel(), minlength=n_classes * 2 * b).astype(np.float64)
+    out = np.zeros((mentr.shape[0] if per_row else 1, n_classes * 2 * (len(edges) - 1)))
+    _song_counts(mentr, np.ascontiguousarray(np.broadcast_to(keep, mentr.shape)),
+                 np.asarray(label, dtype=np.int64), np.asarray(train, dtype=bool),
+                 np.asarray(edges, dtype=np.float64), per_row, out)
+    return out if per_row else out[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def upper_bound(a, start, n, v):  # pragma: no cover - compiled
+    """How many of the sorted ``a[start:start + n]`` are <= ``v`` (``searchsorted(side="right")``
+    for a non-NaN ``v``), branch-free: the halving steps are selects, not jumps, so random queries
+    cost no mispredictions (~3x faster than a branching binary search on 512 bins)."""
+    if n == 0:
+        return 0
+    base = start
+    while n > 1:
+        half = n >> 1
+        base = base + half if a[base + half] <= v else base
+        n -= half
+    return base - start + (1 if a[base] <= v else 0)
+
+
+@numba.njit(cache=True, nogil=True)
+def song_bin(edges, v):  # pragma: no cover - compiled
+    """Bin of ``v`` on ``edges``: how many inner edges (``edges[1:-1]``) are <= v; NaN: the last."""
+    inner = edges.size - 2
+    if v != v:
+        return inner
+    return upper_bound(edges, 1, inner, v)
+
+
+@numba.njit(cache=True, nogil=True)
+def _song_counts(mentr, keep, label, train, edges, per_row, out):  # pragma: no cover - compiled
+    nb = edges.size - 1
+    for r in range(mentr.shape[0]):
+        row = r if per_row else 0
+        for i in range(mentr.shape[1]):
+            if train[i]:
+                k = 1 if keep[r, i] else 0
+                out[row, (label[i] * 2 + k) * nb + song_bin(edges, mentr[r, i])] += 1.0
 
 
 class AttackContext:

@@ -56,7 +56,7 @@ def song_thresholds(ctx: AttackContext, sl: slice, mentr: np.ndarray | None = No
         mentr = ctx.target_signals(sl)[..., _E]
     c, b = ctx.n_classes, len(edges) - 1
     keep = ctx.keep[sl]
-    own = np.stack([song_histogram(mentr[i], keep[i], ctx.label, ctx.train, edges, c) for i in range(len(mentr))])
+    own = song_histogram(mentr, keep, ctx.label, ctx.train, edges, c, per_row=True)  # each target's own
     h = (hist[None] - own).reshape(len(mentr), c, 2, b)
     return best_threshold(h[:, :, 1], h[:, :, 0], edges)
 
