@@ -366,3 +366,16 @@ def test_shokri_features_match_the_formula():
     got = shokri_features(z, y[None, :])
     assert got.dtype == np.float32 and got.shape == (3, 50, 9) and np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_branch_free_upper_bound_and_song_bins_equal_searchsorted():
+    from analysis.attacks._common import song_bin, upper_bound
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 2, 3, 7, 8, 100, 513):
+        a = np.sort(np.round(rng.normal(size=n), 1))  # ties included
+        for v in [*rng.normal(size=100), *a, np.inf, -np.inf]:
+            assert upper_bound(a, 0, n, v) == np.searchsorted(a, v, side="right")
+    edges = np.sort(rng.normal(size=20))
+    for v in [*rng.normal(size=300), *edges, np.nan, np.inf, -np.inf]:
+        assert song_bin(edges, v) == np.searchsorted(edges[1:-1], v, side="right")
