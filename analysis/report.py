@@ -13,7 +13,7 @@ last, so its presence marks a finished analysis):
   singleton threshold, mean privacy score;
 * ``per_sample.csv``: sample, group, split, label, mem, mem_se, privacy_score;
 * ``plots/privacy_score_hist.png`` (paper Fig. 1a) and ``plots/mem_vs_privacy.png`` (Fig. 2a);
-* ``analysis.json``: all numbers, with the store's spec hash.
+* ``analysis.json``: all numbers, with the store's spec hash and the wall seconds of each phase (``timings_s``).
 
 The logits are read once for the attacks (:func:`analysis.passes.one_pass`: every per-sample
 reduction over shadows and the targets' own phi and signals together); Shokri's classifier reads
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -243,6 +244,23 @@ def _plot_mem_vs_privacy(path: Path, group_tr: np.ndarray, mem_tr: np.ndarray, p
 
 # --- entry point ------------------------------------------------------------------------------
 
+class _Phases:
+    """Wall seconds of the analysis' phases (``analysis.json``: ``timings_s``; printed by ``mia-hpc
+    bench analyze``): where a run's time went, measured in that run. Names with a ``/`` are parts of
+    the phase before the ``/``; the other phases do not overlap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t, 3)
+
+
 def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, fpr: list[float] | None = None,
             progress: bool = True, shadow_limit: int | None = None, extras: bool = True) -> dict[str, Any]:
     """Analyse a shadow store: LiRA attacks, memorization, privacy scores, accuracy; write reports.
@@ -276,11 +294,13 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         ``summary`` (what ``analysis.json`` holds).
     """
     t_start = time.perf_counter()
+    phase = _Phases()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.json").unlink(missing_ok=True)  # its presence means "finished"
 
-    data = open_shadows(store, shadow_limit=shadow_limit)
+    with phase("open"):
+        data = open_shadows(store, shadow_limit=shadow_limit)
     spec_an = data.spec.get("analysis", {})
     fprs = [float(f) for f in (spec_an.get("fpr", [0.001, 0.01]) if fpr is None else fpr)]
     bad = [f for f in fprs if not 0 < f < 1]
@@ -297,10 +317,12 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
 
     # Shokri's k attack classifiers are fitted first (from a few sampled shadow rows), so that the
     # one pass scores the targets as it reads them instead of a second read of the targets' logits.
-    shokri = fit_shokri(data.logits.data, keep, data.label, train, n_targets)
+    with phase("shokri_fit"):
+        shokri = fit_shokri(data.logits.data, keep, data.label, train, n_targets)
     # One pass over the logits: every reduction over shadows, and the targets' own phi and signals.
-    p = one_pass(data, n_targets, train=train, progress=progress, phi_budget=(512 << 20) if extras else 0,
-                 scorers={"shokri": shokri.score_features})
+    with phase("pass"):
+        p = one_pass(data, n_targets, train=train, progress=progress, phi_budget=(512 << 20) if extras else 0,
+                     scorers={"shokri": shokri.score_features})
     release_freed_memory()
     sums, partner, counts = p.sums, p.partner, p.counts
     mem, mem_se = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
@@ -319,9 +341,10 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
 
             bar = tqdm(total=n_targets, desc="LiRA targets", unit="target")
         try:
-            lira = run_lira(lambda sl: p.target_phi[sl], keep, sums, partner, train, n_targets,
-                            shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values,
-                            batch_bytes=64 << 20, progress=bar.update if bar is not None else None)
+            with phase("lira"):
+                lira = run_lira(lambda sl: p.target_phi[sl], keep, sums, partner, train, n_targets,
+                                shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values,
+                                batch_bytes=64 << 20, progress=bar.update if bar is not None else None)
         finally:
             if bar is not None:
                 bar.close()
@@ -341,8 +364,9 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
                                              precomputed={"shokri": (shokri, lambda: spill.pop("_shokri"))})
             extra_inputs = {"fits": p.fits, "ood": p.ood, "phi": p.phi_all}
             del p
-            lira = run_attacks(ctx, progress=(lambda _name: bar.update(1)) if bar is not None else None,
-                               scores=spill)
+            with phase("attacks"):
+                lira = run_attacks(ctx, progress=(lambda _name: bar.update(1)) if bar is not None else None,
+                                   scores=spill)
             del ctx
             release_freed_memory()
         finally:
@@ -357,13 +381,14 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
             return _tabulate(data, lira, out, store=store, train=train, group=group, label=label, split=split,
                              mem=mem, mem_se=mem_se, priv=priv, counts=counts, thr=thr, fprs=fprs,
                              n_targets=n_targets, extras=extras, extra_inputs=extra_inputs, progress=progress,
-                             t_start=t_start, figures=figures)
+                             t_start=t_start, figures=figures, phase=phase)
     finally:
         spill.close()
 
 
 def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, mem_se, priv, counts, thr, fprs,
-              n_targets, extras, extra_inputs, progress, t_start, figures: FigureQueue) -> dict[str, Any]:
+              n_targets, extras, extra_inputs, progress, t_start, figures: FigureQueue,
+              phase: _Phases) -> dict[str, Any]:
     """The rest of :func:`analyze`: tables, plots (drawn on ``figures``), ``scores.zarr``,
     ``analysis.json`` and the report."""
 
@@ -371,7 +396,8 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
     rho = spearman(mem[train], priv[train])
     figures.submit(_plot_privacy_hist, out / "plots" / "privacy_score_hist.png", group_tr, priv[train])
     figures.submit(_plot_mem_vs_privacy, out / "plots" / "mem_vs_privacy.png", group_tr, mem[train], priv[train], rho)
-    attacks, per_target = _attack_tables(lira, group_tr, fprs)
+    with phase("metrics"):
+        attacks, per_target = _attack_tables(lira, group_tr, fprs)
     accuracy = _accuracy_table(np.asarray(data.accuracy().values, dtype=np.float64))
     memo = _memorization_table(group_tr, mem[train], priv[train], thr)
     per_sample = pd.DataFrame({"sample": data.ds["sample"].values, "group": group, "split": split,
@@ -379,8 +405,10 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
 
     extra: dict[str, Any] = {}
     if extras:
-        extra = _paper_extras(data, counts, lira, out, train=train, group=group, mem=mem, priv=priv, thr=thr,
-                              fprs=fprs, n_targets=n_targets, progress=progress, figures=figures, **extra_inputs)
+        with phase("paper_extras"):
+            extra = _paper_extras(data, counts, lira, out, train=train, group=group, mem=mem, priv=priv, thr=thr,
+                                  fprs=fprs, n_targets=n_targets, progress=progress, figures=figures, phase=phase,
+                                  **extra_inputs)
         per_sample = per_sample.merge(extra.pop("per_sample"), on="sample", how="left")
     extra_inputs.clear()  # every shadow's phi (the sweep's input) is not needed any more
     release_freed_memory()
@@ -435,10 +463,13 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
         **extra.get("summary", {}),
         "wall_s": round(time.perf_counter() - t_start, 3),
     }
-    write_scores(out, {"per_sample": per_sample, "lira": lira, "summary": summary})
+    with phase("scores_zarr"):
+        write_scores(out, {"per_sample": per_sample, "lira": lira, "summary": summary})
     # the returned scores are read back from scores.zarr (float32, as computed) on access
     lira.scores = StoredScores(out / "scores.zarr", lira.samples)
-    figures.wait()  # every figure written before analysis.json marks the analysis finished
+    with phase("figures_wait"):  # the figures still being drawn when everything else is done
+        figures.wait()  # every figure written before analysis.json marks the analysis finished
+    summary["timings_s"] = {**phase.seconds, "total": round(time.perf_counter() - t_start, 3)}
     write_text(out / "analysis.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
     write_report(out, store=store)  # reads analysis.json for its header
     return {"attacks": attacks, "attacks_per_target": per_target, "accuracy": accuracy, "memorization": memo,
@@ -449,7 +480,8 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
 def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np.ndarray, mem: np.ndarray,
                   priv: np.ndarray, thr: float, fprs: list[float], n_targets: int, progress: bool,
                   fits: Any = None, ood: dict[str, np.ndarray] | None = None,
-                  phi: np.ndarray | None = None, figures: FigureQueue | None = None) -> dict[str, Any]:
+                  phi: np.ndarray | None = None, figures: FigureQueue | None = None,
+                  phase: _Phases | None = None) -> dict[str, Any]:
     """The paper's further outputs; writes its tables and figures and returns their data.
 
     Challenge sets (random under-represented, subpopulation from shadow 0's features, singletons)
@@ -476,14 +508,16 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
                        name=k, highlight=hm)
         figures.submit(plot_mem_vs_ood, out / "plots" / f"mem_vs_ood_{k}", v[train], mem[train], group_tr, name=k,
                        highlight=hm)
-    paper = attack_table(_LazyPairs(lira),
-                         {k: v[train] for k, v in sets.items()}, fpr=0.001, n_boot=200, seed=0)
+    phase = phase or _Phases()
+    with phase("paper_extras/bootstrap_tables"):
+        paper = attack_table(_LazyPairs(lira), {k: v[train] for k, v in sets.items()}, fpr=0.001, n_boot=200, seed=0)
     table1 = accuracy_table(data.accuracy(), dataset=str(data.spec.get("name", "store")),
                             n_over=int((train & ~under).sum()), n_under=int((train & under).sum()))
     subpop = {"subpopulation": sets["subpopulation"]} if "subpopulation" in sets else {}
-    theory = theory_suite(data, counts, train=train, mem=mem, group=group, threshold=thr, plots=out / "plots",
-                          fprs=fprs, n_targets=min(n_targets, 64), progress=progress, extra_masks=subpop,
-                          fits=fits, phi=phi, figures=figures)
+    with phase("paper_extras/theory"):
+        theory = theory_suite(data, counts, train=train, mem=mem, group=group, threshold=thr, plots=out / "plots",
+                              fprs=fprs, n_targets=min(n_targets, 64), progress=progress, extra_masks=subpop,
+                              fits=fits, phi=phi, figures=figures)
 
     write_table(out / "tables", "paper_attacks", paper, format_attack_table(paper),
                 caption=f"Pooled AUROC and TPR@0.1% FPR over {n_targets} targets with 95% bootstrap intervals "

@@ -123,6 +123,19 @@ def test_json_summary(result, store):
     assert rho["n"] == 400 and rho["rho"] > 0.1 and rho["p"] < 0.01
 
 
+def test_timings_name_every_phase_and_add_up(result):
+    # analysis.json says where the run's time went: every phase, parts ("a/b") within their phase,
+    # the non-overlapping phases within the total
+    out, res = result
+    t = json.loads((out / "analysis.json").read_text())["timings_s"]
+    top = {"open", "shokri_fit", "pass", "lira", "attacks", "metrics", "paper_extras", "scores_zarr", "figures_wait"}
+    assert top | {"paper_extras/bootstrap_tables", "paper_extras/theory", "total"} == set(t)
+    assert all(v >= 0 for v in t.values())
+    assert sum(t[k] for k in top) <= t["total"] + 1e-6
+    assert t["paper_extras/bootstrap_tables"] + t["paper_extras/theory"] <= t["paper_extras"] + 1e-6
+    assert t["total"] >= res["summary"]["wall_s"] - 1e-6
+
+
 def test_overrides_and_format_table(store, tmp_path):
     res = analyze(store[0], tmp_path, targets=3, fpr=[0.05], progress=True)
     assert list(res["attacks"].columns) == ["AUROC All", "AUROC Under", "TPR@5% All", "TPR@5% Under"]

@@ -134,6 +134,7 @@ def test_bench_analyze_cli_reports_ratio_and_memory(capsys):
     assert main(["bench", "analyze", "--shadows", "8", "--samples", "200", "--targets", "4"]) == 0
     out = capsys.readouterr().out
     assert "read logits once" in out and "through xarray" in out and "ratio" in out and "peak RSS analyze" in out
+    assert "where the time goes (s): open" in out and "pass" in out
 
 
 def test_bench_analyze_quick_times_the_analysis_without_extras(tmp_path):
