@@ -116,7 +116,7 @@ def _reference_sums(d, keep, perm, rec_a, rec_b, n_targets, a1, b1, a2, b2, pos)
 def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarray], *,
                  n_targets: int | None = None, m_grid: Sequence[int] | None = None, repeats: int = 10,
                  seed: int = 0, fprs: Sequence[float] = (0.001, 0.01), attacks: Sequence[str] = SWEEP_ATTACKS,
-                 batch_bytes: int = 64 * 2**20, progress: Callable[[int], None] | None = None,
+                 progress: Callable[[int], None] | None = None,
                  orders: Sequence[np.ndarray] | None = None) -> pd.DataFrame:
     """Run the sweep on in-memory phi.
 
@@ -143,9 +143,6 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
         FPRs for the TPR columns.
     attacks : sequence of str
         Among ``lira-online``, ``lira-fixed-variance``, ``lira-offline``.
-    batch_bytes : int
-        Unused since the scores are computed without per-target temporaries (memory: the scores,
-        (T, len(m grid), N) float64 per attack and repeat in flight); kept for callers.
     progress : callable, optional
         Called with 1 after each repeat.
     orders : sequence of permutations of range(M), optional
@@ -219,7 +216,7 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
 
 def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndarray, n_targets: int, *,
                  shift: np.ndarray, floor: np.ndarray, attacks: Sequence[str] = SWEEP_ATTACKS,
-                 batch_bytes: int = 256 * 2**20, shifted: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 shifted: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Scores of the first ``n_targets`` shadows with m IN + m OUT references, for every m in ``ms``.
 
     Parameters
@@ -237,8 +234,6 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
         Subtracted before summing (any value near the samples' means).
     floor : ndarray, shape (Q,)
         Standard-deviation floor (:func:`analysis.lira.sd_floor`).
-    batch_bytes : int
-        Unused (the scores are computed without per-target temporaries); kept for callers.
     shifted : ndarray, shape (M, N, Q), optional
         ``x - shift`` as a C-contiguous float64 array, when the caller scores several orders.
 
