@@ -193,8 +193,9 @@ def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, tr
     cin = np.zeros((n, q, q) if cross else (0, 0, 0))
     cout = np.zeros_like(cin)
     _accumulate(np.ascontiguousarray(z[:, :, 0, :]), label, kp, sidx, first_in, first_out,
-                np.zeros((s, n, q)) if phi is None else phi, np.zeros((n, q)) if shift_phi is None else shift_phi,
-                np.zeros((s, n, 3)) if sig is None else sig, np.zeros((n, 3)) if shift_sig is None else shift_sig,
+                # what is not asked for is passed empty (the loop reads it only when asked)
+                np.empty((0, 0, q)) if phi is None else phi, np.empty((0, q)) if shift_phi is None else shift_phi,
+                np.empty((0, 0, 3)) if sig is None else sig, np.empty((0, 3)) if shift_sig is None else shift_sig,
                 np.zeros(2) if edges is None else np.asarray(edges, dtype=np.float64), train, z.shape[-1], cross,
                 counts, ps, ss, hist, cin, cout)
     out: dict[str, Any] = {"counts": counts}
