@@ -122,7 +122,7 @@ class AttackContext:
     Parameters
     ----------
     logits : dask array, shape (M, N, Q, C)
-        Logits of the done shadows (one shadow per chunk is best; any chunking works).
+        Logits of the done shadows (any chunking along shadows works).
     keep : ndarray of bool (M, N)
     label : ndarray of int (N,)
     split : ndarray of str (N,)
@@ -175,8 +175,12 @@ class AttackContext:
 
     @classmethod
     def from_shadows(cls, data: Any, n_targets: int, **kw: Any) -> "AttackContext":
-        """A context over a :class:`analysis.load.ShadowData` (its done shadows)."""
-        return cls(data.logits.data, np.asarray(data.keep.values, dtype=bool), data.label, data.split, n_targets,
+        """A context over a :class:`analysis.load.ShadowData` (its done shadows), reading the logits
+        as the one pass does (blocks of whole shadows, one zarr read each)."""
+        from ..passes import shadows_per_task
+
+        logits = data.logits_blocks(shadows_per_task(data.logits.shape))
+        return cls(logits, np.asarray(data.keep.values, dtype=bool), data.label, data.split, n_targets,
                    shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values, **kw)
 
     # --- results ----------------------------------------------------------------------------
