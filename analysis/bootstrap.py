@@ -324,7 +324,7 @@ EXACT_BUDGET = 50_000_000
 
 
 @numba.njit(cache=True, nogil=True)
-def _pack_f32(bits, member, sh, key):  # pragma: no cover - compiled
+def _pack_f32(bits, member, key):  # pragma: no cover - compiled
     """``key[i]``: the order-preserving bits of float32 score ``i`` (``bits``: its uint32 view) in the
     high 32 bits, ``i`` shifted left by one from bit 1, the membership in bit 0. Returns False on a NaN."""
     top = np.uint32(1 << 31)
@@ -381,7 +381,7 @@ class _SortedPool:
         flat_m = np.ascontiguousarray(member).reshape(-1).view(np.uint8)
         if score.dtype == np.float32 and self.sh <= 32:
             self.key = np.empty(p, dtype=np.uint64)
-            ok = _pack_f32(np.ascontiguousarray(score).reshape(-1).view(np.uint32), flat_m, self.sh, self.key)
+            ok = _pack_f32(np.ascontiguousarray(score).reshape(-1).view(np.uint32), flat_m, self.key)
         else:
             from .metrics import _order_keys
 
