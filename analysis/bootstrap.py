@@ -57,6 +57,8 @@ from typing import Mapping, Sequence
 import numba
 import numpy as np
 
+from .metrics import order32
+
 __all__ = ["BootstrapResult", "bootstrap_metrics", "weighted_roc_metrics", "metric_names", "EXACT_BUDGET"]
 
 
@@ -327,15 +329,11 @@ EXACT_BUDGET = 50_000_000
 def _pack_f32(bits, member, key):  # pragma: no cover - compiled
     """``key[i]``: the order-preserving bits of float32 score ``i`` (``bits``: its uint32 view) in the
     high 32 bits, ``i`` shifted left by one from bit 1, the membership in bit 0. Returns False on a NaN."""
-    top = np.uint32(1 << 31)
     for i in range(bits.size):
         u = bits[i]
         if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
             return False
-        if u == top:  # -0.0 is +0.0
-            u = np.uint32(0)
-        u = u ^ (np.uint32(0xFFFFFFFF) if u & top else top)
-        key[i] = (np.uint64(u) << np.uint64(32)) | (np.uint64(i) << np.uint64(1)) | np.uint64(member[i])
+        key[i] = (np.uint64(order32(u)) << np.uint64(32)) | (np.uint64(i) << np.uint64(1)) | np.uint64(member[i])
     return True
 
 

@@ -67,15 +67,19 @@ def _one(member: np.ndarray, score: np.ndarray, fprs: list[float]) -> list[float
 
 
 @numba.njit(cache=True, nogil=True)
+def order32(u):  # pragma: no cover - compiled
+    """The bits ``u`` of a float32 as a uint32 whose unsigned order is the float order (-0.0 is +0.0)."""
+    top = np.uint32(1 << 31)
+    if u == top:
+        u = np.uint32(0)
+    return u ^ (np.uint32(0xFFFFFFFF) if u & top else top)
+
+
+@numba.njit(cache=True, nogil=True)
 def _keys32(bits, flag, out):  # pragma: no cover - compiled
     """float32 bits -> order-preserving uint32 in the high half, ``flag`` (0/1) in bit 0."""
-    top = np.uint32(1 << 31)
     for i in range(bits.size):
-        u = bits[i]
-        if u == top:  # -0.0 is +0.0
-            u = np.uint32(0)
-        u = u ^ (np.uint32(0xFFFFFFFF) if u & top else top)
-        out[i] = (np.uint64(u) << np.uint64(32)) | np.uint64(flag[i])
+        out[i] = (np.uint64(order32(bits[i])) << np.uint64(32)) | np.uint64(flag[i])
 
 
 @numba.njit(cache=True, nogil=True)
