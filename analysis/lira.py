@@ -124,36 +124,50 @@ def _lira_rows(x, shift, n_in, s1_in, s2_in, n_out, s1_out, s2_out, sd_g, floor,
     operations in the same order as the numpy expressions of :func:`lira_scores` before."""
     rr, n, q = x.shape
     want_off = z_off.shape[0] > 0
+    log_g = np.empty((2, q))
     for r in range(rr):
+        for k in range(q):
+            log_g[0, k] = np.log(sd_g[r, 0, k])
+            log_g[1, k] = np.log(sd_g[r, 1, k])
         for i in range(n):
-            ni = n_in[r, i]
-            no = n_out[r, i]
             acc_on = 0.0
             acc_fx = 0.0
             for k in range(q):
-                xs = x[r, i, k] - shift[i, k]
-                a1, a2, b1, b2 = s1_in[r, i, k], s2_in[r, i, k], s1_out[r, i, k], s2_out[r, i, k]
-                mu_i = a1 / ni if ni > 0 else np.nan
-                mu_o = b1 / no if no > 0 else np.nan
-                # (s2 - s1^2/n) is >= 0 up to rounding: clipped at 0 (NaN kept, as np.maximum does)
-                d_i = a2 - a1 * a1 / ni
-                d_o = b2 - b1 * b1 / no
-                var_i = (d_i if (d_i >= 0.0 or d_i != d_i) else 0.0) / (ni - 1) if ni > 1 else np.nan
-                var_o = (d_o if (d_o >= 0.0 or d_o != d_o) else 0.0) / (no - 1) if no > 1 else np.nan
-                sd_i = sd_g[r, 0, k] if np.isnan(var_i) else max(np.sqrt(var_i), floor[k])
-                sd_o = sd_g[r, 1, k] if np.isnan(var_o) else max(np.sqrt(var_o), floor[k])
-                if want_online:
-                    zi = (xs - mu_i) / sd_i
-                    zo = (xs - mu_o) / sd_o
-                    acc_on += (-0.5 * zi * zi - np.log(sd_i)) - (-0.5 * zo * zo - np.log(sd_o))
-                if want_fixed:
-                    zi = (xs - mu_i) / sd_g[r, 0, k]
-                    zo = (xs - mu_o) / sd_g[r, 1, k]
-                    acc_fx += (-0.5 * zi * zi - np.log(sd_g[r, 0, k])) - (-0.5 * zo * zo - np.log(sd_g[r, 1, k]))
+                on, fx, zo = lira_terms(x[r, i, k] - shift[i, k], n_in[r, i], s1_in[r, i, k], s2_in[r, i, k],
+                                        n_out[r, i], s1_out[r, i, k], s2_out[r, i, k], sd_g[r, 0, k], sd_g[r, 1, k],
+                                        log_g[0, k], log_g[1, k], floor[k])
+                acc_on += on
+                acc_fx += fx
                 if want_off:
-                    z_off[r, i, k] = (xs - mu_o) / sd_o
-            online[r, i] = acc_on
-            fixed[r, i] = acc_fx
+                    z_off[r, i, k] = zo
+            online[r, i] = acc_on if want_online else 0.0
+            fixed[r, i] = acc_fx if want_fixed else 0.0
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def lira_terms(xs, ni, a1, a2, no, b1, b2, sd_gi, sd_go, log_gi, log_go, floor):  # pragma: no cover - compiled
+    """One (target, sample, query) of :func:`lira_scores` from its shifted value ``xs`` and the
+    reference counts and sums of each side: ``(online term, fixed-variance term, offline z)``.
+
+    Moments with ddof 1 (NaN mean without values, NaN variance below 2 values); a side's std is
+    floored, or the pooled ``sd_g`` (with its log ``log_g``) where its variance is NaN; the
+    constant -0.5 log 2 pi cancels. Shared by :func:`_lira_rows` and the shadow-count sweep."""
+    mu_i = a1 / ni if ni > 0 else np.nan
+    mu_o = b1 / no if no > 0 else np.nan
+    # (s2 - s1^2/n) is >= 0 up to rounding: clipped at 0 (NaN kept, as np.maximum does)
+    d_i = a2 - a1 * a1 / ni
+    d_o = b2 - b1 * b1 / no
+    var_i = (d_i if (d_i >= 0.0 or d_i != d_i) else 0.0) / (ni - 1) if ni > 1 else np.nan
+    var_o = (d_o if (d_o >= 0.0 or d_o != d_o) else 0.0) / (no - 1) if no > 1 else np.nan
+    sd_i = sd_gi if np.isnan(var_i) else max(np.sqrt(var_i), floor)
+    sd_o = sd_go if np.isnan(var_o) else max(np.sqrt(var_o), floor)
+    zi = (xs - mu_i) / sd_i
+    zo = (xs - mu_o) / sd_o
+    online = (-0.5 * zi * zi - np.log(sd_i)) - (-0.5 * zo * zo - np.log(sd_o))
+    fi = (xs - mu_i) / sd_gi
+    fo = (xs - mu_o) / sd_go
+    fixed = (-0.5 * fi * fi - log_gi) - (-0.5 * fo * fo - log_go)
+    return online, fixed, zo
 
 
 @dataclass

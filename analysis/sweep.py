@@ -48,7 +48,7 @@ import pandas as pd
 from scipy.special import log_ndtr
 
 from .figures import save_figure
-from .lira import sd_floor
+from .lira import lira_terms, sd_floor
 from .metrics import fpr_label, per_target_metrics
 from .stats import gaussian_sums
 
@@ -337,27 +337,14 @@ def _sweep_rows(d, keep_t, pos_t, ms, a1, b1, a2, b2, shift, floor, want_online,
                 acc_on = 0.0
                 acc_fx = 0.0
                 for k in range(q):
-                    xs = d[t, i, k]
-                    mu_i = s1[0, i, k] / mf
-                    mu_o = s1[1, i, k] / mf
-                    di = s2[0, i, k] - s1[0, i, k] * s1[0, i, k] / mf
-                    do = s2[1, i, k] - s1[1, i, k] * s1[1, i, k] / mf
-                    var_i = (di if (di >= 0.0 or di != di) else 0.0) / (mf - 1.0) if m > 1 else np.nan
-                    var_o = (do if (do >= 0.0 or do != do) else 0.0) / (mf - 1.0) if m > 1 else np.nan
-                    sd_i = sd_g[0, k] if np.isnan(var_i) else max(np.sqrt(var_i), floor[k])
-                    sd_o = sd_g[1, k] if np.isnan(var_o) else max(np.sqrt(var_o), floor[k])
-                    if want_online:
-                        zi = (xs - mu_i) / sd_i
-                        zo = (xs - mu_o) / sd_o
-                        acc_on += (-0.5 * zi * zi - np.log(sd_i)) - (-0.5 * zo * zo - np.log(sd_o))
-                    if want_fixed:
-                        zi = (xs - mu_i) / sd_g[0, k]
-                        zo = (xs - mu_o) / sd_g[1, k]
-                        acc_fx += (-0.5 * zi * zi - log_g[0, k]) - (-0.5 * zo * zo - log_g[1, k])
+                    on, fx, zo = lira_terms(d[t, i, k], mf, s1[0, i, k], s2[0, i, k], mf, s1[1, i, k], s2[1, i, k],
+                                            sd_g[0, k], sd_g[1, k], log_g[0, k], log_g[1, k], floor[k])
+                    acc_on += on
+                    acc_fx += fx
                     if want_off:
-                        z_off[li, t, i, k] = (xs - mu_o) / sd_o
-                online[li, t, i] = acc_on
-                fixed[li, t, i] = acc_fx
+                        z_off[li, t, i, k] = zo
+                online[li, t, i] = acc_on if want_online else 0.0
+                fixed[li, t, i] = acc_fx if want_fixed else 0.0
 
 
 def summarize_sweep(sweep: pd.DataFrame) -> pd.DataFrame:
