@@ -491,3 +491,25 @@ def test_generated_scripts_and_cluster_script_pass_shellcheck(tmp_path):
                REPO / ".ci" / "slurm.sh"]
     p = subprocess.run(["shellcheck", "-s", "bash", *map(str, scripts)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout
+
+
+@pytest.mark.parametrize("script", ["submitit", "sbatch"])
+def test_failing_setup_line_stops_the_job_script(tmp_path, script):
+    """A setup line that fails (not only an ``exit``) ends the job script with its status and names
+    the line; the lines after it and the task itself never run. submitit's script has no ``set -e``."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    prof = profile_from_dict({"setup": ["touch before", "ls /no/such/dir", "touch after"],
+                              "python": "touch ran"})
+    if script == "submitit":
+        text = _make_sbatch_string(command=f"{prof.python_command()} -u -m submitit.core._submit {tmp_path}",
+                                   folder=tmp_path, setup=prof.setup_lines())
+    else:
+        shadows, _ = render_sbatch(SMOKE, tmp_path / "out", prof)
+        text = shadows.read_text()
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "7", "SLURM_JOB_ID": "7"}
+    p = subprocess.run(["bash", "-c", text], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr  # ls' status for a missing file
+    assert "mia-hpc: profile setup line failed: ls /no/such/dir (exit 2)" in p.stderr
+    assert (tmp_path / "before").exists()
+    assert not (tmp_path / "after").exists() and not (tmp_path / "ran").exists()

@@ -57,8 +57,20 @@ class Profile:
         return shlex.join(self.python_words())
 
     def setup_lines(self) -> list[str]:
-        """The setup commands, each word shell-quoted: they run, but nothing in them is expanded."""
-        return [shlex.join(shlex.split(line)) for line in self.setup if shlex.split(line)]
+        """The setup commands, each word shell-quoted: they run, but nothing in them is expanded.
+
+        A line that fails stops the job script with its exit status and says which line it was:
+        submitit's script has no ``set -e``, and a task that went on after a failed ``module load``
+        would run in the wrong environment and fail later, far from the cause.
+        """
+        out = []
+        for line in self.setup:
+            words = shlex.split(line)
+            if words:
+                cmd = shlex.join(words)
+                msg = shlex.quote(f"mia-hpc: profile setup line failed: {cmd}")
+                out.append(f'{cmd} || {{ rc=$?; echo {msg} "(exit $rc)" >&2; exit "$rc"; }}')
+        return out
 
     def sbatch_pairs(self) -> list[tuple[str, str | None]]:
         """``sbatch_options`` as ``(name, value or None)``."""
