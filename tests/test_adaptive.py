@@ -222,9 +222,10 @@ def test_slurm_failed_wave_cancels_its_step_and_wait_says_so(slurm_cluster, tmp_
     from mia_hpc.adaptive import read_state, submit_adaptive, wait_adaptive
     from mia_hpc.launch.slurm import SlurmError
 
-    # the test cluster's profile with a setup command that fails: every task of the wave fails
+    # the test cluster's profile with a setup command that fails (a failing command, not an exit):
+    # every task of the wave fails
     prof = tmp_path / "failing.toml"
-    prof.write_text(LOCAL_PROFILE.read_text().replace("setup = []", 'setup = ["exit 3"]'))
+    prof.write_text(LOCAL_PROFILE.read_text().replace("setup = []", 'setup = ["false"]'))
     spec_file = tmp_path / "tiny.toml"
     spec_file.write_text(_toml(_spec_dict(0.15)))
     out = tmp_path / "run"
