@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from mia_hpc.commands import add_spec_variant_arguments, load_spec_variant
 from mia_hpc.spec import SpecError
 from mia_hpc.store import StoreError
 
@@ -36,11 +37,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --adaptive: afterwards train all shadows and report the full run's values too")
     r.add_argument("--quick", action="store_true",
                    help="the final report without the paper extras (as 'analyze --quick')")
-    r.add_argument("--tiny", action="store_true",
-                   help="run the spec's tiny form: same datasets, groups and stages; 4 shadows, 1 epoch, a few "
-                        "samples per class, tiny model (mia_hpc.tiny); seconds on a CPU")
-    r.add_argument("--data-root", default="",
-                   help="read real datasets from this folder instead of the spec's data.root (same spec hash)")
+    add_spec_variant_arguments(r)
 
     s = sub.add_parser("status", help="shadows done / total, per shard")
     s.add_argument("store")
@@ -105,23 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_run_spec(args):
-    """The spec of ``run`` / ``bench``: as written, or its tiny form (``--tiny``), read from ``--data-root``."""
-    from mia_hpc.spec import load_spec
-    from mia_hpc.tiny import tiny_spec, with_data_root
-
-    spec = load_spec(args.spec)
-    if getattr(args, "tiny", False):
-        spec = tiny_spec(spec)
-    if getattr(args, "data_root", ""):
-        spec = with_data_root(spec, args.data_root)
-    return spec
-
-
 def _cmd_run(args) -> int:
     from mia_hpc import api
 
-    spec = _load_run_spec(args)
+    spec = load_spec_variant(args)
     if args.adaptive:
         from mia_hpc.adaptive import run_adaptive
 
@@ -194,7 +178,7 @@ def _cmd_bench(args) -> int:
         return analysis_cli.cmd_bench_analyze(args)
     from mia_hpc.bench import bench_projection, bench_train, format_bench, format_projection
 
-    spec = _load_run_spec(args)
+    spec = load_spec_variant(args)
     if args.threads:
         import torch
 

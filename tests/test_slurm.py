@@ -7,6 +7,7 @@ Quoting and profile-validation tests need no cluster.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -513,3 +514,39 @@ def test_failing_setup_line_stops_the_job_script(tmp_path, script):
     assert "mia-hpc: profile setup line failed: ls /no/such/dir (exit 2)" in p.stderr
     assert (tmp_path / "before").exists()
     assert not (tmp_path / "after").exists() and not (tmp_path / "ran").exists()
+
+
+# --- the tiny form through Slurm ------------------------------------------------------------------
+
+DEMO = REPO / "jobs" / "demo.toml"
+
+
+def test_render_sbatch_tiny_prepares_the_tiny_store(tmp_path, capsys):
+    """``render-sbatch --tiny``: the store and the scripts are the spec's tiny form (mia_hpc.tiny)."""
+    from mia_hpc.cli import main
+    from mia_hpc.tiny import tiny_spec
+
+    tiny = tiny_spec(load_spec(DEMO))
+    assert main(["render-sbatch", str(DEMO), "--tiny", "--profile", str(LOCAL), "--out", str(tmp_path)]) == 0
+    store = open_store(tmp_path / "store.zarr")
+    assert store.attrs["spec_hash"] == tiny.hash() != load_spec(DEMO).hash()
+    assert store["keep"].shape[0] == tiny.shadows.count < load_spec(DEMO).shadows.count
+    text = (tmp_path / "slurm" / "shadows.sbatch").read_text()
+    assert f"--of {tiny.shadows.shards}" in text and f"#SBATCH --array=0-{tiny.shadows.shards - 1}" in text
+
+
+def test_cli_submit_tiny_runs_the_tiny_form_to_an_analysis(slurm_cluster, tmp_path, capsys):
+    """``mia-hpc submit SPEC --tiny``: a smoke test of a cluster setup with any spec, in a minute."""
+    from mia_hpc.cli import main
+    from mia_hpc.launch.slurm import _read_jobs
+    from mia_hpc.tiny import tiny_spec
+
+    assert main(["submit", str(DEMO), "--tiny", "--profile", str(LOCAL), "--out", str(tmp_path)]) == 0
+    assert "analysis: job" in capsys.readouterr().out
+    jobs = _read_jobs(tmp_path)
+    wait_gone([*jobs["shards"].values(), jobs["analysis"]])
+    store = open_store(tmp_path / "store.zarr")
+    assert store.attrs["spec_hash"] == tiny_spec(load_spec(DEMO)).hash()
+    assert done_mask(store).all()
+    summary = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
+    assert summary["n_shadows_done"] == store["keep"].shape[0]

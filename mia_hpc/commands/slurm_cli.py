@@ -13,6 +13,7 @@ import argparse
 import shlex
 from typing import Callable
 
+from mia_hpc.commands import add_spec_variant_arguments, load_spec_variant
 from mia_hpc.spec import SpecError
 
 
@@ -28,11 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
                         "then a step job that stops or submits the next wave")
     s.add_argument("--wait", action="store_true", help="with --adaptive: stay attached, print each wave, until the end")
     s.add_argument("--quick", action="store_true", help="with --adaptive: the final report without the paper extras")
+    add_spec_variant_arguments(s, what="submit")  # --tiny: a smoke test of the cluster setup in minutes
 
     r = subparsers.add_parser("render-sbatch", help="write sbatch scripts (array job, analysis) for a spec")
     r.add_argument("spec", help="TOML experiment spec, e.g. jobs/demo.toml")
     r.add_argument("--profile", required=True, help="cluster profile, e.g. slurm/profiles/generic-gpu.toml")
     r.add_argument("--out", required=True, help="run directory; scripts go to OUT/slurm/, the store is OUT/store.zarr")
+    add_spec_variant_arguments(r, what="render")
     return {"submit": cmd_submit, "render-sbatch": cmd_render_sbatch}
 
 
@@ -44,7 +47,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.adaptive:
         return _submit_adaptive(args)
     try:
-        res = submit(args.spec, args.out, args.profile, analyze=not args.no_analyze)
+        res = submit(load_spec_variant(args), args.out, args.profile, analyze=not args.no_analyze)
     except SlurmError as err:
         raise SpecError(str(err)) from None
     print("\n".join(res.lines()))
@@ -57,7 +60,8 @@ def _submit_adaptive(args: argparse.Namespace) -> int:
     from mia_hpc.launch.slurm import SlurmError
 
     try:
-        res = submit_adaptive(args.spec, args.out, args.profile, analyze=not args.no_analyze, extras=not args.quick)
+        res = submit_adaptive(load_spec_variant(args), args.out, args.profile, analyze=not args.no_analyze,
+                              extras=not args.quick)
         print("\n".join(res.lines()))
         if not args.wait:
             print(f"progress: mia-hpc adaptive-status {res.out}")
@@ -74,7 +78,7 @@ def _submit_adaptive(args: argparse.Namespace) -> int:
 def cmd_render_sbatch(args: argparse.Namespace) -> int:
     from mia_hpc.launch.sbatch import render_sbatch
 
-    shadows, analysis = render_sbatch(args.spec, args.out, args.profile)
+    shadows, analysis = render_sbatch(load_spec_variant(args), args.out, args.profile)
     print(f"shadows:  {shadows}")
     print(f"analysis: {analysis}")
     print(f"submit:   jobid=$(sbatch --parsable {shlex.quote(str(shadows))}) && "
