@@ -124,7 +124,10 @@ def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, sampl
     own_tmp = workdir is None
     work = Path(tempfile.mkdtemp(prefix="mia-bench-analyze-")) if own_tmp else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
+    from .threads import n_threads
+
     res: dict[str, Any] = {"aim_ratio": AIM_RATIO, "aim_rss_gib": AIM_RSS_GIB, "cpus": os.cpu_count(),
+                           "threads": n_threads(),
                            "scheduler": scheduler or "threads", "extras": bool(extras)}
     try:
         if store is None:
@@ -187,7 +190,7 @@ def format_bench_analyze(r: dict[str, Any]) -> str:
     lines = [f"bench analyze: {sh.get('shadow')} shadows x {sh.get('sample')} samples x {sh.get('query')} queries x "
              f"{sh.get('class')} classes ({r['logits_bytes'] / 1e9:.2f} GB of logits, "
              f"{r['store_bytes_on_disk'] / 1e9:.2f} GB on disk), {r['n_targets']} targets, "
-             f"{r['cpus']} CPUs, scheduler {r['scheduler']}, "
+             f"{r['cpus']} CPUs, {r.get('threads', r['cpus'])} analysis threads, scheduler {r['scheduler']}, "
              + ("with the paper extras" if r.get("extras", True) else "analyze --quick (no paper extras)")]
     if r.get("write_s"):
         lines.append(f"  synthetic store written in {r['write_s']:.1f} s")

@@ -455,21 +455,28 @@ def _influence_range(key, lo, hi, sh, neg_below, pos_below, n_pos, n_neg, auc, g
 
 def _placements(pool: _SortedPool, g: np.ndarray) -> tuple[float, int, int]:
     """AUROC, positives and negatives of the pool; fills ``g`` (flat, pair order) with each pair's
-    AUROC influence value. Two threads, each on one half of the order (split between tie groups)."""
-    from concurrent.futures import ThreadPoolExecutor
+    AUROC influence value. On the analysis' threads, each on one range of the order (ranges split
+    between tie groups); the counts are integers and halves, so their sum is exact in any grouping."""
+    from .threads import n_threads, thread_map
 
     key, sh, p = pool.key, pool.sh, pool.key.size
-    mid = p // 2
-    while 0 < mid < p and (key[mid] >> np.uint64(sh)) == (key[mid - 1] >> np.uint64(sh)):
-        mid += 1
-    with ThreadPoolExecutor(2) as ex:
-        (p1, n1, u1), (p2, n2, u2) = ex.map(lambda r: _count_range(key, r[0], r[1], sh), [(0, mid), (mid, p)])
-        n_pos, n_neg = p1 + p2, n1 + n2
-        if n_pos == 0 or n_neg == 0:
-            return np.nan, n_pos, n_neg
-        auc = (u1 + u2 + p2 * float(n1)) / (float(n_pos) * float(n_neg))
-        list(ex.map(lambda r: _influence_range(key, r[0], r[1], sh, r[2], r[3], n_pos, n_neg, auc, g),
-                    [(0, mid, 0, 0), (mid, p, n1, p1)]))
+    w = max(1, min(n_threads(), p))
+    cuts = [0]
+    for k in range(1, w):
+        c = max(cuts[-1], p * k // w)
+        while 0 < c < p and (key[c] >> np.uint64(sh)) == (key[c - 1] >> np.uint64(sh)):
+            c += 1
+        cuts.append(c)
+    ranges = list(zip(cuts, cuts[1:] + [p]))
+    counts = thread_map(lambda r: _count_range(key, r[0], r[1], sh), ranges, w)
+    n_pos, n_neg = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if n_pos == 0 or n_neg == 0:
+        return np.nan, n_pos, n_neg
+    below = np.cumsum([(0, 0)] + [(c[1], c[0]) for c in counts[:-1]], axis=0)  # negatives, positives below
+    u = sum(c[2] + c[0] * float(nb) for c, (nb, _) in zip(counts, below))
+    auc = u / (float(n_pos) * float(n_neg))
+    thread_map(lambda i: _influence_range(key, ranges[i][0], ranges[i][1], sh, int(below[i][0]), int(below[i][1]),
+                                          n_pos, n_neg, auc, g), range(len(ranges)), w)
     return auc, n_pos, n_neg
 
 
@@ -585,7 +592,7 @@ def _fast_shared(pool: _SortedPool, member: np.ndarray, fprs: list[float], n_boo
       replicate's negative weight (widened until it does).
     * The class totals ``k^T M c`` are exact.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from .threads import n_threads, thread_map
 
     t, n = member.shape
     p_tot = t * n
@@ -610,7 +617,8 @@ def _fast_shared(pool: _SortedPool, member: np.ndarray, fprs: list[float], n_boo
     low, s = np.uint64((1 << (sh - 1)) - 1), np.uint64(sh)
     kt, ct = _compact(k), _compact(c)  # (T, B), (N, B): a pair's replicate weights contiguous
     thr = np.asarray(fprs, dtype=np.float64)[:, None] * neg_b[None, :]  # (F, B)
-    halves = [(0, n_boot // 2), (n_boot // 2, n_boot)]
+    w = max(1, min(n_threads(), n_boot))
+    parts = [(n_boot * k // w, n_boot * (k + 1) // w) for k in range(w)]  # replicates per thread
     while True:
         lo = p_tot - length
         v0 = key[lo] >> s
@@ -624,9 +632,8 @@ def _fast_shared(pool: _SortedPool, member: np.ndarray, fprs: list[float], n_boo
                                     np.array([n_neg]), fprs, complete=lo == 0)
         best = np.zeros((len(fprs), n_boot))
         fp_end = np.empty(n_boot)
-        if ok:  # every replicate's weighted walk down the prefix, replicates split over two threads
-            with ThreadPoolExecutor(2) as ex:
-                list(ex.map(lambda h: _prefix_walk(kt, ct, ti, si, mi, end, thr, h[0], h[1], best, fp_end), halves))
+        if ok:  # every replicate's weighted walk down the prefix, replicates split over the threads
+            thread_map(lambda h: _prefix_walk(kt, ct, ti, si, mi, end, thr, h[0], h[1], best, fp_end), parts, w)
             ok = lo == 0 or bool(np.all(fp_end > f_max * neg_b))
         if ok:
             break

@@ -264,14 +264,13 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
             progress(sl.stop - sl.start)
         return nn
 
-    from concurrent.futures import ThreadPoolExecutor
+    from .threads import thread_map
 
-    # two batches at a time: their numpy work releases the GIL, each writes its own rows
+    # batches on the analysis' threads: their numpy work releases the GIL, each writes its own rows
     slices = [slice(start, min(start + b, n_targets)) for start in range(0, n_targets, b)]
-    with ThreadPoolExecutor(max_workers=max(1, min(2, len(slices)))) as ex:
-        for nn in ex.map(batch, slices):
-            for a in attacks:
-                neutral[a] += nn[a]
+    for nn in thread_map(batch, slices):
+        for a in attacks:
+            neutral[a] += nn[a]
     shadow_ids = np.arange(m) if shadow_ids is None else np.asarray(shadow_ids)
     sample_ids = np.arange(n) if sample_ids is None else np.asarray(sample_ids)
     return LiraResult(targets=shadow_ids[:n_targets], samples=sample_ids[train], member=keep_tr[:n_targets],

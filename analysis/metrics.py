@@ -10,13 +10,14 @@ Columns: "All" = every train-split sample, "Under" = the under-represented group
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping
 
 import numba
 import numpy as np
 from sklearn.metrics import auc, roc_auc_score, roc_curve
+
+from .threads import n_threads
 
 __all__ = ["roc", "auroc", "tpr_at_fpr", "fpr_label", "metric_columns", "attack_metrics",
            "per_target_metrics"]
@@ -198,13 +199,20 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
             return per_target_metrics(member.reshape(1, -1), score.reshape(1, -1), fprs)[0]
         return per_target_metrics(member[:, mask].reshape(1, -1), score[:, mask].reshape(1, -1), fprs)[0]
 
-    # The pooled and the per-target computations of every column group are independent: run them
-    # on two threads (sorts, the compiled scan and most numpy steps release the GIL).
-    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as ex:
-        jobs = {g: (ex.submit(pooled_of, m), ex.submit(per_target_metrics, member, score, fprs, m))
+    # The pooled and the per-target computations of every column group are independent, and the
+    # per-target rows split into blocks: all of them on the analysis' threads (sorts, the compiled
+    # scan and most numpy steps release the GIL). Rows are independent: the split changes nothing.
+    w = n_threads()
+    t_rows = member.shape[0]
+    step = max(1, -(-t_rows // w))  # ceil: w blocks of rows at most
+    blocks = [(r0, min(r0 + step, t_rows)) for r0 in range(0, t_rows, step)]
+    with ThreadPoolExecutor(max_workers=w) as ex:
+        jobs = {g: (ex.submit(pooled_of, m),
+                    [ex.submit(per_target_metrics, member[a:b], score[a:b], fprs, m) for a, b in blocks])
                 for g, m in masks.items()}
         for g, (job_pooled, job_per) in jobs.items():
-            vals, per = job_pooled.result(), job_per.result()
+            vals = job_pooled.result()
+            per = np.concatenate([j.result() for j in job_per]) if job_per else np.empty((0, len(names)))
             with np.errstate(invalid="ignore"):
                 n_ok = np.sum(~np.isnan(per), axis=0)
                 mu = np.where(n_ok > 0, np.nansum(per, axis=0) / np.maximum(n_ok, 1), np.nan)

@@ -301,7 +301,9 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
 
     # the tasks run in parallel already: a multi-threaded BLAS inside each (the scorers' matrix
     # products) would oversubscribe the cores (measured 30% slower on 2 cores)
-    with threadpool_limits(limits=1, user_api="blas"):
+    from .threads import n_threads
+
+    with threadpool_limits(limits=1, user_api="blas"), dask.config.set(num_workers=n_threads()):
         if progress:
             from tqdm.dask import TqdmCallback
 

@@ -49,6 +49,7 @@ from .ood import spearman
 from .html_report import write_report
 from .scores import StoredScores, write_scores
 from .spill import SpilledScores, release_freed_memory
+from .threads import n_threads
 
 __all__ = ["analyze", "format_table", "to_markdown"]
 
@@ -470,6 +471,7 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
     with phase("figures_wait"):  # the figures still being drawn when everything else is done
         figures.wait()  # every figure written before analysis.json marks the analysis finished
     summary["timings_s"] = {**phase.seconds, "total": round(time.perf_counter() - t_start, 3)}
+    summary["threads"] = n_threads()  # of the timings (no result depends on it: tests/test_threads.py)
     write_text(out / "analysis.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
     write_report(out, store=store)  # reads analysis.json for its header
     return {"attacks": attacks, "attacks_per_target": per_target, "accuracy": accuracy, "memorization": memo,

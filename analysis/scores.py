@@ -162,7 +162,7 @@ def _fill_scores(path: Path, result: Mapping[str, Any], extra_scores: Mapping[st
     pos = pd.Index(sample).get_indexer(np.asarray(lira.samples))
     arr = zarr.open_group(str(path), mode="r+")["score"]
     t = np.shape(lira.member)[0]
-    from concurrent.futures import ThreadPoolExecutor
+    from .threads import thread_map
 
     for i, a in enumerate(attacks):
         src = scores[a]
@@ -173,9 +173,8 @@ def _fill_scores(path: Path, result: Mapping[str, Any], extra_scores: Mapping[st
             block[0][:, pos] = src[t0:t1]
             arr[i:i + 1, t0:t1, :] = block
 
-        # blocks of targets are separate chunks: two threads compress and write them
-        with ThreadPoolExecutor(max_workers=2) as ex:
-            list(ex.map(put, range(0, t, tc)))
+        # blocks of targets are separate chunks: the analysis' threads compress and write them
+        thread_map(put, range(0, t, tc))
 
 
 def write_scores(out: str | Path, result: Mapping[str, Any], *, extra_per_sample: Mapping[str, Any] | None = None,

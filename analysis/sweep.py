@@ -25,7 +25,7 @@ prefix sum m, or prefix sum m+1 minus the target's own value where the target si
 m of the sample's list: O(len(m) N Q) per target. The scores are :func:`analysis.lira.lira_scores`'
 formulas (the same floors, pooled-variance fall-back and neutral values as the full analysis; tested
 against it), evaluated by one compiled loop from the walk's sums without forming the per-target
-sums. Two repeats run at a time. phi is held in memory for the challenge samples only
+sums. Repeats run on the analysis' threads (:mod:`analysis.threads`). phi is held in memory for the challenge samples only
 (the union of the masks), (M, N_c, Q) float64.
 
 Metrics per (challenge set, attack, m, repeat) pool every (target, sample in the set) pair, as
@@ -50,6 +50,7 @@ from scipy.special import log_ndtr
 from .figures import save_figure
 from .lira import lira_terms, sd_floor
 from .metrics import fpr_label, per_target_metrics
+from .threads import n_threads
 from .stats import gaussian_sums
 
 __all__ = ["default_m_grid", "shadow_sweep", "sweep_scores", "summarize_sweep", "plot_sweep", "sweep_from_store",
@@ -204,9 +205,9 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
                     out.append([name, a, int(mv), 2 * int(mv), r, int(mask.sum())] + [float(v) for v in vals[li]])
         return out
 
-    # two repeats at a time: their array work (numpy, compiled walks) runs on both cores
+    # repeats on the analysis' threads: their array work (numpy, compiled walks) releases the GIL
     rows: list[list[Any]] = []
-    with ThreadPoolExecutor(2) as ex:
+    with ThreadPoolExecutor(max(1, min(n_threads(), repeats))) as ex:
         for part in ex.map(one_repeat, range(repeats)):
             rows += part
             if progress is not None:

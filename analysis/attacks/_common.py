@@ -19,7 +19,6 @@ counts would otherwise reveal membership, a partner on the other side (:mod:`ana
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -193,17 +192,12 @@ class AttackContext:
                             member=self.keep[:t][:, self.train], scores={name: scores},
                             n_neutral={name: int(n_neutral)}, info=info)
 
-    def map_batches(self, fn: Callable[[slice], Any], workers: int = 2) -> list[Any]:
-        """``[fn(sl) for sl in self.target_batches()]`` on ``workers`` threads (the batches' numpy
-        work releases the GIL; each batch writes its own rows of the attack's scores)."""
-        from concurrent.futures import ThreadPoolExecutor
+    def map_batches(self, fn: Callable[[slice], Any], workers: int | None = None) -> list[Any]:
+        """``[fn(sl) for sl in self.target_batches()]`` on ``workers`` threads (default
+        :func:`analysis.threads.n_threads`; each batch writes its own rows of the attack's scores)."""
+        from ..threads import thread_map
 
-        batches = self.target_batches()
-        workers = max(1, min(workers, os.cpu_count() or 1, len(batches)))
-        if workers == 1:
-            return [fn(sl) for sl in batches]
-        with ThreadPoolExecutor(max_workers=workers) as ex:
-            return list(ex.map(fn, batches))
+        return thread_map(fn, self.target_batches(), workers)
 
     def empty_scores(self) -> np.ndarray:
         """A (T, N_train) float32 array for an attack to fill a batch of targets at a time."""
