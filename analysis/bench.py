@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .threads import n_threads
+
 __all__ = ["bench_analyze", "format_bench_analyze", "AIM_RATIO", "AIM_RSS_GIB"]
 
 AIM_RATIO = 3.0
@@ -124,8 +126,6 @@ def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, sampl
     own_tmp = workdir is None
     work = Path(tempfile.mkdtemp(prefix="mia-bench-analyze-")) if own_tmp else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    from .threads import n_threads
-
     res: dict[str, Any] = {"aim_ratio": AIM_RATIO, "aim_rss_gib": AIM_RSS_GIB, "cpus": os.cpu_count(),
                            "threads": n_threads(),
                            "scheduler": scheduler or "threads", "extras": bool(extras)}

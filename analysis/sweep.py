@@ -25,8 +25,8 @@ prefix sum m, or prefix sum m+1 minus the target's own value where the target si
 m of the sample's list: O(len(m) N Q) per target. The scores are :func:`analysis.lira.lira_scores`'
 formulas (the same floors, pooled-variance fall-back and neutral values as the full analysis; tested
 against it), evaluated by one compiled loop from the walk's sums without forming the per-target
-sums. Repeats run on the analysis' threads (:mod:`analysis.threads`). phi is held in memory for the challenge samples only
-(the union of the masks), (M, N_c, Q) float64.
+sums. Repeats run on the analysis' threads (:mod:`analysis.threads`). phi is held in memory for
+the challenge samples only (the union of the masks), (M, N_c, Q) float64.
 
 Metrics per (challenge set, attack, m, repeat) pool every (target, sample in the set) pair, as
 ``tables/attacks.csv`` does. Fixed-variance LiRA pools the variance over all scored samples (the
