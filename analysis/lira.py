@@ -37,9 +37,11 @@ from scipy.special import log_ndtr
 
 from .stats import GaussianSums, Partners
 
-__all__ = ["ATTACKS", "LiraResult", "lira_scores", "sd_floor", "run_lira", "resolve_targets"]
+__all__ = ["ATTACKS", "LIRA_VARIANTS", "LiraResult", "lira_scores", "sd_floor", "run_lira", "resolve_targets"]
 
 ATTACKS = ("lira-online", "lira-offline", "lira-fixed-variance")
+#: ``analysis.lira_variant``: this module's scoring, or the reference code's (:mod:`analysis.lira_reference`).
+LIRA_VARIANTS = ("ours", "reference")
 
 
 def sd_floor(sums: GaussianSums) -> np.ndarray:

@@ -37,7 +37,8 @@ from mia_hpc.store import SUBSETS
 from .attacks import ATTACKS as ATTACK_REGISTRY
 from .attacks import AttackContext, run_attacks
 from .attacks.shokri import fit_shokri
-from .lira import LiraResult, resolve_targets, run_lira
+from .lira import LIRA_VARIANTS, LiraResult, resolve_targets, run_lira
+from .lira_reference import run_lira_reference
 from .load import open_shadows
 from .memorization import memorization_from_counts
 from .metrics import attack_metrics, fpr_label, metric_columns
@@ -263,7 +264,8 @@ class _Phases:
 
 
 def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, fpr: list[float] | None = None,
-            progress: bool = True, shadow_limit: int | None = None, extras: bool = True) -> dict[str, Any]:
+            progress: bool = True, shadow_limit: int | None = None, extras: bool = True,
+            lira_variant: str | None = None) -> dict[str, Any]:
     """Analyse a shadow store: LiRA attacks, memorization, privacy scores, accuracy; write reports.
 
     Parameters
@@ -286,6 +288,9 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         Also compute the paper's challenge sets (random, subpopulation, singletons) with bootstrap
         intervals, OOD scores, Hellinger/Eq. 8 checks, the shadow-count sweep and the sample
         complexity (:func:`_paper_extras`). Off for quick repeated analyses (adaptive waves).
+    lira_variant : {"ours", "reference"}, optional
+        How LiRA is scored (:mod:`analysis.lira` or :mod:`analysis.lira_reference`). Default: the
+        spec's ``analysis.lira_variant``.
 
     Returns
     -------
@@ -308,6 +313,9 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     if bad:
         raise ValueError(f"fpr values must lie in (0, 1), got {bad}")
     thr = float(spec_an.get("singleton_threshold", 0.8))
+    variant = str(spec_an.get("lira_variant", "ours") if lira_variant is None else lira_variant)
+    if variant not in LIRA_VARIANTS:
+        raise ValueError(f"lira_variant: must be one of {', '.join(map(repr, LIRA_VARIANTS))}, got {variant!r}")
     n_targets = resolve_targets(data.n_shadows, targets, int(spec_an.get("targets", 0)))
 
     group, split, label = data.group, data.split, data.label
@@ -322,7 +330,9 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         shokri = fit_shokri(data.logits.data, keep, data.label, train, n_targets)
     # One pass over the logits: every reduction over shadows, and the targets' own phi and signals.
     with phase("pass"):
-        p = one_pass(data, n_targets, train=train, progress=progress, phi_budget=(512 << 20) if extras else 0,
+        # the reference variant scores from every shadow's phi (its medians need the values themselves)
+        budget = 1 << 62 if variant == "reference" else (512 << 20) if extras else 0
+        p = one_pass(data, n_targets, train=train, progress=progress, phi_budget=budget,
                      scorers={"shokri": shokri.score_features})
     release_freed_memory()
     sums, partner, counts = p.sums, p.partner, p.counts
@@ -343,9 +353,14 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
             bar = tqdm(total=n_targets, desc="LiRA targets", unit="target")
         try:
             with phase("lira"):
-                lira = run_lira(lambda sl: p.target_phi[sl], keep, sums, partner, train, n_targets,
-                                shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values,
-                                batch_bytes=64 << 20, progress=bar.update if bar is not None else None)
+                if variant == "reference":
+                    lira = run_lira_reference(p.phi_all, keep, train, n_targets, shadow_ids=data.ds["shadow"].values,
+                                              sample_ids=data.ds["sample"].values,
+                                              progress=bar.update if bar is not None else None)
+                else:
+                    lira = run_lira(lambda sl: p.target_phi[sl], keep, sums, partner, train, n_targets,
+                                    shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values,
+                                    batch_bytes=64 << 20, progress=bar.update if bar is not None else None)
         finally:
             if bar is not None:
                 bar.close()
@@ -382,14 +397,14 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
             return _tabulate(data, lira, out, store=store, train=train, group=group, label=label, split=split,
                              mem=mem, mem_se=mem_se, priv=priv, counts=counts, thr=thr, fprs=fprs,
                              n_targets=n_targets, extras=extras, extra_inputs=extra_inputs, progress=progress,
-                             t_start=t_start, figures=figures, phase=phase)
+                             t_start=t_start, figures=figures, phase=phase, lira_variant=variant)
     finally:
         spill.close()
 
 
 def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, mem_se, priv, counts, thr, fprs,
               n_targets, extras, extra_inputs, progress, t_start, figures: FigureQueue,
-              phase: _Phases) -> dict[str, Any]:
+              phase: _Phases, lira_variant: str = "ours") -> dict[str, Any]:
     """The rest of :func:`analyze`: tables, plots (drawn on ``figures``), ``scores.zarr``,
     ``analysis.json`` and the report."""
 
@@ -416,13 +431,16 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
 
     # --- write ---------------------------------------------------------------------------------
     n_pairs = lira.member.size
+    lira_how = ("LiRA as the reference code scores it (lira_variant 'reference': medians, ddof 0, every other "
+                "shadow truncated to the smallest per-sample count, see docs/lira-variants.md)"
+                if lira_variant == "reference" else "LiRA: lira_variant 'ours'")
     _write_table(out, "attacks", attacks,
                  f"Attacks ({', '.join(attacks.index)}) on {n_targets} target shadow(s), each against the other "
                  f"{data.n_shadows - 1} done shadows only (per-sample statistics less one partner per sample: balanced "
                  f"IN/OUT reference counts; Shokri: {lira.info.get('shokri', {}).get('k', 'k')}-fold cross-fitting "
                  f"over shadows; Yeom uses none); metrics on {n_pairs} "
-                 "pooled (target, train sample) pairs. All = train split, "
-                 "Under = under-represented group.")
+                 f"pooled (target, train sample) pairs. All = train split, "
+                 f"Under = under-represented group. {lira_how}.")
     per_view = pd.DataFrame(index=per_target.index)
     for c in metric_columns(fprs):
         per_view[c] = [f"{_fmt(m)} ± {_fmt(s)}" for m, s in zip(per_target[f"{c} mean"], per_target[f"{c} std"])]
@@ -451,6 +469,7 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
         "fpr": fprs,
         "fpr_labels": [fpr_label(f) for f in fprs],
         "singleton_threshold": thr,
+        "lira_variant": lira_variant,
         "method": {"metrics": "pooled over (target, train sample) pairs; per-target mean/std alongside",
                    "references": "all other done shadows less one partner per sample (equal IN/OUT counts)",
                    "privacy_score": "query 0 phi, sample std (ddof=1)",

@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("store")
     a.add_argument("--out", required=True, help="output directory for tables and plots")
     a.add_argument("--targets", type=int, default=None, help="target shadows (default: the spec's)")
+    a.add_argument("--lira-variant", choices=("ours", "reference"), default=None,
+                   help="LiRA as we score it or as the reference code does (default: the spec's "
+                        "analysis.lira_variant; see docs/lira-variants.md)")
     a.add_argument("--scheduler", default=None,
                    help="run on a dask cluster: a scheduler address or .json file, or 'local' (2 worker processes)")
     a.add_argument("--quick", action="store_true",
@@ -157,7 +160,8 @@ def _cmd_analyze(args) -> int:
     if args.scheduler:
         from analysis.distributed import client_for
     with client_for(args.scheduler) if args.scheduler else nullcontext():
-        res = analyze(args.store, args.out, targets=args.targets, extras=not args.quick)
+        res = analyze(args.store, args.out, targets=args.targets, extras=not args.quick,
+                      lira_variant=args.lira_variant)
     print(format_table(res["attacks"]))
     print(f"analysis written to {args.out}")
     return 0

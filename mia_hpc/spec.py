@@ -149,6 +149,10 @@ class AnalysisSpec:
     fpr: list[float] = option([0.001, 0.01], "false-positive rates at which TPR is reported")
     singleton_threshold: float = option(0.8, "memorization above which an under-represented sample is a singleton",
                                     ge=0, le=1)
+    lira_variant: Literal["ours", "reference"] = option(
+        "ours", "how LiRA is scored: 'ours' (means, ddof 1, balanced leave-pair-out references, one-sided offline "
+        "test) or 'reference' (Carlini et al.'s plot.py: medians, ddof 0, every other shadow truncated to the "
+        "smallest per-sample count, two-sided offline density); see docs/lira-variants.md")
 
 
 @dataclass(frozen=True)
