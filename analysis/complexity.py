@@ -230,7 +230,9 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
     group : str ndarray (N,)
         "over" / "under".
     threshold : float
-        "highly memorized" = train & mem > threshold (the spec's singleton threshold).
+        "highly memorized" = train & mem > threshold (the spec's singleton threshold); the sets'
+        names are those of :data:`analysis.groups.SAMPLE_SETS` ("All": the train split, "random":
+        its under-represented samples).
     plots : path
         Folder for the figures (PNG + PDF): sweep_auroc, sweep_tpr_<fpr>, complexity.
     extra_masks : mapping name -> bool ndarray (N,), optional
@@ -259,8 +261,11 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
 
     plots = Path(plots)
     train = np.asarray(train, dtype=bool)
-    masks = {"highly memorized": train & (np.asarray(mem) > threshold), "random": train.copy(),
-             "under-represented": train & (np.asarray(group) == "under")}
+    from .groups import highly_memorized, random_under
+
+    # names from the one registry (analysis.groups.SAMPLE_SETS), as in every other table and figure
+    masks = {"highly memorized": highly_memorized(mem, threshold, train=train), "All": train.copy(),
+             "random": random_under(group, train=train)}
     for k, v in (extra_masks or {}).items():
         masks[k] = train & np.asarray(v, dtype=bool)
     masks = {k: v for k, v in masks.items() if v.any()}

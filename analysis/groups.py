@@ -1,4 +1,10 @@
-"""Challenge sets of the paper's §6: random under-represented samples, a subpopulation, singletons.
+"""Challenge sets of the paper's §6: random under-represented samples, a subpopulation, singletons,
+and the one registry of the names of every set of samples the report shows (:data:`SAMPLE_SETS`).
+
+Every table row, figure legend and caption that names a set of samples takes its name from
+:data:`SAMPLE_SETS`, so one set has one name everywhere; :func:`sample_set_table` lists each set's
+definition, size and how it differs from the others (e.g. "highly memorized" is the singletons plus
+the over-represented samples above the same threshold).
 
 Each is a boolean mask over the store's samples (shape (N,)); only train-split samples can be in a
 set, since only they are ever members. Pass ``train`` (``split == "train"``) wherever the store has
@@ -31,11 +37,45 @@ Subpopulation edge cases (deterministic for a given ``seed``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
+import pandas as pd
 
 __all__ = ["Subpopulation", "subpopulation", "subpopulation_clusters", "singletons", "random_under",
-           "challenge_sets", "store_features"]
+           "highly_memorized", "challenge_sets", "store_features", "SAMPLE_SETS", "SET_ALIASES", "set_name",
+           "set_definition", "sample_set_table"]
+
+#: The name and definition of every set of (train-split) samples the report names, in report order.
+#: ``{threshold}`` is the spec's ``analysis.singleton_threshold``.
+SAMPLE_SETS: dict[str, str] = {
+    "All": "every train-split sample (either group)",
+    "random": "every under-represented (D_U) train sample: the paper's 'random' challenge set (a); "
+              "the 'Under' columns of attacks.md and attacks_per_target.md",
+    "subpopulation": "the under-represented train samples in the smallest KMeans cluster (5 clusters, PCA to 10 "
+                     "dimensions of shadow 0's penultimate-layer features of all train samples): the paper's (b)",
+    "singletons": "the under-represented train samples with memorization > {threshold}: the paper's (c)",
+    "highly memorized": "the train samples of EITHER group with memorization > {threshold} (the paper's 'HM'): "
+                        "the singletons plus any over-represented sample above the same threshold",
+}
+#: Other spellings accepted as input for a registered set (never shown in the report).
+SET_ALIASES: dict[str, str] = {"Under": "random", "under": "random", "under-represented": "random", "all": "All",
+                               "HM": "highly memorized"}
+
+
+def set_name(name: str) -> str:
+    """The registered name of the set ``name`` (an alias resolved); KeyError naming the registry if unknown."""
+    name = SET_ALIASES.get(name, name)
+    if name not in SAMPLE_SETS:
+        raise KeyError(f"{name!r} is not a registered sample set; known: {', '.join(SAMPLE_SETS)}")
+    return name
+
+
+def set_definition(name: str, threshold: float) -> str:
+    """The definition of the registered set ``name`` with the memorization threshold filled in."""
+    from .numfmt import fmt
+
+    return SAMPLE_SETS[set_name(name)].format(threshold=fmt(float(threshold)))
 
 
 def _train_mask(n: int, train: np.ndarray | None) -> np.ndarray:
@@ -155,11 +195,16 @@ def subpopulation(features: np.ndarray, group: np.ndarray, *, train: np.ndarray 
 def singletons(mem: np.ndarray, group: np.ndarray, threshold: float, *, train: np.ndarray | None = None
                ) -> np.ndarray:
     """Mask (N,) of under-represented train samples with memorization ``mem > threshold`` (NaN: never)."""
+    return highly_memorized(mem, threshold, train=train) & _under(group)
+
+
+def highly_memorized(mem: np.ndarray, threshold: float, *, train: np.ndarray | None = None) -> np.ndarray:
+    """Mask (N,) of train samples of either group with ``mem > threshold`` (NaN: never); the
+    singletons are its under-represented part."""
     mem = np.asarray(mem, dtype=np.float64)
-    train = _train_mask(mem.size, train)
     with np.errstate(invalid="ignore"):
         high = np.isfinite(mem) & (mem > threshold)
-    return high & _under(group) & train
+    return high & _train_mask(mem.size, train)
 
 
 def random_under(group: np.ndarray, *, train: np.ndarray | None = None, size: int | None = None,
@@ -198,3 +243,52 @@ def store_features(ds) -> np.ndarray | None:
     if f.size == 0 or np.isnan(f).all():
         return None
     return f
+
+
+def _relation(a: np.ndarray, b: np.ndarray, name_b: str) -> str | None:
+    """How set ``a`` differs from set ``b`` (named ``name_b``), or None when they merely overlap."""
+    if not b.any():
+        return None
+    extra, missing = int((a & ~b).sum()), int((b & ~a).sum())
+    if extra == 0 and missing == 0:
+        return f"the same samples as {name_b}"
+    if extra == 0:
+        return f"{name_b} less {missing}"
+    if missing == 0:
+        return f"{name_b} plus {extra}"
+    return None
+
+
+def sample_set_table(masks: Mapping[str, np.ndarray], group: np.ndarray, threshold: float) -> pd.DataFrame:
+    """One row per named set: its size, over/under split, how it relates to the other sets, and its
+    definition from :data:`SAMPLE_SETS`.
+
+    Parameters
+    ----------
+    masks : mapping registered set name -> bool (N,)
+        The sets over the same N samples (e.g. the train split); an alias is replaced by its name.
+    group : ndarray of str (N,)
+        "over" / "under" of the same samples.
+    threshold : float
+        The memorization threshold in the definitions.
+
+    Returns
+    -------
+    DataFrame indexed by ``set`` (registry order), columns ``n``, ``n under``, ``n over``,
+    ``relation`` (e.g. "singletons plus 7": every singleton and 7 samples more; "random less 12";
+    only subsets and supersets are named, "-" when there is none) and ``definition``.
+    """
+    under = np.asarray(group).astype(str) == "under"
+    named = {set_name(k): np.asarray(v, dtype=bool) for k, v in masks.items()}
+    order = [k for k in SAMPLE_SETS if k in named]
+    rows = {}
+    for k in order:
+        m = named[k]
+        # every set lies within All: only relations between the challenge sets say something
+        rel = [r for o in order if o not in (k, "All") and k != "All"
+               for r in [_relation(m, named[o], o)] if r is not None]
+        rows[k] = [int(m.sum()), int((m & under).sum()), int((m & ~under).sum()), "; ".join(rel) or "-",
+                   set_definition(k, threshold)]
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=["n", "n under", "n over", "relation", "definition"])
+    df.index.name = "set"
+    return df

@@ -32,9 +32,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .atomic import write_text
+from .numfmt import fmt, is_p_column
 from typing import Any, Iterable
 
-__all__ = ["write_report", "render_report", "register_caption", "caption_for", "CAPTIONS"]
+__all__ = ["write_report", "render_report", "register_caption", "caption_for", "incomplete_line", "CAPTIONS"]
 
 #: What to look for in each table / figure, keyed by file stem (first match by exact stem, then the
 #: longest key that the stem starts with). Order here is the order in the report.
@@ -179,8 +180,40 @@ def _split_md(text: str) -> tuple[str, list[list[str]]]:
 
 
 def _csv_rows(path: Path) -> list[list[str]]:
+    """A CSV's rows, its non-integer numbers in the report's one format (the file keeps full precision)."""
     with path.open(newline="", encoding="utf-8") as f:
-        return [row for row in csv.reader(f)]
+        rows = [row for row in csv.reader(f)]
+    if not rows:
+        return rows
+    p_cols = [is_p_column(c) for c in rows[0]]
+    return [rows[0]] + [[_csv_cell(c, p_cols[j] if j < len(p_cols) else False) for j, c in enumerate(r)]
+                        for r in rows[1:]]
+
+
+def _csv_cell(c: str, p_value: bool) -> str:
+    if not re.fullmatch(r"\s*[-+]?(\d+\.\d*|\.\d+|\d+(?=[eE]))([eE][-+]?\d+)?\s*", c):
+        return c  # integers (counts) and text stay as written
+    return fmt(float(c), p_value=p_value)
+
+
+def _fact(v: Any) -> str:
+    """A header fact as text: numbers in the report's one format, lists comma-separated."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fact(x) for x in v)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return fmt(v)
+    return json.dumps(v)
+
+
+def incomplete_line(summary: dict[str, Any]) -> str | None:
+    """"k of M shadows done: ..." when the analysed store has shadows not done, else None."""
+    done, total = summary.get("n_shadows_done"), summary.get("n_shadows_total")
+    if not isinstance(done, int) or not isinstance(total, int) or done >= total:
+        return None
+    return (f"{done} of {total} shadows done: this analysis uses only the {done} done shadows "
+            f"(re-run the same 'mia-hpc run' or 'submit' to train the other {total - done}, then analyse again)")
 
 
 def _is_number(s: str) -> bool:
@@ -312,6 +345,7 @@ pre.spec{background:#f6f8fa;border:1px solid #d0d7de;padding:10px;font-size:13px
 .files{font-size:13px;color:#555}
 nav a{margin-right:12px}
 p.note,p.empty{color:#666;font-style:italic}
+p.incomplete{margin:0;padding:10px 28px;background:#ffebe9;color:#82071e;font-weight:bold;border-bottom:2px solid #cf222e}
 """
 
 
@@ -338,8 +372,8 @@ def render_report(out: str | Path, *, store: str | Path | None = None, title: st
         facts.append(("store created", attrs["created"]))
     if not summary:
         facts.append(("analysis.json", "missing: the analysis did not finish, or this is not an analysis folder"))
-    facts_html = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(json.dumps(v) if not isinstance(v, str) else v)}</dd>"
-                         for k, v in facts)
+    facts_html = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(_fact(v))}</dd>" for k, v in facts)
+    warn = incomplete_line(summary)
     spec_text = json.dumps(spec, indent=2, sort_keys=False) if spec else "(spec not found: store not readable)"
 
     tables, figures = _tables(out, report_dir), _figures(out, report_dir)
@@ -348,6 +382,7 @@ def render_report(out: str | Path, *, store: str | Path | None = None, title: st
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        *([f"<p class=incomplete>{html.escape(warn)}</p>"] if warn else []),
         f"<header><h1>{html.escape(title)}</h1>"
         f"<div>spec hash <span class=hash>{html.escape(spec_hash)}</span> · generated {now}</div></header>",
         "<main>",

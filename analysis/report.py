@@ -46,30 +46,34 @@ from .passes import one_pass
 from .privacy import privacy_score_from_sums
 from .atomic import write_text
 from .figures import FigureQueue, save_figure
+from .numfmt import fmt, is_p_column
 from .ood import spearman
-from .html_report import write_report
+from .html_report import incomplete_line, register_caption, write_report
 from .scores import StoredScores, write_scores
 from .spill import SpilledScores, release_freed_memory
 from .threads import n_threads
 
-__all__ = ["analyze", "format_table", "to_markdown"]
+__all__ = ["analyze", "format_table", "to_markdown", "terminal_lines"]
 
 GROUP_COLORS = {"over": "tab:blue", "under": "tab:red"}
+
+register_caption("sample_sets", "The sets of samples named in the tables and figures: one name per set. Where two "
+                                "sets look alike (singletons and highly memorized) the relation column says how "
+                                "they differ.")
 
 
 # --- formatting -------------------------------------------------------------------------------
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, (float, np.floating)):
-        if math.isnan(v):
-            return "N/A"
-        return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
-    return str(v)
+def _fmt(v: Any, *, p_value: bool = False) -> str:
+    """The report's one number format (:func:`analysis.numfmt.fmt`)."""
+    return fmt(v, p_value=p_value)
 
 
 def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     head = [str(df.index.name or "")] + [str(c) for c in df.columns]
-    rows = [[str(i)] + [_fmt(v) for v in row] for i, row in zip(df.index, df.itertuples(index=False))]
+    p_cols = [is_p_column(c) for c in df.columns]
+    rows = [[str(i)] + [_fmt(v, p_value=pc) for v, pc in zip(row, p_cols)]
+            for i, row in zip(df.index, df.itertuples(index=False))]
     return head, rows
 
 
@@ -79,6 +83,21 @@ def format_table(df: pd.DataFrame) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def terminal_lines(res: Mapping[str, Any]) -> list[str]:
+    """What ``mia-hpc run`` and ``mia-hpc analyze`` print after an analysis, last line the report's path.
+
+    ``res`` is :func:`analyze`'s result: a "k of M shadows done" line first when the store has
+    shadows not done, the attack table, then ``report: OUT/report/index.html``.
+    """
+    lines = []
+    warn = incomplete_line(res["summary"])
+    if warn:
+        lines.append(warn)
+    lines.append(format_table(res["attacks"]))
+    lines.append(f"report: {res['report']}")
+    return lines
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -168,8 +187,8 @@ def _accuracy_md(df: pd.DataFrame) -> pd.DataFrame:
     """Paper-style view: 'mean ± 1.96 sd' and the 2.5-97.5 percentile range."""
     view = pd.DataFrame(index=df.index)
     view["shadows"] = df["n_shadows"].astype(int)
-    view["accuracy (%)"] = [f"{m:.2f} ± {h:.2f}" if np.isfinite(m) else "N/A" for m, h in zip(df["mean"], df["pm95"])]
-    view["95% of shadows (%)"] = [f"[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else "N/A"
+    view["accuracy (%)"] = [f"{_fmt(m)} ± {_fmt(h)}" if np.isfinite(m) else "N/A" for m, h in zip(df["mean"], df["pm95"])]
+    view["95% of shadows (%)"] = [f"[{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) else "N/A"
                                  for lo, hi in zip(df["p2.5"], df["p97.5"])]
     return view
 
@@ -186,7 +205,7 @@ def _memorization_table(group_tr: np.ndarray, mem_tr: np.ndarray, priv_tr: np.nd
                    float((m_ok > thr).mean()) if m_ok.size else np.nan, int((m_ok > thr).sum()),
                    float(p_ok.mean()) if p_ok.size else np.nan]
     df = pd.DataFrame.from_dict(rows, orient="index", columns=[
-        "count", "mean mem", f"frac mem > {thr:g}", f"n mem > {thr:g}", "mean privacy score"])
+        "count", "mean mem", f"frac mem > {_fmt(thr)}", f"n mem > {_fmt(thr)}", "mean privacy score"])
     df.index.name = "group"
     return df
 
@@ -453,7 +472,7 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
                  "holding 95% of shadows (2.5-97.5 percentiles).", _accuracy_md(accuracy))
     _write_table(out, "memorization", memo,
                  f"Train-split samples per group: Feldman-Zhang memorization, fraction above the singleton "
-                 f"threshold {thr:g}, mean (finite) privacy score. Spearman rho(mem, privacy) = "
+                 f"threshold {_fmt(thr)}, mean (finite) privacy score. Spearman rho(mem, privacy) = "
                  f"{_fmt(rho['rho'])} (n = {rho['n']}).")
     write_text(out / "per_sample.csv", per_sample.to_csv(index=False))
 
@@ -492,9 +511,9 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
     summary["timings_s"] = {**phase.seconds, "total": round(time.perf_counter() - t_start, 3)}
     summary["threads"] = n_threads()  # of the timings (no result depends on it: tests/test_threads.py)
     write_text(out / "analysis.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
-    write_report(out, store=store)  # reads analysis.json for its header
+    report = write_report(out, store=store)  # reads analysis.json for its header
     return {"attacks": attacks, "attacks_per_target": per_target, "accuracy": accuracy, "memorization": memo,
-            "per_sample": per_sample, "spearman": rho, "lira": lira, "summary": summary,
+            "per_sample": per_sample, "spearman": rho, "lira": lira, "summary": summary, "report": report,
             **{k: v for k, v in extra.items() if k != "summary"}}
 
 
@@ -513,7 +532,7 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
     read from the store.
     """
     from .complexity import theory_json, theory_suite, theory_tables
-    from .groups import challenge_sets, store_features
+    from .groups import challenge_sets, highly_memorized, sample_set_table, set_definition, store_features
     from .ood import ood_correlations, ood_scores_from_store, plot_mem_vs_ood, plot_ood_vs_privacy
     from .tables import accuracy_table, attack_table, format_accuracy_table, format_attack_table, write_table
 
@@ -526,9 +545,9 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
     hm = sets["singletons"][train]
     for k, v in ood.items():  # drawn while the bootstrap tables are computed
         figures.submit(plot_ood_vs_privacy, out / "plots" / f"ood_{k}_vs_privacy", v[train], priv[train], group_tr,
-                       name=k, highlight=hm)
+                       name=k, highlight=hm, highlight_label="singletons")
         figures.submit(plot_mem_vs_ood, out / "plots" / f"mem_vs_ood_{k}", v[train], mem[train], group_tr, name=k,
-                       highlight=hm)
+                       highlight=hm, highlight_label="singletons")
     phase = phase or _Phases()
     with phase("paper_extras/bootstrap_tables"):
         paper = attack_table(_LazyPairs(lira), {k: v[train] for k, v in sets.items()}, fpr=0.001, n_boot=200, seed=0)
@@ -544,7 +563,12 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
                 caption=f"Pooled AUROC and TPR@0.1% FPR over {n_targets} targets with 95% bootstrap intervals "
                         f"({paper.attrs['n_boot']} replicates over targets and samples). All = train split; "
                         "Under-represented = the row's challenge set (one store: the 'All' column is the same "
-                        "for every challenge set of an attack).")
+                        "for every challenge set of an attack). "
+                        + " ".join(f"{k} = {set_definition(k, thr)}." for k in sets))
+    named = {"All": train, **sets, "highly memorized": highly_memorized(mem, thr, train=train)}
+    _write_table(out, "sample_sets", sample_set_table({k: v[train] for k, v in named.items()}, group_tr, thr),
+                 "Every set of samples the tables and figures name, one name each: size, how it relates to the "
+                 "other sets (subsets and supersets) and its definition.")
     write_table(out / "tables", "paper_accuracy", table1, format_accuracy_table(table1),
                 caption=f"Accuracy (%) over {data.n_shadows} shadows, mean ± 1.96 sd (paper Table 1/4).")
     write_text(out / "tables" / "ood_correlations.csv", ood_corr.to_csv())

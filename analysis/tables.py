@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_text
+from .numfmt import fmt, is_p_column
 from .spill import release_freed_memory
 from .bootstrap import bootstrap_columns, metric_names
 
 __all__ = ["accuracy_table", "format_accuracy_table", "attack_table", "format_attack_table", "to_markdown",
-           "to_latex", "latex_escape", "write_table", "SUBSET_LABELS"]
+           "to_latex", "latex_escape", "write_table", "format_numbers", "SUBSET_LABELS"]
 
 SUBSETS = ("train/over", "train/under", "test/over", "test/under")  # = mia_hpc.store.SUBSETS
 SUBSET_LABELS = {"train/over": "Train D_O", "train/under": "Train D_U", "test/over": "Test D_O",
@@ -93,10 +94,11 @@ def accuracy_table(acc: Any, *, subsets: Sequence[str] = SUBSETS, dataset: str =
     return df
 
 
-def format_accuracy_table(df: pd.DataFrame, *, subsets: Sequence[str] = SUBSETS, digits: int = 2,
+def format_accuracy_table(df: pd.DataFrame, *, subsets: Sequence[str] = SUBSETS,
                           percentiles: bool = False) -> pd.DataFrame:
     """Paper view of :func:`accuracy_table`: "mean ± pm" per subset (or "mean [lo, hi]" with
-    ``percentiles=True``), N/A where a subset has no value."""
+    ``percentiles=True``), N/A where a subset has no value; numbers in the report's one format
+    (:func:`analysis.numfmt.fmt`)."""
     view = pd.DataFrame(index=df.index)
     for c in ("n_shadows", "|D_O|", "|D_U|"):
         if c in df:
@@ -107,9 +109,9 @@ def format_accuracy_table(df: pd.DataFrame, *, subsets: Sequence[str] = SUBSETS,
             if not math.isfinite(m):
                 cells.append("N/A")
             elif percentiles:
-                cells.append(f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]")
+                cells.append(f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]")
             else:
-                cells.append(f"{m:.{digits}f} ± {pm:.{digits}f}" if math.isfinite(pm) else f"{m:.{digits}f}")
+                cells.append(f"{fmt(m)} ± {fmt(pm)}" if math.isfinite(pm) else fmt(m))
         view[f"{SUBSET_LABELS.get(s, s)} (%)"] = cells
     return view
 
@@ -185,18 +187,18 @@ def attack_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]], challenge
     return df
 
 
-def _cell(v: float, lo: float, hi: float, pct: bool, digits: int) -> str:
+def _cell(v: float, lo: float, hi: float, pct: bool) -> str:
     if not math.isfinite(v):
         return "N/A"
-    f = (lambda x: f"{100 * x:.{digits}f}%") if pct else (lambda x: f"{x:.{digits}f}")
+    f = (lambda x: f"{fmt(100 * x)}%") if pct else fmt
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return f(v)
     return f"{f(v)} [{f(lo)}, {f(hi)}]"
 
 
-def format_attack_table(df: pd.DataFrame, *, auroc_digits: int = 3, tpr_digits: int = 2,
-                        show_n: bool = True) -> pd.DataFrame:
-    """Paper view of :func:`attack_table`: "value [lo, hi]" strings, TPR in percent.
+def format_attack_table(df: pd.DataFrame, *, show_n: bool = True) -> pd.DataFrame:
+    """Paper view of :func:`attack_table`: "value [lo, hi]" strings, TPR in percent, numbers in the
+    report's one format (:func:`analysis.numfmt.fmt`).
 
     Columns: ``AUROC All``, ``AUROC Under-represented``, ``TPR@0.1% FPR All``, ``TPR@0.1% FPR
     Under-represented`` (and ``n Under`` with ``show_n``)."""
@@ -206,7 +208,7 @@ def format_attack_table(df: pd.DataFrame, *, auroc_digits: int = 3, tpr_digits: 
         pct = m.startswith("TPR")
         for g in ("All", "Under"):
             label = f"{m}{' FPR' if pct else ''} {COLUMN_LABELS[g]}"
-            view[label] = [_cell(v, lo, hi, pct, tpr_digits if pct else auroc_digits)
+            view[label] = [_cell(v, lo, hi, pct)
                            for v, lo, hi in zip(df[f"{m} {g}"], df[f"{m} {g} lo"], df[f"{m} {g} hi"])]
     if show_n and "n Under" in df:
         view["n Under"] = [str(int(v)) for v in df["n Under"]]
@@ -214,6 +216,16 @@ def format_attack_table(df: pd.DataFrame, *, auroc_digits: int = 3, tpr_digits: 
 
 
 # --- writers ------------------------------------------------------------------------------------
+
+def format_numbers(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` as strings in the report's one number format; columns named like p-values
+    (:func:`analysis.numfmt.is_p_column`) in scientific notation."""
+    view = pd.DataFrame(index=df.index)
+    for c in df.columns:
+        p = is_p_column(c)
+        view[c] = [fmt(v, p_value=p) for v in df[c].tolist()]
+    return view
+
 
 def _index_cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Index names and per-row index cells, with repeats of outer levels blanked (grouped rows)."""
@@ -302,11 +314,11 @@ def write_table(folder: str | Path, name: str, numeric: pd.DataFrame, view: pd.D
                 caption: str = "") -> list[Path]:
     """Write ``folder/name.csv`` (``numeric``), ``name.md`` (caption + ``view``) and ``name.tex``.
 
-    ``view`` defaults to ``numeric`` formatted with ``str``. Each file is written to a temporary
-    name and renamed into place. Returns the three paths.
+    ``view`` defaults to ``numeric`` in the report's one number format (:func:`format_numbers`).
+    Each file is written to a temporary name and renamed into place. Returns the three paths.
     """
     folder = Path(folder)
-    view = numeric.astype(str) if view is None else view
+    view = format_numbers(numeric) if view is None else view
     paths = [folder / f"{name}.csv", folder / f"{name}.md", folder / f"{name}.tex"]
     write_text(paths[0], numeric.to_csv())
     write_text(paths[1], (f"{caption}\n\n" if caption else "") + to_markdown(view))

@@ -115,18 +115,18 @@ def _cmd_run(args) -> int:
         res = run_adaptive(spec, args.out, executor=args.executor, parallel=args.parallel, device=args.device,
                            compare_full=args.compare_full, analyze=not args.no_analyze, extras=not args.quick)
         print("\n".join(res.lines()))
-        print(f"per-wave values in {Path(args.out) / 'waves'}; summary {Path(args.out) / 'adaptive.json'}"
-              + ("" if args.no_analyze else f"; report of the shadows used in {Path(args.out) / 'analysis'}"))
+        print(f"per-wave values in {Path(args.out) / 'waves'}; summary {Path(args.out) / 'adaptive.json'}")
+        if not args.no_analyze:  # the report of the shadows used; its path is the last line
+            print(f"report: {Path(args.out) / 'analysis' / 'report' / 'index.html'}")
         return 0
 
     res = api.run(spec, args.out, executor=args.executor, analyze=not args.no_analyze, device=args.device,
                   parallel=args.parallel, extras=not args.quick)
     print("\n".join(api.status(res["store"]).lines()))
     if res["analysis"] is not None:
-        from analysis.report import format_table
+        from analysis.report import terminal_lines
 
-        print(format_table(res["analysis"]["attacks"]))
-        print(f"analysis written to {Path(args.out) / 'analysis'}")
+        print("\n".join(terminal_lines(res["analysis"])))
     return 0
 
 
@@ -155,15 +155,14 @@ def _cmd_status(args) -> int:
 def _cmd_analyze(args) -> int:
     from contextlib import nullcontext
 
-    from analysis.report import analyze, format_table
+    from analysis.report import analyze, terminal_lines
 
     if args.scheduler:
         from analysis.distributed import client_for
     with client_for(args.scheduler) if args.scheduler else nullcontext():
         res = analyze(args.store, args.out, targets=args.targets, extras=not args.quick,
                       lira_variant=args.lira_variant)
-    print(format_table(res["attacks"]))
-    print(f"analysis written to {args.out}")
+    print("\n".join(terminal_lines(res)))
     return 0
 
 

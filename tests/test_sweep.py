@@ -206,22 +206,22 @@ def test_theory_suite_end_to_end_on_a_synthetic_store(synth, tmp_path):
     extra = {"subpopulation": np.arange(train.size) % 7 == 0}
     r = theory_suite(data, counts, train=train, mem=mem, group=data.group, threshold=0.5, plots=tmp_path / "plots",
                      n_targets=8, repeats=3, extra_masks=extra, fprs=[0.001], max_per_set=60)
-    assert set(r["masks"]) <= {"highly memorized", "random", "under-represented", "subpopulation"}
-    assert {"random", "under-represented", "subpopulation"} <= set(r["masks"])
+    assert set(r["masks"]) <= {"highly memorized", "All", "random", "subpopulation"}
+    assert {"All", "random", "subpopulation"} <= set(r["masks"])
     assert len(r["theory"]) == int(train.sum())
-    assert r["theory_summary"].loc["random", "n"] == int(train.sum())
+    assert r["theory_summary"].loc["All", "n"] == int(train.sum())
     # the strongly separated group: Gaussian H^2 near 1; nowhere a Bernoulli violation
     th = r["theory"]
     under = data.group[train] == "under"
     assert th.loc[under, "H2_gauss_uni"].mean() > 0.9 > th.loc[~under, "H2_gauss_uni"].mean()
     assert set(r["sweep"]["set"]) == set(r["masks"])
     n_sw = r["sweep"].groupby("set")["n_samples"].first()
-    assert n_sw["random"] == 60 and n_sw["under-represented"] == 60  # capped (100 under samples)
-    assert r["complexity"].loc[("random", "lira-online"), "n_samples"] == int(train.sum())  # predictions: all
+    assert n_sw["All"] == 60 and n_sw["random"] == 60  # capped (100 under samples)
+    assert r["complexity"].loc[("All", "lira-online"), "n_samples"] == int(train.sum())  # predictions: all
     assert all(p.exists() and p.stat().st_size > 1000 for p in r["figures"])
     assert {p.name for p in r["figures"]} >= {"sweep_auroc.png", "sweep_auroc.pdf", "complexity.png",
                                               "complexity_relative.pdf", "sweep_tpr_0p1pct.png"}
-    assert r["complexity"].loc[("under-represented", "lira-online"), "m_needed auroc>=0.9"] == 1
+    assert r["complexity"].loc[("random", "lira-online"), "m_needed auroc>=0.9"] == 1
     # the report helpers: flat tables with captions, strict-JSON digest
     import json
 
@@ -233,7 +233,7 @@ def test_theory_suite_end_to_end_on_a_synthetic_store(synth, tmp_path):
     for df, caption in tabs.values():
         assert caption and not isinstance(df.index, pd.MultiIndex)
         assert to_markdown(df).count("\n") == len(df) + 2
-    assert "under-represented / lira-online / 1" in tabs["sweep"][0].index
+    assert "random / lira-online / 1" in tabs["sweep"][0].index
     json.dumps(_jsonable(theory_json(r)), allow_nan=False)
 
 

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from analysis.tables import (accuracy_table, attack_table, format_accuracy_table, format_attack_table, latex_escape,
-                             to_latex, to_markdown, write_table)
+from analysis.numfmt import fmt, fmt_p, is_p_column, max_significant_digits
+from analysis.tables import (accuracy_table, attack_table, format_accuracy_table, format_attack_table, format_numbers,
+                             latex_escape, to_latex, to_markdown, write_table)
 
 SUBSETS = ("train/over", "train/under", "test/over", "test/under")
 
@@ -52,9 +53,12 @@ def test_attack_table_view_and_files(attack_df, tmp_path):
     view = format_attack_table(df)
     assert list(view.columns) == ["AUROC All", "AUROC Under-represented", "TPR@0.1% FPR All",
                                   "TPR@0.1% FPR Under-represented", "n Under"]
-    cell = view.iloc[0]["AUROC All"]
-    assert re.fullmatch(r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]", cell), cell
-    assert re.fullmatch(r"\d+\.\d{2}% \[\d+\.\d{2}%, \d+\.\d{2}%\]", view.iloc[0]["TPR@0.1% FPR All"])
+    row = df.iloc[0]
+    assert view.iloc[0]["AUROC All"] == \
+        f"{fmt(row['AUROC All'])} [{fmt(row['AUROC All lo'])}, {fmt(row['AUROC All hi'])}]"
+    assert view.iloc[0]["TPR@0.1% FPR All"] == (f"{fmt(100 * row['TPR@0.1% All'])}% [{fmt(100 * row['TPR@0.1% All lo'])}%, "
+                                                f"{fmt(100 * row['TPR@0.1% All hi'])}%]")
+    assert all(max_significant_digits(c)[0] <= 4 for c in view.to_numpy().ravel()), view
     paths = write_table(tmp_path / "tables", "attacks_ci", df, view, caption="LiRA, 95% CI; n_boot = 100")
     assert [p.name for p in paths] == ["attacks_ci.csv", "attacks_ci.md", "attacks_ci.tex"]
     back = pd.read_csv(paths[0], index_col=[0, 1])
@@ -116,9 +120,12 @@ def test_accuracy_table_from_store_like_array(tmp_path):
     assert list(view.columns) == ["n_shadows", "|D_O|", "|D_U|", "Train D_O (%)", "Train D_U (%)", "Test D_O (%)",
                                   "Test D_U (%)"]
     assert view["Test D_U (%)"].iloc[0] == "N/A"
-    assert re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", view["Train D_U (%)"].iloc[0])
-    assert re.fullmatch(r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]",
-                        format_accuracy_table(df, percentiles=True)["Train D_O (%)"].iloc[0])
+    s = "train/under"
+    assert view["Train D_U (%)"].iloc[0] == f"{fmt(df[f'{s} mean'].iloc[0])} ± {fmt(df[f'{s} pm'].iloc[0])}"
+    s = "train/over"
+    assert format_accuracy_table(df, percentiles=True)["Train D_O (%)"].iloc[0] == \
+        f"{fmt(df[f'{s} mean'].iloc[0])} [{fmt(df[f'{s} lo'].iloc[0])}, {fmt(df[f'{s} hi'].iloc[0])}]"
+    assert all(max_significant_digits(c)[0] <= 4 for c in view.to_numpy().ravel()), view
     paths = write_table(tmp_path, "table1", df, view, caption="Table 1: accuracy (%), mean ± 1.96 sd over shadows")
     _check_latex(paths[2].read_text(), n_cols=1 + view.shape[1], n_rows=1)
     # concatenating two stores' rows (Table 1 has one row per mixture)
@@ -138,3 +145,35 @@ def test_empty_challenge_set_is_na():
     assert view.loc[("a", "singletons"), "AUROC Under-represented"] == "N/A"
     assert view.loc[("a", "singletons"), "AUROC All"] != "N/A"
     _check_latex(to_latex(view), n_cols=2 + view.shape[1], n_rows=2)
+
+
+@pytest.mark.parametrize("value, text", [
+    (0.6860876708942159, "0.6861"), (99.4412, "99.44"), (100.0, "100"), (0.5, "0.5"), (np.float32(0.25), "0.25"),
+    (0.000123456, "0.0001235"), (12345.678, "1.235e+04"), (np.int64(1797), "1797"), (7, "7"), (float("nan"), "N/A"),
+    (None, "N/A"), (float("inf"), "inf"), ("text", "text")])
+def test_one_number_format(value, text):
+    assert fmt(value) == text
+
+
+def test_p_values_are_scientific_and_named_by_column():
+    assert fmt(1.035767932695684e-167, p_value=True) == "1.04e-167"
+    assert fmt_p(0.032) == "3.20e-02" and fmt_p(float("nan")) == "N/A"
+    assert [is_p_column(c) for c in ("p", "p privacy", "p mem", "p-value", "p2.5", "pm95", "precision", "rho")] == \
+        [True, True, True, True, False, False, False, False]
+
+
+def test_significant_digit_scanner():
+    assert max_significant_digits("| 0.6860876708942159 | 3 |") == (16, "0.6860876708942159")
+    assert max_significant_digits("1.035767932695684e-167")[0] == 16
+    assert max_significant_digits("99.44 ± 0.05 [1797 samples], torch 2.14.1") == (4, "99.44")
+    assert max_significant_digits("0.0001235 and 100.00")[0] == 5  # trailing zeros after the point count
+    assert max_significant_digits("64 shadows, 1797 samples") == (0, "")
+
+
+def test_write_table_default_view_uses_the_one_format(tmp_path):
+    df = pd.DataFrame({"rho privacy": [0.6860876708942159], "p privacy": [1.035767932695684e-167], "n": [1797]},
+                      index=pd.Index(["msp"], name="ood score"))
+    assert format_numbers(df).iloc[0].tolist() == ["0.6861", "1.04e-167", "1797"]
+    paths = write_table(tmp_path, "corr", df, caption="c")
+    assert "| msp | 0.6861 | 1.04e-167 | 1797 |" in paths[1].read_text()
+    assert pd.read_csv(paths[0], index_col=0)["rho privacy"].iloc[0] == 0.6860876708942159  # CSV: full precision
