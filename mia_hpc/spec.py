@@ -106,6 +106,10 @@ class TrainSpec:
     precision: Literal["fp32", "bf16"] = option(
         "fp32", "training arithmetic: 'bf16' runs forward and backward under torch.autocast in bfloat16 (fp32 "
         "weights and optimizer; queries stay fp32); on CPU it runs too, with CPU autocast (sequential backend)")
+    threads: int = option(
+        1, "torch intra-op CPU threads of every shadow's training, whatever the node, --parallel or Slurm "
+           "cpus_per_task (CPU kernels split their sums by thread count: fixing it makes a shadow bit-exact "
+           "wherever it is redone); 0: the worker's own count (faster, not bit-exact across runs)", ge=0, le=1024)
 
 
 @dataclass(frozen=True)
@@ -260,7 +264,8 @@ class Spec:
 
 
 #: (table, key) of fields added after the first stores were written (see :meth:`Spec.hash`).
-_LATER_FIELDS = (("model", "norm"), ("train", "warmup"), ("train", "augment_flip"), ("train", "precision"))
+_LATER_FIELDS = (("model", "norm"), ("train", "warmup"), ("train", "augment_flip"), ("train", "precision"),
+                 ("train", "threads"))
 
 
 # --- parsing ----------------------------------------------------------------------------------

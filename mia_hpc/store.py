@@ -52,6 +52,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, VLenUTF8Codec, ZstdCodec
 
+from mia_hpc.faults import kill_point
+
 SCHEMA_VERSION = 1
 SUBSETS = ("train/over", "train/under", "test/over", "test/under")
 PER_SHADOW = ("logits", "accuracy", "train_loss", "finished_at", "done")
@@ -225,18 +227,25 @@ def write_shadow(root: zarr.Group, shadow: int, logits: np.ndarray, accuracy: np
     A writer killed anywhere before the last line leaves ``done[shadow] == False``, so the shadow
     is simply redone on the next run; partially written chunks are overwritten.
     """
+    kill_point("write:logits", shadow)
     root["logits"][shadow] = np.asarray(logits, dtype=np.float32)
+    kill_point("write:accuracy", shadow)
     root["accuracy"][shadow] = np.asarray(accuracy, dtype=np.float32)
+    kill_point("write:train_loss", shadow)
     root["train_loss"][shadow] = np.float32(train_loss)
+    kill_point("write:finished_at", shadow)
     root["finished_at"][shadow] = time.time()
     base = Path(str(root.store.root))
     for name in ("logits", "accuracy", "train_loss", "finished_at"):
         _fsync_tree(base / name / "c" / str(shadow))
     if features is not None and "features" in root:
+        kill_point("write:features", shadow)
         root["features"][...] = np.asarray(features, dtype=np.float32)
         _fsync_tree(base / "features" / "c")
+    kill_point("write:done", shadow)
     root["done"][shadow] = True
     _fsync_tree(base / "done" / "c" / str(shadow))
+    kill_point("done", shadow)
 
 
 def _fsync_tree(path: Path) -> None:

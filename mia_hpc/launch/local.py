@@ -1,8 +1,9 @@
 """Run shard workers on this machine: as submitit local jobs (real subprocesses) or in-process.
 
 ``local`` runs each shard through ``submitit.LocalExecutor`` in its own process, at most
-``parallel`` at a time, with the cores divided between them; ``debug`` calls the worker in this
-process (for tests and debuggers). Progress is read from the store's ``done`` flags, the same
+``parallel`` at a time (the cores are divided between them only for specs with ``train.threads =
+0``; otherwise every worker uses the spec's thread count, so results do not depend on
+``parallel``); ``debug`` calls the worker in this process (for tests and debuggers). Progress is read from the store's ``done`` flags, the same
 source of truth ``mia-hpc status`` uses.
 """
 
@@ -16,6 +17,8 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from mia_hpc.launch.errors import ShardFailed
+from mia_hpc.launch.lifeline import as_driver
 from mia_hpc.launch.worker import default_threads, train_shard
 from mia_hpc.store import done_mask, open_store
 
@@ -30,10 +33,6 @@ def _error_line(text: str) -> str:
         if head.endswith(("Error", "Exception", "Interrupt")) and " " not in head:
             return ln
     return lines[-1] if lines else ""
-
-
-class ShardFailed(RuntimeError):
-    """A shard worker exited with an error; its finished shadows are kept, the rest are redone on re-run."""
 
 
 def run_shards(store: str | Path, n_shards: int, shards: Sequence[int], *, executor: str = "local",
@@ -63,7 +62,8 @@ def run_shards(store: str | Path, n_shards: int, shards: Sequence[int], *, execu
     try:
         for start in range(0, len(shards), parallel):
             wave = list(shards[start:start + parallel])
-            jobs = ex.map_array(fn, [str(store)] * len(wave), wave, [n_shards] * len(wave))
+            with as_driver():  # the workers end when this process dies, even by SIGKILL
+                jobs = ex.map_array(fn, [str(store)] * len(wave), wave, [n_shards] * len(wave))
             while not all(j.done() for j in jobs):
                 time.sleep(0.5)
                 n = int(done_mask(root).sum())

@@ -54,6 +54,7 @@ from mia_hpc.models import build_model, has_batchnorm
 from mia_hpc.seeding import int_seed, rng_for
 from mia_hpc.spec import Spec
 from mia_hpc.store import SUBSETS
+from mia_hpc.train.guard import DivergenceGuard
 
 # The reference model whose penultimate features the store keeps (for subpopulation selection).
 FEATURE_SHADOW = 0
@@ -372,6 +373,7 @@ def _train_plain(spec: Spec, data: TrainData, shadows: Sequence[int], batched, p
     loss_sum = torch.zeros(k, device=device)
     bar = tqdm(range(run_steps), desc=f"shadows {shadows[0]}..{shadows[-1]}", disable=not progress, leave=False,
                mininterval=1.0)
+    guard = DivergenceGuard(shadows, run_steps, device, spec.train.lr, spe)
     chunk_start, chunk = -1, None
     for step in bar:
         if step % spe == 0 or chunk is None:  # one epoch of draws to the device per epoch
@@ -390,6 +392,7 @@ def _train_plain(spec: Spec, data: TrainData, shadows: Sequence[int], batched, p
             out = batched(params, buffers, x)  # (K, B, C)
         per_shadow = F.cross_entropy(out.float().flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
         opt.zero_grad(set_to_none=True)
+        guard.update(step, per_shadow)
         per_shadow.sum().backward()
         opt.step()
         if step >= total - spe:  # the last epoch's mean loss, without a host sync per step
@@ -428,6 +431,7 @@ def _train_dp(spec: Spec, data: TrainData, shadows: Sequence[int], base, params,
             arrays.append(flips)
         return arrays
 
+    guard = DivergenceGuard(shadows, run_steps, device, spec.train.lr, spe)
     chunk_start, chunk = -1, None
     for step in bar:
         if step % spe == 0 or chunk is None:  # an epoch of padded Poisson batches to the device at once
@@ -439,6 +443,7 @@ def _train_dp(spec: Spec, data: TrainData, shadows: Sequence[int], base, params,
         idx, shifts, weight = cur[0], cur[1], cur[2]
         x = shifted(images[idx], shifts[..., 0], shifts[..., 1], pad, cur[3] if flip_rngs is not None else None)
         grads, losses = per_sample_grads(base, {n: p.detach() for n, p in params.items()}, buffers, x, labels[idx])
+        guard.update(step, (losses * weight).sum(1) / weight.sum(1).clamp(min=1))
         noisy = noisy_gradient(clipped_sum(grads, weight, spec.dp.max_grad_norm), gens, spec, norm)
         for name, p in params.items():
             p.grad = noisy[name]

@@ -1,0 +1,38 @@
+"""Fault injection for the kill-and-resume tests: a real SIGKILL of a worker at a named point.
+
+``MIA_HPC_KILL_AT=POINT`` (or ``POINT@SHADOW``) makes the process SIGKILL itself the first time it
+reaches ``POINT`` (for that shadow). The points are ``load`` (the store's data read), ``train``
+(a shadow batch's training started), ``write:NAME`` (just before writing array NAME of a shadow:
+logits, accuracy, train_loss, finished_at, features, done) and ``done`` (the shadow's ``done`` flag
+written and synced). ``train`` may carry a delay, ``train+0.4``: the kill then comes that many
+seconds into training, from a timer thread. Unset (the normal case), every call is one dict lookup.
+
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+KILL_ENV = "MIA_HPC_KILL_AT"
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_point(point: str, shadow: int | None = None) -> None:
+    """SIGKILL this process if :data:`KILL_ENV` names ``point`` (and ``shadow``, if it names one)."""
+    want = os.environ.get(KILL_ENV)
+    if not want:
+        return
+    name, _, at = want.partition("@")
+    name, _, delay = name.partition("+")
+    if name != point or (at and shadow is not None and int(at) != shadow):
+        return
+    if delay:
+        threading.Timer(float(delay), _kill).start()
+    else:
+        _kill()

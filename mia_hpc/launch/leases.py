@@ -1,0 +1,209 @@
+"""Shard leases: at most one live worker trains a shard, on one machine or across nodes sharing the store.
+
+A lease is a small JSON file ``STORE.leases/shard-I-of-N.json`` beside the store (never inside it:
+the store stays a pure Zarr tree) naming its owner: a random token, host, pid (and the pid's start
+time, so a recycled pid is not mistaken for the owner), when it was taken and the shadows it covers.
+
+* Taking it is atomic: the record is written completely to a private temporary file, then
+  ``os.link``-ed to the lease name, which fails if the name exists. ``link`` is atomic on local
+  filesystems and on NFS (unlike ``O_EXCL`` on old NFS clients), so two workers on two nodes can
+  never both succeed.
+* The owner's heartbeat thread touches the file every :func:`heartbeat_s` seconds. A lease is
+  stale when its owner is on this host and its process is gone (taken over at once), or, for an
+  owner on another host, when the heartbeat is older than :func:`stale_s` (default 120 s, twelve
+  heartbeats: clock skew between nodes and NFS attribute caching stay well inside it).
+* A stale lease is taken over by renaming it to a private name first (only one renamer can
+  succeed), checking that what was renamed is the stale record that was judged, then linking a new
+  one. A fresh lease renamed by mistake (it replaced the stale one between the read and the rename)
+  is put back.
+* The heartbeat checks that the file still carries its owner's token; if not, the lease is lost and
+  :meth:`ShardLease.check`, called before every write of a shadow, stops the worker with
+  :class:`LeaseLost`: a worker whose lease was taken over never writes again.
+
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mia_hpc.launch.errors import LeaseHeld, LeaseLost
+
+
+def heartbeat_s() -> float:
+    """Seconds between heartbeats (``MIA_HPC_LEASE_HEARTBEAT_S``, default 10)."""
+    return float(os.environ.get("MIA_HPC_LEASE_HEARTBEAT_S", "10"))
+
+
+def stale_s() -> float:
+    """Seconds without a heartbeat after which another host's lease is stale (``MIA_HPC_LEASE_STALE_S``, 120)."""
+    return float(os.environ.get("MIA_HPC_LEASE_STALE_S", "120"))
+
+
+def lease_dir(store: str | Path) -> Path:
+    """The folder of a store's leases: ``STORE.leases`` beside it."""
+    store = Path(store).absolute()
+    return store.with_name(store.name + ".leases")
+
+
+def pid_start(pid: int) -> str:
+    """The start time of process ``pid`` in clock ticks since boot ('' where /proc cannot tell)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name may contain spaces
+
+
+def pid_alive(pid: int, start: str) -> bool:
+    """Whether process ``pid`` exists and is the one that started at ``start`` (if known)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: it exists
+    now = pid_start(pid)
+    return not (start and now and now != start)
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """What a lease file says about its owner."""
+
+    token: str
+    host: str
+    pid: int
+    pid_start: str
+    taken: float
+    shard: int
+    n_shards: int
+    shadows: tuple[int, int]
+
+    def owner(self) -> str:
+        return f"pid {self.pid} on {self.host}"
+
+
+def _read(path: Path) -> tuple[LeaseRecord, float] | None:
+    """The record and heartbeat time of a lease file, or None if there is none (or it is being replaced)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+            beat = os.fstat(f.fileno()).st_mtime
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    raw["shadows"] = tuple(raw["shadows"])
+    return LeaseRecord(**raw), beat
+
+
+class ShardLease:
+    """The lease of shard ``shard`` of ``n_shards`` of a store; use as a context manager."""
+
+    def __init__(self, store: str | Path, shard: int, n_shards: int, shadows: range) -> None:
+        self.store = Path(store)
+        self.path = lease_dir(store) / f"shard-{shard}-of-{n_shards}.json"
+        pid = os.getpid()
+        self.record = LeaseRecord(uuid.uuid4().hex, socket.gethostname(), pid, pid_start(pid), time.time(), shard,
+                                  n_shards, (shadows.start, shadows.stop))
+        self._stop = threading.Event()
+        self._lost = False
+        self._thread: threading.Thread | None = None
+
+    # --- taking and giving back -------------------------------------------------------------
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the lease, waiting up to ``wait`` seconds for a live owner; else raise :class:`LeaseHeld`."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + wait
+        while True:
+            if self._try_take():
+                self._thread = threading.Thread(target=self._beat, name=f"lease {self.path.name}", daemon=True)
+                self._thread.start()
+                return
+            held = _read(self.path)
+            if held is None:
+                continue  # released or being replaced between our link and our read: try again
+            rec, beat = held
+            if self._is_stale(rec, beat):
+                self._take_over(rec)
+                continue
+            if time.monotonic() >= deadline:
+                raise LeaseHeld(
+                    f"shard {rec.shard} of {rec.n_shards} of {self.store} (shadows {rec.shadows[0]}..{rec.shadows[1] - 1}) "
+                    f"is being trained by {rec.owner()} since {time.strftime('%H:%M:%S', time.localtime(rec.taken))} "
+                    f"(heartbeat {max(0.0, time.time() - beat):.0f} s ago; lease {self.path}); wait for it to finish "
+                    f"(a lease with no heartbeat for {stale_s():.0f} s is taken over)")
+            time.sleep(min(1.0, heartbeat_s()))
+
+    def _try_take(self) -> bool:
+        tmp = self.path.with_name(f".{self.path.name}.{self.record.token}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(asdict(self.record), f)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+
+    def _is_stale(self, rec: LeaseRecord, beat: float) -> bool:
+        if rec.host == socket.gethostname():
+            return not pid_alive(rec.pid, rec.pid_start)
+        return time.time() - beat > stale_s()
+
+    def _take_over(self, stale: LeaseRecord) -> None:
+        """Remove the stale lease ``stale``, and only it (see the module docstring)."""
+        grave = self.path.with_name(f".{self.path.name}.stale-{self.record.token}")
+        try:
+            os.rename(self.path, grave)
+        except FileNotFoundError:
+            return  # another worker removed it first
+        got = _read(grave)
+        if got is not None and got[0].token != stale.token:
+            try:  # a fresh lease replaced the stale one before our rename: give it back
+                os.link(grave, self.path)
+            except FileExistsError:
+                pass
+        grave.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lease if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        held = _read(self.path)
+        if held is not None and held[0].token == self.record.token:
+            self.path.unlink(missing_ok=True)
+
+    # --- while held ---------------------------------------------------------------------------
+    def _beat(self) -> None:
+        while not self._stop.wait(heartbeat_s()):
+            held = _read(self.path)
+            if held is None or held[0].token != self.record.token:
+                self._lost = True
+                return
+            os.utime(self.path)
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` if another worker has taken the lease over."""
+        if self._lost:
+            raise LeaseLost(f"shard {self.record.shard} of {self.record.n_shards} of {self.store}: this worker's "
+                            f"lease {self.path} was taken over (no heartbeat for {stale_s():.0f} s?); it stops "
+                            "without writing; its finished shadows are kept")
+
+    def __enter__(self) -> "ShardLease":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,139 @@
+"""Shard leases against real files and real processes: one live owner per shard, stale ones taken over.
+
+A second worker for a shard whose owner lives refuses with one line naming it (same host, or
+another host whose heartbeat is fresh); a dead owner on this host is taken over at once, one on
+another host after the staleness window; many processes racing for one lease (free or stale) leave
+exactly one owner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from shard_helpers import REPO, make_store, run_worker, tiny_spec
+
+from mia_hpc.launch.errors import LeaseHeld, LeaseLost
+from mia_hpc.launch.leases import ShardLease, lease_dir
+from mia_hpc.store import done_mask, open_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return make_store(tiny_spec(count=4, shards=2), tmp_path_factory.mktemp("leases") / "store.zarr")
+
+
+def _write_lease(store: Path, shard: int, n: int, *, host: str, pid: int, age: float = 0.0) -> Path:
+    """A lease file as another worker would have left it, with its heartbeat ``age`` seconds old."""
+    path = lease_dir(store) / f"shard-{shard}-of-{n}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"token": "other", "host": host, "pid": pid, "pid_start": "", "taken": time.time(),
+                                "shard": shard, "n_shards": n, "shadows": [0, 2]}))
+    t = time.time() - age
+    os.utime(path, (t, t))
+    return path
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_worker_refuses_a_shard_leased_by_a_live_process(store):
+    with ShardLease(store, 0, 2, range(0, 2)):
+        p = run_worker(store, 0, 2, timeout=120)
+    assert p.returncode == 1, p.stderr
+    line = p.stderr.strip()
+    assert "\n" not in line and line.startswith("mia-hpc: error: shard 0 of 2 of ")
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in line
+    assert not done_mask(open_store(store)).any()  # nothing trained, nothing written
+    assert not list(lease_dir(store).glob("shard-0-*"))  # and our lease is gone after release
+
+
+def test_fresh_lease_of_another_host_is_respected(store):
+    path = _write_lease(store, 1, 2, host="node-b", pid=4242, age=5)
+    try:
+        with pytest.raises(LeaseHeld, match="pid 4242 on node-b .*heartbeat 5 s ago"):
+            ShardLease(store, 1, 2, range(2, 4)).acquire()
+        assert json.loads(path.read_text())["token"] == "other"  # not touched
+    finally:
+        path.unlink()
+
+
+def test_stale_lease_of_another_host_is_taken_over(store, monkeypatch):
+    monkeypatch.setenv("MIA_HPC_LEASE_STALE_S", "30")
+    path = _write_lease(store, 1, 2, host="node-b", pid=4242, age=31)
+    lease = ShardLease(store, 1, 2, range(2, 4))
+    lease.acquire()
+    try:
+        assert json.loads(path.read_text())["token"] == lease.record.token
+    finally:
+        lease.release()
+    assert not path.exists()
+
+
+def test_dead_owner_on_this_host_is_taken_over_at_once(store):
+    path = _write_lease(store, 1, 2, host=socket.gethostname(), pid=_dead_pid())  # heartbeat fresh, owner gone
+    with ShardLease(store, 1, 2, range(2, 4)) as lease:
+        assert json.loads(path.read_text())["token"] == lease.record.token
+
+
+def test_heartbeat_advances_and_a_taken_over_lease_is_lost(store, monkeypatch):
+    monkeypatch.setenv("MIA_HPC_LEASE_HEARTBEAT_S", "0.1")
+    lease = ShardLease(store, 0, 2, range(0, 2))
+    lease.acquire()
+    try:
+        first = lease.path.stat().st_mtime_ns
+        time.sleep(0.5)
+        assert lease.path.stat().st_mtime_ns > first
+        lease.check()  # still ours
+        rec = json.loads(lease.path.read_text())
+        rec["token"] = "thief"
+        lease.path.write_text(json.dumps(rec))  # what a take-over by another worker leaves
+        time.sleep(0.5)
+        with pytest.raises(LeaseLost, match="was taken over"):
+            lease.check()
+    finally:
+        lease.release()
+    assert lease.path.exists()  # the thief's lease is not removed by the loser
+    lease.path.unlink()
+
+
+RACER = """
+import sys, time
+from mia_hpc.launch.errors import LeaseHeld
+from mia_hpc.launch.leases import ShardLease
+lease = ShardLease(sys.argv[1], 0, 2, range(0, 2))
+while time.time() < float(sys.argv[2]):
+    pass
+try:
+    lease.acquire()
+except LeaseHeld:
+    print("held")
+    sys.exit(0)
+print("won")
+time.sleep(6)
+lease.release()
+"""
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["free", "stale"])
+def test_eight_processes_racing_for_one_lease_leave_one_owner(store, stale):
+    if stale:
+        _write_lease(store, 0, 2, host="node-b", pid=4242, age=10_000)
+    start = time.time() + 8  # every racer imported and spinning when the gun goes off
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(store), str(start)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    said = sorted(o[0].strip() for o in outs)
+    assert said == ["held"] * 7 + ["won"], said
+    assert not list(lease_dir(store).glob("shard-0-*")) and not list(lease_dir(store).glob(".*"))
