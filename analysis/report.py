@@ -44,6 +44,7 @@ from .memorization import memorization_from_counts
 from .metrics import attack_metrics, fpr_label, metric_columns
 from .passes import one_pass
 from .privacy import privacy_score_from_sums
+from .roc import write_roc
 from .atomic import write_text
 from .figures import FigureQueue, save_figure
 from .numfmt import fmt, is_p_column
@@ -447,6 +448,11 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
         per_sample = per_sample.merge(extra.pop("per_sample"), on="sample", how="left")
     extra_inputs.clear()  # every shadow's phi (the sweep's input) is not needed any more
     release_freed_memory()
+    # ROC curves (analysis.roc) on the figure thread; the scores are bound now (memory-mapped), as
+    # lira.scores is replaced by scores.zarr's reader while the figures are still being drawn
+    roc_masks = {"All": np.ones(group_tr.size, dtype=bool), "Under": group_tr == "under",
+                 **{k: np.asarray(v, dtype=bool)[train] for k, v in extra.get("challenge_sets", {}).items()}}
+    figures.submit(write_roc, out, {a: (lira.member, lira.scores[a]) for a in lira.scores}, roc_masks, fprs)
 
     # --- write ---------------------------------------------------------------------------------
     n_pairs = lira.member.size
