@@ -37,11 +37,20 @@ from scipy.special import log_ndtr
 
 from .stats import GaussianSums, Partners
 
-__all__ = ["ATTACKS", "LIRA_VARIANTS", "LiraResult", "lira_scores", "sd_floor", "run_lira", "resolve_targets"]
+__all__ = ["ATTACKS", "LIRA_VARIANTS", "PER_SAMPLE_VARIANCE_MIN", "LiraResult", "lira_scores", "sd_floor", "run_lira",
+           "resolve_targets"]
 
 ATTACKS = ("lira-online", "lira-offline", "lira-fixed-variance")
 #: ``analysis.lira_variant``: this module's scoring, or the reference code's (:mod:`analysis.lira_reference`).
 LIRA_VARIANTS = ("ours", "reference")
+#: Per side, the fewest reference values from which the shadow-count sweep (:mod:`analysis.sweep`)
+#: fits a per-sample variance; below it online and offline LiRA use the pooled ("fixed") variance,
+#: as Carlini et al. advise for few shadows. Why 8: with n values the fitted 1/s^2 (which scales
+#: the log-likelihood ratio) is sigma^-2 times an inverse chi-square of n - 1 degrees of freedom over
+#: n - 1, whose mean is infinite for n <= 3 and whose variance is infinite for n <= 5 (heavy-tailed
+#: scores: the V of the demo's sweep at 2 references per side); at n = 8 it is finite (mean 1.4,
+#: sd 1.1 sigma^-2), and docs/lira-variants.md has the measured curves.
+PER_SAMPLE_VARIANCE_MIN = 8
 
 
 def sd_floor(sums: GaussianSums) -> np.ndarray:

@@ -28,6 +28,12 @@ against it), evaluated by one compiled loop from the walk's sums without forming
 sums. Repeats run on the analysis' threads (:mod:`analysis.threads`). phi is held in memory for
 the challenge samples only (the union of the masks), (M, N_c, Q) float64.
 
+Variance: below :data:`analysis.lira.PER_SAMPLE_VARIANCE_MIN` references per side, ``lira-online``
+and ``lira-offline`` use the pooled ("fixed") variance of each side instead of each sample's own
+(from a handful of values it is heavy-tailed: the per-sample curve dips in a V at 2-3 references per
+side); from it on, each sample's own. The tidy output's ``variance`` column ("fixed" /
+"per-sample") says which each point used, and the figure marks it.
+
 Metrics per (challenge set, attack, m, repeat) pool every (target, sample in the set) pair, as
 ``tables/attacks.csv`` does. Fixed-variance LiRA pools the variance over all scored samples (the
 union of the challenge sets: all train samples when the "All" set is included, as in
@@ -48,13 +54,13 @@ import pandas as pd
 from scipy.special import log_ndtr
 
 from .figures import save_figure
-from .lira import lira_terms, sd_floor
+from .lira import PER_SAMPLE_VARIANCE_MIN, lira_terms, sd_floor
 from .metrics import fpr_label, per_target_metrics
 from .threads import n_threads
 from .stats import gaussian_sums
 
-__all__ = ["default_m_grid", "shadow_sweep", "sweep_scores", "summarize_sweep", "plot_sweep", "sweep_from_store",
-           "SWEEP_ATTACKS"]
+__all__ = ["default_m_grid", "shadow_sweep", "sweep_scores", "summarize_sweep", "plot_sweep", "sweep_figure",
+           "sweep_from_store", "SWEEP_ATTACKS"]
 
 SWEEP_ATTACKS = ("lira-online", "lira-fixed-variance")
 
@@ -118,7 +124,8 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
                  n_targets: int | None = None, m_grid: Sequence[int] | None = None, repeats: int = 10,
                  seed: int = 0, fprs: Sequence[float] = (0.001, 0.01), attacks: Sequence[str] = SWEEP_ATTACKS,
                  progress: Callable[[int], None] | None = None,
-                 orders: Sequence[np.ndarray] | None = None) -> pd.DataFrame:
+                 orders: Sequence[np.ndarray] | None = None,
+                 per_sample_min: int = PER_SAMPLE_VARIANCE_MIN) -> pd.DataFrame:
     """Run the sweep on in-memory phi.
 
     Parameters
@@ -149,10 +156,14 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
     orders : sequence of permutations of range(M), optional
         Explicit shadow orders, one per repeat (overrides ``seed``; for tests and for reproducing a
         given training order).
+    per_sample_min : int
+        Online and offline LiRA fit per-sample variances from this many references per side on
+        (default :data:`analysis.lira.PER_SAMPLE_VARIANCE_MIN`), the pooled variance below it.
 
     Returns
     -------
-    DataFrame (tidy): set, attack, m, n_shadows (= 2 m), repeat, n_samples, auroc, ``tpr@0.1%``, ...
+    DataFrame (tidy): set, attack, m, n_shadows (= 2 m), repeat, n_samples, variance ("fixed" or
+    "per-sample"), auroc, ``tpr@0.1%``, ...
     """
     phi = np.asarray(phi)
     if phi.ndim == 2:
@@ -193,7 +204,8 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
             order = np.asarray(orders[r], dtype=np.int64)
         else:
             order = np.random.default_rng([seed, r]).permutation(m_tot)
-        scores = sweep_scores(x, kp, ms, order, t_n, shift=shift, floor=floor, attacks=attacks, shifted=shifted)
+        scores = sweep_scores(x, kp, ms, order, t_n, shift=shift, floor=floor, attacks=attacks, shifted=shifted,
+                              per_sample_min=per_sample_min)
         out = []
         for name, mask in sub.items():
             # one row per m: the pooled (target, sample in the set) pairs, all m in one call
@@ -202,7 +214,8 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
                 sc = np.moveaxis(scores[a], 1, 0)[:, :, mask].reshape(ms.size, -1)  # (L, T * set)
                 vals = per_target_metrics(mem_rows, sc, list(fprs))
                 for li, mv in enumerate(ms):
-                    out.append([name, a, int(mv), 2 * int(mv), r, int(mask.sum())] + [float(v) for v in vals[li]])
+                    how = "fixed" if a == "lira-fixed-variance" or mv < per_sample_min else "per-sample"
+                    out.append([name, a, int(mv), 2 * int(mv), r, int(mask.sum()), how] + [float(v) for v in vals[li]])
         return out
 
     # repeats on the analysis' threads: their array work (numpy, compiled walks) releases the GIL
@@ -212,12 +225,13 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
             rows += part
             if progress is not None:
                 progress(1)
-    return pd.DataFrame(rows, columns=["set", "attack", "m", "n_shadows", "repeat", "n_samples"] + names)
+    return pd.DataFrame(rows, columns=["set", "attack", "m", "n_shadows", "repeat", "n_samples", "variance"] + names)
 
 
 def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndarray, n_targets: int, *,
                  shift: np.ndarray, floor: np.ndarray, attacks: Sequence[str] = SWEEP_ATTACKS,
-                 shifted: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 shifted: np.ndarray | None = None,
+                 per_sample_min: int = PER_SAMPLE_VARIANCE_MIN) -> dict[str, np.ndarray]:
     """Scores of the first ``n_targets`` shadows with m IN + m OUT references, for every m in ``ms``.
 
     Parameters
@@ -237,6 +251,9 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
         Standard-deviation floor (:func:`analysis.lira.sd_floor`).
     shifted : ndarray, shape (M, N, Q), optional
         ``x - shift`` as a C-contiguous float64 array, when the caller scores several orders.
+    per_sample_min : int
+        For m below it, ``lira-online`` and ``lira-offline`` use the pooled variance of each side
+        (``lira-online`` then equals ``lira-fixed-variance``); 0 or 1: per-sample variances at every m.
 
     Returns
     -------
@@ -267,7 +284,8 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
     z_off = np.empty((n_l, t_n, nc, q) if "lira-offline" in attacks else (0, 0, 0, 0))
     _sweep_rows(d_all, np.ascontiguousarray(keep[:t_n], dtype=np.bool_), pos_t[:t_n], ms, a1, b1, a2, b2,
                 np.ascontiguousarray(shift, dtype=np.float64), np.asarray(floor, dtype=np.float64),
-                "lira-online" in attacks, "lira-fixed-variance" in attacks, online, fixed, z_off)
+                np.ascontiguousarray(ms < per_sample_min), "lira-online" in attacks, "lira-fixed-variance" in attacks,
+                online, fixed, z_off)
     out = {}
     for a in attacks:
         if a == "lira-online":
@@ -283,8 +301,8 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _sweep_rows(d, keep_t, pos_t, ms, a1, b1, a2, b2, shift, floor, want_online, want_fixed, online, fixed,
-                z_off):  # pragma: no cover - compiled
+def _sweep_rows(d, keep_t, pos_t, ms, a1, b1, a2, b2, shift, floor, pooled_m, want_online, want_fixed, online,
+                fixed, z_off):  # pragma: no cover - compiled
     """:func:`analysis.lira.lira_scores` of every (m, target, sample) from the walk's sums, without
     forming them: for side s and sample i the reference sums are ``a[s, l, i]`` (the first m), or
     ``b[s, l, i]`` less the target's own shifted value ``d[t, i]`` where the target is among the
@@ -292,7 +310,8 @@ def _sweep_rows(d, keep_t, pos_t, ms, a1, b1, a2, b2, shift, floor, want_online,
     Per (m, target): the pooled variance of each side over the samples (Chan's combination, as
     :meth:`analysis.stats.GaussianSums.pooled_variance`), then each sample's moments (ddof 1),
     floored standard deviations and the online / fixed-variance log-likelihood ratios summed over
-    queries, and the offline z-scores."""
+    queries, and the offline z-scores; where ``pooled_m[l]``, online is the fixed-variance ratio and
+    the offline z-score uses the pooled OUT standard deviation."""
     n_l, t_n, n = online.shape
     q = d.shape[2]
     want_off = z_off.shape[0] > 0
@@ -303,6 +322,7 @@ def _sweep_rows(d, keep_t, pos_t, ms, a1, b1, a2, b2, shift, floor, want_online,
     for li in range(n_l):
         m = ms[li]
         mf = float(m)
+        pooled = pooled_m[li]
         for t in range(t_n):
             for i in range(n):
                 side_t = 0 if keep_t[t, i] else 1
@@ -343,26 +363,32 @@ def _sweep_rows(d, keep_t, pos_t, ms, a1, b1, a2, b2, shift, floor, want_online,
                     acc_on += on
                     acc_fx += fx
                     if want_off:
-                        z_off[li, t, i, k] = zo
-                online[li, t, i] = acc_on if want_online else 0.0
+                        # lira_terms' fixed-variance offline z: the same operations as its zo
+                        z_off[li, t, i, k] = (d[t, i, k] - s1[1, i, k] / mf) / sd_g[1, k] if pooled else zo
+                online[li, t, i] = (acc_fx if pooled else acc_on) if want_online else 0.0
                 fixed[li, t, i] = acc_fx if want_fixed else 0.0
 
 
 def summarize_sweep(sweep: pd.DataFrame) -> pd.DataFrame:
     """Mean, 2.5 and 97.5 percentiles over repeats of every metric, per (set, attack, m).
 
-    Columns: set, attack, m, n_shadows, n_samples, repeats, then ``<metric> mean``, ``<metric> lo``,
-    ``<metric> hi`` for each metric column of ``sweep``.
+    Columns: set, attack, m, n_shadows, n_samples, variance, repeats, then ``<metric> mean``,
+    ``<metric> lo``, ``<metric> hi`` for each metric column of ``sweep``.
     """
-    metrics = [c for c in sweep.columns if c not in ("set", "attack", "m", "n_shadows", "repeat", "n_samples")]
+    ids = ("set", "attack", "m", "n_shadows", "repeat", "n_samples", "variance")
+    metrics = [c for c in sweep.columns if c not in ids]
     g = sweep.groupby(["set", "attack", "m"], sort=False)
-    out = g[["n_shadows", "n_samples"]].first()
+    out = g[[c for c in ("n_shadows", "n_samples", "variance") if c in sweep.columns]].first()
     out["repeats"] = g["repeat"].nunique()
     for c in metrics:
         out[f"{c} mean"] = g[c].mean()
         out[f"{c} lo"] = g[c].quantile(0.025)
         out[f"{c} hi"] = g[c].quantile(0.975)
     return out.reset_index()
+
+
+#: Marker of a sweep point by the variance it used (the ``variance`` column).
+_VARIANCE_MARKERS = {"per-sample": {"marker": "o", "ms": 4}, "fixed": {"marker": "s", "ms": 5, "mfc": "white"}}
 
 
 def _figure(ncols: int):
@@ -376,12 +402,21 @@ def _figure(ncols: int):
 
 def plot_sweep(summary: pd.DataFrame, path: str | Path, *, metric: str = "auroc",
                attacks: Sequence[str] | None = None, title: str | None = None) -> list[Path]:
+    """:func:`sweep_figure` written as ``path`` with suffixes ``.png`` and ``.pdf`` (any suffix of
+    ``path`` is replaced); returns both paths."""
+    return save_figure(sweep_figure(summary, metric=metric, attacks=attacks, title=title), Path(path))
+
+
+def sweep_figure(summary: pd.DataFrame, *, metric: str = "auroc", attacks: Sequence[str] | None = None,
+                 title: str | None = None) -> Any:
     """Metric vs number of reference shadows (log x), mean line and 2.5-97.5% band per challenge set.
 
-    One panel per attack. Writes ``path`` with suffixes ``.png`` and ``.pdf`` (any suffix of
-    ``path`` is replaced) and returns both paths.
+    One panel per attack. Each point's marker says which variance it used (the summary's
+    ``variance`` column): filled circle per-sample, open square fixed (pooled); the legend names
+    both. Returns the matplotlib Figure.
     """
-    path = Path(path)
+    from matplotlib.lines import Line2D
+
     attacks = list(summary["attack"].unique()) if attacks is None else list(attacks)
     fig = _figure(len(attacks))
     axes = fig.subplots(1, len(attacks), squeeze=False)[0]
@@ -394,25 +429,35 @@ def plot_sweep(summary: pd.DataFrame, path: str | Path, *, metric: str = "auroc"
             if d.empty:
                 continue
             xs = d["n_shadows"].to_numpy()
-            ax.plot(xs, d[f"{metric} mean"], marker="o", ms=3, color=colors[s],
-                    label=f"{s} (n={int(d['n_samples'].iloc[0])})")
+            ys = d[f"{metric} mean"].to_numpy()
+            ax.plot(xs, ys, color=colors[s], label=f"{s} (n={int(d['n_samples'].iloc[0])})")
+            how = d["variance"].to_numpy() if "variance" in d else np.full(len(d), "per-sample")
+            for kind, style in _VARIANCE_MARKERS.items():
+                sel = how == kind
+                if sel.any():
+                    ax.plot(xs[sel], ys[sel], ls="none", color=colors[s], **style)
             ax.fill_between(xs, d[f"{metric} lo"], d[f"{metric} hi"], color=colors[s], alpha=0.2, lw=0)
         ax.set_xscale("log", base=2)
         ticks = sorted(summary["n_shadows"].unique())
         ax.set_xticks(ticks, [str(int(t)) for t in ticks])
         ax.minorticks_off()
-        ax.set_xlabel("reference shadow models (IN + OUT; m per side)")
+        ax.set_xlabel("reference shadows per target (IN + OUT; m per side)")
         ax.set_ylabel(ylabel)
         if metric == "auroc":
             ax.axhline(0.5, color="grey", lw=0.6, ls=":")
         ax.set_title(a)
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
+    used = set(summary["variance"]) if "variance" in summary else {"per-sample"}
+    for kind, style in _VARIANCE_MARKERS.items():
+        if kind in used:
+            handles.append(Line2D([], [], ls="none", color="0.3", **style))
+            labels.append(f"{kind} variance")
     if handles:  # one legend below the panels: inside, it hides the curves it explains
         fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)), fontsize="small")
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return fig
 
 
 def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set: int | None = None,

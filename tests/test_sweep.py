@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import norm
 
 from analysis.complexity import plot_complexity, sample_complexity, shadows_needed
-from analysis.lira import lira_scores, run_lira, sd_floor
+from analysis.lira import PER_SAMPLE_VARIANCE_MIN, lira_scores, run_lira, sd_floor
 from analysis.load import open_shadows
 from analysis.metrics import attack_metrics
 from analysis.stats import GaussianSums, gaussian_sums, partners
-from analysis.sweep import (default_m_grid, plot_sweep, shadow_sweep, summarize_sweep, sweep_from_store,
-                            sweep_scores)
+from analysis.sweep import (default_m_grid, plot_sweep, shadow_sweep, summarize_sweep, sweep_figure,
+                            sweep_from_store, sweep_scores)
 from analysis.synthetic import synthetic_keep, write_synthetic_store
 
 ATT = ("lira-online", "lira-fixed-variance", "lira-offline")
@@ -40,7 +41,7 @@ def test_sweep_scores_equal_an_explicit_reference_selection():
     order = np.random.default_rng(3).permutation(m_tot)
     shift = phi.mean(0)
     floor = sd_floor(gaussian_sums(phi, keep, shift))
-    got = sweep_scores(phi, keep, ms, order, 5, shift=shift, floor=floor, attacks=ATT)
+    got = sweep_scores(phi, keep, ms, order, 5, shift=shift, floor=floor, attacks=ATT, per_sample_min=0)
     for t in range(5):
         for li, m in enumerate(ms):
             sel = np.zeros((m_tot, n), dtype=bool)
@@ -69,8 +70,9 @@ def test_largest_m_in_reverse_order_equals_the_full_leave_pair_out_analysis():
     m_tot = phi.shape[0]
     train = np.ones(phi.shape[1], dtype=bool)
     masks = {"all": train, "half": np.arange(60) < 30}
+    # per_sample_min=1: per-sample variances at m = 7, as the full analysis fits them
     sw = shadow_sweep(phi, keep, masks, n_targets=6, m_grid=[m_tot // 2 - 1], repeats=1, attacks=ATT,
-                      orders=[np.arange(m_tot)[::-1]], fprs=(0.01,))
+                      orders=[np.arange(m_tot)[::-1]], fprs=(0.01,), per_sample_min=1)
     res = run_lira(lambda sl: phi[sl], keep, gaussian_sums(phi, keep), partners(phi, keep), train, 6, attacks=ATT)
     for a in ATT:
         pooled, _, _ = attack_metrics(res.member, res.scores[a], masks, [0.01])
@@ -132,6 +134,73 @@ def test_sweep_on_a_synthetic_store_well_vs_weakly_separated(synth, tmp_path):
     assert tab.loc[("weak", "lira-online"), "pred 1/mem"] == pytest.approx(20.0)
     out = plot_complexity(tab, tmp_path / "complexity")
     assert all(p.stat().st_size > 1000 for p in out)
+
+
+def test_few_references_use_the_pooled_variance():
+    # below PER_SAMPLE_VARIANCE_MIN references per side online LiRA is the fixed-variance ratio and
+    # offline's z-score uses the pooled OUT std; from it on, both are the per-sample ones
+    phi, keep = _phi(m=24, n=30, seed=4)
+    ms = np.array([1, 2, 3, PER_SAMPLE_VARIANCE_MIN, PER_SAMPLE_VARIANCE_MIN + 2])
+    order = np.random.default_rng(5).permutation(phi.shape[0])
+    shift = phi.mean(0)
+    floor = sd_floor(gaussian_sums(phi, keep, shift))
+    new = sweep_scores(phi, keep, ms, order, 4, shift=shift, floor=floor, attacks=ATT)
+    old = sweep_scores(phi, keep, ms, order, 4, shift=shift, floor=floor, attacks=ATT, per_sample_min=0)
+    small = ms < PER_SAMPLE_VARIANCE_MIN
+    assert small.tolist() == [True, True, True, False, False]
+    np.testing.assert_array_equal(new["lira-online"][:, small], new["lira-fixed-variance"][:, small])
+    np.testing.assert_array_equal(new["lira-online"][:, ~small], old["lira-online"][:, ~small])
+    np.testing.assert_array_equal(new["lira-offline"][:, ~small], old["lira-offline"][:, ~small])
+    np.testing.assert_array_equal(new["lira-fixed-variance"], old["lira-fixed-variance"])
+    # offline with the pooled OUT variance, from its definition: the fixed-variance sums of the
+    # first m OUT references in the order, per target and sample
+    for t in range(4):
+        li = 1  # m = 2
+        outs_all = [[s for s in order if s != t and not keep[s, i]][:2] for i in range(phi.shape[1])]
+        ins_all = [[s for s in order if s != t and keep[s, i]][:2] for i in range(phi.shape[1])]
+        vo = np.concatenate([phi[o, i] for i, o in enumerate(outs_all)])  # (2 N, Q): every OUT value
+        vi = np.concatenate([phi[o, i] for i, o in enumerate(ins_all)])
+        sd_o = np.maximum(vo.std(0, ddof=1), floor)
+        sd_i = np.maximum(vi.std(0, ddof=1), floor)
+        mu_o = np.stack([phi[o, i].mean(0) for i, o in enumerate(outs_all)])
+        mu_i = np.stack([phi[o, i].mean(0) for i, o in enumerate(ins_all)])
+        exp_off = norm.logcdf((phi[t] - mu_o) / sd_o).mean(-1)
+        exp_on = (norm.logpdf(phi[t], mu_i, sd_i) - norm.logpdf(phi[t], mu_o, sd_o)).sum(-1)
+        np.testing.assert_allclose(new["lira-offline"][t, li], exp_off, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(new["lira-online"][t, li], exp_on, rtol=1e-9, atol=1e-9)
+
+
+def test_sweep_has_no_v_at_few_shadows_and_says_which_variance(synth):
+    # today's per-sample fit from 2 values per side made the online curve dip in a V (strong set:
+    # AUROC 1.0 at m = 1, 0.89 at m = 2, 0.996 at m = 4 on this store); with the pooled variance
+    # below PER_SAMPLE_VARIANCE_MIN the mean AUROC does not fall as m grows
+    path, _ = synth
+    data = open_shadows(path)
+    train = data.split == "train"
+    masks = {"strong": train & (data.group == "under"), "weak": train & (data.group == "over")}
+    sw, _ = sweep_from_store(data, masks, n_targets=16, repeats=6, seed=0, attacks=ATT)
+    summ = summarize_sweep(sw)
+    for s in masks:
+        for a in ATT:
+            d = summ[(summ["set"] == s) & (summ["attack"] == a)].sort_values("m")
+            assert (np.diff(d["auroc mean"].to_numpy()) > -0.005).all(), (s, a, d["auroc mean"].tolist())
+            exp = np.where((d["m"] < PER_SAMPLE_VARIANCE_MIN) | (a == "lira-fixed-variance"), "fixed", "per-sample")
+            assert d["variance"].tolist() == exp.tolist()
+    assert set(sw["variance"]) == {"fixed", "per-sample"}  # the raw CSV's rows say it too
+    # the old estimator on the same store does dip: what this test guards against
+    old, _ = sweep_from_store(data, masks, n_targets=16, repeats=6, seed=0, attacks=("lira-online",),
+                              per_sample_min=0)
+    c = summarize_sweep(old).query("set == 'strong'").sort_values("m")["auroc mean"].to_numpy()
+    assert c[1] < c[0] - 0.05 and c[2] > c[1] + 0.05
+
+    fig = sweep_figure(summ)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "fixed variance" in labels and "per-sample variance" in labels
+    ax = fig.axes[ATT.index("lira-online")]
+    assert ax.get_xlabel().startswith("reference shadows per target (IN + OUT")
+    squares = sorted({x for ln in ax.get_lines() if ln.get_marker() == "s" for x in ln.get_xdata()})
+    circles = sorted({x for ln in ax.get_lines() if ln.get_marker() == "o" for x in ln.get_xdata()})
+    assert squares == [2, 4, 8] and circles == [16, 30]  # n_shadows = 2 m; m = 1, 2, 4 | 8, 15
 
 
 def test_sweep_rejects_bad_inputs():
