@@ -8,6 +8,7 @@ compute, ideally all reductions together in one ``dask.compute`` so that the log
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from dataclasses import dataclass
@@ -22,8 +23,48 @@ from mia_hpc.store import StoreError
 __all__ = ["ShadowData", "open_shadows", "phi_from_logits", "loss_from_logits", "AnalysisError"]
 
 
-class AnalysisError(RuntimeError):
-    """The store cannot be analysed as it is (e.g. too few finished shadows)."""
+class AnalysisError(StoreError):
+    """The store cannot be analysed as it is (too few finished shadows, diverged or damaged ones).
+
+    A :class:`~mia_hpc.store.StoreError`, so the CLI prints it as one line."""
+
+
+def _shadow_list(shadows: list[int], limit: int = 10) -> str:
+    more = f" and {len(shadows) - limit} more" if len(shadows) > limit else ""
+    return ", ".join(map(str, shadows[:limit])) + more
+
+
+def _read_checked(path: str, positions: np.ndarray, prefixes: np.ndarray | None,
+                  digests: np.ndarray | None) -> np.ndarray:
+    """The logits of the given shadows (one zarr read), refused unless they decode, match the shadows'
+    digests and are finite: the analysis never computes numbers from damaged or diverged shadows."""
+    import crc32c
+    import zarr
+
+    arr = zarr.open_group(path, mode="r")["logits"]
+    pos = np.asarray(positions)
+    try:
+        if pos.size and np.array_equal(pos, np.arange(pos[0], pos[0] + pos.size)):
+            z = np.asarray(arr[int(pos[0]):int(pos[0]) + pos.size])
+        else:
+            z = np.asarray(arr.get_orthogonal_selection((pos,)))
+    except Exception as err:  # zarr raises ValueError for checksum and decode failures
+        raise AnalysisError(f"{path}: the logits of shadows {_shadow_list(pos.tolist())} do not decode "
+                            f"({str(err).splitlines()[0][:120] if str(err) else type(err).__name__}); run "
+                            f"'mia-hpc status {path} --verify --reset-broken' and re-run the missing shadows") from None
+    if prefixes is not None and digests is not None:
+        wrong = [int(s) for s, zz, pre, want in zip(pos, z, prefixes, digests)
+                 if crc32c.crc32c(np.ascontiguousarray(zz).tobytes(), int(pre)) != int(want)]
+        if wrong:
+            raise AnalysisError(f"{path}: shadows {_shadow_list(wrong)} do not match their digests (chunks deleted, "
+                                f"moved or copied from another store); run 'mia-hpc status {path} --verify "
+                                "--reset-broken' and re-run them")
+    finite = np.isfinite(z).reshape(len(pos), -1).all(axis=1)
+    if not finite.all():
+        raise AnalysisError(f"{path}: shadows {_shadow_list(pos[~finite].tolist())} have non-finite logits (they "
+                            f"diverged); run 'mia-hpc status {path} --verify --reset-broken' and re-run them, "
+                            "with a lower train.lr if they diverge again")
+    return z
 
 
 def _other_logsumexp(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +145,9 @@ class ShadowData:
     spec_hash: str
     n_total: int
     positions: np.ndarray | None = None  # the done shadows' indices in the store (None: 0 .. M-1)
+    # per done shadow: its digest, and the digest's running crc32c before the logits (None: no digests)
+    digests: np.ndarray | None = None
+    digest_prefixes: np.ndarray | None = None
 
     # --- cheap per-sample facts (in memory) ---------------------------------------------------
     @property
@@ -143,19 +187,27 @@ class ShadowData:
         zarr fetches and decodes a block's chunks together; the xarray graph of :attr:`logits` has
         one dask task per store chunk, and rechunking it adds a task per chunk more (measured on
         2000 x 20,000 x 1 x 10 float32, 2 cores: 4.5 s to read this way, 10.6 s through xarray).
-        Same values: the logits carry no scale or offset encoding (NaN fill stays NaN).
+        Same values: the logits carry no scale or offset encoding. Each block is checked as it is
+        read (:func:`_read_checked`): a block with a damaged, moved or non-finite shadow raises
+        :class:`AnalysisError` naming the shadows instead of giving numbers.
         """
+        import dask
         import dask.array as da
         import zarr
 
         arr = zarr.open_group(str(self.path), mode="r")["logits"]
         pos = np.arange(self.n_shadows) if self.positions is None else np.asarray(self.positions)
-        z = da.from_array(arr, chunks=(shadows_per_block,) + tuple(arr.shape[1:]), asarray=True)
-        if pos.size and np.array_equal(pos, np.arange(pos[0], pos[0] + pos.size)):  # a run: a slice
-            z = z[int(pos[0]):int(pos[0]) + pos.size]
-        else:  # shadows not done in between
-            z = z[pos]
-        return z.rechunk({0: shadows_per_block})
+        step = max(1, int(shadows_per_block))
+        blocks = []
+        for lo in range(0, pos.size, step):
+            sl = slice(lo, lo + step)
+            pre = None if self.digest_prefixes is None else self.digest_prefixes[sl]
+            dig = None if self.digests is None else self.digests[sl]
+            part = dask.delayed(_read_checked, pure=True)(str(self.path), pos[sl], pre, dig)
+            blocks.append(da.from_delayed(part, shape=(len(pos[sl]),) + tuple(arr.shape[1:]), dtype=arr.dtype))
+        if not blocks:
+            return da.zeros((0,) + tuple(arr.shape[1:]), dtype=arr.dtype, chunks=(step,) + tuple(arr.shape[1:]))
+        return da.concatenate(blocks, axis=0)
 
     # --- lazily derived signals ---------------------------------------------------------------
     def phi(self) -> xr.DataArray:
@@ -215,8 +267,13 @@ def open_shadows(path: str | Path, *, min_done: int = 2, shadow_limit: int | Non
         If fewer than ``min_done`` shadows are done.
     """
     path = Path(path)
-    if not (path / "zarr.json").is_file():
-        raise StoreError(f"{path}: not a mia-hpc store (no zarr.json)")
+    from mia_hpc.verify import check_metadata
+
+    _, damaged = check_metadata(path)  # StoreError (one line) for a damaged root
+    if damaged:
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise StoreError(f"{damaged[0].key}: {damaged[0].error}{more}; the store's metadata is damaged: check it "
+                         f"with 'mia-hpc status {path} --verify'")
     with warnings.catch_warnings():
         # zarr 3 warns that consolidated metadata is not in the v3 spec; harmless for reading.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
@@ -231,8 +288,12 @@ def open_shadows(path: str | Path, *, min_done: int = 2, shadow_limit: int | Non
     # 0.8 s vs 3 s for `done` at 2000 shadows); they are small, so they are loaded here, once
     root = zarr.open_group(str(path), mode="r")
     with zarr.config.set({"async.concurrency": 64}):  # thousands of tiny chunk files: more in flight
-        done = np.asarray(root["done"][...], dtype=bool)
-        accuracy = np.asarray(root["accuracy"][...])
+        try:
+            done = np.asarray(root["done"][...], dtype=bool)
+            accuracy = np.asarray(root["accuracy"][...])
+        except ValueError as err:  # zarr's checksum and decode failures
+            raise AnalysisError(f"{path}: the done flags or accuracies do not decode ({str(err).splitlines()[0][:120]}); "
+                                f"run 'mia-hpc status {path} --verify' to find the damage") from None
     if shadow_limit is not None:
         done &= np.arange(done.size) < shadow_limit
     n_done = int(done.sum())
@@ -240,13 +301,76 @@ def open_shadows(path: str | Path, *, min_done: int = 2, shadow_limit: int | Non
         raise AnalysisError(f"{path}: only {n_done} of {done.size} shadows are done; the analysis needs "
                             f"at least {min_done} (finish training, or wait for more shadows)")
     pos = np.flatnonzero(done)
+    digests, prefixes = _check_done_shadows(path, root, pos)
+    static = _read_static(path, root, ("keep", "label", "group", "split"))
     ds = ds.isel(shadow=pos)
-    for v, a in (("keep", np.asarray(root["keep"][...])), ("accuracy", accuracy)):
+    for v, a in (("keep", static["keep"]), ("accuracy", accuracy)):
         ds[v] = (ds[v].dims, a[pos], ds[v].attrs)
     # Small per-sample variables are needed eagerly by everyone; load them once.
     for v in ("label", "group", "split"):
-        ds[v] = ds[v].load()
+        ds[v] = (ds[v].dims, static[v], ds[v].attrs)
     spec = json.loads(ds.attrs.get("spec", "{}"))
-    return ShadowData(path=path, ds=ds, spec=spec, spec_hash=str(ds.attrs.get("spec_hash", "")),
-                      n_total=int(done.size), positions=pos)
+    data = ShadowData(path=path, ds=ds, spec=spec, spec_hash=str(ds.attrs.get("spec_hash", "")),
+                      n_total=int(done.size), positions=pos, digests=digests, digest_prefixes=prefixes)
+    # every reader of the logits (not only the pass) gets them checked, a whole shadow per task
+    ds["logits"] = xr.DataArray(data.logits_blocks(1), dims=ds["logits"].dims, coords=ds["logits"].coords,
+                                attrs=ds["logits"].attrs)
+    return data
+
+
+def _read_static(path: Path, root: Any, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Arrays written at creation, refused unless they decode and match the digests recorded then."""
+    from mia_hpc.store import array_digest
+
+    digests = root.attrs.get("digests") if isinstance(root.attrs.get("digests"), dict) else {}
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        try:
+            a = np.asarray(root[name][...])
+        except ValueError as err:  # zarr's checksum and decode failures
+            raise StoreError(f"{path}: array {name} does not decode ({str(err).splitlines()[0][:120]}); it was "
+                             "written when the store was created: re-create the store (new --out) from its spec") from None
+        if name in digests and array_digest(a) != digests[name]:
+            raise StoreError(f"{path}: array {name} differs from the digest recorded at creation (a chunk deleted, "
+                             "moved or copied from another store): re-create the store (new --out) from its spec")
+        out[name] = a if a.dtype.kind != "T" and a.dtype != object else _fixed_str(a)
+    return out
+
+
+def _check_done_shadows(path: Path, root: Any, pos: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Refuse done shadows with missing chunks or no digest (cheap: file names and small arrays);
+    return their digests and the digests' running crc32c before the logits, for the check of each
+    block of logits as it is read (:meth:`ShadowData.logits_blocks`)."""
+    from mia_hpc.store import NO_DIGEST, shadow_digest_prefix
+
+    fix = f"run 'mia-hpc status {path} --verify --reset-broken' and re-run them"
+    names = ["logits", "accuracy", "train_loss", "finished_at"] + (["digest"] if "digest" in root else [])
+    missing: list[int] = []
+    for name in names:
+        arr = root[name]
+        inner = list(itertools.product(*(range(c) for c in arr.cdata_shape[1:])))
+        for s in pos:
+            if any(not (path / name / "c" / "/".join(map(str, (int(s),) + k))).is_file() for k in inner):
+                missing.append(int(s))
+    if missing:
+        raise AnalysisError(f"{path}: shadows {_shadow_list(sorted(set(missing)))} are marked done but chunks of "
+                            f"their outputs are missing (deleted?); {fix}")
+    try:
+        loss = np.asarray(root["train_loss"].get_orthogonal_selection((pos,)), dtype=np.float32)
+        at = np.asarray(root["finished_at"].get_orthogonal_selection((pos,)), dtype=np.float64)
+        acc = np.asarray(root["accuracy"].get_orthogonal_selection((pos,)), dtype=np.float32)
+        digests = (np.asarray(root["digest"].get_orthogonal_selection((pos,)), dtype=np.int64)
+                   if "digest" in root else None)
+    except Exception as err:  # zarr raises ValueError for checksum and decode failures
+        raise AnalysisError(f"{path}: the per-shadow outputs of the done shadows do not decode "
+                            f"({str(err).splitlines()[0][:120] if str(err) else type(err).__name__}); {fix}") from None
+    if digests is None:
+        return None, None
+    undigested = pos[digests == NO_DIGEST].tolist()
+    if undigested:
+        raise AnalysisError(f"{path}: shadows {_shadow_list(undigested)} are marked done but have no digest "
+                            f"(done set by hand?); {fix}")
+    prefixes = np.array([shadow_digest_prefix(int(s), a, float(lv), float(t))
+                         for s, a, lv, t in zip(pos, acc, loss, at)], dtype=np.int64)
+    return digests, prefixes
 

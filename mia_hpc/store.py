@@ -22,13 +22,18 @@ logits             shadow, sample, query, class        by the shadow's worker (f
 accuracy           shadow, subset                      by the shadow's worker (float32)
 train_loss         shadow                              by the shadow's worker (float32)
 finished_at        shadow                              by the worker: unix time the shadow was written
+digest             shadow                              by the worker: crc32c of the shadow's outputs
 features           sample, feature                     by shadow 0's worker: its penultimate layer
 done               shadow                              by the worker, last, after an fsync
 =================  ==================================  =========================================
 
 Per-shadow arrays are chunked one shadow per chunk along ``shadow`` so that each writer owns whole
-chunks: concurrent workers never touch the same file. Every chunk carries a crc32c checksum.
-Root attrs: ``schema_version``, ``spec`` (normalized, JSON), ``spec_hash``, ``created``,
+chunks: concurrent workers never touch the same file. Every chunk carries a crc32c checksum; that
+finds a damaged chunk but not a deleted one (it reads as the fill value) nor one moved to another
+shadow's place, so each shadow's outputs also get a ``digest`` bound to its index
+(:func:`shadow_digest`), and the arrays written at creation a digest each in the root attr
+``digests`` (:func:`array_digest`); ``mia_hpc.verify`` checks both.
+Root attrs: ``schema_version``, ``spec`` (normalized, JSON), ``spec_hash``, ``created``, ``digests``,
 ``versions`` (package versions of the creator), and for DP-SGD specs ``dp`` (epsilon, delta,
 sample rate, steps, accountant: the guarantee every shadow's training has).
 
@@ -48,6 +53,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
+import crc32c
 import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, VLenUTF8Codec, ZstdCodec
@@ -56,7 +62,8 @@ from mia_hpc.faults import kill_point
 
 SCHEMA_VERSION = 1
 SUBSETS = ("train/over", "train/under", "test/over", "test/under")
-PER_SHADOW = ("logits", "accuracy", "train_loss", "finished_at", "done")
+PER_SHADOW = ("logits", "accuracy", "train_loss", "finished_at", "digest", "done")
+NO_DIGEST = -1  # the digest array's fill value: the shadow's outputs were never written
 
 
 class StoreError(RuntimeError):
@@ -131,6 +138,7 @@ def _write_new(path: Path, spec_dict: Mapping[str, Any], spec_hash: str, data: S
     c = data.n_classes
     chunk_n = min(n, sample_chunk)
     root = zarr.open_group(path, mode="w", zarr_format=3)
+    digests: dict[str, str] = {}
     root.attrs.update({
         "schema_version": SCHEMA_VERSION,
         "spec": json.dumps(dict(spec_dict), sort_keys=True),
@@ -151,6 +159,7 @@ def _write_new(path: Path, spec_dict: Mapping[str, Any], spec_hash: str, data: S
                               dimension_names=dims, **_codecs(dtype))
         if values is not None:
             a[...] = values
+            digests[name] = array_digest(values)
 
     # coordinates
     arr("shadow", np.arange(m, dtype=np.int32), ["shadow"])
@@ -177,10 +186,12 @@ def _write_new(path: Path, spec_dict: Mapping[str, Any], spec_hash: str, data: S
         dtype=np.float32, fill=np.nan)
     arr("train_loss", None, ["shadow"], shape=(m,), chunks=(1,), dtype=np.float32, fill=np.nan)
     arr("finished_at", None, ["shadow"], shape=(m,), chunks=(1,), dtype=np.float64, fill=np.nan)
+    arr("digest", None, ["shadow"], shape=(m,), chunks=(1,), dtype=np.int64, fill=NO_DIGEST)
     arr("done", None, ["shadow"], shape=(m,), chunks=(1,), dtype=bool, fill=False)
     if n_features:
         arr("features", None, ["sample", "feature"], shape=(n, n_features), chunks=(chunk_n, n_features),
             dtype=np.float32, fill=np.nan)
+    root.attrs["digests"] = digests
     zarr.consolidate_metadata(path)
     _fsync_tree(path)
 
@@ -190,16 +201,77 @@ def open_store(path: str | Path) -> zarr.Group:
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise StoreError(f"{path}: not a mia-hpc store (no zarr.json); create it with 'mia-hpc run SPEC --out DIR'")
-    root = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
+    read_root_metadata(path)
+    try:
+        root = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
+    except (ValueError, KeyError, TypeError) as err:  # zarr's own reading of a damaged zarr.json
+        raise StoreError(f"{path / 'zarr.json'}: not a valid Zarr v3 group ({_first_line(err)}); "
+                         "the store's metadata is damaged, re-create the store (new --out) from its spec") from None
     if root.attrs.get("schema_version") != SCHEMA_VERSION:
         raise StoreError(f"{path}: schema_version {root.attrs.get('schema_version')!r} is not "
                          f"{SCHEMA_VERSION}; re-create the store with this version of mia-hpc")
     return root
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+
+
+def read_root_metadata(path: str | Path) -> dict[str, Any]:
+    """The store's root ``zarr.json`` as a dict; :class:`StoreError` naming the file when it is not
+    readable JSON of a Zarr v3 group (zarr itself raises a bare ``JSONDecodeError`` from deep inside)."""
+    meta = Path(path) / "zarr.json"
+    if not meta.is_file():
+        raise StoreError(f"{Path(path)}: not a mia-hpc store (no zarr.json); create it with "
+                         "'mia-hpc run SPEC --out DIR'")
+    damaged = "the store's metadata is damaged, re-create the store (new --out) from its spec"
+    try:
+        doc = json.loads(meta.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StoreError(f"{meta}: not valid JSON ({_first_line(err)}); {damaged}") from None
+    if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
+        raise StoreError(f"{meta}: not the metadata of a Zarr v3 group; {damaged}")
+    return doc
+
+
 def store_spec(root: zarr.Group) -> dict[str, Any]:
     """The normalized spec the store was created from."""
-    return json.loads(root.attrs["spec"])
+    try:
+        spec = json.loads(root.attrs["spec"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        spec = None
+    if not isinstance(spec, dict):
+        raise StoreError(f"{Path(str(root.store.root))}: the root attr 'spec' is missing or not JSON; the store's metadata is "
+                         "damaged, re-create the store (new --out) from its spec")
+    return spec
+
+
+def array_digest(values: np.ndarray) -> str:
+    """crc32c of an array's values (hex), the same for the array written and the array read back."""
+    a = np.asarray(values)
+    if a.dtype.kind in "OUT" or a.dtype.kind not in "biufc":  # strings: numpy's or zarr's StringDType
+        data = "\0".join(map(str, a.ravel().tolist())).encode()
+    else:
+        data = np.ascontiguousarray(a).tobytes()
+    return f"{crc32c.crc32c(data):08x}"
+
+
+def shadow_digest(shadow: int, logits: np.ndarray, accuracy: np.ndarray, train_loss: float,
+                  finished_at: float) -> int:
+    """crc32c of one shadow's outputs and its index, so a chunk moved to another shadow's place fails.
+
+    The logits come last, so that a reader streaming them can start from :func:`shadow_digest_prefix`.
+    """
+    prefix = shadow_digest_prefix(shadow, accuracy, train_loss, finished_at)
+    return crc32c.crc32c(np.ascontiguousarray(logits, dtype=np.float32).tobytes(), prefix)
+
+
+def shadow_digest_prefix(shadow: int, accuracy: np.ndarray, train_loss: float, finished_at: float) -> int:
+    """The running crc32c of a shadow's digest before its logits (see :func:`shadow_digest`)."""
+    head = (np.int64(shadow).tobytes() + np.ascontiguousarray(accuracy, dtype=np.float32).tobytes()
+            + np.float32(train_loss).tobytes() + np.float64(finished_at).tobytes())
+    return crc32c.crc32c(head)
 
 
 def check_spec_matches(root: zarr.Group, spec_hash: str, path: str | Path) -> None:
@@ -217,7 +289,12 @@ def read_strings(root: zarr.Group, name: str) -> np.ndarray:
 
 def done_mask(root: zarr.Group) -> np.ndarray:
     """(M,) bool: which shadows are completely and durably written."""
-    return np.asarray(root["done"][...], dtype=bool)
+    try:
+        return np.asarray(root["done"][...], dtype=bool)
+    except ValueError as err:  # zarr's checksum and decode failures
+        path = Path(str(root.store.root))
+        raise StoreError(f"{path}: the done flags do not decode ({_first_line(err)}); run 'mia-hpc status "
+                         f"{path} --verify --reset-broken' to find and reset the damaged ones") from None
 
 
 def write_shadow(root: zarr.Group, shadow: int, logits: np.ndarray, accuracy: np.ndarray,
@@ -227,16 +304,21 @@ def write_shadow(root: zarr.Group, shadow: int, logits: np.ndarray, accuracy: np
     A writer killed anywhere before the last line leaves ``done[shadow] == False``, so the shadow
     is simply redone on the next run; partially written chunks are overwritten.
     """
+    logits, accuracy, finished_at = np.asarray(logits, np.float32), np.asarray(accuracy, np.float32), time.time()
     kill_point("write:logits", shadow)
-    root["logits"][shadow] = np.asarray(logits, dtype=np.float32)
+    root["logits"][shadow] = logits
     kill_point("write:accuracy", shadow)
-    root["accuracy"][shadow] = np.asarray(accuracy, dtype=np.float32)
+    root["accuracy"][shadow] = accuracy
     kill_point("write:train_loss", shadow)
     root["train_loss"][shadow] = np.float32(train_loss)
     kill_point("write:finished_at", shadow)
-    root["finished_at"][shadow] = time.time()
+    root["finished_at"][shadow] = finished_at
+    written = ["logits", "accuracy", "train_loss", "finished_at"]
+    if "digest" in root:  # stores made before digests existed have none
+        root["digest"][shadow] = shadow_digest(shadow, logits, accuracy, train_loss, finished_at)
+        written.append("digest")
     base = Path(str(root.store.root))
-    for name in ("logits", "accuracy", "train_loss", "finished_at"):
+    for name in written:
         _fsync_tree(base / name / "c" / str(shadow))
     if features is not None and "features" in root:
         kill_point("write:features", shadow)
