@@ -25,6 +25,7 @@ class Status:
     shards: list[ShardState]
     rate_per_hour: float | None = None  # shadows finished per hour, from the finish times
     eta_hours: float | None = None
+    running: dict[int, str] = dataclasses.field(default_factory=dict)  # shard -> owner of its live lease
 
     def lines(self) -> list[str]:
         out = [f"{self.store}: {self.done}/{self.total} shadows done"]
@@ -34,6 +35,8 @@ class Status:
 
         for s in self.shards:
             mark = "done" if s.complete else ("partial" if s.done else "pending")
+            if not s.complete and s.shard in self.running:
+                mark = f"running ({self.running[s.shard]})"
             if not s.complete and s.job_state in FAILED_STATES:
                 mark = "FAILED: re-run ('mia-hpc submit' again) to finish it"
             job = f"  [slurm {s.job} {s.job_state or 'unknown'}]" if s.job else ""
@@ -55,12 +58,59 @@ def _hours(h: float | None) -> str:
     return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h"
 
 
+#: finish times closer than this to the window's first one are one burst (a batch, or shards in step)
+BURST_S = 5.0
+#: the least span of finish times a rate is given for: a burst alone says nothing about the pace
+MIN_SPAN_S = 60.0
+#: the rate is the recent one: finish times within this long of the last
+WINDOW_S = 3600.0
+
+
 def finish_rate(finished_at: np.ndarray) -> float | None:
-    """Shadows per hour over the span of recorded finish times (None with fewer than 2)."""
+    """Shadows per hour over the last :data:`WINDOW_S` of recorded finish times.
+
+    Shadows are written a batch at a time and shards finish in step, so finish times come in
+    bursts: the first burst in the window only marks when the window starts (its training time
+    lies before it), and a window shorter than :data:`MIN_SPAN_S` gives no rate (None), where
+    dividing a burst by the milliseconds between its writes gave tens of thousands per hour.
+    """
     t = np.sort(finished_at[np.isfinite(finished_at)])
-    if len(t) < 2 or t[-1] <= t[0]:
+    if len(t) < 2:
         return None
-    return (len(t) - 1) / (t[-1] - t[0]) * 3600
+    t = t[t >= t[-1] - WINDOW_S]
+    span = t[-1] - t[0]
+    if span < MIN_SPAN_S:
+        return None
+    first_burst = int(np.searchsorted(t, t[0] + BURST_S, side="right"))
+    return (len(t) - first_burst) / span * 3600
+
+
+def live_leases(store: str | Path, n_shards: int) -> dict[int, str]:
+    """Shards whose worker holds a live lease (:mod:`mia_hpc.launch.leases`): shard -> its owner.
+
+    Live: the owner is a running process on this host, or, on another host, its heartbeat is
+    younger than the lease's stale time.
+    """
+    import json
+    import socket
+    import time
+
+    from mia_hpc.launch.leases import lease_dir, pid_alive, stale_s
+
+    out: dict[int, str] = {}
+    for i in range(n_shards):
+        path = lease_dir(store) / f"shard-{i}-of-{n_shards}.json"
+        try:
+            rec = json.loads(path.read_text())
+            beat = path.stat().st_mtime
+            host, pid = str(rec["host"]), int(rec["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # no lease, or one being replaced: not running as far as can be told
+        alive = (pid_alive(pid, str(rec.get("pid_start", ""))) if host == socket.gethostname()
+                 else time.time() - beat <= stale_s())
+        if alive:
+            out[i] = f"pid {pid} on {host}"
+    return out
 
 
 def status(store: str | Path) -> Status:
@@ -78,7 +128,8 @@ def status(store: str | Path) -> Status:
         jobs = shard_job_states(out)
         shards = [dataclasses.replace(s, job=jobs.get(s.shard, ("", ""))[0], job_state=jobs.get(s.shard, ("", ""))[1])
                   for s in shards]
-    return Status(Path(store), int(done.sum()), len(done), shards, rate, eta)
+    return Status(Path(store), int(done.sum()), len(done), shards, rate, eta,
+                  live_leases(store, spec.shadows.shards))
 
 
 def pending_shards(store: str | Path) -> list[int]:

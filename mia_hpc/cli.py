@@ -7,10 +7,14 @@ Errors a user can fix (a bad spec, a foreign store, a failed shard) are printed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
+import signal
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from mia_hpc.commands import add_spec_variant_arguments, load_spec_variant
 from mia_hpc.spec import SpecError
@@ -105,9 +109,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_out_dir(out: str, flag: str = "--out") -> None:
+    """Refuse an output folder that is a file or cannot be created, before anything is written."""
+    path = Path(out)
+    if path.exists():
+        if not path.is_dir():
+            raise SpecError(f"{flag} {out}: exists and is not a folder; give a folder path")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise SpecError(f"{flag} {out}: folder is not writable; give a folder you may write to")
+        return
+    existing = path.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SpecError(f"{flag} {out}: cannot be created, {existing} is not a folder; give a folder path")
+    # access() says yes to root everywhere and knows nothing of read-only mounts or /proc: try it
+    try:
+        path.mkdir(parents=True)
+    except OSError as err:
+        raise SpecError(f"{flag} {out}: cannot be created ({err.strerror or err}); give a folder you may "
+                        "write to") from None
+    made = path.absolute()
+    while made != existing:  # leave nothing behind: the command itself creates it when it gets there
+        made.rmdir()
+        made = made.parent
+
+
 def _cmd_run(args) -> int:
     from mia_hpc import api
 
+    if args.parallel < 0:
+        raise SpecError(f"--parallel: must be >= 0 (0: as many as cores), got {args.parallel}")
+    _check_out_dir(args.out)
     spec = load_spec_variant(args)
     if args.adaptive:
         from mia_hpc.adaptive import run_adaptive
@@ -133,22 +166,30 @@ def _cmd_run(args) -> int:
 def _cmd_status(args) -> int:
     from mia_hpc import api
 
-    st = api.status(args.store)
-    print("\n".join(st.lines()))
+    if args.reset_broken:  # it needs the findings: --reset-broken alone used to do nothing, silently
+        args.verify = True
+    try:
+        print("\n".join(api.status(args.store).lines()))
+    except StoreError as err:
+        if not args.verify or not (Path(args.store) / "zarr.json").is_file():
+            raise
+        print(f"status: {err}")  # e.g. a damaged done flag: verify names it and can reset it
     if not args.verify:
         return 0
     from mia_hpc.verify import reset_shadows, verify_store
 
     broken = verify_store(args.store)
     for b in broken:
-        print(f"broken chunk {b.line(args.store)}")
+        print(f"{b.label} {b.line(args.store)}")
     if not broken:
-        print("verify: every chunk matches its checksum")
+        print("verify: every chunk matches its checksum, every done shadow is complete, finite and matches its digest")
         return 0
-    if args.reset_broken:
-        shadows = sorted({b.shadow for b in broken if b.shadow is not None})
+    shadows = sorted({b.shadow for b in broken if b.shadow is not None})
+    if args.reset_broken and shadows:
         reset_shadows(args.store, shadows)
         print(f"reset: shadows {shadows} marked not done; re-run the same 'mia-hpc run' or 'submit' to redo them")
+    if any(b.shadow is None for b in broken):
+        print(f"verify: {args.store} has damage that no re-run repairs: re-create it (new --out) from its spec")
     return 1
 
 
@@ -157,13 +198,30 @@ def _cmd_analyze(args) -> int:
 
     from analysis.report import analyze, terminal_lines
 
+    from analysis.load import open_shadows
+
+    _check_out_dir(args.out)
+    open_shadows(args.store)  # refuse a store that cannot be analysed before --out is created
+    created = not Path(args.out).exists()
     if args.scheduler:
         from analysis.distributed import client_for
-    with client_for(args.scheduler) if args.scheduler else nullcontext():
+    with _removed_on_error(Path(args.out) if created else None), \
+            client_for(args.scheduler) if args.scheduler else nullcontext():
         res = analyze(args.store, args.out, targets=args.targets, extras=not args.quick,
                       lira_variant=args.lira_variant)
     print("\n".join(terminal_lines(res)))
     return 0
+
+
+@contextlib.contextmanager
+def _removed_on_error(path: Path | None) -> Iterator[None]:
+    """Remove ``path`` (a folder this command created) if the block fails: nothing half-written stays."""
+    try:
+        yield
+    except BaseException:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def _cmd_train_shard(args) -> int:
@@ -241,9 +299,22 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
+        # a second Ctrl-C while submitit cancels its jobs would print their traceback: ignore it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("mia-hpc: interrupted; finished shadows are kept, re-run the same command to resume",
               file=sys.stderr)
         return 130
+    except OSError as err:  # a path the user gave: missing, not a folder, not writable, disk full
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"mia-hpc: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug: one line (set MIA_HPC_TRACEBACK=1 for the traceback)
+        if os.environ.get("MIA_HPC_TRACEBACK"):
+            raise
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        print(f"mia-hpc: internal error: {type(err).__name__}: {first} (please report it; "
+              "MIA_HPC_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":
