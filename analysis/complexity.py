@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .figures import save_figure
+from .lira import PER_SAMPLE_VARIANCE_MIN
 import pandas as pd
 
 __all__ = ["shadows_needed", "sample_complexity", "plot_complexity", "theory_suite", "theory_tables", "theory_json"]
@@ -352,7 +353,10 @@ def theory_tables(result: dict) -> dict[str, tuple[pd.DataFrame, str]]:
                         f"Shadow-count sweep: LiRA with m IN + m OUT reference shadows per (target, sample) "
                         f"(n_shadows = 2m), {st.get('n_targets')} targets pooled, {st.get('repeats')} random reference "
                         "orders; mean and 2.5-97.5 percentile band over orders (the band reflects the choice of "
-                        "references only, not sampling of targets or samples).")
+                        "references only, not sampling of targets or samples). 'variance': whether LiRA used each "
+                        "sample's own variance or the pooled ('fixed') one, which online and offline LiRA use below "
+                        f"{PER_SAMPLE_VARIANCE_MIN} references per side; the sweep scores LiRA as lira_variant 'ours' "
+                        "whatever the analysis' variant.")
         out["complexity"] = (_flat(result["complexity"]),
                              f"Sample complexity: smallest grid point whose mean AUROC reaches "
                              f"{st.get('auroc_target', 0.9):g}, or 95% of the full-shadow advantage over 0.5 "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from PIL import Image
 import analysis.report as report
 from analysis.attacks import ATTACKS
 from analysis.load import AnalysisError
-from analysis.report import analyze, format_table
+from analysis.html_report import incomplete_line
+from analysis.numfmt import max_significant_digits
+from analysis.report import analyze, format_table, terminal_lines
 from analysis.synthetic import write_synthetic_store
 from mia_hpc.store import SUBSETS
 
@@ -237,3 +240,83 @@ def test_figure_queue_runs_calls_in_order_on_one_thread_and_reraises():
     inline = []
     FigureQueue(background=False).submit(lambda: inline.append(threading.current_thread().name))
     assert inline == [threading.current_thread().name]
+
+
+def _page_text(html: str) -> str:
+    """The report's text: embedded images dropped."""
+    return re.sub(r'src="data:[^"]*"', "", html)
+
+
+def test_report_numbers_have_at_most_four_significant_digits(result):
+    # Every number a person reads (Markdown tables and their captions, the HTML page, the terminal)
+    # has at most 4 significant digits; integer counts are exempt. The CSVs keep full precision.
+    out, res = result
+    texts = {p.name: p.read_text() for p in sorted((out / "tables").glob("*.md"))}
+    assert {"attacks.md", "paper_attacks.md", "theory.md", "ood_correlations.md", "sample_sets.md"} <= set(texts)
+    texts["index.html"] = _page_text((out / "report" / "index.html").read_text())
+    texts["terminal"] = "\n".join(terminal_lines(res))
+    for name, text in texts.items():
+        n, number = max_significant_digits(text)
+        assert n <= 4, f"{name}: {number} has {n} significant digits"
+    csv = pd.read_csv(out / "tables" / "attacks.csv", index_col=0)
+    assert max(max_significant_digits(repr(float(v)))[0] for v in csv.to_numpy().ravel()) > 4
+    # p-values in scientific notation, in the Markdown and in the page
+    md = (out / "tables" / "ood_correlations.md").read_text()
+    rows = [ln.split("|")[1:-1] for ln in md.splitlines() if ln.startswith("| msp") or ln.startswith("| energy")]
+    head = [c.strip() for c in md.splitlines()[[i for i, ln in enumerate(md.splitlines()) if ln.startswith("|")][0]]
+            .split("|")[1:-1]]
+    p_cols = [i for i, c in enumerate(head) if c.startswith("p ")]
+    assert rows and p_cols
+    for r in rows:
+        for i in p_cols:
+            assert re.fullmatch(r"\d\.\d\de[-+]\d+|N/A", r[i].strip()), r
+
+
+def test_store_with_shadows_not_done_says_so_first(result):
+    # the fixture's store has 14 of its 16 shadows done
+    out, res = result
+    lines = terminal_lines(res)
+    assert lines[0].startswith("14 of 16 shadows done")
+    body = (out / "report" / "index.html").read_text().split("<body>", 1)[1]
+    first = next(t for t in (x.strip() for x in re.split(r"<[^>]+>", body)) if t)
+    assert first.startswith("14 of 16 shadows done")
+    assert incomplete_line({"n_shadows_done": 16, "n_shadows_total": 16}) is None
+
+
+def test_terminal_ends_with_the_real_report_path(result):
+    out, res = result
+    last = terminal_lines(res)[-1]
+    assert last == f"report: {out / 'report' / 'index.html'}"
+    assert Path(last.split(": ", 1)[1]).is_file()
+
+
+def test_analyze_cli_prints_the_report_path_last(store, tmp_path, capsys):
+    from mia_hpc.cli import main
+
+    out = tmp_path / "an"
+    assert main(["analyze", str(store[0]), "--out", str(out), "--quick", "--targets", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("14 of 16 shadows done")
+    assert lines[-1] == f"report: {out / 'report' / 'index.html'}" and (out / "report" / "index.html").is_file()
+
+
+def test_one_name_per_sample_set(result):
+    # Every set named in the tables is a registered set, and the sample_sets table says how the
+    # look-alikes differ: highly memorized = singletons plus the over-represented samples above the threshold.
+    from analysis.groups import SAMPLE_SETS
+
+    out, res = result
+    sets = pd.read_csv(out / "tables" / "sample_sets.csv", index_col=0)
+    assert list(sets.index) == [k for k in SAMPLE_SETS if k in sets.index]
+    ps = res["per_sample"]
+    tr = ps[ps["split"] == "train"]
+    hm = tr["mem"] > 0.8
+    assert sets.loc["highly memorized", "n"] == int(hm.sum())
+    assert sets.loc["singletons", "n"] == int((hm & (tr["group"] == "under")).sum())
+    assert sets.loc["random", "n"] == int((tr["group"] == "under").sum()) and sets.loc["All", "n"] == len(tr)
+    n_over_hm = int((hm & (tr["group"] == "over")).sum())
+    assert ("the same samples as singletons" if n_over_hm == 0 else f"singletons plus {n_over_hm}") in \
+        sets.loc["highly memorized", "relation"]
+    named = set(res["paper_attacks"].index.get_level_values("challenge set"))
+    named |= set(res["theory"]["theory_summary"].index)
+    assert named <= set(SAMPLE_SETS), named - set(SAMPLE_SETS)

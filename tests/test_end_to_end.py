@@ -49,6 +49,10 @@ def test_smoke_end_to_end_through_cli(tmp_path, capsys):
         assert row in printed
     tables = out / "analysis" / "tables"
     assert (tables / "attacks.csv").is_file() and (tables / "attacks.md").is_file()
+    # the run's last line is the report's real path; a complete store gets no "k of M shadows done" warning
+    report = out / "analysis" / "report" / "index.html"
+    assert printed.strip().splitlines()[-1] == f"report: {report}" and report.is_file()
+    assert "shadows done:" not in printed
 
 
 def _resume_spec(tmp_path) -> Path:

@@ -182,3 +182,25 @@ def test_ood_from_store_out_models_only(small_store):
     assert np.isnan(got_in["msp"][60:]).all() and np.isfinite(got_in["msp"][:60]).all()
     with pytest.raises(ValueError, match="models"):
         ood_scores_from_store(data, models="some")
+
+
+def test_sample_set_table_names_each_set_once_and_says_how_look_alikes_differ():
+    from analysis.groups import SAMPLE_SETS, highly_memorized, sample_set_table, set_definition, set_name
+
+    group = np.array(["over"] * 6 + ["under"] * 4)
+    train = np.ones(10, dtype=bool)
+    mem = np.array([0.0, 0.9, 0.95, 0.1, 0.0, 0.2, 0.85, 0.3, 0.99, np.nan])
+    hm = highly_memorized(mem, 0.8, train=train)
+    assert hm.tolist() == [False, True, True, False, False, False, True, False, True, False]
+    masks = {"Under": random_under(group, train=train), "All": train, "highly memorized": hm,
+             "singletons": singletons(mem, group, 0.8, train=train)}
+    t = sample_set_table(masks, group, 0.8)
+    assert list(t.index) == ["All", "random", "singletons", "highly memorized"]  # registry order, alias resolved
+    assert t["n"].tolist() == [10, 4, 2, 4] and t["n over"].tolist() == [6, 0, 0, 2]
+    assert t.loc["highly memorized", "relation"] == "singletons plus 2"
+    assert t.loc["singletons", "relation"] == "random less 2; highly memorized less 2"
+    assert t.loc["All", "relation"] == "-"
+    assert "memorization > 0.8" in t.loc["singletons", "definition"] == set_definition("singletons", 0.8)
+    assert set_name("Under") == "random" and set(t.index) <= set(SAMPLE_SETS)
+    with pytest.raises(KeyError, match="not a registered sample set"):
+        set_name("outliers")
