@@ -429,6 +429,9 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
     ``analysis.json`` and the report."""
 
     group_tr = group[train]
+    lira_how = ("LiRA as the reference code scores it (lira_variant 'reference': medians, ddof 0, every other "
+                "shadow truncated to the smallest per-sample count, see docs/lira-variants.md)"
+                if lira_variant == "reference" else "LiRA: lira_variant 'ours'")
     rho = spearman(mem[train], priv[train])
     figures.submit(_plot_privacy_hist, out / "plots" / "privacy_score_hist.png", group_tr, priv[train])
     figures.submit(_plot_mem_vs_privacy, out / "plots" / "mem_vs_privacy.png", group_tr, mem[train], priv[train], rho)
@@ -443,6 +446,7 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
     if extras:
         with phase("paper_extras"):
             extra = _paper_extras(data, counts, lira, out, train=train, group=group, mem=mem, priv=priv, thr=thr,
+                                  lira_how=lira_how,
                                   fprs=fprs, n_targets=n_targets, progress=progress, figures=figures, phase=phase,
                                   **extra_inputs)
         per_sample = per_sample.merge(extra.pop("per_sample"), on="sample", how="left")
@@ -456,9 +460,6 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
 
     # --- write ---------------------------------------------------------------------------------
     n_pairs = lira.member.size
-    lira_how = ("LiRA as the reference code scores it (lira_variant 'reference': medians, ddof 0, every other "
-                "shadow truncated to the smallest per-sample count, see docs/lira-variants.md)"
-                if lira_variant == "reference" else "LiRA: lira_variant 'ours'")
     _write_table(out, "attacks", attacks,
                  f"Attacks ({', '.join(attacks.index)}) on {n_targets} target shadow(s), each against the other "
                  f"{data.n_shadows - 1} done shadows only (per-sample statistics less one partner per sample: balanced "
@@ -472,7 +473,7 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
     _write_table(out, "attacks_per_target", per_target,
                  f"Per-target metrics, mean ± std (ddof=1) across {n_targets} target shadow(s). A single target "
                  "has about N/2 negatives per column, so a TPR at an FPR below 2/N is a TPR at FPR 0; the pooled "
-                 "table (attacks.md) resolves low FPRs.", per_view)
+                 f"table (attacks.md) resolves low FPRs. {lira_how}.", per_view)
     _write_table(out, "accuracy", accuracy,
                  f"Shadow accuracy (%) over {data.n_shadows} done shadows: mean ± 1.96 std, and the range "
                  "holding 95% of shadows (2.5-97.5 percentiles).", _accuracy_md(accuracy))
@@ -527,7 +528,7 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
                   priv: np.ndarray, thr: float, fprs: list[float], n_targets: int, progress: bool,
                   fits: Any = None, ood: dict[str, np.ndarray] | None = None,
                   phi: np.ndarray | None = None, figures: FigureQueue | None = None,
-                  phase: _Phases | None = None) -> dict[str, Any]:
+                  phase: _Phases | None = None, lira_how: str = "LiRA: lira_variant 'ours'") -> dict[str, Any]:
     """The paper's further outputs; writes its tables and figures and returns their data.
 
     Challenge sets (random under-represented, subpopulation from shadow 0's features, singletons)
@@ -571,7 +572,8 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
                         "Under-represented = the row's challenge set (one store: the 'All' column is the same "
                         "for every challenge set of an attack). "
                         + " ".join(f"{k} = {set_definition(k, thr)}." for k in sets)
-                        + _subpopulation_sentence({k: v & train for k, v in sets.items()}, mem, data.label))
+                        + _subpopulation_sentence({k: v & train for k, v in sets.items()}, mem, data.label)
+                        + f" {lira_how}.")
     named = {"All": train, **sets, "highly memorized": highly_memorized(mem, thr, train=train)}
     _write_table(out, "sample_sets", sample_set_table({k: v[train] for k, v in named.items()}, group_tr, thr),
                  "Every set of samples the tables and figures name, one name each: size, how it relates to the "
