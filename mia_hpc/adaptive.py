@@ -122,7 +122,7 @@ class AdaptiveResult:
             for k, v in w.values.items():
                 lo, hi = (w.intervals.get(k) or [None, None])
                 c = w.changes.get(k)
-                cells.append(f"{k} = {_f(v)} [{_f(lo)}, {_f(hi)}]" + (f" ({c:+.4f})" if c is not None else ""))
+                cells.append(f"{k} = {_f(v)} [{_f(lo)}, {_f(hi)}]" + (f" ({_diff(c, 0.0)})" if c is not None else ""))
             out.append(f"  {w.shadows:>6} shadows: " + "  ".join(cells))
         if self.waves and self.converged:
             last = self.waves[-1]
@@ -140,11 +140,13 @@ class AdaptiveResult:
 
 
 def _f(v: float | None) -> str:
-    return "nan" if v is None else f"{v:.4f}"
+    from analysis.numfmt import fmt  # the report's one number format
+
+    return fmt(v)
 
 
 def _diff(a: float | None, b: float | None) -> str:
-    return "nan" if a is None or b is None else f"{a - b:+.4f}"
+    return "N/A" if a is None or b is None else ("+" if a - b >= 0 else "") + _f(a - b)
 
 
 # --- settings -------------------------------------------------------------------------------------
