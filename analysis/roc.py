@@ -224,6 +224,7 @@ def plot_roc(curves: Sequence[RocCurve], path: str | Path, *, fprs: Sequence[flo
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     columns = list(dict.fromkeys(c.column for c in curves))
     attacks = list(dict.fromkeys(c.attack for c in curves))
@@ -241,8 +242,9 @@ def plot_roc(curves: Sequence[RocCurve], path: str | Path, *, fprs: Sequence[flo
         low = max(_LOW, 1.0 / max(c.n_neg for c in these))
         for c in these:
             label = f"{c.attack}: AUROC {c.auroc:.3f}, TPR@{fpr_label(f0)} {100 * c.tpr_at.get(f0, tpr_at_fpr(c.fpr, c.tpr, f0)):.2f}%"
-            ok = (c.fpr > 0) & (c.tpr > 0)  # log axes: the (0, *) and (*, 0) points are off the plot
-            ax_log.plot(c.fpr[ok], c.tpr[ok], lw=1.2, **style[c.attack])
+            # log axes: FPR or TPR 0 is drawn just off the axes, so a curve that rises at FPR 0 (or
+            # a perfect one) shows as a line entering from the left edge instead of vanishing
+            ax_log.plot(np.maximum(c.fpr, low / 10), np.maximum(c.tpr, low / 10), lw=1.2, **style[c.attack])
             ax_lin.plot(c.fpr, c.tpr, lw=1.2, label=label, **style[c.attack])
         for ax, lo in ((ax_log, low), (ax_lin, 0.0)):
             ax.plot([lo, 1], [lo, 1], color="0.5", lw=0.8, linestyle=":", label=None)
@@ -252,6 +254,8 @@ def plot_roc(curves: Sequence[RocCurve], path: str | Path, *, fprs: Sequence[flo
             ax.set_ylabel("true positive rate")
         ax_log.set_xscale("log")
         ax_log.set_yscale("log")
+        for axis in (ax_log.xaxis, ax_log.yaxis):  # decades only: minor labels collide on short ranges
+            axis.set_minor_formatter(NullFormatter())
         ax_log.axvline(f0, color="0.7", lw=0.6)
         ax_log.set_title(f"{_title(column)}: log-log ({these[0].n_pos} member, {these[0].n_neg} non-member pairs)",
                          fontsize="medium")
