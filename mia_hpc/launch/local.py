@@ -9,11 +9,13 @@ source of truth ``mia-hpc status`` uses.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from tqdm.auto import tqdm
 
@@ -33,6 +35,16 @@ def _error_line(text: str) -> str:
         if head.endswith(("Error", "Exception", "Interrupt")) and " " not in head:
             return ln
     return lines[-1] if lines else ""
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored within the block, so processes started in it inherit it ignored."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def run_shards(store: str | Path, n_shards: int, shards: Sequence[int], *, executor: str = "local",
@@ -62,7 +74,10 @@ def run_shards(store: str | Path, n_shards: int, shards: Sequence[int], *, execu
     try:
         for start in range(0, len(shards), parallel):
             wave = list(shards[start:start + parallel])
-            with as_driver():  # the workers end when this process dies, even by SIGKILL
+            # Ctrl-C reaches the whole foreground group: submitit's controllers would each print a
+            # KeyboardInterrupt traceback. They inherit SIGINT ignored (Python then installs no
+            # handler); this process alone handles it, and its workers end with it (as_driver).
+            with as_driver(), _sigint_ignored():  # the workers end when this process dies, even by SIGKILL
                 jobs = ex.map_array(fn, [str(store)] * len(wave), wave, [n_shards] * len(wave))
             while not all(j.done() for j in jobs):
                 time.sleep(0.5)
@@ -77,6 +92,8 @@ def run_shards(store: str | Path, n_shards: int, shards: Sequence[int], *, execu
                     raise ShardFailed(f"shard {shard} failed ({last}); log: {job.paths.stderr}; "
                                       "re-run the same command to resume") from None
     finally:
+        with contextlib.suppress(OSError):  # each submitit controller makes the folder template literally
+            (log_dir / "%j").rmdir()
         bar.n = int(done_mask(root).sum())
         bar.close()
     return trained
