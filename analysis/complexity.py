@@ -179,7 +179,7 @@ def plot_complexity(table: pd.DataFrame, path: str | Path, *, attack: str = "lir
     reached_col = measured.replace("n_shadows_needed", "reached")
     preds = [c for c in table.columns if c.startswith("pred ")]
     d = table.xs(attack, level="attack") if attack in table.index.get_level_values("attack") else table.iloc[:0]
-    fig = Figure(figsize=(6.4, 4.6), dpi=100, layout="constrained")
+    fig = Figure(figsize=(8.6, 4.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     markers = ["o", "s", "D", "^", "v", "P"]
@@ -203,10 +203,10 @@ def plot_complexity(table: pd.DataFrame, path: str | Path, *, attack: str = "lir
     ax.set_xlabel("predicted: 1 / mem or 1 / H² (set " + ("mean" if any("mean" in c for c in d.columns) else "median")
                   + ")")
     ax.set_ylabel(f"measured: {measured.replace('n_shadows_needed', 'reference shadows for')}")
-    ax.set_title(f"Sample complexity ({attack})")
+    ax.set_title(f"Sample complexity ({attack}): shadows to reach {measured.replace('n_shadows_needed ', '')}")
     ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="x-small")
+    if ax.get_legend_handles_labels()[0]:  # one entry per (set, prediction): outside, not over the points
+        ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return save_figure(fig, path)
 
 

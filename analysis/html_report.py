@@ -4,6 +4,8 @@
 self-contained file (no CDN, no scripts, no external fonts; images are embedded as ``data:`` URIs),
 so the report can be mailed, attached to a ticket or opened from a cluster's scratch space:
 
+* a table of contents, then the ROC curves (``plots/roc*.png`` with ``roc/roc.csv``, from
+  :mod:`analysis.roc`) first: the attacks' headline result;
 * a header with the store's spec (from the store's root attrs, found through ``analysis.json``'s
   ``store`` entry) and its spec hash, and the run's headline facts from ``analysis.json``;
 * every table ``tables/<stem>.md`` (rendered from its Markdown table; the text above the table is
@@ -16,6 +18,10 @@ Each table and figure gets a short caption saying what to look for, from :data:`
 file stem; an exact key or the longest key that prefixes the stem wins); stems nobody registered get
 a generic caption, so tables and figures added by new modules appear without touching this file.
 Other modules may register theirs with :func:`register_caption`.
+
+Wide tables get a smaller font and break their column names at ``_ / = @`` so that they fit a
+laptop-width window (checked in Chromium by tests/test_html_report.py); in a narrower window they
+scroll inside their own box (a visible scrollbar), never past the page's edge.
 
 The file is written to a temporary name and renamed into place.
 """
@@ -37,9 +43,17 @@ from typing import Any, Iterable
 
 __all__ = ["write_report", "render_report", "register_caption", "caption_for", "incomplete_line", "CAPTIONS"]
 
-#: What to look for in each table / figure, keyed by file stem (first match by exact stem, then the
-#: longest key that the stem starts with). Order here is the order in the report.
+#: What to look for in each table / figure, keyed by file stem. A ``"figure:STEM"`` / ``"table:STEM"``
+#: key is for that kind only (a table and a figure may share a stem: ``complexity``); then the exact
+#: stem, then the longest key that the stem starts with. Order here is the order in the report.
 CAPTIONS: dict[str, str] = {
+    # analysis.roc: first in the report
+    "roc": "Every attack's ROC curve, pooled over (target, sample) pairs as in the tables, one row per "
+           "column (All, Under-represented, each challenge set): log-log axes on the left (the LiRA "
+           "paper's view), linear on the right; the dotted diagonal is guessing. Look at the left end of "
+           "the log-log panels: a curve far above the diagonal at FPR 0.1% and below identifies members "
+           "with almost no false alarms, which the AUROC (in the legend) hides. Expect the under-represented "
+           "and singleton rows far above All.",
     # tables written by analysis.report
     "attacks": "Attack strength, pooled over (target, sample) pairs. Look at TPR at the lowest FPR, "
                "not only AUROC: a strong attack identifies some members with almost no false alarms. "
@@ -59,7 +73,7 @@ CAPTIONS: dict[str, str] = {
                           "to the right, with a tail of highly vulnerable samples.",
     "mem_vs_privacy": "Memorization vs privacy score (paper Fig. 2a): a rising trend (positive Spearman ρ) "
                       "means memorized samples are the ones membership inference exposes.",
-    # written by the other analysis modules (tables, tables/theory/complexity/sweep/ood; prefix keys)
+    # written by the other analysis modules (tables, tables/theory/complexity/sweep/ood)
     "paper_accuracy": "Paper Table 1/4: train vs test accuracy per group (D_O over-, D_U under-represented); "
                       "the D_U train/test gap should be the larger one.",
     "paper_attacks": "Paper Tables 2/3/5: every attack on random, subpopulation and singleton challenge sets, "
@@ -68,43 +82,40 @@ CAPTIONS: dict[str, str] = {
                      "non-overlapping ones.",
     "theory": "Memorization theory (§5): squared Hellinger distances next to mem per challenge set. The Eq. 8 "
               "check H²(Bernoulli) ≤ mem should show no violations beyond those expected by chance.",
-    "complexity": "Sample complexity (Corollary 1): shadows needed to reach the target AUROC/TPR per set, next "
-                  "to the predictions 1/mem and 1/H². Highly memorized sets should need only a few shadows; "
-                  "measured needs should be ordered like the predictions.",
+    "table:complexity": "Sample complexity (Corollary 1): shadows needed to reach the target AUROC/TPR per set, "
+                        "next to the predictions 1/mem and 1/H². Highly memorized sets should need only a few "
+                        "shadows; measured needs should be ordered like the predictions.",
+    "figure:complexity": "Measured reference shadows LiRA needs to reach the absolute AUROC target (y) against "
+                         "each prediction 1/mem, 1/H² (x), log-log, one colour per set and one marker per "
+                         "prediction; open triangles never reached the target (drawn at the largest count: a "
+                         "lower bound). Points along the dashed y = x line, in the predictions' order, support "
+                         "Corollary 1.",
+    "complexity_relative": "The same axes as the sample-complexity figure, but measured against a relative "
+                           "target: the shadows needed to reach 95% of the set's own full-shadow AUROC advantage "
+                           "over 0.5. Sets that never reach the absolute AUROC target get a value here; highly "
+                           "memorized sets should still need the fewest shadows.",
     "ood_correlations": "Spearman ρ (with p-values) of the OOD scores (MSP, Energy) with the privacy score and "
                         "with mem: weak or negative correlations mean OOD detectors miss the vulnerable samples "
                         "(paper Figs. 1b, 5, 9, 10).",
-    "mem_vs_ood": "An OOD score against memorization: no clear trend means the OOD detector does not find the "
-                  "memorized samples (paper Figs. 5, 9, 10).",
-    # anticipated names (prefix keys)
-    "roc": "ROC curves on log-log axes: look at the low-FPR end (left), where curves far above the diagonal "
-           "mean confident member identification.",
-    "sweep": "Attack strength as a function of the number of reference shadows: highly memorized samples "
-             "should reach a high AUROC with few shadows (the paper's point); bands show resampling spread.",
-    "shadow_sweep": "Attack strength vs number of reference shadows: highly memorized samples should saturate "
-                    "with few shadows, random samples need many; bands show resampling spread.",
-    "sample_complexity": "Shadows needed to reach the target AUROC per group, against the 1/mem and 1/H² "
-                         "predictions (Corollary 1): measured values should track the predictions' order.",
-    "hellinger": "Hellinger distance between IN and OUT distributions: H² of the correctness Bernoullis "
-                 "should never exceed mem (Eq. 8) beyond noise; violations are listed.",
-    "ood": "Out-of-distribution scores (MSP, Energy) against privacy score / memorization: a weak rank "
-           "correlation means OOD detectors do not find the vulnerable samples.",
-    "msp": "Maximum softmax probability (OOD score) against vulnerability: look at the Spearman ρ.",
-    "energy": "Energy OOD score against vulnerability: look at the Spearman ρ.",
-    "groups": "Challenge groups (random, subpopulation, singletons): sizes and how they were selected.",
-    "subpopulation": "The subpopulation challenge set (smallest KMeans cluster's under-represented samples): "
-                     "expect higher attack success than on random samples.",
-    "bootstrap": "Bootstrap confidence intervals: at 0.1% FPR the intervals are wide; compare attacks only "
-                 "where intervals do not overlap.",
-    "table": "A paper-style table: compare rows (attacks, challenge sets) within a column; intervals show "
-             "the uncertainty.",
-    "yeom": "Yeom et al. loss-threshold attack: the shadow-free baseline; others should beat it at low FPR.",
-    "shokri": "Shokri et al. attack classifier: a learned, shadow-based baseline.",
-    "song": "Song & Mittal modified-entropy attack with class-dependent thresholds.",
-    "sablayrolles": "Sablayrolles et al. per-sample calibrated loss attack.",
-    "rmia": "RMIA (Zarifzadeh et al.): pairwise likelihood ratio against population samples; "
-            "compare its low-FPR TPR with LiRA's.",
-    "lira": "LiRA (Carlini et al.): per-sample Gaussian likelihood ratio.",
+    "ood_msp_vs_privacy": "Maximum softmax probability (OOD score, x) against the privacy score (y) per train "
+                          "sample, by group, singletons circled (paper Fig. 1b): a weak Spearman ρ (title) means "
+                          "the OOD detector does not find the samples membership inference exposes.",
+    "ood_energy_vs_privacy": "Energy OOD score (x) against the privacy score (y) per train sample, by group, "
+                             "singletons circled (paper Fig. 5): a weak Spearman ρ (title) means the OOD "
+                             "detector does not find the samples membership inference exposes.",
+    "mem_vs_ood": "An OOD score (x: MSP or Energy, in the file name) against memorization (y) per train sample, "
+                  "by group, singletons circled (paper Figs. 9, 10): no clear trend means the OOD detector does "
+                  "not find the memorized samples.",
+    "table:sweep": "The shadow-count sweep's summary: LiRA's AUROC and TPR per challenge set and number of "
+                   "reference shadows m, mean and 2.5-97.5% range over repeats. Highly memorized sets should "
+                   "reach their full-shadow values at a small m; random samples keep improving with m.",
+    "sweep_auroc": "LiRA AUROC against the number of reference shadows (log scale), one panel per LiRA variant, "
+                   "one line per challenge set (mean over repeats, band 2.5-97.5%): highly memorized sets "
+                   "should reach a high AUROC with few shadows (the paper's point), random samples need many.",
+    "sweep_tpr": "LiRA TPR at the low FPR named in the title against the number of reference shadows (log "
+                 "scale), one panel per LiRA variant, one line per challenge set (mean over repeats, band "
+                 "2.5-97.5%): highly memorized sets should reach a high TPR with few shadows; at 0.1% FPR the "
+                 "bands are wide.",
     "sweep_raw": "Every (set, attack, m, repeat) point of the shadow-count sweep; the summary is the sweep table.",
 }
 
@@ -114,6 +125,7 @@ GENERIC_FIGURE = ("A figure written by an analysis module; no specific guidance 
                   "Read the axis labels and legend first.")
 
 _MAX_ROWS = 300  # longer tables are cut in the page (the CSV link has them all)
+_WIDE_COLUMNS = 9  # tables with more columns get a smaller font and padding, to fit the page
 _OPEN_ROWS = 40  # longer tables (and *_raw ones) are folded (<details>), so they do not bury the rest
 
 
@@ -123,19 +135,26 @@ def register_caption(stem: str, text: str) -> None:
 
 
 def caption_for(stem: str, kind: str = "table") -> str:
-    """The caption for ``stem``: exact key, else the longest registered key that prefixes it, else generic."""
-    if stem in CAPTIONS:
-        return CAPTIONS[stem]
-    best = max((k for k in CAPTIONS if stem.startswith(k)), key=len, default=None)
+    """The caption for the ``kind`` ("table" or "figure") ``stem``: the ``"kind:stem"`` key, the exact
+    stem, the longest registered key that prefixes it (``"kind:"`` keys of the kind only), else generic."""
+    for key in (f"{kind}:{stem}", stem):
+        if key in CAPTIONS:
+            return CAPTIONS[key]
+    plain = (k.split(":", 1)[-1] for k in CAPTIONS if ":" not in k or k.startswith(f"{kind}:"))
+    best = max((k for k in plain if stem.startswith(k)), key=len, default=None)
     if best is not None:
-        return CAPTIONS[best]
+        return caption_for(best, kind)
     return GENERIC_FIGURE if kind == "figure" else GENERIC_TABLE
 
 
 def _order(stems: Iterable[str]) -> list[str]:
-    """Registered stems in registry order, then the rest alphabetically."""
-    keys = list(CAPTIONS)
-    rank = lambda s: (keys.index(s), s) if s in CAPTIONS else (len(keys), s)  # noqa: E731
+    """Stems in the registry order of their caption's key (exact or prefix), then the rest alphabetically."""
+    keys = list(dict.fromkeys(k.split(":", 1)[-1] for k in CAPTIONS))
+
+    def rank(stem: str) -> tuple[int, str]:  # the key its caption comes from: exact, else longest prefix
+        key = stem if stem in keys else max((k for k in keys if stem.startswith(k)), key=len, default=None)
+        return (keys.index(key), stem) if key is not None else (len(keys), stem)
+
     return sorted(set(stems), key=rank)
 
 
@@ -224,13 +243,24 @@ def _is_number(s: str) -> bool:
         return s in ("N/A", "nan", "NaN", "")
 
 
+_BREAK_AFTER = re.compile(r"([_/=@]+)")
+
+
+def _breakable(text: str) -> str:
+    """``text`` escaped, with a line-break opportunity after ``_ / = @``: long column names such as
+    ``n_shadows_needed auroc>=0.9`` wrap at their parts, so a wide table fits the page."""
+    return "".join(html.escape(part) + ("<wbr>" if _BREAK_AFTER.fullmatch(part) else "")
+                   for part in _BREAK_AFTER.split(text))
+
+
 def _table_html(rows: list[list[str]]) -> str:
     if not rows:
         return "<p class=empty>(empty table)</p>"
     head, body = rows[0], rows[1:]
     cut = len(body) - _MAX_ROWS
     body = body[:_MAX_ROWS]
-    h = ["<div class=scroll><table>", "<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head)
+    wide = " class=wide" if len(head) > _WIDE_COLUMNS else ""
+    h = [f"<div class=scroll><table{wide}>", "<thead><tr>" + "".join(f"<th>{_breakable(c)}</th>" for c in head)
          + "</tr></thead><tbody>"]
     for r in body:
         cells = []
@@ -254,7 +284,8 @@ def _links(out: Path, report_dir: Path, paths: Iterable[Path]) -> str:
     return ("<span class=files>files: " + " · ".join(items) + "</span>") if items else ""
 
 
-def _tables(out: Path, report_dir: Path) -> list[str]:
+def _tables(out: Path, report_dir: Path) -> list[tuple[str, str]]:
+    """``(id, section html)`` of every table."""
     tdir = out / "tables"
     if not tdir.is_dir():
         return []
@@ -277,10 +308,10 @@ def _tables(out: Path, report_dir: Path) -> list[str]:
             body = _table_html(rows) if rows else (f"<pre>{html.escape(md.read_text(encoding='utf-8'))}</pre>"
                                                    if md.is_file() else "<p class=empty>(unreadable)</p>")
         links = _links(out, report_dir, [cs, md, tdir / f"{stem}.tex"])
-        sections.append(
+        sections.append((f"table-{stem}",
             f'<section class=item id="table-{html.escape(stem)}"><h3>{html.escape(stem)}</h3>'
             f"<p class=look><b>What to look for:</b> {html.escape(caption_for(stem, 'table'))}</p>"
-            + (f"<p class=own>{html.escape(own)}</p>" if own else "") + body + links + "</section>")
+            + (f"<p class=own>{html.escape(own)}</p>" if own else "") + body + links + "</section>"))
     return sections
 
 
@@ -298,19 +329,38 @@ def _figure_paths(out: Path) -> list[Path]:
     return [p for s in _order(by_stem) for p in by_stem[s]]
 
 
-def _figures(out: Path, report_dir: Path) -> list[str]:
+def _is_roc(stem: str) -> bool:
+    return stem == "roc" or stem.startswith("roc_")
+
+
+def _figures(out: Path, report_dir: Path, roc: bool = False) -> list[tuple[str, str]]:
+    """``(id, section html)`` of every figure; ``roc``: only the ROC figures, else every other one."""
     sections = []
     for p in _figure_paths(out):
-        data = base64.b64encode(p.read_bytes()).decode("ascii")
         stem = p.stem
+        if _is_roc(stem) != roc:
+            continue
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
         rel = str(p.relative_to(out))
-        links = _links(out, report_dir, [p, p.with_suffix(".pdf")])
-        sections.append(
-            f'<section class=item id="figure-{html.escape(stem)}"><h3>{html.escape(rel)}</h3>'
+        extra = [out / "roc" / "roc.csv"] if roc else []  # the curves' points, as data
+        links = _links(out, report_dir, [p, p.with_suffix(".pdf"), *extra])
+        sid = f"figure-{stem}"
+        sections.append((sid,
+            f'<section class=item id="{html.escape(sid)}"><h3>{html.escape(rel)}</h3>'
             f"<p class=look><b>What to look for:</b> {html.escape(caption_for(stem, 'figure'))}</p>"
             f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(rel)}"></figure>'
-            + links + "</section>")
+            + links + "</section>"))
     return sections
+
+
+def _toc(groups: list[tuple[str, str, list[tuple[str, str]]]]) -> str:
+    """The table of contents: each part (anchor, title) and the items in it, in page order."""
+    rows = []
+    for anchor, title, items in groups:
+        sub = " · ".join(f'<a href="#{html.escape(i)}">{html.escape(i.split("-", 1)[-1])}</a>' for i, _ in items)
+        rows.append(f'<li><a href="#{anchor}">{html.escape(title)}</a>' + (f"<span class=sub>{sub}</span>" if sub
+                                                                             else "") + "</li>")
+    return "<nav class=toc><b>Contents</b><ol>" + "".join(rows) + "</ol></nav>"
 
 
 _SUMMARY_KEYS = [("n_shadows_done", "shadows used (done)"), ("n_shadows_total", "shadows in store"),
@@ -329,10 +379,17 @@ h3{margin:0 0 6px 0;font-family:monospace;font-size:17px}
 section.item{border:1px solid #d0d7de;border-radius:6px;padding:12px 16px;margin:14px 0;background:#fafbfc}
 p.look{background:#fff8c5;border-left:4px solid #d4a72c;padding:6px 10px;margin:6px 0}
 p.own{color:#444;font-size:14px}
-.scroll{overflow-x:auto}
+.scroll{overflow-x:auto;max-width:100%;scrollbar-color:#8c959f #eaeef2}
+.scroll::-webkit-scrollbar{height:10px}
+.scroll::-webkit-scrollbar-thumb{background:#8c959f;border-radius:5px}
+.scroll::-webkit-scrollbar-track{background:#eaeef2}
 table{border-collapse:collapse;font-size:14px;background:#fff}
+table.wide{font-size:12.5px}
 th,td{border:1px solid #d0d7de;padding:4px 9px}
-tbody th{white-space:nowrap;text-align:left}
+table.wide th,table.wide td{padding:3px 5px}
+thead th{vertical-align:bottom}
+table.wide thead th{overflow-wrap:anywhere;min-width:3.5em}
+tbody th{text-align:left}
 details summary{cursor:pointer;color:#1f3b5a;margin:4px 0}
 thead th{background:#e8eef5}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -343,7 +400,11 @@ dl.facts dt{font-weight:bold}
 dl.facts dd{margin:0;font-family:monospace}
 pre.spec{background:#f6f8fa;border:1px solid #d0d7de;padding:10px;font-size:13px;overflow-x:auto}
 .files{font-size:13px;color:#555}
-nav a{margin-right:12px}
+nav.toc{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:8px 14px;margin:14px 0}
+nav.toc ol{margin:4px 0 0 0;padding-left:22px}
+nav.toc li{margin:2px 0}
+nav.toc .sub{display:block;font-size:13px;color:#555}
+@media print{.scroll{overflow:visible}table{font-size:10px}td,th{overflow-wrap:anywhere}}
 p.note,p.empty{color:#666;font-style:italic}
 p.incomplete{margin:0;padding:10px 28px;background:#ffebe9;color:#82071e;font-weight:bold;border-bottom:2px solid #cf222e}
 """
@@ -377,6 +438,9 @@ def render_report(out: str | Path, *, store: str | Path | None = None, title: st
     spec_text = json.dumps(spec, indent=2, sort_keys=False) if spec else "(spec not found: store not readable)"
 
     tables, figures = _tables(out, report_dir), _figures(out, report_dir)
+    roc = _figures(out, report_dir, roc=True)
+    roc_html = [h for _, h in roc] or ["<p class=empty>No ROC curves found (plots/roc.png is written by "
+                                       "analysis.roc).</p>"]
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -386,12 +450,15 @@ def render_report(out: str | Path, *, store: str | Path | None = None, title: st
         f"<header><h1>{html.escape(title)}</h1>"
         f"<div>spec hash <span class=hash>{html.escape(spec_hash)}</span> · generated {now}</div></header>",
         "<main>",
-        f"<nav><a href='#spec'>spec</a><a href='#tables'>tables ({len(tables)})</a>"
-        f"<a href='#figures'>figures ({len(figures)})</a></nav>",
+        _toc([("roc", "ROC curves", roc), ("spec", "Run", []), ("tables", f"Tables ({len(tables)})", tables),
+              ("figures", f"Figures ({len(figures)})", figures)]),
+        "<h2 id=roc>ROC curves</h2>", *roc_html,
         "<h2 id=spec>Run</h2>", f"<dl class=facts>{facts_html}</dl>",
         f"<details><summary>Spec (normalized)</summary><pre class=spec>{html.escape(spec_text)}</pre></details>",
-        f"<h2 id=tables>Tables ({len(tables)})</h2>", *(tables or ["<p class=empty>No tables found.</p>"]),
-        f"<h2 id=figures>Figures ({len(figures)})</h2>", *(figures or ["<p class=empty>No figures found.</p>"]),
+        f"<h2 id=tables>Tables ({len(tables)})</h2>",
+        *([h for _, h in tables] or ["<p class=empty>No tables found.</p>"]),
+        f"<h2 id=figures>Figures ({len(figures)})</h2>",
+        *([h for _, h in figures] or ["<p class=empty>No figures found.</p>"]),
         "</main></body></html>",
     ]
     return "\n".join(parts) + "\n"

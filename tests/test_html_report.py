@@ -76,13 +76,32 @@ def test_report_file(built):
     for stem in ("attacks", "privacy_score_hist"):
         assert html.escape(caption_for(stem)) in text, stem
     assert "no specific guidance is registered" in text  # generic captions for the unknown ones
-    assert "lira-fixed-variance" in text and "<table>" in text
+    assert "lira-fixed-variance" in text and "<table" in text
+    # the ROC curves come first (before the run's facts, the tables and the other figures), with their data
+    assert text.index('id="figure-roc"') < text.index("id=spec") < text.index('id="table-attacks"') \
+        < text.index('id="figure-privacy_score_hist"')
+    assert 'href="../roc/roc.csv"' in text and (out / "roc" / "roc.csv").is_file()
+    # the table of contents links every table and figure section
+    toc = text[text.index("<nav class=toc>"):text.index("</nav>")]
+    for sid in re.findall(r'<section class=item id="([^"]+)"', text):
+        assert f'href="#{sid}"' in toc, sid
 
 
 def test_caption_registry():
     assert caption_for("attacks") != caption_for("attacks_per_target")
     assert "specific guidance" in caption_for("something_nobody_knows", "figure")
     assert caption_for("roc_lira_loglog") == caption_for("roc")  # prefix match
+    # every figure's caption is about that figure, not copied from a neighbour's
+    tpr, auroc = caption_for("sweep_tpr_0p1pct", "figure"), caption_for("sweep_auroc", "figure")
+    assert tpr != auroc and "TPR" in tpr and "AUROC" not in tpr and "AUROC" in auroc
+    absolute, relative = caption_for("complexity", "figure"), caption_for("complexity_relative", "figure")
+    assert len({absolute, relative, caption_for("complexity", "table")}) == 3
+    assert "relative" in relative and "95%" in relative and "absolute" in absolute
+    assert caption_for("sweep", "table") != caption_for("sweep_auroc", "figure")
+    assert "bands" not in caption_for("sweep", "table")  # a table has no bands
+    assert caption_for("ood_msp_vs_privacy", "figure") != caption_for("ood_energy_vs_privacy", "figure")
+    assert "Fig. 1b" in caption_for("ood_msp_vs_privacy", "figure")
+    assert "Figs. 9, 10" in caption_for("mem_vs_ood_energy", "figure")
 
 
 def test_report_renders_in_chromium(built, tmp_path):
@@ -118,3 +137,47 @@ def test_report_renders_in_chromium(built, tmp_path):
     keep = os.environ.get("MIA_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+_OVERFLOW_PROBE = """<script>window.addEventListener('load',function(){
+var d=document.documentElement, r={width:d.clientWidth, page:d.scrollWidth>d.clientWidth?[d.scrollWidth,d.clientWidth]:null,
+ sections:[], clipped:[]};
+for(const s of document.querySelectorAll('main > section, section.item, header, nav')){
+ if(s.scrollWidth>s.clientWidth+1)r.sections.push([s.id||s.tagName,s.scrollWidth,s.clientWidth]);}
+for(const b of document.querySelectorAll('.scroll')){
+ if(b.scrollWidth>b.clientWidth+1)r.clipped.push([b.closest('section').id,b.scrollWidth,b.clientWidth]);}
+var p=document.createElement('pre');p.id='overflow';p.textContent=JSON.stringify(r);document.body.appendChild(p);});
+</script>"""
+
+
+def _overflow(exe: str, tmp: Path, page: Path, width: int) -> dict:
+    probe = page.with_name(f"overflow-{width}.html")
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _OVERFLOW_PROBE + "</body>"), encoding="utf-8")
+    try:
+        r = _run_chromium(exe, tmp, f"--window-size={width},1600", "--virtual-time-budget=10000", "--dump-dom",
+                          probe.as_uri())
+    finally:
+        probe.unlink()
+    m = re.search(r'<pre id="overflow">([^<]*)</pre>', r.stdout)
+    assert m, f"overflow probe did not run (rc {r.returncode}): {r.stderr[-2000:]}"
+    return json.loads(html.unescape(m.group(1)))
+
+
+def test_report_fits_the_page_in_chromium(built, tmp_path):
+    """Nothing is cut off at the page's right edge: at a laptop width (1280 px) every section and every
+    table fits in full; in a narrow window (800 px) a wide table scrolls inside its own box, but no
+    section and not the page is wider than the window. Screenshots of both are kept with
+    MIA_KEEP_SCREENSHOT=DIR."""
+    exe = _chromium()
+    out, path = built
+    wide, narrow = _overflow(exe, tmp_path, path, 1280), _overflow(exe, tmp_path, path, 800)
+    assert wide["width"] >= 1200 and narrow["width"] <= 820, (wide["width"], narrow["width"])
+    for r in (wide, narrow):
+        assert r["page"] is None, f"the page is wider than a {r['width']} px window: {r['page']}"
+        assert not r["sections"], f"sections wider than the page at {r['width']} px: {r['sections']}"
+    assert not wide["clipped"], f"tables cut off at the right edge of their box at 1280 px: {wide['clipped']}"
+    keep = os.environ.get("MIA_KEEP_SCREENSHOT")
+    if keep:
+        for w in (1280, 800):
+            shot = Path(keep) / f"report-{w}.png"
+            _run_chromium(exe, tmp_path, f"--window-size={w},9000", f"--screenshot={shot}", path.as_uri())
