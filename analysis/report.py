@@ -13,6 +13,7 @@ last, so its presence marks a finished analysis):
   singleton threshold, mean privacy score;
 * ``per_sample.csv``: sample, group, split, label, mem, mem_se, privacy_score;
 * ``plots/privacy_score_hist.png`` (paper Fig. 1a) and ``plots/mem_vs_privacy.png`` (Fig. 2a);
+* ``roc/roc.csv`` and ``plots/roc.png|pdf``: every attack's pooled ROC per column (:mod:`analysis.roc`);
 * ``analysis.json``: all numbers, with the store's spec hash and the wall seconds of each phase (``timings_s``).
 
 The logits are read once for the attacks (:func:`analysis.passes.one_pass`: every per-sample
