@@ -46,6 +46,7 @@ COLUMN_TITLES = {"All": "All (train split)", "Under": "Under-represented", "rand
                  "subpopulation": "subpopulation (challenge set)", "singletons": "singletons (challenge set)"}
 #: Where :func:`write_roc` writes the points, relative to the analysis folder.
 ROC_CSV = Path("roc") / "roc.csv"
+_MAX_SCAN = 2048  # the most later points a chord end is sought among
 _LOW = 1e-5  # left end of the log axes (the LiRA paper's), unless 1/negatives is larger
 
 
@@ -95,7 +96,9 @@ def _greedy(fpr, tpr, start, area_tol, step_ratio, keep):  # pragma: no cover - 
         j = a + 1  # the next point is always a valid chord end (no error)
         j_err = 0.0
         c = a + 2
-        while c < n and fpr[c] <= fpr[a] * step_ratio:
+        # a bounded look-ahead: linear time on curves of millions of points (a chord that ends
+        # earlier only keeps more points; the area budget holds either way)
+        while c < n and c - a <= _MAX_SCAN and fpr[c] <= fpr[a] * step_ratio:
             err = (fpr[c] - fpr[a]) * (tpr[c] + tpr[a]) * 0.5 - (cum[c] - cum[a])
             if abs(drift + err) <= area_tol:
                 j, j_err = c, err  # the furthest end that keeps the total error within the budget
