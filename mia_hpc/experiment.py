@@ -13,32 +13,42 @@ import zarr
 
 from mia_hpc.keep import make_keep
 from mia_hpc.queries import make_queries
+from mia_hpc.resources import check_resources
 from mia_hpc.spec import Spec, spec_from_dict
 from mia_hpc.store import StaticData, check_spec_matches, create_store, open_store, store_spec
 
 
-def prepare_store(spec: Spec, path: str | Path) -> zarr.Group:
-    """Open the store at ``path`` if it was made from ``spec``; create it if it does not exist."""
+def prepare_store(spec: Spec, path: str | Path, *, analysis_here: bool = True) -> zarr.Group:
+    """Open the store at ``path`` if it was made from ``spec``; create it if it does not exist.
+
+    A new store is first checked against this machine's memory and the store filesystem's free
+    space (:func:`mia_hpc.resources.check_resources`; ``analysis_here=False`` for a cluster
+    submission, whose analysis runs elsewhere): a spec that cannot run is refused before anything
+    is built or written.
+    """
     path = Path(path)
     if path.exists():
         root = open_store(path)
         check_spec_matches(root, spec.hash(), path)
         return root
+    check_resources(spec, path, analysis_here=analysis_here)
     from mia_hpc.data import build_dataset  # data building is only needed on first creation
 
-    return create_from_data(spec, path, build_dataset(spec))
+    return create_from_data(spec, path, build_dataset(spec), analysis_here=analysis_here)
 
 
 def create_from_data(spec: Spec, path: str | Path, data: StaticData,
-                     extra_attrs: Mapping[str, Any] | None = None) -> zarr.Group:
+                     extra_attrs: Mapping[str, Any] | None = None, *, analysis_here: bool = True) -> zarr.Group:
     """Create the store of ``spec`` at ``path`` for given static data: keep masks, allocation, attrs.
 
     Used for ordinary specs (data built from the spec) and for a staged attack run (data selected
-    from its oracle store).
+    from its oracle store). Refused before anything is written if it does not fit (the exact
+    sample count known now).
     """
     from mia_hpc.models import embed_dim
 
     path = Path(path)
+    check_resources(spec, path, n_samples=len(data.label), analysis_here=analysis_here)
     keep = make_keep(spec.shadows.count, data.split == "train", spec.seed, spec.shadows.keep_block)
     n_features = embed_dim(spec.model.arch, data.image.shape[1], data.n_classes, spec.data.image_size,
                            spec.model.width)

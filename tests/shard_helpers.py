@@ -76,3 +76,46 @@ def assert_stores_equal(store: Path, ref: Path) -> None:
         x, y = a[name], b[name]
         assert x.dtype == y.dtype and x.shape == y.shape, name
         assert np.array_equal(x.view(np.uint8), y.view(np.uint8)), f"{name} differs from the reference"
+
+
+# --- workers forked from a warm server ------------------------------------------------------------
+# Each worker is a real process running the real CLI (and can really be SIGKILLed), forked from a
+# forkserver that imported torch once: tests start dozens of workers without paying torch's import
+# (seconds on a loaded two-core machine) each time.
+
+def _cli_child(args: list[str], env: dict[str, str], log: str) -> None:
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    from mia_hpc.cli import main
+
+    code = main(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def forked_worker(store: Path, shard: int, n_shards: int, log: Path, threads: int = 0, **env: str):
+    """Start ``mia-hpc train-shard`` (``--threads``, if given) in a process forked from the warm server."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    # torch._dynamo: the first optimizer built imports it (seconds), so the server imports it once
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.optim", "mia_hpc.cli", "mia_hpc.launch.worker",
+                                "mia_hpc.train.batched"])
+    args = ["train-shard", str(store), "--shard", str(shard), "--of", str(n_shards), "--device", "cpu"]
+    args += ["--threads", str(threads)] if threads else []
+    p = ctx.Process(target=_cli_child, args=(args, env, str(log)))
+    p.start()
+    return p
+
+
+def run_forked(store: Path, shard: int, n_shards: int, log: Path, timeout: float = 180, **env: str) -> int:
+    """Run one forked worker to its end; its exit code (-9: SIGKILLed)."""
+    p = forked_worker(store, shard, n_shards, log, **env)
+    p.join(timeout)
+    if p.exitcode is None:
+        p.kill()
+        raise TimeoutError(f"worker for shard {shard} still running after {timeout} s; log {log}")
+    return p.exitcode

@@ -81,7 +81,7 @@ def render_sbatch(spec_path: str | Path | Spec, out: str | Path, profile: str | 
     out = Path(out).absolute()
     check_path(out, "--out")
     store = out / "store.zarr"
-    prepare_store(spec, store)
+    prepare_store(spec, store, analysis_here=False)  # the analysis runs on a cluster node
     sdir = out / "slurm"
     logs = sdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)  # Slurm does not create the log folder itself

@@ -253,7 +253,7 @@ def submit(spec_path: str | Path | Spec, out: str | Path, profile: str | Path | 
 
         return submit_staged(spec, out, prof, analyze=analyze, folder=folder)  # type: ignore[return-value]
     store = out / "store.zarr"
-    prepare_store(spec, store)
+    prepare_store(spec, store, analysis_here=False)  # the analysis runs on a cluster node
     folder = Path(folder).absolute() if folder else out / "slurm" / "submitit"
 
     alive = alive_jobs()
