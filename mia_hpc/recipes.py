@@ -51,16 +51,19 @@ from typing import Any
 
 RECIPES: dict[str, dict[str, Any]] = {
     "mnist-cnn": {
-        "epochs": 15, "batch_size": 128, "optimizer": "sgd", "lr": 0.04, "momentum": 0.9, "weight_decay": 5e-4,
-        "schedule": "cosine", "warmup": 0.0, "augment_shift": 1, "augment_flip": False, "precision": "fp32",
+        "epochs": 15, "batch_size": 128, "optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4,
+        "schedule": "cosine", "warmup": 0.05, "augment_shift": 1, "augment_flip": False, "precision": "fp32",
+        "clip_grad_norm": 1.0,
     },
     "cifar10-resnet": {
         "epochs": 30, "batch_size": 256, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4,
         "schedule": "triangular", "warmup": 0.2, "augment_shift": 4, "augment_flip": True, "precision": "fp32",
+        "clip_grad_norm": 0.0,
     },
     "mnist-cnn-dp": {
         "epochs": 100, "batch_size": 184, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
         "schedule": "constant", "warmup": 0.0, "augment_shift": 0, "augment_flip": False, "precision": "fp32",
+        "clip_grad_norm": 0.0,
     },
 }
 

@@ -103,6 +103,9 @@ class TrainSpec:
     warmup: float = option(0.0, "fraction of all steps with a linear learning-rate warm-up from 0 (the peak of "
                                 "'triangular'; before cosine/constant)", ge=0, lt=1)
     augment_flip: bool = option(False, "random horizontal flips of training images (CIFAR; not for digits)")
+    clip_grad_norm: float = option(
+        0.0, "clip each shadow's whole gradient to this L2 norm before the optimizer step (0: no clipping; "
+             "ignored by DP-SGD, which clips per sample with dp.max_grad_norm)", ge=0, le=1e6)
     precision: Literal["fp32", "bf16"] = option(
         "fp32", "training arithmetic: 'bf16' runs forward and backward under torch.autocast in bfloat16 (fp32 "
         "weights and optimizer; queries stay fp32); on CPU it runs too, with CPU autocast (sequential backend)")
@@ -265,7 +268,7 @@ class Spec:
 
 #: (table, key) of fields added after the first stores were written (see :meth:`Spec.hash`).
 _LATER_FIELDS = (("model", "norm"), ("train", "warmup"), ("train", "augment_flip"), ("train", "precision"),
-                 ("train", "threads"))
+                 ("train", "threads"), ("train", "clip_grad_norm"))
 
 
 # --- parsing ----------------------------------------------------------------------------------

@@ -249,3 +249,35 @@ def test_recipe_code_paths_train_above_chance_on_digits(recipe):
     res = train_shadows(spec, data, [0, 1], progress=False)
     acc = np.mean([r.accuracy[SUBSETS.index("test/over")] for r in res])
     assert acc > 0.25, (recipe, acc)  # chance is 0.1; measured 0.57 (resnet), 0.59 (cnn), 0.37 (dp)
+
+
+def test_clip_per_shadow_clips_each_shadow_by_its_own_norm():
+    """The batched clip equals torch's clip_grad_norm_ applied to each shadow's model alone: a
+    shadow with a large gradient is scaled to the bound, one below it is left exactly as it was."""
+    from torch.func import stack_module_state
+
+    from mia_hpc.models import build_model
+    from mia_hpc.train.batched import clip_per_shadow
+
+    torch.manual_seed(0)
+    models = [build_model("cnn32", 1, 10, 8, 4) for _ in range(3)]
+    x, y = torch.rand(3, 16, 1, 8, 8), torch.randint(0, 10, (3, 16))
+    scale = [100.0, 1.0, 0.001]  # loss scales: far above, around and far below the bound
+    for m, xi, yi, s in zip(models, x, y, scale):
+        (s * torch.nn.functional.cross_entropy(m(xi), yi)).backward()
+    params, _ = stack_module_state(models)
+    names = list(params)
+    grads = {n: torch.stack([dict(m.named_parameters())[n].grad for m in models]) for n in names}
+    stacked = [torch.zeros_like(g).requires_grad_() for g in grads.values()]
+    for t, g in zip(stacked, grads.values()):
+        t.grad = g.clone()
+    norms = clip_per_shadow(stacked, 1.0)
+    for i, m in enumerate(models):
+        before = torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        assert torch.isclose(norms[i], before, rtol=1e-5)
+        for n, t in zip(names, stacked):
+            torch.testing.assert_close(t.grad[i], dict(m.named_parameters())[n].grad, rtol=1e-5, atol=1e-8)
+    assert norms[0] > 1.0 > norms[2]
+    after = torch.sqrt(sum(t.grad.flatten(1).pow(2).sum(1) for t in stacked))
+    assert torch.isclose(after[0], torch.tensor(1.0), rtol=1e-4)
+    torch.testing.assert_close(after[2], norms[2])

@@ -189,6 +189,19 @@ def make_optimizer(spec: Spec, params: Sequence[torch.Tensor]) -> torch.optim.Op
     return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
+def clip_per_shadow(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale each shadow's gradient to L2 norm at most ``max_norm``; return the norms before clipping (K,).
+
+    A shadow's gradient is its slice (leading axis) of every stacked tensor, so each shadow is
+    clipped by its own norm only, as ``torch.nn.utils.clip_grad_norm_`` would clip it alone.
+    """
+    norms = torch.sqrt(sum(p.grad.flatten(1).pow(2).sum(1) for p in params))
+    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(factor.view(-1, *[1] * (p.grad.dim() - 1)))
+    return norms
+
+
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The training-step context of a precision: bf16 autocast, or nothing for fp32."""
     if precision == "bf16":
@@ -394,6 +407,8 @@ def _train_plain(spec: Spec, data: TrainData, shadows: Sequence[int], batched, p
         opt.zero_grad(set_to_none=True)
         guard.update(step, per_shadow)
         per_shadow.sum().backward()
+        if spec.train.clip_grad_norm > 0:
+            clip_per_shadow(list(params.values()), spec.train.clip_grad_norm)
         opt.step()
         if step >= total - spe:  # the last epoch's mean loss, without a host sync per step
             loss_sum += per_shadow.detach()

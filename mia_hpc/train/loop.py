@@ -58,6 +58,8 @@ def train_one(spec: Spec, data: TrainData, shadow: int, *, device: str | torch.d
         loss = F.cross_entropy(out.float(), labels[idx[step]])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if spec.train.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.clip_grad_norm)
         opt.step()
         if step >= total - spe:
             loss_sum += loss.detach()
