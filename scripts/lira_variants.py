@@ -1,7 +1,7 @@
 """What each difference between our LiRA and the reference code's does to a store's numbers.
 
-Usage: ``python scripts/lira_variants.py STORE [--targets T]`` (prints a Markdown table; the numbers
-in docs/lira-variants.md come from it).
+Usage: ``python scripts/lira_variants.py STORE [--targets T] [--sweep]`` (prints Markdown tables;
+the numbers in docs/lira-variants.md come from it).
 
 Rows: ``ours`` (:func:`analysis.lira.run_lira`) and ``reference``
 (:func:`analysis.lira_reference.run_lira_reference`), as the analysis runs them, then ``ours`` with
@@ -10,6 +10,10 @@ the floors of ``ours`` only matter for zero spreads). Columns: pooled AUROC over
 train sample) pair, the mean per-target AUROC, and the largest per-target AUROC change from ``ours``,
 for online, offline and fixed-variance LiRA. Needs LiRA keep masks (every train sample IN for
 exactly M/2 shadows), so that every variant's reference lists have one length.
+
+``--sweep``: the shadow-count sweep's online LiRA (mean AUROC over 10 reference orders) with
+per-sample variances at every m (``per_sample_min=0``, the estimator before the fixed-variance
+switch) and as the analysis runs it now, next to fixed-variance LiRA, per challenge set.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("store")
     ap.add_argument("--targets", type=int, default=16, help="first T done shadows as targets")
+    ap.add_argument("--sweep", action="store_true", help="also the sweep's online LiRA with and without the switch")
     args = ap.parse_args(argv)
     data = open_shadows(args.store)
     train = data.split == "train"
@@ -119,7 +124,36 @@ def main(argv: list[str] | None = None) -> int:
             pooled, mean, delta = _metrics(member, sc[a], base[a])
             cells += [f"{pooled:.4f}", f"{mean:.4f}", f"{delta:.4f}"]
         print("| " + " | ".join(cells) + " |")
+    if args.sweep:
+        _sweep(data, train, t_n)
     return 0
+
+
+def _sweep(data, train: np.ndarray, t_n: int) -> None:
+    from analysis.lira import PER_SAMPLE_VARIANCE_MIN
+    from analysis.memorization import memorization_from_counts
+    from analysis.passes import reduce_over_shadows
+    from analysis.sweep import summarize_sweep, sweep_from_store
+
+    _, _, counts = reduce_over_shadows(data)
+    mem, _ = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
+    thr = float(data.spec.get("analysis", {}).get("singleton_threshold", 0.8))
+    masks = {"highly memorized": train & (mem > thr), "All": train, "random": train & (data.group == "under")}
+    masks = {k: v for k, v in masks.items() if v.any()}
+    curves = {}
+    for psm, name in ((0, "before (per-sample at every m)"), (PER_SAMPLE_VARIANCE_MIN, "now")):
+        sw, _ = sweep_from_store(data, masks, n_targets=t_n, repeats=10, seed=0, per_sample_min=psm,
+                                 attacks=("lira-online", "lira-fixed-variance"))
+        s = summarize_sweep(sw)
+        for (st, a), d in s.groupby(["set", "attack"], sort=False):
+            label = name if a == "lira-online" else "lira-fixed-variance"
+            curves[(st, label)] = d.sort_values("n_shadows")
+    xs = next(iter(curves.values()))["n_shadows"].tolist()
+    print(f"\n| set | lira-online | " + " | ".join(map(str, xs)) + " reference shadows |")
+    print("|" + "---|" * (len(xs) + 2))
+    order = {"before (per-sample at every m)": 0, "now": 1, "lira-fixed-variance": 2}
+    for (st, label), d in sorted(curves.items(), key=lambda kv: (list(masks).index(kv[0][0]), order[kv[0][1]])):
+        print(f"| {st} | {label} | " + " | ".join(f"{v:.3f}" for v in d["auroc mean"]) + " |")
 
 
 if __name__ == "__main__":
