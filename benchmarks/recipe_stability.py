@@ -1,0 +1,210 @@
+"""Does a paper recipe train stably on real digits? Loss curves and test accuracy per seed.
+
+Trains K shadows (seeds = shadow indices) of a paper spec, shrunk to ``--over`` real MNIST digits
+plus ``--under`` augMNIST samples, once per recipe variant:
+
+* ``old``: the recipe before the fix (lr 0.04, no warm-up, no clipping), which diverged;
+* ``spec``: the spec's own ``[train]`` table as committed.
+
+Each step records every seed's loss, the L2 norm of its whole gradient before clipping and the
+learning rate; at the end each seed's test accuracy (D_O and D_U test splits) is measured in eval
+mode. The step loop is :func:`mia_hpc.train.batched._train_plain`'s, written out so the per-step
+values can be read (same index streams, augmentation, schedule, optimizer and per-shadow clipping).
+
+Writes to ``--out`` (default ``docs/reproduction``): ``stability_curves.csv`` (variant, seed, step,
+lr, loss, grad_norm), ``stability_summary.csv`` (one row per variant and seed), ``stability.png``
+and ``stability_meta.json`` (command, date, machine, scale); each is rewritten after every variant,
+so a run cut short keeps what it measured.
+
+    python benchmarks/recipe_stability.py --seeds 0-3 --variants old,spec
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: The mnist-cnn recipe before the fix (the one the issue measured diverging).
+OLD = {"lr": 0.04, "warmup": 0.0, "clip_grad_norm": 0.0}
+#: A loss above this (or a non-finite one) counts as diverged: ln(10) = 2.3 is chance.
+DIVERGED_LOSS = 10.0
+
+
+def scaled_spec(path: Path, args: argparse.Namespace, variant: str):
+    from mia_hpc.spec import load_spec, spec_from_dict
+
+    d = load_spec(path).to_dict()
+    size = args.over + args.under
+    d["data"].update(root=str(args.data_root), size=size, alpha=args.over / size, test_over=args.test_over,
+                     test_under=args.test_under if args.under else 0)
+    d["data"]["under"]["n_fractals"] = min(d["data"]["under"]["n_fractals"], 256)
+    d["model"]["width"] = args.width
+    d["train"]["epochs"] = args.epochs
+    if variant == "old":
+        d["train"].update(OLD)
+    d["shadows"].update(count=max(2, 2 * ((max(args.seed_list) + 2) // 2)), batch=0, shards=1)
+    return spec_from_dict(d)
+
+
+def run_variant(spec, data, seeds: list[int], max_steps: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Train ``seeds`` batched; (loss, grad_norm, lr) per step and seed, and per-seed test accuracy."""
+    import torch
+    from torch.nn import functional as F
+
+    from mia_hpc.keep import make_keep
+    from mia_hpc.store import SUBSETS
+    from mia_hpc.train.batched import (ShadowStack, TrainData, clip_per_shadow, index_stream, lr_at,
+                                       make_optimizer, shifted, subset_accuracy)
+    from mia_hpc.queries import make_queries
+
+    split = data.split.astype(str)
+    keep = make_keep(spec.shadows.count, split == "train", spec.seed, spec.shadows.keep_block)
+    td = TrainData(image=data.image, label=data.label, group=data.group.astype(str), split=split, keep=keep,
+                   queries=make_queries(0, False), n_classes=data.n_classes)
+    n_pool = int((split == "train").sum())
+    stack = ShadowStack(spec, seeds, data.image.shape[1], data.n_classes)
+    images = torch.as_tensor(data.image)
+    labels = torch.as_tensor(data.label.astype(np.int64))
+    streams = [index_stream(spec, s, np.flatnonzero(keep[s]), n_pool) for s in seeds]
+    idx = np.stack([st[0] for st in streams], 1)
+    shifts = np.stack([st[1] for st in streams], 1)
+    total = idx.shape[0]
+    steps = total if max_steps is None else min(total, max_steps)
+    params = list(stack.params.values())
+    opt = make_optimizer(spec, params)
+    k = len(seeds)
+    loss, gnorm, lrs = np.full((steps, k), np.nan), np.full((steps, k), np.nan), np.zeros(steps)
+    for step in range(steps):
+        lrs[step] = lr_at(spec, step, total)
+        for g in opt.param_groups:
+            g["lr"] = lrs[step]
+        bi = torch.as_tensor(idx[step]).long()
+        sh = torch.as_tensor(shifts[step]).long()
+        x = shifted(images[bi], sh[..., 0], sh[..., 1], spec.train.augment_shift)
+        out = stack.forward(stack.params, stack.buffers, x)
+        per = F.cross_entropy(out.flatten(0, 1), labels[bi].flatten(), reduction="none").view(k, -1).mean(1)
+        opt.zero_grad(set_to_none=True)
+        per.sum().backward()
+        with torch.no_grad():  # the norm before clipping, what clipping acts on
+            gnorm[step] = torch.sqrt(sum(p.grad.flatten(1).pow(2).sum(1) for p in params)).numpy()
+        if spec.train.clip_grad_norm > 0:
+            clip_per_shadow(params, spec.train.clip_grad_norm)
+        opt.step()
+        loss[step] = per.detach().numpy()
+    logits = stack.query_logits(images, td.queries)
+    acc = {s: dict(zip(SUBSETS, subset_accuracy(logits[i], td, s).tolist())) for i, s in enumerate(seeds)}
+    return loss, gnorm, lrs, {"total_steps": total, "acc": acc}
+
+
+def parse_seeds(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b or a) + 1))
+    return out
+
+
+def plot(curves, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {"old": "tab:red", "spec": "tab:blue"}
+    for variant, g in curves.groupby("variant"):
+        for seed, gs in g.groupby("seed"):
+            y = gs["loss"].to_numpy(dtype=float)
+            y = np.where(np.isfinite(y), np.minimum(y, 1e3), 1e3)
+            axes[0].plot(gs["step"], y, color=colors.get(variant, "gray"), alpha=0.6,
+                         label=variant if seed == g["seed"].min() else None)
+            axes[1].plot(gs["step"], gs["grad_norm"].clip(upper=1e6), color=colors.get(variant, "gray"), alpha=0.6)
+    axes[0].set_yscale("log")
+    axes[0].set_title("training loss per seed (non-finite drawn at 1e3)")
+    axes[1].set_yscale("log")
+    axes[1].set_title("gradient L2 norm before clipping")
+    for ax in axes:
+        ax.set_xlabel("step")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--spec", default=str(ROOT / "jobs/paper/mnist-augmnist-random.toml"))
+    p.add_argument("--data-root", default="/work/shared/data/mnist-10k")
+    p.add_argument("--out", default=str(ROOT / "docs" / "reproduction"))
+    p.add_argument("--variants", default="old,spec")
+    p.add_argument("--seeds", default="0-1", help="e.g. 0-31 or 0,1,3")
+    p.add_argument("--over", type=int, default=2000)
+    p.add_argument("--under", type=int, default=200)
+    p.add_argument("--test-over", type=int, default=500)
+    p.add_argument("--test-under", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--width", type=int, default=0, help="0: CNN32's own 32")
+    p.add_argument("--max-steps", type=int, default=0, help="stop each seed after this many steps (0: all)")
+    args = p.parse_args(argv)
+    if not (Path(args.data_root) / "MNIST" / "raw").is_dir():
+        print(f"--data-root: {args.data_root} has no MNIST/raw folder; point it at real MNIST in torchvision's layout",
+              file=sys.stderr)
+        return 2
+    args.seed_list = parse_seeds(args.seeds)
+    torch.set_num_threads(1)
+    from mia_hpc.data import build_dataset
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{os.cpu_count()} CPU cores, shared (load average {os.getloadavg()[0]:.1f} at start)",
+            "scale": {k: getattr(args, k) for k in ("over", "under", "test_over", "test_under", "epochs", "width",
+                                                    "max_steps", "seeds")}, "seconds": {}}
+    curves, summary = [], []
+    data = None
+    for variant in args.variants.split(","):
+        spec = scaled_spec(Path(args.spec), args, variant)
+        if data is None:
+            data = build_dataset(spec)  # the same digits for every variant (data does not depend on [train])
+        t0 = time.time()
+        loss, gnorm, lrs, info = run_variant(spec, data, args.seed_list, args.max_steps or None)
+        meta["seconds"][variant] = round(time.time() - t0, 1)
+        t = spec.train
+        for i, s in enumerate(args.seed_list):
+            bad = ~np.isfinite(loss[:, i]) | (loss[:, i] > DIVERGED_LOSS)
+            curves.append(pd.DataFrame({"variant": variant, "seed": s, "step": np.arange(len(lrs)), "lr": lrs,
+                                        "loss": loss[:, i], "grad_norm": gnorm[:, i]}))
+            acc = info["acc"][s]
+            summary.append({"variant": variant, "lr": t.lr, "warmup": t.warmup, "clip_grad_norm": t.clip_grad_norm,
+                            "seed": s, "steps": len(lrs), "of_steps": info["total_steps"],
+                            "diverged": bool(bad.any()), "first_bad_step": int(np.argmax(bad)) if bad.any() else -1,
+                            "max_grad_norm": float(np.nanmax(gnorm[:, i])) if np.isfinite(gnorm[:, i]).any()
+                            else float("inf"),
+                            "last_loss": float(loss[-1, i]), "test_acc_over": 100 * acc["test/over"],
+                            "test_acc_under": 100 * acc["test/under"]})
+        cdf = pd.concat(curves, ignore_index=True)
+        cdf.to_csv(out / "stability_curves.csv", index=False)
+        pd.DataFrame(summary).to_csv(out / "stability_summary.csv", index=False)
+        (out / "stability_meta.json").write_text(json.dumps(meta, indent=1))
+        plot(cdf, out / "stability.png")
+        print(pd.DataFrame(summary).to_string(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
