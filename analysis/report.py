@@ -618,8 +618,8 @@ def _ood_caption(corr: pd.DataFrame, mem: np.ndarray, priv: np.ndarray, train: n
     msp_u = corr["rho privacy"].get(("msp", "train under"), float("nan"))
     if np.isfinite(msp_all) and np.isfinite(rho_all["rho"]) and msp_all > rho_all["rho"]:
         text += (f" MSP out-ranks mem on All ({_fmt(msp_all)} > {_fmt(rho_all['rho'])}) because "
-                 f"{_fmt(100 * zero)}% of the train samples have mem exactly 0 (right under every IN and OUT "
-                 "shadow): one tie that caps mem's rank correlation while MSP and the privacy score still order "
+                 f"{_fmt(100 * zero)}% of the train samples have mem exactly 0 (as often right when IN as when OUT, "
+                 "mostly always right): one tie that caps mem's rank correlation while MSP and the privacy score order "
                  "those samples by confidence; this is a property of the data (mostly easy D_O samples) and of "
                  "the 0/1-correctness estimate of mem, not a defect"
                  + (f", and on random, where mem is spread, mem leads ({_fmt(rho_u['rho'])} vs MSP {_fmt(msp_u)})."
