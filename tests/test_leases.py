@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from shard_helpers import REPO, make_store, run_worker, tiny_spec
+from shard_helpers import REPO, assert_stores_equal, forked_worker, make_store, run_forked, run_worker, tiny_spec
 
 from mia_hpc.launch.errors import LeaseHeld, LeaseLost
 from mia_hpc.launch.leases import ShardLease, lease_dir
@@ -137,3 +138,26 @@ def test_eight_processes_racing_for_one_lease_leave_one_owner(store, stale):
     said = sorted(o[0].strip() for o in outs)
     assert said == ["held"] * 7 + ["won"], said
     assert not list(lease_dir(store).glob("shard-0-*")) and not list(lease_dir(store).glob(".*"))
+
+
+def test_eight_workers_racing_for_two_shards_train_each_shadow_once(store, tmp_path):
+    """8 real workers, 4 per shard, on a two-core machine: each shadow trained by exactly one of them."""
+    race, ref = tmp_path / "race" / "store.zarr", tmp_path / "ref" / "store.zarr"
+    shutil.copytree(store, race)
+    shutil.copytree(store, ref)
+    for shard in (0, 1):  # the serial run
+        assert run_forked(ref, shard, 2, tmp_path / "ref.log") == 0
+    logs = [tmp_path / f"worker{i}.log" for i in range(8)]
+    # each winner dawdles 2 s before training, so the other racers meet its live lease
+    procs = [forked_worker(race, i % 2, 2, logs[i], MIA_HPC_STALL_AT="train+2") for i in range(8)]
+    for p in procs:
+        p.join(300)
+    texts = [log.read_text() if log.exists() else "" for log in logs]
+    for p, text in zip(procs, texts):
+        assert p.exitcode == 0 or (p.exitcode == 1 and "is being trained by pid" in text), text
+    starts = [int(s) for text in texts for line in text.splitlines() if "trains shadows" in line
+              for s in line.split("[", 1)[1].rstrip("]").split(", ")]
+    assert sorted(starts) == [0, 1, 2, 3], "\n".join(texts)
+    assert sum(p.exitcode == 1 for p in procs) >= 4, "the racers did not meet"
+    assert done_mask(open_store(race)).all()
+    assert_stores_equal(race, ref)
