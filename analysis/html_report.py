@@ -80,6 +80,9 @@ CAPTIONS: dict[str, str] = {
                      "with 95% bootstrap intervals. Look at TPR@0.1% FPR: singletons/subpopulation should be far "
                      "more exposed than random samples; intervals at 0.1% FPR are wide, so compare only "
                      "non-overlapping ones.",
+    "sample_sets": "Every set of samples the tables and figures name, one name per set (analysis.groups): its "
+                   "size and definition; where two sets look alike (singletons and highly memorized) the "
+                   "relation column says how they differ.",
     "theory": "Memorization theory (§5): squared Hellinger distances next to mem per challenge set. The Eq. 8 "
               "check H²(Bernoulli) ≤ mem should show no violations beyond those expected by chance.",
     "table:complexity": "Sample complexity (Corollary 1): shadows needed to reach the target AUROC/TPR per set, "

@@ -50,7 +50,7 @@ from .atomic import write_text
 from .figures import FigureQueue, save_figure
 from .numfmt import fmt, is_p_column
 from .ood import spearman
-from .html_report import incomplete_line, register_caption, write_report
+from .html_report import incomplete_line, write_report
 from .scores import StoredScores, write_scores
 from .spill import SpilledScores, release_freed_memory
 from .threads import n_threads
@@ -58,10 +58,6 @@ from .threads import n_threads
 __all__ = ["analyze", "format_table", "to_markdown", "terminal_lines"]
 
 GROUP_COLORS = {"over": "tab:blue", "under": "tab:red"}
-
-register_caption("sample_sets", "The sets of samples named in the tables and figures: one name per set. Where two "
-                                "sets look alike (singletons and highly memorized) the relation column says how "
-                                "they differ.")
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -480,8 +476,9 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
                  "holding 95% of shadows (2.5-97.5 percentiles).", _accuracy_md(accuracy))
     _write_table(out, "memorization", memo,
                  f"Train-split samples per group: Feldman-Zhang memorization, fraction above the singleton "
-                 f"threshold {_fmt(thr)}, mean (finite) privacy score. Spearman rho(mem, privacy) = "
-                 f"{_fmt(rho['rho'])} (n = {rho['n']}).")
+                 f"threshold {_fmt(thr)}, mean (finite) privacy score; rows are the groups (under = the random "
+                 f"set, all = All: sample_sets.md). Spearman rho(mem, privacy) = {_fmt(rho['rho'])} "
+                 f"(n = {rho['n']}); the OOD scores' rho: ood_correlations.md.")
     write_text(out / "per_sample.csv", per_sample.to_csv(index=False))
 
     summary = {
