@@ -146,6 +146,8 @@ def test_analyze_with_the_reference_variant(store, tmp_path):
     assert "reference" in (tmp_path / "ref" / "tables" / "attacks.md").read_text()
     # the variant changes LiRA only
     a_ours, a_ref = ours["attacks"], ref["attacks"]
+    # "higher = member": the well-separated group is found (a sign error would put it near 0)
+    assert (a_ref.loc[list(ATTACKS), "AUROC Under"] > 0.9).all()
     assert (a_ours.loc["yeom"] == a_ref.loc["yeom"]).all()
     assert not np.allclose(a_ours.loc["lira-offline"].to_numpy(float), a_ref.loc["lira-offline"].to_numpy(float))
 
@@ -156,3 +158,21 @@ def test_bad_variant_is_one_line_naming_the_field(tmp_path):
     with pytest.raises(SpecError, match=r"^analysis\.lira_variant: must be one of 'ours', 'reference', got 'carlini'$"):
         spec_from_dict({"analysis": {"lira_variant": "carlini"}})
     assert spec_from_dict({"analysis": {"lira_variant": "reference"}}).analysis.lira_variant == "reference"
+
+
+def test_the_spec_field_and_the_cli_flag_choose_the_variant(tmp_path, capsys):
+    from mia_hpc.cli import main
+
+    store = tmp_path / "s.zarr"
+    write_synthetic_store(store, n_shadows=6, n_samples=60, n_queries=2, seed=5, sample_chunk=16,
+                          analysis={"lira_variant": "reference"})
+    assert main(["analyze", str(store), "--out", str(tmp_path / "a"), "--quick", "--targets", "2"]) == 0
+    assert json.loads((tmp_path / "a" / "analysis.json").read_text())["lira_variant"] == "reference"
+    assert main(["analyze", str(store), "--out", str(tmp_path / "b"), "--quick", "--targets", "2",
+                 "--lira-variant", "ours"]) == 0
+    assert json.loads((tmp_path / "b" / "analysis.json").read_text())["lira_variant"] == "ours"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        main(["analyze", str(store), "--out", str(tmp_path / "c"), "--lira-variant", "carlini"])
+    assert err.value.code == 2 and "--lira-variant: invalid choice: 'carlini'" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
