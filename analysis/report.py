@@ -451,8 +451,10 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
     release_freed_memory()
     # ROC curves (analysis.roc) on the figure thread; the scores are bound now (memory-mapped), as
     # lira.scores is replaced by scores.zarr's reader while the figures are still being drawn
-    roc_masks = {"All": np.ones(group_tr.size, dtype=bool), "Under": group_tr == "under",
-                 **{k: np.asarray(v, dtype=bool)[train] for k, v in extra.get("challenge_sets", {}).items()}}
+    # "Under" is the random challenge set's samples: one panel, under the set's one name, when both exist
+    sets_tr = {k: np.asarray(v, dtype=bool)[train] for k, v in extra.get("challenge_sets", {}).items()}
+    roc_masks = {"All": np.ones(group_tr.size, dtype=bool),
+                 **({} if "random" in sets_tr else {"Under": group_tr == "under"}), **sets_tr}
     figures.submit(write_roc, out, {a: (lira.member, lira.scores[a]) for a in lira.scores}, roc_masks, fprs)
 
     # --- write ---------------------------------------------------------------------------------
