@@ -550,3 +550,59 @@ def test_cli_submit_tiny_runs_the_tiny_form_to_an_analysis(slurm_cluster, tmp_pa
     assert done_mask(store).all()
     summary = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
     assert summary["n_shadows_done"] == store["keep"].shape[0]
+
+
+# --- racing array tasks ---------------------------------------------------------------------------
+
+RACE_TASK = """#!/bin/bash
+#SBATCH --array=0-1%2
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=1G
+#SBATCH --time=10
+#SBATCH --output={logs}/task_%a.out
+#SBATCH --error={logs}/task_%a.err
+# four workers per array task, two per shard: 8 racing processes on a two-core node
+for i in 0 1 2 3; do
+  shard=$(( (SLURM_ARRAY_TASK_ID + i) % 2 ))
+  {python} -m mia_hpc.cli train-shard {store} --shard "$shard" --of 2 --device cpu > {logs}/w${{SLURM_ARRAY_TASK_ID}}_$i.log 2>&1 &
+done
+for pid in $(jobs -p); do wait "$pid"; echo "rc $?"; done
+"""
+
+
+def test_eight_workers_in_a_slurm_array_train_each_shadow_once(slurm_cluster, reference_store, tmp_path):
+    """Two array tasks with four ``train-shard`` workers each race for smoke's two shards: every shadow
+    is trained once (the others refuse, naming the lease's owner), the store equals a serial run's bit for bit."""
+    store = tmp_path / "store.zarr"
+    from mia_hpc.experiment import prepare_store
+
+    prepare_store(load_spec(SMOKE), store)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    script = tmp_path / "race.sbatch"
+    script.write_text(RACE_TASK.format(logs=shlex.quote(str(logs)), python=shlex.quote(sys.executable),
+                                       store=shlex.quote(str(store))))
+    env_before = os.environ.get("MIA_HPC_STALL_AT")
+    os.environ["MIA_HPC_STALL_AT"] = "train+3"  # sbatch exports it: each winner holds its lease 3 s first
+    try:
+        array = _sbatch(str(script))
+    finally:
+        if env_before is None:
+            os.environ.pop("MIA_HPC_STALL_AT")
+        else:
+            os.environ["MIA_HPC_STALL_AT"] = env_before
+    wait_gone([array])
+    texts = {p.name: p.read_text() for p in sorted(logs.glob("w*.log"))}
+    assert len(texts) == 8, sorted(logs.iterdir())
+    rcs = [ln for t in logs.glob("task_*.out") for ln in t.read_text().split("\n") if ln.startswith("rc ")]
+    assert len(rcs) == 8 and set(rcs) <= {"rc 0", "rc 1"}, rcs
+    for name, text in texts.items():
+        assert "Traceback" not in text and ("is being trained by pid" in text or "shard " in text), f"{name}:\n{text}"
+    starts = [int(s) for t in texts.values() for line in t.splitlines() if "trains shadows" in line
+              for s in line.split("[", 1)[1].rstrip("]").split(", ")]
+    assert sorted(starts) == list(range(8)), "\n".join(f"{k}:\n{v}" for k, v in texts.items())
+    assert rcs.count("rc 1") >= 2, "the racers never met"
+    a, b = open_store(store), open_store(reference_store)
+    assert done_mask(a).all()
+    for name in ("logits", "accuracy", "train_loss"):  # train.threads fixes the arithmetic: bit for bit
+        assert np.asarray(a[name][...]).tobytes() == np.asarray(b[name][...]).tobytes(), name
