@@ -161,3 +161,21 @@ def test_eight_workers_racing_for_two_shards_train_each_shadow_once(store, tmp_p
     assert sum(p.exitcode == 1 for p in procs) >= 4, "the racers did not meet"
     assert done_mask(open_store(race)).all()
     assert_stores_equal(race, ref)
+
+
+def test_sigterm_gives_the_lease_back(store, tmp_path):
+    """scancel / a requeue sends SIGTERM: the worker exits through its cleanup, its lease removed at once."""
+    work = tmp_path / "store.zarr"
+    shutil.copytree(store, work)
+    log = tmp_path / "worker.log"
+    p = forked_worker(work, 0, 2, log, MIA_HPC_STALL_AT="train+120")
+    deadline = time.monotonic() + 120
+    while "trains shadows" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and p.is_alive(), log.read_text() if log.exists() else "no log"
+        time.sleep(0.1)
+    assert list(lease_dir(work).glob("shard-0-*"))
+    p.terminate()  # SIGTERM
+    p.join(60)
+    assert p.exitcode == 128 + 15, log.read_text()
+    assert not list(lease_dir(work).glob("shard-0-*"))
+    assert not done_mask(open_store(work)).any()

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -48,10 +50,33 @@ def train_shard(store: str | Path, shard: int, n_shards: int, *, device: str = "
     lease = ShardLease(store, shard, n_shards, owned)
     lease.acquire(wait=lease_wait)
     try:  # the done flags are read only now: a previous owner may have finished shadows meanwhile
-        return train_shadow_list(store, shadows, device=device, threads=threads, progress=progress,
-                                 before_write=lease.check)
+        with _terminate_as_exit():
+            return train_shadow_list(store, shadows, device=device, threads=threads, progress=progress,
+                                     before_write=lease.check)
     finally:
         lease.release()
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM (scancel, a requeue, ``kill``) ends the worker through ``finally`` blocks, so its lease
+    is given back at once: a requeued task on another node need not wait for the lease to go stale.
+
+    Only where SIGTERM still has its default action: submitit's jobs handle it themselves.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
