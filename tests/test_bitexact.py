@@ -50,3 +50,24 @@ def test_shadow_is_bit_identical_with_one_two_or_three_shards_in_flight(pristine
         assert a[:2].tobytes() == b[:2].tobytes() == c[:2].tobytes(), f"{name}: shard 0 differs"
         assert b[2:4].tobytes() == c[2:4].tobytes(), f"{name}: shard 1 differs"
     assert runs[1]["features"].tobytes() == runs[3]["features"].tobytes()
+
+
+def test_shadow_redone_alone_after_a_reset_is_bit_identical(pristine, tmp_path):
+    """What ``status --verify --reset-broken`` leads to: one shadow of a batch redone on its own (K = 1)."""
+    store = tmp_path / "store.zarr"
+    shutil.copytree(pristine, store)
+    log = tmp_path / "worker.log"
+    first = forked_worker(store, 0, 3, log, threads=2)  # first run: two shards' worth of cores
+    first.join(300)
+    assert first.exitcode == 0, log.read_text()
+    before = shadow_arrays(store)
+    root = open_store(store)
+    root["done"][1] = False  # the reset: shadow 1 is redone, shadow 0 kept
+    root["logits"][1] = np.full(root["logits"].shape[1:], np.nan, dtype=np.float32)
+    p = forked_worker(store, 0, 3, log, threads=1)
+    p.join(300)
+    assert p.exitcode == 0, log.read_text()
+    assert "trains shadows [1]" in log.read_text()
+    after = shadow_arrays(store)
+    for name in ("logits", "accuracy", "train_loss"):
+        assert after[name].tobytes() == before[name].tobytes(), name
