@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from shard_helpers import REPO, assert_stores_equal, make_store, run_forked, tiny_spec, worker_env
 
-from mia_hpc.launch.leases import _read, lease_dir, pid_alive
+from mia_hpc.launch.leases import lease_dir, pid_alive, read_lease
 from mia_hpc.store import done_mask, open_store
 
 # shadow 0 also writes the features; batch 1: each shadow is written before the next one trains
-WRITES = [f"write:{name}@{s}" for s in (0, 1)
-          for name in ("logits", "accuracy", "train_loss", "finished_at", "features", "done") if s == 0 or name != "features"]
+ARRAYS = ("logits", "accuracy", "train_loss", "finished_at", "features", "done")
+WRITES = [f"write:{name}@{s}" for s in (0, 1) for name in ARRAYS if s == 0 or name != "features"]
 NAMED = ["load", "train", *WRITES, "done@0", "done@1"]
 TIMED = 10  # SIGKILLs at random times during training
 
@@ -95,7 +95,7 @@ targets = 0
 
 def _live_leases(store: Path) -> list:
     d = lease_dir(store)
-    recs = [_read(p) for p in d.glob("shard-*.json")] if d.exists() else []
+    recs = [read_lease(p) for p in d.glob("shard-*.json")] if d.exists() else []
     return [r[0] for r in recs if r is not None]
 
 

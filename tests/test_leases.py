@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
-from shard_helpers import REPO, assert_stores_equal, forked_worker, make_store, run_forked, run_worker, tiny_spec
+from shard_helpers import (REPO, assert_stores_equal, forked_worker, make_store, run_forked, run_worker,
+                           tiny_spec)
 
 from mia_hpc.launch.errors import LeaseHeld, LeaseLost
-from mia_hpc.launch.leases import ShardLease, lease_dir
+from mia_hpc.launch.leases import ShardLease, boot_id, lease_dir
 from mia_hpc.store import done_mask, open_store
 
 
@@ -30,12 +31,13 @@ def store(tmp_path_factory) -> Path:
     return make_store(tiny_spec(count=4, shards=2), tmp_path_factory.mktemp("leases") / "store.zarr")
 
 
-def _write_lease(store: Path, shard: int, n: int, *, host: str, pid: int, age: float = 0.0) -> Path:
+def _write_lease(store: Path, shard: int, n: int, *, host: str, pid: int, age: float = 0.0,
+                 boot: str = "") -> Path:
     """A lease file as another worker would have left it, with its heartbeat ``age`` seconds old."""
     path = lease_dir(store) / f"shard-{shard}-of-{n}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps({"token": "other", "host": host, "pid": pid, "pid_start": "", "taken": time.time(),
-                                "shard": shard, "n_shards": n, "shadows": [0, 2]}))
+                                "shard": shard, "n_shards": n, "shadows": [0, 2], "boot": boot}))
     t = time.time() - age
     os.utime(path, (t, t))
     return path
@@ -81,9 +83,19 @@ def test_stale_lease_of_another_host_is_taken_over(store, monkeypatch):
 
 
 def test_dead_owner_on_this_host_is_taken_over_at_once(store):
-    path = _write_lease(store, 1, 2, host=socket.gethostname(), pid=_dead_pid())  # heartbeat fresh, owner gone
+    path = _write_lease(store, 1, 2, host=socket.gethostname(), pid=_dead_pid(), boot=boot_id())  # fresh, owner gone
     with ShardLease(store, 1, 2, range(2, 4)) as lease:
         assert json.loads(path.read_text())["token"] == lease.record.token
+
+
+def test_same_hostname_on_another_machine_is_not_judged_by_our_process_table(store):
+    """Two nodes misconfigured with one hostname: the other's pid means nothing here (boot ids differ)."""
+    path = _write_lease(store, 1, 2, host=socket.gethostname(), pid=_dead_pid(), boot="another-machine")
+    try:
+        with pytest.raises(LeaseHeld):
+            ShardLease(store, 1, 2, range(2, 4)).acquire()
+    finally:
+        path.unlink()
 
 
 def test_heartbeat_advances_and_a_taken_over_lease_is_lost(store, monkeypatch):

@@ -564,7 +564,8 @@ RACE_TASK = """#!/bin/bash
 # four workers per array task, two per shard: 8 racing processes on a two-core node
 for i in 0 1 2 3; do
   shard=$(( (SLURM_ARRAY_TASK_ID + i) % 2 ))
-  {python} -m mia_hpc.cli train-shard {store} --shard "$shard" --of 2 --device cpu > {logs}/w${{SLURM_ARRAY_TASK_ID}}_$i.log 2>&1 &
+  {python} -m mia_hpc.cli train-shard {store} --shard "$shard" --of 2 --device cpu \\
+    > {logs}/w${{SLURM_ARRAY_TASK_ID}}_$i.log 2>&1 &
 done
 for pid in $(jobs -p); do wait "$pid"; echo "rc $?"; done
 """

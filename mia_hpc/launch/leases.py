@@ -1,8 +1,9 @@
 """Shard leases: at most one live worker trains a shard, on one machine or across nodes sharing the store.
 
 A lease is a small JSON file ``STORE.leases/shard-I-of-N.json`` beside the store (never inside it:
-the store stays a pure Zarr tree) naming its owner: a random token, host, pid (and the pid's start
-time, so a recycled pid is not mistaken for the owner), when it was taken and the shadows it covers.
+the store stays a pure Zarr tree) naming its owner: a random token, host and boot id, pid (and the
+pid's start time, so a recycled pid is not mistaken for the owner), when it was taken and the
+shadows it covers.
 
 * Taking it is atomic: the record is written completely to a private temporary file, then
   ``os.link``-ed to the lease name, which fails if the name exists. ``link`` is atomic on local
@@ -62,6 +63,14 @@ def pid_start(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name may contain spaces
 
 
+def boot_id() -> str:
+    """This machine's boot id ('' where there is none): two nodes misconfigured with one hostname still differ."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def pid_alive(pid: int, start: str) -> bool:
     """Whether process ``pid`` exists and is the one that started at ``start`` (if known)."""
     try:
@@ -86,12 +95,13 @@ class LeaseRecord:
     shard: int
     n_shards: int
     shadows: tuple[int, int]
+    boot: str = ""
 
     def owner(self) -> str:
         return f"pid {self.pid} on {self.host}"
 
 
-def _read(path: Path) -> tuple[LeaseRecord, float] | None:
+def read_lease(path: Path) -> tuple[LeaseRecord, float] | None:
     """The record and heartbeat time of a lease file, or None if there is none (or it is being replaced)."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -111,7 +121,7 @@ class ShardLease:
         self.path = lease_dir(store) / f"shard-{shard}-of-{n_shards}.json"
         pid = os.getpid()
         self.record = LeaseRecord(uuid.uuid4().hex, socket.gethostname(), pid, pid_start(pid), time.time(), shard,
-                                  n_shards, (shadows.start, shadows.stop))
+                                  n_shards, (shadows.start, shadows.stop), boot_id())
         self._stop = threading.Event()
         self._lost = False
         self._thread: threading.Thread | None = None
@@ -126,7 +136,7 @@ class ShardLease:
                 self._thread = threading.Thread(target=self._beat, name=f"lease {self.path.name}", daemon=True)
                 self._thread.start()
                 return
-            held = _read(self.path)
+            held = read_lease(self.path)
             if held is None:
                 continue  # released or being replaced between our link and our read: try again
             rec, beat = held
@@ -135,7 +145,8 @@ class ShardLease:
                 continue
             if time.monotonic() >= deadline:
                 raise LeaseHeld(
-                    f"shard {rec.shard} of {rec.n_shards} of {self.store} (shadows {rec.shadows[0]}..{rec.shadows[1] - 1}) "
+                    f"shard {rec.shard} of {rec.n_shards} of {self.store} "
+                    f"(shadows {rec.shadows[0]}..{rec.shadows[1] - 1}) "
                     f"is being trained by {rec.owner()} since {time.strftime('%H:%M:%S', time.localtime(rec.taken))} "
                     f"(heartbeat {max(0.0, time.time() - beat):.0f} s ago; lease {self.path}); wait for it to finish "
                     f"(a lease with no heartbeat for {stale_s():.0f} s is taken over)")
@@ -156,7 +167,7 @@ class ShardLease:
             tmp.unlink()
 
     def _is_stale(self, rec: LeaseRecord, beat: float) -> bool:
-        if rec.host == socket.gethostname():
+        if rec.host == socket.gethostname() and rec.boot == boot_id():  # this machine: ask its process table
             return not pid_alive(rec.pid, rec.pid_start)
         return time.time() - beat > stale_s()
 
@@ -167,7 +178,7 @@ class ShardLease:
             os.rename(self.path, grave)
         except FileNotFoundError:
             return  # another worker removed it first
-        got = _read(grave)
+        got = read_lease(grave)
         if got is not None and got[0].token != stale.token:
             try:  # a fresh lease replaced the stale one before our rename: give it back
                 os.link(grave, self.path)
@@ -181,14 +192,14 @@ class ShardLease:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        held = _read(self.path)
+        held = read_lease(self.path)
         if held is not None and held[0].token == self.record.token:
             self.path.unlink(missing_ok=True)
 
     # --- while held ---------------------------------------------------------------------------
     def _beat(self) -> None:
         while not self._stop.wait(heartbeat_s()):
-            held = _read(self.path)
+            held = read_lease(self.path)
             if held is None or held[0].token != self.record.token:
                 self._lost = True
                 return
