@@ -277,7 +277,11 @@ def open_shadows(path: str | Path, *, min_done: int = 2, shadow_limit: int | Non
     with warnings.catch_warnings():
         # zarr 3 warns that consolidated metadata is not in the v3 spec; harmless for reading.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        ds = xr.open_zarr(path, consolidated=True)
+        try:  # reads the coordinates' chunks
+            ds = xr.open_zarr(path, consolidated=True)
+        except ValueError as err:  # zarr's checksum and decode failures
+            raise StoreError(f"{path}: the coordinates do not decode ({str(err).splitlines()[0][:120]}); run "
+                             f"'mia-hpc status {path} --verify' to find the damage") from None
     missing = [v for v in ("logits", "keep", "done", "label", "group", "split", "accuracy") if v not in ds]
     if missing:
         raise StoreError(f"{path}: store lacks variables {missing}; was it made by mia-hpc?")

@@ -91,6 +91,21 @@ def _spec_counts(root: zarr.Group, path: Path) -> tuple[int, int]:
     return m, n_shards
 
 
+def _check_spec_hash(root: zarr.Group) -> list[BrokenChunk]:
+    """The root attr ``spec`` against ``spec_hash``: an edited spec would otherwise pass for the original."""
+    from mia_hpc.spec import SpecError, spec_from_dict
+
+    try:
+        have = spec_from_dict(store_spec(root)).hash()
+    except SpecError as err:
+        return [BrokenChunk("zarr.json", "zarr.json", None, None, f"the root attr 'spec' is not a valid spec ({err})",
+                            "metadata")]
+    if have != root.attrs.get("spec_hash"):
+        return [BrokenChunk("zarr.json", "zarr.json", None, None, f"the root attr 'spec' hashes to {have}, not to the "
+                            f"recorded spec_hash {root.attrs.get('spec_hash')!r} (edited after creation)", "metadata")]
+    return []
+
+
 def check_metadata(path: str | Path) -> tuple[dict[str, zarr.Array], list[BrokenChunk]]:
     """Open every array whose metadata is intact; name every array whose metadata is not.
 
@@ -104,7 +119,7 @@ def check_metadata(path: str | Path) -> tuple[dict[str, zarr.Array], list[Broken
     consolidated: dict[str, Any] = (doc.get("consolidated_metadata") or {}).get("metadata") or {}
     names = sorted(set(REQUIRED) | set(consolidated) | {p.parent.name for p in path.glob("*/zarr.json")})
     arrays: dict[str, zarr.Array] = {}
-    found: list[BrokenChunk] = []
+    found: list[BrokenChunk] = _check_spec_hash(root)
 
     def bad(name: str, key: str, error: str) -> None:
         found.append(BrokenChunk(name, key, None, None, error, "metadata"))
@@ -148,6 +163,10 @@ def _done_flags(arr: zarr.Array | None) -> np.ndarray:
     """The done flags, a chunk at a time; a chunk that does not decode counts as not done."""
     if arr is None:
         return np.zeros(0, dtype=bool)
+    try:
+        return np.asarray(arr[...], dtype=bool)
+    except Exception:  # one chunk at a time below
+        pass
     done = np.zeros(arr.shape[0], dtype=bool)
     step = arr.chunks[0]
     for i in range(arr.cdata_shape[0]):
@@ -169,11 +188,19 @@ def verify_store(path: str | Path, *, progress: bool = True) -> list[BrokenChunk
     if done.size != m:
         done = np.zeros(m, dtype=bool)
     bad_shadows: set[int] = set()
+    values: dict[str, np.ndarray] = {}  # arrays read whole (all but the largest), for the digest checks
     total = sum(int(np.prod(a.cdata_shape)) for a in arrays.values())
     with tqdm(total=total, desc="verify chunks", disable=not progress, unit="chunk") as bar:
         for name, arr in arrays.items():
             dims = arr.metadata.dimension_names or (None,)
             per_shadow = dims[0] == "shadow" and arr.chunks[0] == 1 and name in PER_SHADOW
+            whole = False
+            if int(np.prod(arr.shape)) * arr.dtype.itemsize <= 64 << 20:
+                try:  # one read of all the chunks; one at a time only to find the bad one
+                    values[name] = np.asarray(arr[...])
+                    whole = True
+                except Exception:
+                    pass
             for idx in itertools.product(*(range(c) for c in arr.cdata_shape)):
                 bar.update()
                 key = f"{name}/c/" + "/".join(map(str, idx))
@@ -187,18 +214,22 @@ def verify_store(path: str | Path, *, progress: bool = True) -> list[BrokenChunk
                                                  "missing, but the shadow is marked done (deleted?)", "missing"))
                         bad_shadows.add(shadow)
                     continue
+                if whole:
+                    continue
                 try:
                     arr.get_block_selection(idx)
                 except Exception as err:  # zarr raises ValueError for checksum and decode failures
                     found.append(BrokenChunk(name, key, shadow, shard, _first_line(err)))
                     if shadow is not None:
                         bad_shadows.add(shadow)
-    found += _check_static_digests(root, arrays, {b.array for b in found})
-    found += _check_shadows(arrays, np.flatnonzero(done), bad_shadows, shard_of)
+    damaged = {b.array for b in found}
+    found += _check_static_digests(root, arrays, damaged, values)
+    found += _check_shadows(arrays, np.flatnonzero(done), bad_shadows, shard_of, values)
     return found
 
 
-def _check_static_digests(root: zarr.Group, arrays: dict[str, zarr.Array], damaged: set[str]) -> list[BrokenChunk]:
+def _check_static_digests(root: zarr.Group, arrays: dict[str, zarr.Array], damaged: set[str],
+                          values: dict[str, np.ndarray]) -> list[BrokenChunk]:
     """The arrays written at creation against the digests recorded then (stores made since digests exist)."""
     digests = root.attrs.get("digests")
     out: list[BrokenChunk] = []
@@ -208,7 +239,7 @@ def _check_static_digests(root: zarr.Group, arrays: dict[str, zarr.Array], damag
         if name in damaged or name not in arrays:
             continue  # already named
         try:
-            have = array_digest(arrays[name][...])
+            have = array_digest(values[name] if name in values else arrays[name][...])
         except Exception as err:
             have = f"unreadable ({_first_line(err)})"
         if have != want:
@@ -217,20 +248,23 @@ def _check_static_digests(root: zarr.Group, arrays: dict[str, zarr.Array], damag
     return out
 
 
-def _check_shadows(arrays: dict[str, zarr.Array], done: np.ndarray, skip: set[int],
-                   shard_of: np.ndarray) -> list[BrokenChunk]:
+def _check_shadows(arrays: dict[str, zarr.Array], done: np.ndarray, skip: set[int], shard_of: np.ndarray,
+                   values: dict[str, np.ndarray]) -> list[BrokenChunk]:
     """Each done shadow's outputs against its digest, and its logits for non-finite values."""
     need = ("logits", "accuracy", "train_loss", "finished_at")
     if any(n not in arrays for n in need):
         return []  # named by the metadata check
     out: list[BrokenChunk] = []
     dig = arrays.get("digest")
+    def row(name: str, s: int) -> np.ndarray:
+        return values[name][s] if name in values else np.asarray(arrays[name][s])
+
     for s in (int(s) for s in done if int(s) not in skip):
         try:
-            z = np.asarray(arrays["logits"][s], dtype=np.float32)
-            acc = np.asarray(arrays["accuracy"][s], dtype=np.float32)
-            loss, t = arrays["train_loss"][s], arrays["finished_at"][s]
-            want = None if dig is None else int(dig[s])
+            z = np.asarray(row("logits", s), dtype=np.float32)
+            acc = np.asarray(row("accuracy", s), dtype=np.float32)
+            loss, t = row("train_loss", s), row("finished_at", s)
+            want = None if dig is None else int(row("digest", s))
         except Exception:  # a chunk that does not decode: named by the chunk pass
             continue
         shard = int(shard_of[s])
