@@ -82,6 +82,18 @@ def test_stale_lease_of_another_host_is_taken_over(store, monkeypatch):
     assert not path.exists()
 
 
+def test_silent_owner_of_another_host_is_waited_out_then_taken_over(store, monkeypatch):
+    """A node lost mid-shard: its requeued task must not fail on the lease, it waits until it is stale."""
+    monkeypatch.setenv("MIA_HPC_LEASE_HEARTBEAT_S", "0.2")
+    monkeypatch.setenv("MIA_HPC_LEASE_STALE_S", "2")
+    path = _write_lease(store, 1, 2, host="node-b", pid=4242, age=1)  # five heartbeats missed, not stale yet
+    t0 = time.monotonic()
+    with ShardLease(store, 1, 2, range(2, 4)) as lease:
+        waited = time.monotonic() - t0
+        assert json.loads(path.read_text())["token"] == lease.record.token
+    assert 0.7 < waited < 10
+
+
 def test_dead_owner_on_this_host_is_taken_over_at_once(store):
     path = _write_lease(store, 1, 2, host=socket.gethostname(), pid=_dead_pid(), boot=boot_id())  # fresh, owner gone
     with ShardLease(store, 1, 2, range(2, 4)) as lease:

@@ -13,6 +13,8 @@ shadows it covers.
   stale when its owner is on this host and its process is gone (taken over at once), or, for an
   owner on another host, when the heartbeat is older than :func:`stale_s` (default 120 s, twelve
   heartbeats: clock skew between nodes and NFS attribute caching stay well inside it).
+* A second worker refuses a live owner (:class:`LeaseHeld`, naming it) unless told to wait; an
+  owner that has missed three heartbeats but is not stale yet is waited out, then taken over.
 * A stale lease is taken over by renaming it to a private name first (only one renamer can
   succeed), checking that what was renamed is the stale record that was judged, then linking a new
   one. A fresh lease renamed by mistake (it replaced the stale one between the read and the rename)
@@ -46,6 +48,10 @@ def heartbeat_s() -> float:
 def stale_s() -> float:
     """Seconds without a heartbeat after which another host's lease is stale (``MIA_HPC_LEASE_STALE_S``, 120)."""
     return float(os.environ.get("MIA_HPC_LEASE_STALE_S", "120"))
+
+
+#: Missed heartbeats after which a lease's owner is waited out rather than refused (see ``_silent``).
+SILENT_BEATS = 3
 
 
 def lease_dir(store: str | Path) -> Path:
@@ -143,7 +149,7 @@ class ShardLease:
             if self._is_stale(rec, beat):
                 self._take_over(rec)
                 continue
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline and not self._silent(beat):
                 raise LeaseHeld(
                     f"shard {rec.shard} of {rec.n_shards} of {self.store} "
                     f"(shadows {rec.shadows[0]}..{rec.shadows[1] - 1}) "
@@ -170,6 +176,12 @@ class ShardLease:
         if rec.host == socket.gethostname() and rec.boot == boot_id():  # this machine: ask its process table
             return not pid_alive(rec.pid, rec.pid_start)
         return time.time() - beat > stale_s()
+
+    @staticmethod
+    def _silent(beat: float) -> bool:
+        """Whether an owner has missed SILENT_BEATS heartbeats: probably dead (a node lost, a requeue
+        after SIGKILL), so it is waited out until stale instead of refused (a requeued task would fail)."""
+        return time.time() - beat > SILENT_BEATS * heartbeat_s()
 
     def _take_over(self, stale: LeaseRecord) -> None:
         """Remove the stale lease ``stale``, and only it (see the module docstring)."""
