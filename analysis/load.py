@@ -30,8 +30,9 @@ class AnalysisError(StoreError):
 
 
 def _shadow_list(shadows: list[int], limit: int = 10) -> str:
+    """``shadow 3`` or ``shadows 1, 2, 5`` (the first ``limit``, then how many more)."""
     more = f" and {len(shadows) - limit} more" if len(shadows) > limit else ""
-    return ", ".join(map(str, shadows[:limit])) + more
+    return ("shadow " if len(shadows) == 1 else "shadows ") + ", ".join(map(str, shadows[:limit])) + more
 
 
 def _read_checked(path: str, positions: np.ndarray, prefixes: np.ndarray | None,
@@ -49,20 +50,19 @@ def _read_checked(path: str, positions: np.ndarray, prefixes: np.ndarray | None,
         else:
             z = np.asarray(arr.get_orthogonal_selection((pos,)))
     except Exception as err:  # zarr raises ValueError for checksum and decode failures
-        raise AnalysisError(f"{path}: the logits of shadows {_shadow_list(pos.tolist())} do not decode "
+        raise AnalysisError(f"{path}: {_shadow_list(pos.tolist())}: the logits do not decode "
                             f"({str(err).splitlines()[0][:120] if str(err) else type(err).__name__}); run "
                             f"'mia-hpc status {path} --verify --reset-broken' and re-run the missing shadows") from None
     if prefixes is not None and digests is not None:
         wrong = [int(s) for s, zz, pre, want in zip(pos, z, prefixes, digests)
                  if crc32c.crc32c(np.ascontiguousarray(zz).tobytes(), int(pre)) != int(want)]
         if wrong:
-            raise AnalysisError(f"{path}: shadows {_shadow_list(wrong)} do not match their digests (chunks deleted, "
+            raise AnalysisError(f"{path}: {_shadow_list(wrong)}: the outputs do not match their digest (chunks deleted, "
                                 f"moved or copied from another store); run 'mia-hpc status {path} --verify "
                                 "--reset-broken' and re-run them")
     finite = np.isfinite(z).reshape(len(pos), -1).all(axis=1)
     if not finite.all():
-        raise AnalysisError(f"{path}: shadows {_shadow_list(pos[~finite].tolist())} have non-finite logits (they "
-                            f"diverged); run 'mia-hpc status {path} --verify --reset-broken' and re-run them, "
+        raise AnalysisError(f"{path}: {_shadow_list(pos[~finite].tolist())}: non-finite logits (diverged); run 'mia-hpc status {path} --verify --reset-broken' and re-run them, "
                             "with a lower train.lr if they diverge again")
     return z
 
@@ -341,6 +341,17 @@ def _read_static(path: Path, root: Any, names: tuple[str, ...]) -> dict[str, np.
     return out
 
 
+def _digest_matches(root: Any, s: int) -> bool:
+    """Whether shadow ``s``'s outputs, as read now, match its digest (False if any does not decode)."""
+    from mia_hpc.store import shadow_digest
+
+    try:
+        return shadow_digest(s, root["logits"][s], root["accuracy"][s], float(root["train_loss"][s]),
+                             float(root["finished_at"][s])) == int(root["digest"][s])
+    except ValueError:  # zarr's checksum and decode failures
+        return False
+
+
 def _check_done_shadows(path: Path, root: Any, pos: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Refuse done shadows with missing chunks or no digest (cheap: file names and small arrays);
     return their digests and the digests' running crc32c before the logits, for the check of each
@@ -349,16 +360,21 @@ def _check_done_shadows(path: Path, root: Any, pos: np.ndarray) -> tuple[np.ndar
 
     fix = f"run 'mia-hpc status {path} --verify --reset-broken' and re-run them"
     names = ["logits", "accuracy", "train_loss", "finished_at"] + (["digest"] if "digest" in root else [])
-    missing: list[int] = []
+    gone: dict[int, set[str]] = {}
     for name in names:
         arr = root[name]
         inner = list(itertools.product(*(range(c) for c in arr.cdata_shape[1:])))
         for s in pos:
             if any(not (path / name / "c" / "/".join(map(str, (int(s),) + k))).is_file() for k in inner):
-                missing.append(int(s))
+                gone.setdefault(int(s), set()).add(name)
+    # as mia_hpc.verify judges them: a missing chunk that held only the fill value (stores written
+    # before every chunk of a done shadow was kept) still matches the shadow's digest
+    missing = sorted(s for s, g in gone.items()
+                     if ("digest" not in root and g != {"train_loss"}) or "digest" in g
+                     or ("digest" in root and not _digest_matches(root, s)))
     if missing:
-        raise AnalysisError(f"{path}: shadows {_shadow_list(sorted(set(missing)))} are marked done but chunks of "
-                            f"their outputs are missing (deleted?); {fix}")
+        raise AnalysisError(f"{path}: {_shadow_list(missing)}: marked done, but chunks of the outputs are missing "
+                            f"(deleted?); {fix}")
     try:
         loss = np.asarray(root["train_loss"].get_orthogonal_selection((pos,)), dtype=np.float32)
         at = np.asarray(root["finished_at"].get_orthogonal_selection((pos,)), dtype=np.float64)
@@ -366,14 +382,14 @@ def _check_done_shadows(path: Path, root: Any, pos: np.ndarray) -> tuple[np.ndar
         digests = (np.asarray(root["digest"].get_orthogonal_selection((pos,)), dtype=np.int64)
                    if "digest" in root else None)
     except Exception as err:  # zarr raises ValueError for checksum and decode failures
-        raise AnalysisError(f"{path}: the per-shadow outputs of the done shadows do not decode "
+        raise AnalysisError(f"{path}: the outputs of the done shadows do not decode "
                             f"({str(err).splitlines()[0][:120] if str(err) else type(err).__name__}); {fix}") from None
     if digests is None:
         return None, None
     undigested = pos[digests == NO_DIGEST].tolist()
     if undigested:
-        raise AnalysisError(f"{path}: shadows {_shadow_list(undigested)} are marked done but have no digest "
-                            f"(done set by hand?); {fix}")
+        raise AnalysisError(f"{path}: {_shadow_list(undigested)}: marked done, but no digest (done set by hand?); "
+                            f"{fix}")
     prefixes = np.array([shadow_digest_prefix(int(s), a, float(lv), float(t))
                          for s, a, lv, t in zip(pos, acc, loss, at)], dtype=np.int64)
     return digests, prefixes

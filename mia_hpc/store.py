@@ -305,18 +305,21 @@ def write_shadow(root: zarr.Group, shadow: int, logits: np.ndarray, accuracy: np
     is simply redone on the next run; partially written chunks are overwritten.
     """
     logits, accuracy, finished_at = np.asarray(logits, np.float32), np.asarray(accuracy, np.float32), time.time()
-    kill_point("write:logits", shadow)
-    root["logits"][shadow] = logits
-    kill_point("write:accuracy", shadow)
-    root["accuracy"][shadow] = accuracy
-    kill_point("write:train_loss", shadow)
-    root["train_loss"][shadow] = np.float32(train_loss)
-    kill_point("write:finished_at", shadow)
-    root["finished_at"][shadow] = finished_at
-    written = ["logits", "accuracy", "train_loss", "finished_at"]
-    if "digest" in root:  # stores made before digests existed have none
-        root["digest"][shadow] = shadow_digest(shadow, logits, accuracy, train_loss, finished_at)
-        written.append("digest")
+    # every chunk of a done shadow exists on disk, even one equal to the fill value (an imported
+    # shadow's NaN train_loss): a missing chunk of a done shadow then always means a deleted one
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        kill_point("write:logits", shadow)
+        root["logits"][shadow] = logits
+        kill_point("write:accuracy", shadow)
+        root["accuracy"][shadow] = accuracy
+        kill_point("write:train_loss", shadow)
+        root["train_loss"][shadow] = np.float32(train_loss)
+        kill_point("write:finished_at", shadow)
+        root["finished_at"][shadow] = finished_at
+        written = ["logits", "accuracy", "train_loss", "finished_at"]
+        if "digest" in root:  # stores made before digests existed have none
+            root["digest"][shadow] = shadow_digest(shadow, logits, accuracy, train_loss, finished_at)
+            written.append("digest")
     base = Path(str(root.store.root))
     for name in written:
         _fsync_tree(base / name / "c" / str(shadow))

@@ -188,6 +188,7 @@ def verify_store(path: str | Path, *, progress: bool = True) -> list[BrokenChunk
     if done.size != m:
         done = np.zeros(m, dtype=bool)
     bad_shadows: set[int] = set()
+    missing: dict[int, list[str]] = {}  # done shadow -> its chunks not on disk
     values: dict[str, np.ndarray] = {}  # arrays read whole (all but the largest), for the digest checks
     total = sum(int(np.prod(a.cdata_shape)) for a in arrays.values())
     with tqdm(total=total, desc="verify chunks", disable=not progress, unit="chunk") as bar:
@@ -208,11 +209,11 @@ def verify_store(path: str | Path, *, progress: bool = True) -> list[BrokenChunk
                 shard = None if shadow is None else int(shard_of[shadow])
                 if not (path / key).is_file():
                     # never written reads as the fill value: what done=False means, but a done
-                    # shadow's outputs were all written (the done flag is written last)
+                    # shadow's outputs were all written (the done flag is written last); judged
+                    # with its digest below (stores written before every chunk was kept lack
+                    # the chunks that held only the fill value)
                     if shadow is not None and done[shadow] and name != "done":
-                        found.append(BrokenChunk(name, key, shadow, shard,
-                                                 "missing, but the shadow is marked done (deleted?)", "missing"))
-                        bad_shadows.add(shadow)
+                        missing.setdefault(shadow, []).append(key)
                     continue
                 if whole:
                     continue
@@ -224,7 +225,7 @@ def verify_store(path: str | Path, *, progress: bool = True) -> list[BrokenChunk
                         bad_shadows.add(shadow)
     damaged = {b.array for b in found}
     found += _check_static_digests(root, arrays, damaged, values)
-    found += _check_shadows(arrays, np.flatnonzero(done), bad_shadows, shard_of, values)
+    found += _check_shadows(arrays, np.flatnonzero(done), bad_shadows, shard_of, values, missing)
     return found
 
 
@@ -249,17 +250,36 @@ def _check_static_digests(root: zarr.Group, arrays: dict[str, zarr.Array], damag
 
 
 def _check_shadows(arrays: dict[str, zarr.Array], done: np.ndarray, skip: set[int], shard_of: np.ndarray,
-                   values: dict[str, np.ndarray]) -> list[BrokenChunk]:
-    """Each done shadow's outputs against its digest, and its logits for non-finite values."""
+                   values: dict[str, np.ndarray], missing: dict[int, list[str]]) -> list[BrokenChunk]:
+    """Each done shadow's outputs against its digest, its missing chunks, its logits for non-finite values.
+
+    A missing chunk is named when the shadow's digest fails (or is itself missing): where the
+    digest still matches, the chunk held only the fill value (stores written before every chunk
+    of a done shadow was kept). Without digests, a missing chunk is named unless it is
+    ``train_loss`` (NaN, the fill value, for imported shadows).
+    """
     need = ("logits", "accuracy", "train_loss", "finished_at")
     if any(n not in arrays for n in need):
         return []  # named by the metadata check
     out: list[BrokenChunk] = []
     dig = arrays.get("digest")
+
     def row(name: str, s: int) -> np.ndarray:
         return values[name][s] if name in values else np.asarray(arrays[name][s])
 
+    def name_missing(s: int, keys: list[str]) -> None:
+        for key in keys:
+            out.append(BrokenChunk(key.split("/")[0], key, s, int(shard_of[s]),
+                                   "missing, but the shadow is marked done (deleted?)", "missing"))
+
     for s in (int(s) for s in done if int(s) not in skip):
+        gone = missing.get(s, [])
+        if dig is None and any(not k.startswith("train_loss/") for k in gone):
+            name_missing(s, gone)
+            continue
+        if dig is not None and f"digest/c/{s}" in gone:
+            name_missing(s, gone)
+            continue
         try:
             z = np.asarray(row("logits", s), dtype=np.float32)
             acc = np.asarray(row("accuracy", s), dtype=np.float32)
@@ -274,6 +294,9 @@ def _check_shadows(arrays: dict[str, zarr.Array], done: np.ndarray, skip: set[in
                                        "no digest, but the shadow is marked done (done set by hand?)", "digest"))
                 continue
             if shadow_digest(s, z, acc, float(loss), float(t)) != want:
+                if gone:
+                    name_missing(s, gone)
+                    continue
                 out.append(BrokenChunk("logits", f"shadow {s}", s, shard, "outputs do not match the shadow's "
                                        "digest (a chunk moved from another shadow or copied from another store)",
                                        "digest"))
