@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -285,36 +286,46 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "status": _cmd_status, "analyze": _cmd_analyze,
                 "train-shard": _cmd_train_shard, "bench": _cmd_bench, "spec": _cmd_spec, **_EXTRA_HANDLERS}
-    from mia_hpc.launch.local import ShardFailed
-
     try:
         return handlers[args.cmd](args)
-    except (SpecError, StoreError) as err:
-        print(f"mia-hpc: error: {err}", file=sys.stderr)
+    except BaseException as exc:
+        # zarr's reader leaves a failed read's sibling chunk reads pending; asyncio reports each as
+        # "Task was destroyed but it is pending!" at exit, burying the one-line error
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        code = _report(exc)
+        if code is None:
+            raise
+        return code
+
+
+def _report(exc: BaseException) -> int | None:
+    """Print ``exc`` as one line and return the exit code (None: let it propagate, e.g. SystemExit)."""
+    from mia_hpc.launch.errors import ShardFailed
+
+    if isinstance(exc, (SpecError, StoreError)):
+        print(f"mia-hpc: error: {exc}", file=sys.stderr)
         return 2
-    except ShardFailed as err:
-        print(f"mia-hpc: error: {err}", file=sys.stderr)
+    if isinstance(exc, ShardFailed):
+        print(f"mia-hpc: error: {exc}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # output piped into `head` and the like: not an error
+    if isinstance(exc, BrokenPipeError):  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        # a second Ctrl-C while submitit cancels its jobs would print their traceback: ignore it
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if isinstance(exc, KeyboardInterrupt):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting: no traceback
         print("mia-hpc: interrupted; finished shadows are kept, re-run the same command to resume",
               file=sys.stderr)
         return 130
-    except OSError as err:  # a path the user gave: missing, not a folder, not writable, disk full
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"mia-hpc: error: {where}{err.strerror or err}", file=sys.stderr)
+    if isinstance(exc, OSError):  # a path the user gave: missing, not a folder, not writable, disk full
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mia-hpc: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-    except Exception as err:  # a bug: one line (set MIA_HPC_TRACEBACK=1 for the traceback)
-        if os.environ.get("MIA_HPC_TRACEBACK"):
-            raise
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-        print(f"mia-hpc: internal error: {type(err).__name__}: {first} (please report it; "
+    if isinstance(exc, Exception) and not os.environ.get("MIA_HPC_TRACEBACK"):  # a bug, in one line
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        print(f"mia-hpc: internal error: {type(exc).__name__}: {first} (please report it; "
               "MIA_HPC_TRACEBACK=1 shows where)", file=sys.stderr)
         return 3
+    return None
 
 
 if __name__ == "__main__":

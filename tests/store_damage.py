@@ -22,10 +22,15 @@ import numpy as np
 SYNTH_ARGS = ["--shadows", "4", "--samples", "20", "--under-fraction", "0.5", "--test-samples", "10", "--sample-chunk", "16", "--classes", "3"]
 
 
+def cli_command() -> list[str]:
+    """The installed ``mia-hpc`` console script (as a user runs it), else the module."""
+    script = Path(sys.executable).parent / "mia-hpc"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "mia_hpc.cli"]
+
+
 def mia_hpc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess (the installed package, as a user runs it)."""
-    return subprocess.run([sys.executable, "-m", "mia_hpc.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    """The real CLI in a subprocess."""
+    return subprocess.run([*cli_command(), *args], capture_output=True, text=True, timeout=timeout)
 
 
 def make_synth_store(path: Path, seed: int = 0) -> Path:
