@@ -4,6 +4,8 @@ Trains K shadows (seeds = shadow indices) of a paper spec, shrunk to ``--over`` 
 plus ``--under`` augMNIST samples, once per recipe variant:
 
 * ``old``: the recipe before the fix (lr 0.04, no warm-up, no clipping), which diverged;
+* ``clip``: the old recipe with the gradient clipping only (lr 0.04, no warm-up, clip 1.0): the
+  diagnosis (does bounding the step alone stop the divergence?);
 * ``spec``: the spec's own ``[train]`` table as committed.
 
 Each step records every seed's loss, the L2 norm of its whole gradient before clipping and the
@@ -38,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 #: The mnist-cnn recipe before the fix (the one the issue measured diverging).
 OLD = {"lr": 0.04, "warmup": 0.0, "clip_grad_norm": 0.0}
+#: The old recipe with clipping only (the diagnosis: is the unbounded step the cause?).
+CLIP_ONLY = {**OLD, "clip_grad_norm": 1.0}
 #: A loss above this (or a non-finite one) counts as diverged: ln(10) = 2.3 is chance.
 DIVERGED_LOSS = 10.0
 
@@ -52,21 +56,22 @@ def scaled_spec(path: Path, args: argparse.Namespace, variant: str):
     d["data"]["under"]["n_fractals"] = min(d["data"]["under"]["n_fractals"], 256)
     d["model"]["width"] = args.width
     d["train"]["epochs"] = args.epochs
-    if variant == "old":
-        d["train"].update(OLD)
+    if variant not in ("old", "clip", "spec"):
+        raise SystemExit(f"--variants: unknown variant {variant!r}; use old, clip or spec")
+    d["train"].update({"old": OLD, "clip": CLIP_ONLY, "spec": {}}[variant])
     d["shadows"].update(count=max(2, 2 * ((max(args.seed_list) + 2) // 2)), batch=0, shards=1)
     return spec_from_dict(d)
 
 
-def run_variant(spec, data, seeds: list[int], max_steps: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def run_variant(spec, data, seeds: list[int], max_steps: int | None,
+                device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Train ``seeds`` batched; (loss, grad_norm, lr) per step and seed, and per-seed test accuracy."""
     import torch
     from torch.nn import functional as F
 
     from mia_hpc.keep import make_keep
-    from mia_hpc.store import SUBSETS
     from mia_hpc.train.batched import (ShadowStack, TrainData, clip_per_shadow, index_stream, lr_at,
-                                       make_optimizer, shifted, subset_accuracy)
+                                       make_optimizer, shifted)
     from mia_hpc.queries import make_queries
 
     split = data.split.astype(str)
@@ -74,9 +79,9 @@ def run_variant(spec, data, seeds: list[int], max_steps: int | None) -> tuple[np
     td = TrainData(image=data.image, label=data.label, group=data.group.astype(str), split=split, keep=keep,
                    queries=make_queries(0, False), n_classes=data.n_classes)
     n_pool = int((split == "train").sum())
-    stack = ShadowStack(spec, seeds, data.image.shape[1], data.n_classes)
-    images = torch.as_tensor(data.image)
-    labels = torch.as_tensor(data.label.astype(np.int64))
+    stack = ShadowStack(spec, seeds, data.image.shape[1], data.n_classes, device=device)
+    images = torch.as_tensor(data.image, device=device)
+    labels = torch.as_tensor(data.label.astype(np.int64), device=device)
     streams = [index_stream(spec, s, np.flatnonzero(keep[s]), n_pool) for s in seeds]
     idx = np.stack([st[0] for st in streams], 1)
     shifts = np.stack([st[1] for st in streams], 1)
@@ -90,21 +95,25 @@ def run_variant(spec, data, seeds: list[int], max_steps: int | None) -> tuple[np
         lrs[step] = lr_at(spec, step, total)
         for g in opt.param_groups:
             g["lr"] = lrs[step]
-        bi = torch.as_tensor(idx[step]).long()
-        sh = torch.as_tensor(shifts[step]).long()
+        bi = torch.as_tensor(idx[step], device=device).long()
+        sh = torch.as_tensor(shifts[step], device=device).long()
         x = shifted(images[bi], sh[..., 0], sh[..., 1], spec.train.augment_shift)
         out = stack.forward(stack.params, stack.buffers, x)
         per = F.cross_entropy(out.flatten(0, 1), labels[bi].flatten(), reduction="none").view(k, -1).mean(1)
         opt.zero_grad(set_to_none=True)
         per.sum().backward()
         with torch.no_grad():  # the norm before clipping, what clipping acts on
-            gnorm[step] = torch.sqrt(sum(p.grad.flatten(1).pow(2).sum(1) for p in params)).numpy()
+            gnorm[step] = torch.sqrt(sum(p.grad.flatten(1).pow(2).sum(1) for p in params)).cpu().numpy()
         if spec.train.clip_grad_norm > 0:
             clip_per_shadow(params, spec.train.clip_grad_norm)
         opt.step()
-        loss[step] = per.detach().numpy()
-    logits = stack.query_logits(images, td.queries)
-    acc = {s: dict(zip(SUBSETS, subset_accuracy(logits[i], td, s).tolist())) for i, s in enumerate(seeds)}
+        loss[step] = per.detach().cpu().numpy()
+    test = np.flatnonzero(split == "test")  # accuracy on the test split only: no need to query the pool
+    logits = stack.query_logits(images[test], td.queries)
+    group = td.group[test]
+    correct = logits[:, :, 0].argmax(-1) == data.label[test]
+    acc = {s: {f"test/{g}": float(correct[i][group == g].mean()) if (group == g).any() else float("nan")
+               for g in ("over", "under")} for i, s in enumerate(seeds)}
     return loss, gnorm, lrs, {"total_steps": total, "acc": acc}
 
 
@@ -122,7 +131,7 @@ def plot(curves, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    colors = {"old": "tab:red", "spec": "tab:blue"}
+    colors = {"old": "tab:red", "clip": "tab:orange", "spec": "tab:blue"}
     for variant, g in curves.groupby("variant"):
         for seed, gs in g.groupby("seed"):
             y = gs["loss"].to_numpy(dtype=float)
@@ -159,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--width", type=int, default=0, help="0: CNN32's own 32")
     p.add_argument("--max-steps", type=int, default=0, help="stop each seed after this many steps (0: all)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (all seeds of a variant in one batch)")
     args = p.parse_args(argv)
     if not (Path(args.data_root) / "MNIST" / "raw").is_dir():
         print(f"--data-root: {args.data_root} has no MNIST/raw folder; point it at real MNIST in torchvision's layout",
@@ -182,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if data is None:
             data = build_dataset(spec)  # the same digits for every variant (data does not depend on [train])
         t0 = time.time()
-        loss, gnorm, lrs, info = run_variant(spec, data, args.seed_list, args.max_steps or None)
+        loss, gnorm, lrs, info = run_variant(spec, data, args.seed_list, args.max_steps or None, args.device)
         meta["seconds"][variant] = round(time.time() - t0, 1)
         t = spec.train
         for i, s in enumerate(args.seed_list):
