@@ -35,6 +35,14 @@ def _shadow_list(shadows: list[int], limit: int = 10) -> str:
     return ("shadow " if len(shadows) == 1 else "shadows ") + ", ".join(map(str, shadows[:limit])) + more
 
 
+def _decode_error(err: BaseException) -> str:
+    """zarr's decode failure in a few words (its checksum message quotes raw bytes)."""
+    text = str(err).strip()
+    if "checksum" in text.lower():
+        return "crc32c checksum mismatch"
+    return text.splitlines()[0][:120] if text else type(err).__name__
+
+
 def _read_checked(path: str, positions: np.ndarray, prefixes: np.ndarray | None,
                   digests: np.ndarray | None) -> np.ndarray:
     """The logits of the given shadows (one zarr read), refused unless they decode, match the shadows'
@@ -51,8 +59,8 @@ def _read_checked(path: str, positions: np.ndarray, prefixes: np.ndarray | None,
             z = np.asarray(arr.get_orthogonal_selection((pos,)))
     except Exception as err:  # zarr raises ValueError for checksum and decode failures
         raise AnalysisError(f"{path}: {_shadow_list(pos.tolist())}: the logits do not decode "
-                            f"({str(err).splitlines()[0][:120] if str(err) else type(err).__name__}); run "
-                            f"'mia-hpc status {path} --verify --reset-broken' and re-run the missing shadows") from None
+                            f"({_decode_error(err)}); run "
+                            f"'mia-hpc status {path} --verify --reset-broken' and re-run them") from None
     if prefixes is not None and digests is not None:
         wrong = [int(s) for s, zz, pre, want in zip(pos, z, prefixes, digests)
                  if crc32c.crc32c(np.ascontiguousarray(zz).tobytes(), int(pre)) != int(want)]
@@ -280,7 +288,7 @@ def open_shadows(path: str | Path, *, min_done: int = 2, shadow_limit: int | Non
         try:  # reads the coordinates' chunks
             ds = xr.open_zarr(path, consolidated=True)
         except ValueError as err:  # zarr's checksum and decode failures
-            raise StoreError(f"{path}: the coordinates do not decode ({str(err).splitlines()[0][:120]}); run "
+            raise StoreError(f"{path}: the coordinates do not decode ({_decode_error(err)}); run "
                              f"'mia-hpc status {path} --verify' to find the damage") from None
     missing = [v for v in ("logits", "keep", "done", "label", "group", "split", "accuracy") if v not in ds]
     if missing:
@@ -296,7 +304,7 @@ def open_shadows(path: str | Path, *, min_done: int = 2, shadow_limit: int | Non
             done = np.asarray(root["done"][...], dtype=bool)
             accuracy = np.asarray(root["accuracy"][...])
         except ValueError as err:  # zarr's checksum and decode failures
-            raise AnalysisError(f"{path}: the done flags or accuracies do not decode ({str(err).splitlines()[0][:120]}); "
+            raise AnalysisError(f"{path}: the done flags or accuracies do not decode ({_decode_error(err)}); "
                                 f"run 'mia-hpc status {path} --verify' to find the damage") from None
     if shadow_limit is not None:
         done &= np.arange(done.size) < shadow_limit
@@ -332,7 +340,7 @@ def _read_static(path: Path, root: Any, names: tuple[str, ...]) -> dict[str, np.
         try:
             a = np.asarray(root[name][...])
         except ValueError as err:  # zarr's checksum and decode failures
-            raise StoreError(f"{path}: array {name} does not decode ({str(err).splitlines()[0][:120]}); it was "
+            raise StoreError(f"{path}: array {name} does not decode ({_decode_error(err)}); it was "
                              "written when the store was created: re-create the store (new --out) from its spec") from None
         if name in digests and array_digest(a) != digests[name]:
             raise StoreError(f"{path}: array {name} differs from the digest recorded at creation (a chunk deleted, "
@@ -383,7 +391,7 @@ def _check_done_shadows(path: Path, root: Any, pos: np.ndarray) -> tuple[np.ndar
                    if "digest" in root else None)
     except Exception as err:  # zarr raises ValueError for checksum and decode failures
         raise AnalysisError(f"{path}: the outputs of the done shadows do not decode "
-                            f"({str(err).splitlines()[0][:120] if str(err) else type(err).__name__}); {fix}") from None
+                            f"({_decode_error(err)}); {fix}") from None
     if digests is None:
         return None, None
     undigested = pos[digests == NO_DIGEST].tolist()

@@ -1,7 +1,9 @@
 """The ``mia-hpc`` command line: a thin wrapper over ``mia_hpc.api`` and ``analysis.report``.
 
-Errors a user can fix (a bad spec, a foreign store, a failed shard) are printed as one line
-``mia-hpc: error: ...`` with exit code 2 (1 for a failed shard), never as a traceback.
+Errors a user can fix (a bad spec, a foreign or damaged store, a path that cannot be used, a failed
+shard) are printed as one line ``mia-hpc: error: ...`` with exit code 2 (1 for a failed shard), and
+anything else as one line ``mia-hpc: internal error: ...`` with exit code 3: never a traceback
+(``MIA_HPC_TRACEBACK=1`` shows it). Ctrl-C ends with one line and exit code 130.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="shadows done / total, per shard")
     s.add_argument("store")
-    s.add_argument("--verify", action="store_true", help="read every chunk and check its crc32c checksum")
+    s.add_argument("--verify", action="store_true",
+                   help="read every chunk against its checksum and each done shadow against its digest; "
+                        "name what is damaged, missing or diverged (docs/reliability.md)")
     s.add_argument("--reset-broken", action="store_true",
-                   help="with --verify: mark shadows with broken chunks not done, so a re-run redoes them")
+                   help="verify (implies --verify), then mark the shadows named not done, so a re-run redoes them")
 
     a = sub.add_parser("analyze", help="memorization, privacy scores and attacks from a store")
     a.add_argument("store")
