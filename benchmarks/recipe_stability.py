@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=0, help="0: CNN32's own 32")
     p.add_argument("--max-steps", type=int, default=0, help="stop each seed after this many steps (0: all)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (all seeds of a variant in one batch)")
+    p.add_argument("--append", action="store_true",
+                   help="add to the curves and summary already in --out (more seeds at the same scale)")
     args = p.parse_args(argv)
     if not (Path(args.data_root) / "MNIST" / "raw").is_dir():
         print(f"--data-root: {args.data_root} has no MNIST/raw folder; point it at real MNIST in torchvision's layout",
@@ -186,6 +188,17 @@ def main(argv: list[str] | None = None) -> int:
             "scale": {k: getattr(args, k) for k in ("over", "under", "test_over", "test_under", "epochs", "width",
                                                     "max_steps", "seeds")}, "seconds": {}}
     curves, summary = [], []
+    if args.append and (out / "stability_summary.csv").is_file():
+        old_meta = json.loads((out / "stability_meta.json").read_text())
+        if old_meta["scale"] | {"seeds": ""} != meta["scale"] | {"seeds": ""}:
+            print(f"--append: {out} holds another scale ({old_meta['scale']}); use the same flags or another --out",
+                  file=sys.stderr)
+            return 2
+        curves.append(pd.read_csv(out / "stability_curves.csv"))
+        summary = pd.read_csv(out / "stability_summary.csv").to_dict(orient="records")
+        meta["command"] = old_meta["command"] + " ; " + meta["command"]
+        meta["seconds"] = old_meta.get("seconds", {})
+        meta["scale"]["seeds"] = f"{old_meta['scale']['seeds']},{args.seeds}"
     data = None
     for variant in args.variants.split(","):
         spec = scaled_spec(Path(args.spec), args, variant)
@@ -193,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             data = build_dataset(spec)  # the same digits for every variant (data does not depend on [train])
         t0 = time.time()
         loss, gnorm, lrs, info = run_variant(spec, data, args.seed_list, args.max_steps or None, args.device)
-        meta["seconds"][variant] = round(time.time() - t0, 1)
+        meta["seconds"][f"{variant} {args.seeds}"] = round(time.time() - t0, 1)
         t = spec.train
         for i, s in enumerate(args.seed_list):
             bad = ~np.isfinite(loss[:, i]) | (loss[:, i] > DIVERGED_LOSS)
