@@ -324,8 +324,10 @@ def open_shadows(path: str | Path, *, min_done: int = 2, shadow_limit: int | Non
     spec = json.loads(ds.attrs.get("spec", "{}"))
     data = ShadowData(path=path, ds=ds, spec=spec, spec_hash=str(ds.attrs.get("spec_hash", "")),
                       n_total=int(done.size), positions=pos, digests=digests, digest_prefixes=prefixes)
-    # every reader of the logits (not only the pass) gets them checked, a whole shadow per task
-    ds["logits"] = xr.DataArray(data.logits_blocks(1), dims=ds["logits"].dims, coords=ds["logits"].coords,
+    # every reader of the logits (not only the pass) gets them checked: a whole shadow is read and
+    # checked per task, then split into the store's chunks as xarray had them
+    checked = data.logits_blocks(1).rechunk(ds["logits"].data.chunks)
+    ds["logits"] = xr.DataArray(checked, dims=ds["logits"].dims, coords=ds["logits"].coords,
                                 attrs=ds["logits"].attrs)
     return data
 
