@@ -88,28 +88,26 @@ def finish_rate(finished_at: np.ndarray) -> float | None:
 def live_leases(store: str | Path, n_shards: int) -> dict[int, str]:
     """Shards whose worker holds a live lease (:mod:`mia_hpc.launch.leases`): shard -> its owner.
 
-    Live: the owner is a running process on this host, or, on another host, its heartbeat is
-    younger than the lease's stale time.
+    Live as the leases judge it: the owner is a running process on this machine (same host and
+    boot id), or, on another machine, its heartbeat is younger than the lease's stale time.
     """
-    import json
     import socket
     import time
 
-    from mia_hpc.launch.leases import lease_dir, pid_alive, stale_s
+    from mia_hpc.launch.leases import boot_id, lease_dir, pid_alive, read_lease, stale_s
 
     out: dict[int, str] = {}
     for i in range(n_shards):
-        path = lease_dir(store) / f"shard-{i}-of-{n_shards}.json"
         try:
-            rec = json.loads(path.read_text())
-            beat = path.stat().st_mtime
-            host, pid = str(rec["host"]), int(rec["pid"])
+            held = read_lease(lease_dir(store) / f"shard-{i}-of-{n_shards}.json")
         except (OSError, ValueError, KeyError, TypeError):
-            continue  # no lease, or one being replaced: not running as far as can be told
-        alive = (pid_alive(pid, str(rec.get("pid_start", ""))) if host == socket.gethostname()
-                 else time.time() - beat <= stale_s())
-        if alive:
-            out[i] = f"pid {pid} on {host}"
+            held = None  # unreadable: not running as far as can be told
+        if held is None:
+            continue
+        rec, beat = held
+        here = rec.host == socket.gethostname() and rec.boot == boot_id()
+        if pid_alive(rec.pid, rec.pid_start) if here else time.time() - beat <= stale_s():
+            out[i] = rec.owner()
     return out
 
 
