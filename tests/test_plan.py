@@ -12,7 +12,7 @@ from analysis.planner import plan_from_pilot
 from analysis.synthetic import write_synthetic_store
 from mia_hpc.cli import main
 from mia_hpc.experiment import spec_of
-from mia_hpc.store import open_store
+from mia_hpc.store import open_store, shadow_digest
 from test_adaptive import _toml
 
 
@@ -27,7 +27,20 @@ def pilot(tmp_path_factory):
     info = write_synthetic_store(d / "pilot.zarr", n_shadows=16, n_samples=300, separation={"over": 1.0, "under": 3.0},
                                  frac_under=0.3, seed=1, n_test=40, offset_mean=-3.0, offset_std=1.5)
     assert info["analytic_auroc"]["over"] == pytest.approx(0.760, abs=1e-3)
+    _pace(d / "pilot.zarr", every_s=10.0)
     return d / "pilot.zarr"
+
+
+def _pace(path, every_s: float) -> None:
+    """Finish times one shadow every ``every_s`` seconds, as a pilot that trained them one by one
+    would have recorded (the synthetic writer finishes all in one burst, which has no rate), with
+    each shadow's digest rewritten to match."""
+    root = open_store(path)
+    t0 = float(root["finished_at"][0])
+    for i in range(root["done"].shape[0]):
+        t = t0 + i * every_s
+        root["finished_at"][i] = t
+        root["digest"][i] = shadow_digest(i, root["logits"][i], root["accuracy"][i], float(root["train_loss"][i]), t)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +95,9 @@ def test_plan_cli_end_to_end_with_bench(pilot, spec_file, tmp_path, capsys):
     assert main(["plan", str(spec_file), "--pilot", str(pilot), "--metric", "tpr@1%", "--target", "0.2",
                  "--repeats", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "plan: lira-online tpr@1% >= 0.2" in printed and "from the pilot's finishing rate" in printed
+    # 16 shadows one per 10 s: the first marks the start, 15 more in 150 s = 360 shadows/h
+    assert "plan: lira-online tpr@1% >= 0.2" in printed
+    assert "from the pilot's finishing rate (360.0 shadows/h" in printed
 
 
 @pytest.mark.parametrize("args,match", [
