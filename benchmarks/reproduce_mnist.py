@@ -263,7 +263,19 @@ def claim_ordering(res: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
                for a in PAPER_TABLE2 if all(ours[a][s] is not None for s in SETTINGS))
     lines.append(f"strict order singletons > subpopulation > random by AUROC Under: {ok_auc} of {n} attacks; "
                  f"by TPR: {ok_tpr} of {n}; singletons highest AUROC Under: {sing} of {n}")
-    verdict = "holds" if ok_auc == n else ("holds in part" if sing == n else "does not hold")
+    both = [a for a in PAPER_TABLE2 if all(ours[a][s] is not None for s in SETTINGS)]
+    sr = sum(ours[a]["singletons"][1] > ours[a]["random"][1] for a in both)
+    pr = sum(ours[a]["subpopulation"][1] > ours[a]["random"][1] for a in both)
+    lines.append(f"singletons > random on {sr} of {n} attacks, subpopulation > random on {pr} of {n}")
+    th = res["random"]["theory"]
+    if th is not None and "mean mem" in th.columns:
+        mm = {k: _f(th.loc[k, "mean mem"]) for k in ("random", "subpopulation", "highly memorized") if k in th.index}
+        lines.append("mean oracle mem of the sets (random run): " + ", ".join(f"{k} {v}" for k, v in mm.items())
+                     + "; when the subpopulation is itself highly memorized, subpopulation and singletons are "
+                       "the same kind of set and their order is within the noise of a few samples (n Under above)")
+    verdict = ("holds" if ok_auc == n else "holds in part" if sing == n else
+               f"does not hold as a strict order (singletons and subpopulation > random on {min(sr, pr)} of {n} "
+               f"attacks; singletons > subpopulation on {sing} of {n})")
     return verdict, lines
 
 
