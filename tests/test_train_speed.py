@@ -200,7 +200,11 @@ def test_host_reads_do_not_grow_with_steps(tiny_spec_dict, random_train_data, dp
         with CountHostReads() as mode:
             stack.train(data, images, labels)
         counts.append(mode.count)
-    assert counts[0] == counts[1] <= 3, counts  # the final read of the losses, not one per step
+    # ~4 steps an epoch: what grows from 1 to 3 epochs is the divergence guard's one check per epoch
+    # (mia_hpc/train/guard.py: at most 2 reads), never a read per step; the rest is the final read
+    # of the losses
+    per_epoch = (counts[1] - counts[0]) / 2
+    assert per_epoch <= 2 and counts[0] - per_epoch <= 3, counts
 
 
 def test_hash_of_existing_specs_is_unchanged():

@@ -1,9 +1,10 @@
 """Stop training at the first non-finite loss: a diverged shadow must never be stored as done.
 
 The guard keeps, on the training device, the first step at which each shadow's loss was NaN or
-infinite, and its value. On CPU it looks at them after every step (a free read); on an
-accelerator once per epoch and at the end, so the step loop keeps not syncing with the host, yet
-the step it names is still the first bad one. It raises :class:`NonFiniteLoss`, a
+infinite, and its value, and reads them on the host only once per epoch and at the end, on every
+device: the step loop never syncs with the host (a read per step would stall a GPU's queue; on CPU
+it is the same code, so the CPU tests count what a GPU would do), yet the step it names is still the
+first bad one. A diverged shadow trains on in NaN to the end of its epoch at most. It raises :class:`NonFiniteLoss`, a
 :class:`~mia_hpc.launch.errors.ShardFailed`: the worker writes nothing of the batch, the shadow's
 ``done`` stays false, and the shard's process exits non-zero (Slurm shows the task FAILED).
 """
@@ -24,7 +25,7 @@ class DivergenceGuard:
         self.shadows = list(shadows)
         self.total = total
         self.lr = lr
-        self.every = 1 if device.type == "cpu" else max(1, every)
+        self.every = max(1, every)
         self.first = torch.full((len(self.shadows),), -1, dtype=torch.long, device=device)
         self.value = torch.zeros(len(self.shadows), device=device)
 
