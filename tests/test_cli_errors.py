@@ -122,8 +122,15 @@ def test_finish_rate_known_answers():
 
 
 def _start_run(out: Path) -> subprocess.Popen:
-    """``mia-hpc run`` in its own process group, as a shell starts a foreground job."""
-    return subprocess.Popen([*sd.cli_command(), "run", SMOKE, "--out", str(out), "--no-analyze"],
+    """``mia-hpc run`` in its own process group, as a shell starts a foreground job.
+
+    The smoke spec trained for 200 epochs instead of 2, so that the run is still training when the
+    test sends Ctrl-C (the 2-epoch run could finish while ``status`` ran on a busy machine)."""
+    spec = out.parent / "long-smoke.toml"
+    text = Path(SMOKE).read_text()
+    assert "epochs = 2\n" in text
+    spec.write_text(text.replace("epochs = 2\n", "epochs = 200\n"))
+    return subprocess.Popen([*sd.cli_command(), "run", str(spec), "--out", str(out), "--no-analyze"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
