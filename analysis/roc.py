@@ -260,7 +260,9 @@ def plot_roc(curves: Sequence[RocCurve], path: str | Path, *, fprs: Sequence[flo
         for axis in (ax_log.xaxis, ax_log.yaxis):  # decades only: minor labels collide on short ranges
             axis.set_minor_formatter(NullFormatter())
         ax_log.axvline(f0, color="0.7", lw=0.6)
-        ax_log.set_title(f"{_title(column)}: log-log ({these[0].n_pos} member, {these[0].n_neg} non-member pairs)",
+        # two lines: a long set name with the pair counts on one line is wider than the axes and was
+        # cut at the figure's left edge
+        ax_log.set_title(f"{_title(column)}: log-log\n({these[0].n_pos} member, {these[0].n_neg} non-member pairs)",
                          fontsize="medium")
         ax_lin.set_title(f"{_title(column)}: linear axes", fontsize="medium")
         ax_lin.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small", frameon=False)
