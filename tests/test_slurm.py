@@ -486,8 +486,9 @@ def test_missing_profile_and_cli_errors(tmp_path):
     assert (tmp_path / "r" / "slurm" / "shadows.sbatch").is_file()
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 def test_generated_scripts_and_cluster_script_pass_shellcheck(tmp_path):
+    if shutil.which("shellcheck") is None:
+        _unavailable("shellcheck not installed; install it (apt-get install shellcheck; .ci/run does)")
     scripts = [*render_sbatch(SMOKE, tmp_path, REPO / "slurm" / "profiles" / "generic-gpu.toml"),
                REPO / ".ci" / "slurm.sh"]
     p = subprocess.run(["shellcheck", "-s", "bash", *map(str, scripts)], capture_output=True, text=True)
