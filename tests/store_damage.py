@@ -50,6 +50,12 @@ class Damage:
     shadow: int | None = None  # the shadow whose outputs were hit, if any
 
 
+def copy_store(src: Path, dst: Path) -> Path:
+    """A fresh copy of a store to damage (the original stays pristine for the next case)."""
+    shutil.copytree(src, dst)
+    return dst
+
+
 def chunk_files(store: Path) -> list[Path]:
     """Every chunk file of a store, sorted (the metadata files are not chunks)."""
     return sorted(p for p in store.rglob("*") if p.is_file() and "c" in p.relative_to(store).parts[1:2])

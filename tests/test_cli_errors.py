@@ -34,33 +34,26 @@ def synth(tmp_path_factory) -> Path:
     return sd.make_synth_store(tmp_path_factory.mktemp("synth") / "good.zarr")
 
 
-def _copy(src: Path, dst: Path) -> Path:
-    import shutil
-
-    shutil.copytree(src, dst)
-    return dst
-
-
 def test_analyze_refusals_create_nothing(synth, tmp_path):
     out = tmp_path / "analysis"
     (tmp_path / "folder").mkdir()
     _error(sd.mia_hpc("analyze", str(tmp_path / "folder"), "--out", str(out)), "not a mia-hpc store (no zarr.json)")
     assert not out.exists()
 
-    broken = _copy(synth, tmp_path / "broken.zarr")
+    broken = sd.copy_store(synth, tmp_path / "broken.zarr")
     (broken / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gro')
     _error(sd.mia_hpc("analyze", str(broken), "--out", str(out)), "broken.zarr/zarr.json: not valid JSON",
            "re-create the store")
     assert not out.exists()
 
-    empty = _copy(synth, tmp_path / "empty.zarr")
+    empty = sd.copy_store(synth, tmp_path / "empty.zarr")
     for p in (empty / "done" / "c").iterdir():
         p.unlink()
     _error(sd.mia_hpc("analyze", str(empty), "--out", str(out)), "only 0 of 4 shadows are done",
            "the analysis needs at least 2")
     assert not out.exists()
 
-    flipped = _copy(synth, tmp_path / "flipped.zarr")
+    flipped = sd.copy_store(synth, tmp_path / "flipped.zarr")
     chunk = flipped / "logits" / "c" / "1" / "0" / "0" / "0"
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -73,7 +66,7 @@ def test_analyze_refusals_create_nothing(synth, tmp_path):
 
 
 def test_status_on_broken_root_metadata(synth, tmp_path):
-    broken = _copy(synth, tmp_path / "broken.zarr")
+    broken = sd.copy_store(synth, tmp_path / "broken.zarr")
     (broken / "zarr.json").write_bytes(b"\x00\x01garbage")
     _error(sd.mia_hpc("status", str(broken)), "zarr.json: not valid JSON")
     _error(sd.mia_hpc("status", str(broken), "--verify"), "zarr.json: not valid JSON")
@@ -97,7 +90,7 @@ def test_run_out_and_parallel_refused_before_anything_is_written(tmp_path):
 
 def test_reset_broken_alone_verifies(synth, tmp_path):
     """Issue 16.6: --reset-broken without --verify used to do nothing and exit 0."""
-    store = _copy(synth, tmp_path / "s.zarr")
+    store = sd.copy_store(synth, tmp_path / "s.zarr")
     (store / "logits" / "c" / "2" / "1" / "0" / "0").unlink()
     res = sd.mia_hpc("status", str(store), "--reset-broken")
     assert res.returncode == 1, res.stdout + res.stderr

@@ -42,11 +42,6 @@ def synth(tmp_path_factory) -> Path:
     return sd.make_synth_store(tmp_path_factory.mktemp("synth") / "good.zarr")
 
 
-def _copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
 def test_deleted_chunk_of_done_shadow_named_refused_reset_and_redone(trained, tmp_path):
     """Issue 16.1: the deleted chunk used to pass --verify (exit 0) and read as NaN in analyze."""
     run = tmp_path / "run"
@@ -79,7 +74,7 @@ def test_deleted_chunk_of_done_shadow_named_refused_reset_and_redone(trained, tm
 
 def test_chunks_moved_between_shadows_named(synth, tmp_path):
     """Two shadows' logits chunks swapped: each decodes and passes its crc32c, but not its digest."""
-    store = _copy(synth, tmp_path / "s.zarr")
+    store = sd.copy_store(synth, tmp_path / "s.zarr")
     a, b = store / "logits" / "c" / "1" / "0" / "0" / "0", store / "logits" / "c" / "2" / "0" / "0" / "0"
     da, db = a.read_bytes(), b.read_bytes()
     a.write_bytes(db)
@@ -96,7 +91,7 @@ def test_chunks_moved_between_shadows_named(synth, tmp_path):
 
 
 def test_done_without_outputs_named(synth, tmp_path):
-    store = _copy(synth, tmp_path / "s.zarr")
+    store = sd.copy_store(synth, tmp_path / "s.zarr")
     for name in ("logits", "accuracy", "train_loss", "finished_at", "digest"):
         p = store / name / "c" / "3"
         shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -112,7 +107,7 @@ def test_diverged_shadow_named_and_refused(synth, tmp_path):
     """Issue 16.9: a done shadow with non-finite logits (as a worker without the loss guard stored it)."""
     from mia_hpc.store import open_store, write_shadow
 
-    store = _copy(synth, tmp_path / "s.zarr")
+    store = sd.copy_store(synth, tmp_path / "s.zarr")
     root = open_store(store)
     z = np.asarray(root["logits"][2]).copy()
     z[0, 0, 0] = np.nan
@@ -127,7 +122,7 @@ def test_diverged_shadow_named_and_refused(synth, tmp_path):
 
 
 def test_edited_metadata_named(synth, tmp_path):
-    store = _copy(synth, tmp_path / "s.zarr")
+    store = sd.copy_store(synth, tmp_path / "s.zarr")
     meta = store / "logits" / "zarr.json"
     doc = json.loads(meta.read_text())
     doc["fill_value"] = 0.0  # a missing chunk would now read as zeros: plausible logits
@@ -140,7 +135,7 @@ def test_edited_metadata_named(synth, tmp_path):
 
 
 def test_edited_spec_named(synth, tmp_path):
-    store = _copy(synth, tmp_path / "s.zarr")
+    store = sd.copy_store(synth, tmp_path / "s.zarr")
     doc = json.loads((store / "zarr.json").read_text())
     spec = json.loads(doc["attributes"]["spec"])
     spec["seed"] += 1
@@ -153,7 +148,7 @@ def test_edited_spec_named(synth, tmp_path):
 def test_static_array_from_another_store_named(synth, tmp_path):
     """A keep chunk copied from a store of another seed: it decodes, but is not what was created."""
     other = sd.make_synth_store(tmp_path / "other.zarr", seed=1)
-    store = _copy(synth, tmp_path / "s.zarr")
+    store = sd.copy_store(synth, tmp_path / "s.zarr")
     shutil.copyfile(other / "keep" / "c" / "0" / "0", store / "keep" / "c" / "0" / "0")
     res = sd.mia_hpc("status", str(store), "--verify")
     assert res.returncode == 1
@@ -168,7 +163,7 @@ def test_store_without_digests_still_reads(synth, tmp_path):
     from analysis.load import open_shadows
     from mia_hpc.verify import verify_store
 
-    store = _copy(synth, tmp_path / "s.zarr")
+    store = sd.copy_store(synth, tmp_path / "s.zarr")
     shutil.rmtree(store / "digest")
     doc = json.loads((store / "zarr.json").read_text())
     doc["attributes"].pop("digests")
