@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=0, help="0: CNN32's own 32")
     p.add_argument("--max-steps", type=int, default=0, help="stop each seed after this many steps (0: all)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (all seeds of a variant in one batch)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch CPU threads (default: every core)")
     p.add_argument("--append", action="store_true",
                    help="add to the curves and summary already in --out (more seeds at the same scale)")
     args = p.parse_args(argv)
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     args.seed_list = parse_seeds(args.seeds)
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, args.threads))
     from mia_hpc.data import build_dataset
 
     out = Path(args.out)
