@@ -37,7 +37,7 @@ def add_bench_analyze_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add ``report`` to ``subparsers``; return its handler (``bench analyze`` hangs under ``bench``)."""
-    r = subparsers.add_parser("report", help="(re)build OUT/report/index.html from an analysis folder")
+    r = subparsers.add_parser("report", help="(re)build ANALYSIS_DIR/report/index.html from an analysis folder")
     r.add_argument("out", metavar="ANALYSIS_DIR",
                    help="analysis folder (what 'mia-hpc analyze --out' wrote); the page goes to ANALYSIS_DIR/report/")
     return {"report": cmd_report}
