@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/mia-hpc bench train --spec jobs/demo.toml
+	$(BIN)/mia-hpc bench train jobs/demo.toml
 
 clean-runs:
 	rm -rf runs

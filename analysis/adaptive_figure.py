@@ -1,7 +1,7 @@
 """The adaptive stop rule replayed on a finished store: watched value vs shadows trained, stop points.
 
 ``mia-hpc adaptive-figure STORE --out DIR`` (see :func:`adaptive_figure`) evaluates the watched
-quantities of the store's spec (``[adaptive] watch``; ``--spec`` may give another ``[adaptive]``
+quantities of the store's spec (``[adaptive] watch``; a SPEC argument may give another ``[adaptive]``
 table for the same store) on every prefix of whole keep blocks (4, 8, 12, ... shadows), applies the
 stop rule of :mod:`mia_hpc.adaptive` to the wave sizes (first_wave, doubling), and writes
 
@@ -193,7 +193,7 @@ def adaptive_figure(store: str | Path, out: str | Path, *, spec: Any = None, eve
     own = spec_of(root)
     spec = spec or own
     if spec.hash() != own.hash():
-        raise SpecError(f"--spec: its hash {spec.hash()} differs from the store's {own.hash()}; only the [adaptive] "
+        raise SpecError(f"SPEC: its hash {spec.hash()} differs from the store's {own.hash()}; only the [adaptive] "
                         "table (and name, analysis) may differ")
     check_adaptive(spec)
     m = spec.shadows.count

@@ -19,19 +19,57 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from mia_hpc import __version__
 from mia_hpc.commands import add_spec_variant_arguments, load_spec_variant
 from mia_hpc.spec import SpecError
-from mia_hpc.store import StoreError
 
 _EXTRA_HANDLERS: dict = {}  # subcommand groups registered from mia_hpc/commands/
 
+# spellings of an earlier grammar: (command words, option; None: no --out) -> the new spelling, in one line
+_OLD_SPELLINGS = {
+    (("bench", "train"), "--spec"): "the spec is positional: mia-hpc bench train SPEC",
+    (("adaptive-figure",), "--spec"): "the spec is positional: mia-hpc adaptive-figure STORE [SPEC] --out DIR",
+    (("bench", "analyze"), "--store"): "the store is positional: mia-hpc bench analyze [STORE]",
+    (("bench", "analyze"), "--workdir"): "the folder to keep is --out: mia-hpc bench analyze --out DIR",
+    (("synth-store",), None): "the store to create is --out: mia-hpc synth-store --out STORE --shadows M --samples N",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with one-line errors for the old spellings and for a missing command."""
+
+    argv: list[str] = []  # the command line being parsed (set in main), for the old spellings' hints
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.required_commands: list[tuple[_Parser, str, str]] = []  # checked after parsing, in main
+
+    def error(self, message: str):  # type: ignore[override]
+        words = [w for w in self.argv if not w.startswith("-")]
+        for (cmd, flag), new in _OLD_SPELLINGS.items():
+            if words[:len(cmd)] != list(cmd):
+                continue
+            if flag is None and not any(a == "--out" or a.startswith("--out=") for a in self.argv):
+                self.exit(2, f"mia-hpc {' '.join(cmd)}: error: --out is required; {new}\n")
+            if flag is not None and any(a == flag or a.startswith(flag + "=") for a in self.argv):
+                self.exit(2, f"mia-hpc {' '.join(cmd)}: error: {flag} is no longer an option; {new}\n")
+        super().error(message)
+
+
+def _required_command(top: _Parser, parser: _Parser, sub: argparse._SubParsersAction, what: str) -> None:
+    """Say "a command is required: run, status, ..." (not argparse's internal dest) when none is given."""
+    top.required_commands.append((parser, sub.dest, f"{what} is required: {', '.join(sub.choices)}"))
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mia-hpc", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog="mia-hpc", description="The mia-hpc command line: train a spec's shadow models into a store, "
+                                            "analyse the store, and run either on a laptop or a Slurm cluster.")
+    p.add_argument("--version", action="version", version=f"mia-hpc {__version__}",
+                   help="print the version (mia-hpc X.Y.Z) and exit")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", help="what to do; 'mia-hpc COMMAND --help' for its options")
 
     r = sub.add_parser("run", help="train a spec's shadows into a store (resuming), then analyse it")
-    r.add_argument("spec", help="TOML experiment spec, e.g. jobs/demo.toml")
+    r.add_argument("spec", metavar="SPEC", help="TOML experiment spec, e.g. jobs/demo.toml")
     r.add_argument("--out", required=True, help="run directory; the store is OUT/store.zarr")
     r.add_argument("--executor", default="local", choices=["local", "debug"],
                    help="local: submitit subprocesses (default); debug: in this process")
@@ -47,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     add_spec_variant_arguments(r)
 
     s = sub.add_parser("status", help="shadows done / total, per shard")
-    s.add_argument("store")
+    s.add_argument("store", metavar="STORE", help="the store to read, e.g. runs/demo/store.zarr")
     s.add_argument("--verify", action="store_true",
                    help="read every chunk against its checksum and each done shadow against its digest; "
                         "name what is damaged, missing or diverged (docs/reliability.md)")
@@ -55,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="verify (implies --verify), then mark the shadows named not done, so a re-run redoes them")
 
     a = sub.add_parser("analyze", help="memorization, privacy scores and attacks from a store")
-    a.add_argument("store")
+    a.add_argument("store", metavar="STORE", help="the store to analyse, e.g. runs/demo/store.zarr")
     a.add_argument("--out", required=True, help="output directory for tables and plots")
     a.add_argument("--targets", type=int, default=None, help="target shadows (default: the spec's)")
     a.add_argument("--lira-variant", choices=("ours", "reference"), default=None,
@@ -67,31 +105,35 @@ def _parser() -> argparse.ArgumentParser:
                    help="attacks, memorization and privacy only (no challenge sets, bootstrap, theory, sweep)")
 
     t = sub.add_parser("train-shard", help="train one shard of a store (one array task)")
-    t.add_argument("store")
-    t.add_argument("--shard", type=int, required=True)
-    t.add_argument("--of", type=int, required=True, dest="n_shards")
-    t.add_argument("--device", default="auto")
-    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("store", metavar="STORE", help="the store to train into (made by 'mia-hpc run' or 'submit')")
+    t.add_argument("--shard", type=int, required=True, help="this task's shard, 0 .. N-1 (the array task id)")
+    t.add_argument("--of", type=int, required=True, dest="n_shards", metavar="N",
+                   help="number of shards the store's shadows are split into")
+    t.add_argument("--device", default="auto", help="torch device (default: cuda if available)")
+    t.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads when the spec's train.threads is 0 (default 0: torch's own)")
 
-    b = sub.add_parser("bench", help="benchmarks")
-    bsub = b.add_subparsers(dest="what", required=True)
+    b = sub.add_parser("bench", help="benchmarks: 'bench train' (the trainer), 'bench analyze' (the analysis)")
+    bsub = b.add_subparsers(dest="what", metavar="BENCHMARK", help="which benchmark: train or analyze")
     bt = bsub.add_parser("train", help="batched trainer vs a plain loop, in one run")
-    bt.add_argument("--spec", default="jobs/demo.toml")
+    bt.add_argument("spec", metavar="SPEC", help="TOML experiment spec whose shadows to time, e.g. jobs/demo.toml")
     bt.add_argument("--shadows", type=int, default=0,
                     help="K shadows trained at once (default: the spec's shadows.batch; 0 there: auto)")
     bt.add_argument("--steps", type=int, default=5, help="timed training steps of the projection (after 2 warm-up)")
-    bt.add_argument("--backend", default="auto", choices=["auto", "vmap", "sequential"])
+    bt.add_argument("--backend", default="auto", choices=["auto", "vmap", "sequential"],
+                    help="how the K stacked shadows run: vmap (grouped kernels), sequential (one model after "
+                         "the other), or auto (default: vmap on an accelerator, sequential on a CPU)")
     bt.add_argument("--tiny", action="store_true", help="bench the spec's tiny form (mia_hpc.tiny)")
     bt.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own)")
     bt.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
                     help="also train shadows to the end batched and one at a time on the spec's own data "
                          "(default: only for the embedded digits)")
     bt.add_argument("--epochs", type=int, default=0, help="override the spec's epochs")
-    bt.add_argument("--device", default="auto")
+    bt.add_argument("--device", default="auto", help="torch device (default: cuda if available)")
     bt.add_argument("--json", default="", help="also write the figures to this JSON file")
 
     sp = sub.add_parser("spec", help="validate a spec and print it normalized, or list every field")
-    sp.add_argument("spec", nargs="?", help="TOML spec to validate (omit to list the fields)")
+    sp.add_argument("spec", metavar="SPEC", nargs="?", help="TOML spec to validate (omit to list the fields)")
     sp.add_argument("--tiny", action="store_true", help="print the spec's tiny form (what 'run --tiny' runs)")
 
     from mia_hpc.commands import slurm_cli
@@ -111,6 +153,11 @@ def _parser() -> argparse.ArgumentParser:
     _EXTRA_HANDLERS.update(adaptive_cli.register(sub))
     ba = bsub.add_parser("analyze", help="whole analysis vs one read of the logits: time, ratio, peak RSS")
     analysis_cli.add_bench_analyze_arguments(ba)
+    _required_command(p, p, sub, "a command")
+    _required_command(p, b, bsub, "a benchmark")
+    for group in (sub, bsub):  # each command's --help starts with what it does
+        for choice in group._choices_actions:
+            group.choices[choice.dest].description = group.choices[choice.dest].description or choice.help
     return p
 
 
@@ -173,6 +220,8 @@ def _cmd_status(args) -> int:
 
     if args.reset_broken:  # it needs the findings: --reset-broken alone used to do nothing, silently
         args.verify = True
+    from mia_hpc.store import StoreError
+
     try:
         print("\n".join(api.status(args.store).lines()))
     except StoreError as err:
@@ -278,7 +327,7 @@ def _cmd_spec(args) -> int:
             from mia_hpc.tiny import tiny_spec
 
             spec = tiny_spec(spec)
-        print(json.dumps(spec.to_dict(), indent=2))
+        print(json.dumps(spec.to_dict(), indent=2, ensure_ascii=False))  # a name in any script, as written
         print(f"# spec hash {spec.hash()}")
     else:
         for key, tp, default, doc in describe_fields():
@@ -287,7 +336,12 @@ def _cmd_spec(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    _Parser.argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    for sub_parser, dest, message in parser.required_commands:
+        if getattr(args, dest, "") is None:
+            sub_parser.error(message)
     handlers = {"run": _cmd_run, "status": _cmd_status, "analyze": _cmd_analyze,
                 "train-shard": _cmd_train_shard, "bench": _cmd_bench, "spec": _cmd_spec, **_EXTRA_HANDLERS}
     try:
@@ -305,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
 def _report(exc: BaseException) -> int | None:
     """Print ``exc`` as one line and return the exit code (None: let it propagate, e.g. SystemExit)."""
     from mia_hpc.launch.errors import ShardFailed
+    from mia_hpc.store import StoreError  # here, not at the top: zarr is slow to import, --help need not wait
 
     if isinstance(exc, (SpecError, StoreError)):
         print(f"mia-hpc: error: {exc}", file=sys.stderr)

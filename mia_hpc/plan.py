@@ -76,7 +76,7 @@ def rate_from_bench(spec: Spec, path: str | Path) -> Rate:
         sps = float(r["trainers"][backend]["seconds_per_shadow"])
         epochs = int(r["epochs"])
     except FileNotFoundError:
-        raise SpecError(f"--bench {p}: file not found; write one with 'mia-hpc bench train --spec SPEC --json {p}'") \
+        raise SpecError(f"--bench {p}: file not found; write one with 'mia-hpc bench train SPEC --json {p}'") \
             from None
     except (ValueError, KeyError, TypeError):
         raise SpecError(f"--bench {p}: not a 'mia-hpc bench train --json' record (needs trainers.<backend>."

@@ -35,7 +35,7 @@ def mia_hpc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def make_synth_store(path: Path, seed: int = 0) -> Path:
     """A small real store made and filled by ``mia-hpc synth-store`` (every shadow done, with digests)."""
-    res = mia_hpc("synth-store", str(path), *SYNTH_ARGS, "--seed", str(seed))
+    res = mia_hpc("synth-store", "--out", str(path), *SYNTH_ARGS, "--seed", str(seed))
     assert res.returncode == 0, res.stderr
     return path
 

@@ -262,8 +262,8 @@ def test_scan_reports_without_reading_logits(tmp_path):
 
 def test_synth_store_cli_makes_the_asked_dims(tmp_path, capsys):
     out = tmp_path / "syn.zarr"
-    assert _cli(["synth-store", str(out), "--shadows", "4", "--samples", "50", "--classes", "3", "--queries", "5",
-                 "--under-fraction", "0.4", "--separation-under", "2", "--separation-over", "0.5",
+    assert _cli(["synth-store", "--out", str(out), "--shadows", "4", "--samples", "50", "--classes", "3",
+                 "--queries", "5", "--under-fraction", "0.4", "--separation-under", "2", "--separation-over", "0.5",
                  "--seed", "3"]) == 0
     text = capsys.readouterr().out
     assert str(out) in text and "MiB" in text and "write time" in text
@@ -298,7 +298,7 @@ def test_main_cli_one_line_errors(tmp_path, monkeypatch, capsys):
     assert cli.main(["import-lira", str(tmp_path / "nope"), "--out", str(tmp_path / "s.zarr")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mia-hpc: error: ") and "nope" in err and "\n" not in err
-    assert cli.main(["synth-store", str(tmp_path / "s.zarr"), "--shadows", "2", "--samples", "20",
+    assert cli.main(["synth-store", "--out", str(tmp_path / "s.zarr"), "--shadows", "2", "--samples", "20",
                      "--under-fraction", "0"]) == 0
     assert cli.main(["export-lira", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "l")]) == 0
     assert cli.main(["export-lira", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "l")]) == 2

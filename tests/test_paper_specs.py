@@ -4,7 +4,7 @@ paper's group sizes and the recipe of ``mia_hpc/recipes.py``, and every one runs
 ``tests/test_datasets.py``'s writers) into a complete, checksum-clean store. A new spec in
 ``jobs/paper/`` is covered automatically.
 
-Also here: ``mia-hpc bench train --spec`` on a tiny spec, and the recipes' code paths training
+Also here: ``mia-hpc bench train SPEC`` on a tiny spec, and the recipes' code paths training
 above chance on the embedded digits (the real-data accuracies cannot be checked without the
 datasets and a GPU; see mia_hpc/recipes.py).
 """
@@ -187,7 +187,7 @@ def test_spec_tiny_prints_the_tiny_form(capsys):
 
 def test_bench_train_projects_a_spec(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = main(["bench", "train", "--spec", str(PAPER / "cifar10-augcifar10-singletons.toml"), "--tiny", "--steps", "1",
+    rc = main(["bench", "train", str(PAPER / "cifar10-augcifar10-singletons.toml"), "--tiny", "--steps", "1",
                "--shadows", "2", "--no-compare", "--device", "cpu", "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out

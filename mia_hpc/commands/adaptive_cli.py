@@ -22,20 +22,22 @@ from mia_hpc.spec import SpecError
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add the subcommands; return their handlers."""
     s = subparsers.add_parser("adaptive-status", help="waves, values and stop of an adaptive run (run or submit)")
-    s.add_argument("out", help="run directory of 'mia-hpc run/submit --adaptive'")
+    s.add_argument("out", metavar="RUN_DIR", help="run directory of 'mia-hpc run/submit --adaptive' (their --out)")
 
     f = subparsers.add_parser("adaptive-figure",
                               help="replay the adaptive stop rule on a finished store's prefixes; write figures")
-    f.add_argument("store", help="a finished store with balanced wave prefixes (shadows.keep_block)")
+    f.add_argument("store", metavar="STORE", help="a finished store with balanced wave prefixes (shadows.keep_block)")
+    f.add_argument("spec", metavar="SPEC", nargs="?", default=None,
+                   help="take the [adaptive] table from this spec (same store hash; default: the store's own spec)")
     f.add_argument("--out", required=True, help="folder for the PNG figures, adaptive_curve.csv, adaptive_stops.md")
-    f.add_argument("--spec", default=None, help="take the [adaptive] table from this spec (same store hash)")
     f.add_argument("--watch", action="append", default=None, help="override adaptive.watch (repeatable)")
     f.add_argument("--tolerance", type=float, default=None, help="override adaptive.tolerance")
     f.add_argument("--first-wave", type=int, default=None, help="override adaptive.first_wave")
     f.add_argument("--every", type=int, default=None, help="prefix step of the curve (default: shadows.keep_block)")
 
     p = subparsers.add_parser("plan", help="predict the shadows each challenge group needs, from a pilot store")
-    p.add_argument("spec", help="the planned experiment (TOML spec); its M, epochs and model set the cost")
+    p.add_argument("spec", metavar="SPEC",
+                   help="the planned experiment (TOML spec); its M, epochs and model set the cost")
     p.add_argument("--pilot", required=True, help="a store of the same recipe with a few shadows (>= 6)")
     p.add_argument("--pilot-shadows", type=int, default=None, help="use only the pilot's first N shadows")
     p.add_argument("--metric", default="auroc", help="'auroc' (default) or 'tpr@<x>%%', e.g. 'tpr@1%%'")
@@ -49,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
 
     c = subparsers.add_parser("compare-mem", help="memorization per group of two stores of the same data "
                                                   "(e.g. without and with DP-SGD, paper Fig. 4)")
-    c.add_argument("store_a", help="first store (e.g. runs/demo/store.zarr, no DP)")
-    c.add_argument("store_b", help="second store of the same samples (e.g. runs/fig4-dp/store.zarr)")
+    c.add_argument("store_a", metavar="STORE_A", help="first store (e.g. runs/demo/store.zarr, no DP)")
+    c.add_argument("store_b", metavar="STORE_B", help="second store of the same samples (e.g. runs/fig4-dp/store.zarr)")
     c.add_argument("--out", required=True, help="folder for mem_compare.png/.csv/.md")
     c.add_argument("--labels", nargs=2, default=["no DP", "DP-SGD"], metavar=("A", "B"), help="panel labels")
     return {"adaptive-status": cmd_adaptive_status, "adaptive-figure": cmd_adaptive_figure, "plan": cmd_plan,

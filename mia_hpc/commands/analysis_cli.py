@@ -18,14 +18,16 @@ from mia_hpc.spec import SpecError
 
 def add_bench_analyze_arguments(p: argparse.ArgumentParser) -> None:
     """The options of the analysis benchmark (see :mod:`analysis.bench`)."""
-    p.add_argument("--store", default=None, help="analyse this existing store instead of writing a synthetic one")
+    p.add_argument("store", metavar="STORE", nargs="?", default=None,
+                   help="analyse this existing store (default: write a synthetic one of the size below)")
     p.add_argument("--shadows", type=int, default=2000, help="synthetic store: shadows (even; default 2000)")
     p.add_argument("--samples", type=int, default=20000, help="synthetic store: train samples (default 20000)")
     p.add_argument("--classes", type=int, default=10, help="synthetic store: classes (default 10)")
     p.add_argument("--queries", type=int, default=1, help="synthetic store: queries (default 1)")
     p.add_argument("--targets", type=int, default=None, help="target shadows (default: the spec's; 0 = all)")
-    p.add_argument("--workdir", default=None,
-                   help="keep the synthetic store and the analysis here (reused when the same size is there)")
+    p.add_argument("--out", default=None,
+                   help="keep the synthetic store and the analysis in this folder (reused when the same size is "
+                        "there; default: a temporary folder, removed afterwards)")
     p.add_argument("--scheduler", default=None,
                    help="dask scheduler address for the analysis ('local': a 2-process LocalCluster)")
     p.add_argument("--quick", action="store_true",
@@ -35,8 +37,9 @@ def add_bench_analyze_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add ``report`` to ``subparsers``; return its handler (``bench analyze`` hangs under ``bench``)."""
-    r = subparsers.add_parser("report", help="(re)build OUT/report/index.html from an analysis folder")
-    r.add_argument("out", help="analysis folder (what 'mia-hpc analyze --out' wrote)")
+    r = subparsers.add_parser("report", help="(re)build ANALYSIS_DIR/report/index.html from an analysis folder")
+    r.add_argument("out", metavar="ANALYSIS_DIR",
+                   help="analysis folder (what 'mia-hpc analyze --out' wrote); the page goes to ANALYSIS_DIR/report/")
     return {"report": cmd_report}
 
 
@@ -44,7 +47,7 @@ def cmd_bench_analyze(args: argparse.Namespace) -> int:
     from analysis.bench import bench_analyze, format_bench_analyze
 
     if args.store is not None and not (Path(args.store) / "zarr.json").is_file():
-        raise SpecError(f"--store {args.store}: not a store (no zarr.json)")
+        raise SpecError(f"{args.store}: not a store (no zarr.json)")
     for k in ("shadows", "samples", "classes", "queries"):
         if getattr(args, k) < 1:
             raise SpecError(f"--{k}: must be >= 1, got {getattr(args, k)}")
@@ -55,8 +58,8 @@ def cmd_bench_analyze(args: argparse.Namespace) -> int:
     if args.classes < 2:
         raise SpecError(f"--classes: must be >= 2, got {args.classes}")
     r = bench_analyze(args.store, shadows=args.shadows, samples=args.samples, classes=args.classes,
-                      queries=args.queries, targets=args.targets, workdir=args.workdir,
-                      keep=args.workdir is not None, scheduler=args.scheduler, extras=not args.quick)
+                      queries=args.queries, targets=args.targets, workdir=args.out,
+                      keep=args.out is not None, scheduler=args.scheduler, extras=not args.quick)
     print(format_bench_analyze(r))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")

@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
     """Add ``import-lira``, ``export-lira`` and ``synth-store`` to ``subparsers``; return their handlers."""
     i = subparsers.add_parser("import-lira",
                               help="import a LiRA reference-code run (experiment-* folders) as a store")
-    i.add_argument("exp_dir", help="LiRA's --logdir: y_train.npy and experiment-<i>_<n>/{keep.npy,logits/*.npy}")
+    i.add_argument("exp_dir", metavar="EXP_DIR",
+                   help="LiRA's --logdir: y_train.npy and experiment-<i>_<n>/{keep.npy,logits/*.npy}")
     i.add_argument("--out", required=True, help="store to create, e.g. runs/lira/store.zarr (must not exist)")
     i.add_argument("--under-mask", default=None, help=".npy of N booleans marking the under-represented group")
     i.add_argument("--augs", default="generic", choices=["generic", "lira"],
@@ -26,22 +27,23 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
 
     e = subparsers.add_parser("export-lira",
                               help="write a store's done shadows in the LiRA reference-code layout")
-    e.add_argument("store")
+    e.add_argument("store", metavar="STORE", help="the store whose done shadows to export")
     e.add_argument("--out", required=True, help="directory to create (must not exist)")
 
     s = subparsers.add_parser("synth-store", help="write a synthetic store with known IN/OUT distributions")
-    s.add_argument("out", help="store to create (must not exist)")
+    s.add_argument("--out", required=True, help="store to create, e.g. runs/synth/store.zarr (must not exist)")
     s.add_argument("--shadows", type=int, required=True, help="M (even)")
     s.add_argument("--samples", type=int, required=True, help="train-split samples N (>= 20)")
-    s.add_argument("--classes", type=int, default=10)
-    s.add_argument("--queries", type=int, default=1)
+    s.add_argument("--classes", type=int, default=10, help="classes C of the logits (default 10)")
+    s.add_argument("--queries", type=int, default=1, help="queries (augmentations) per sample Q (default 1)")
     s.add_argument("--under-fraction", type=float, default=0.2, help="fraction of samples in group 'under'")
     s.add_argument("--separation-under", type=float, default=3.0, help="phi shift when IN, group 'under'")
     s.add_argument("--separation-over", type=float, default=0.0, help="phi shift when IN, group 'over'")
     s.add_argument("--sigma", type=float, default=1.0, help="noise std of phi across shadows")
     s.add_argument("--test-samples", type=int, default=0, help="test-split samples (never IN)")
-    s.add_argument("--sample-chunk", type=int, default=8192)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sample-chunk", type=int, default=8192, help="samples per logits chunk (default 8192)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of everything random in the store: labels, keep masks, logits (default 0)")
     return {"import-lira": cmd_import_lira, "export-lira": cmd_export_lira, "synth-store": cmd_synth_store}
 
 

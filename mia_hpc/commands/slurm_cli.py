@@ -20,7 +20,7 @@ from mia_hpc.spec import SpecError
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add ``submit`` and ``render-sbatch`` to ``subparsers``; return their handlers."""
     s = subparsers.add_parser("submit", help="submit a spec to Slurm (array job + dependent analysis) and return")
-    s.add_argument("spec", help="TOML experiment spec, e.g. jobs/demo.toml")
+    s.add_argument("spec", metavar="SPEC", help="TOML experiment spec, e.g. jobs/demo.toml")
     s.add_argument("--profile", required=True, help="cluster profile, e.g. slurm/profiles/generic-gpu.toml")
     s.add_argument("--out", required=True, help="run directory; the store is OUT/store.zarr")
     s.add_argument("--no-analyze", action="store_true", help="submit only the shadows' array job")
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
     add_spec_variant_arguments(s, what="submit")  # --tiny: a smoke test of the cluster setup in minutes
 
     r = subparsers.add_parser("render-sbatch", help="write sbatch scripts (array job, analysis) for a spec")
-    r.add_argument("spec", help="TOML experiment spec, e.g. jobs/demo.toml")
+    r.add_argument("spec", metavar="SPEC", help="TOML experiment spec, e.g. jobs/demo.toml")
     r.add_argument("--profile", required=True, help="cluster profile, e.g. slurm/profiles/generic-gpu.toml")
     r.add_argument("--out", required=True, help="run directory; scripts go to OUT/slurm/, the store is OUT/store.zarr")
     add_spec_variant_arguments(r, what="render")

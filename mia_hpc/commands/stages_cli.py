@@ -17,7 +17,8 @@ from mia_hpc.spec import SpecError
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add ``stages``; return its handler."""
     s = subparsers.add_parser("stages", help="progress of a multi-stage run: oracle, selection, attack, analysis")
-    s.add_argument("out", help="run directory of a spec with a [selection] table (mia-hpc run/submit --out)")
+    s.add_argument("out", metavar="RUN_DIR",
+                   help="run directory of a spec with a [selection] table (what 'mia-hpc run/submit --out' made)")
     return {"stages": cmd_stages}
 
 
