@@ -172,7 +172,7 @@ def adaptive_figure(store: str | Path, out: str | Path, *, spec: Any = None, eve
         A finished store whose keep masks are balanced per block (``shadows.keep_block``).
     out : path
         Output folder (created).
-    spec : mia_hpc.spec.Spec, optional
+    spec : mia_hpc.contract.spec.Spec, optional
         Whose ``[adaptive]`` table to use; default the store's spec. Must have the store's hash.
     every : int, optional
         Prefix step of the curve; default the keep block.
@@ -185,9 +185,9 @@ def adaptive_figure(store: str | Path, out: str | Path, *, spec: Any = None, eve
     ``figures`` (paths), ``settings``.
     """
     from mia_hpc.adaptive import check_adaptive, wave_sizes
-    from mia_hpc.experiment import spec_of
-    from mia_hpc.spec import SpecError
-    from mia_hpc.store import done_mask, open_store
+    from mia_hpc.contract.store import spec_of
+    from mia_hpc.contract.spec import SpecError
+    from mia_hpc.contract.store import done_mask, open_store
 
     root = open_store(store)
     own = spec_of(root)

@@ -48,7 +48,7 @@ import torch  # noqa: E402
 
 from mia_hpc.bench import (shadow_steps, spec_shapes, synthetic_train_data, time_queries, time_steps,  # noqa: E402
                            with_keep_rows)
-from mia_hpc.spec import Spec, load_spec, spec_from_dict  # noqa: E402
+from mia_hpc.contract.spec import Spec, load_spec, spec_from_dict  # noqa: E402
 
 CASES = {
     "mnist-cnn32": REPO / "jobs" / "paper" / "mnist-augmnist-random.toml",
@@ -178,7 +178,7 @@ def throughput(spec: Spec, data, device: str, k: int, steps: int, eval_samples: 
 def parity(spec: Spec, device: str, k: int, n_pool: int, n_test: int, epochs: int, backend: str,
            precision: str) -> dict[str, Any]:
     """Train K shadows batched and one at a time on a learnable task; compare accuracies and logits."""
-    from mia_hpc.store import SUBSETS
+    from mia_hpc.contract.store import SUBSETS
     from mia_hpc.train.batched import train_shadows
     from mia_hpc.train.loop import train_loop
 

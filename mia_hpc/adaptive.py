@@ -59,9 +59,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mia_hpc.jsonfile import read_json_dict, write_json_atomic
+from mia_hpc.contract.jsonfile import read_json_dict, write_json_atomic
 from mia_hpc.launch.slurm import ShardTask
-from mia_hpc.spec import Spec, SpecError, load_spec, spec_from_dict
+from mia_hpc.contract.spec import Spec, SpecError, load_spec, spec_from_dict
 
 STATE = "adaptive.json"
 #: Smallest wave whose values a change may be measured from. Below it, the balanced leave-pair-out
@@ -294,8 +294,8 @@ def run_adaptive(spec: Spec | str | Path, out: str | Path, *, executor: str = "l
     """
     from mia_hpc.experiment import prepare_store
     from mia_hpc.launch.local import run_shards
-    from mia_hpc.launch.shards import shard_shadows
-    from mia_hpc.store import done_mask, open_store
+    from mia_hpc.contract.shards import shard_shadows
+    from mia_hpc.contract.store import done_mask, open_store
 
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     check_adaptive(spec)
@@ -340,8 +340,8 @@ def replay_adaptive(store: str | Path, spec: Spec | None = None, *, sizes: list[
     decided between consecutive entries). Evaluates every size (does not stop early), so the
     curve past the stop is available; :attr:`AdaptiveResult.waves` ends at the stop.
     """
-    from mia_hpc.experiment import spec_of
-    from mia_hpc.store import done_mask, open_store
+    from mia_hpc.contract.store import spec_of
+    from mia_hpc.contract.store import done_mask, open_store
 
     root = open_store(store)
     spec = spec or spec_of(root)
@@ -413,8 +413,8 @@ def submit_wave(spec: Spec, out: str | Path, prof: Any, size: int, *, analyze: b
     import submitit
 
     from mia_hpc.launch import slurm as S
-    from mia_hpc.launch.shards import shard_shadows
-    from mia_hpc.store import done_mask, open_store
+    from mia_hpc.contract.shards import shard_shadows
+    from mia_hpc.contract.store import done_mask, open_store
 
     out = Path(out).absolute()
     store = out / "store.zarr"

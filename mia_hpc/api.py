@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from mia_hpc.experiment import prepare_store, spec_of
-from mia_hpc.launch.shards import ShardState, shard_states
-from mia_hpc.spec import Spec, load_spec
-from mia_hpc.store import done_mask, open_store
+from mia_hpc.experiment import prepare_store
+from mia_hpc.contract.shards import ShardState, shard_states
+from mia_hpc.contract.spec import Spec, load_spec
+from mia_hpc.contract.store import done_mask, open_store, spec_of
 
 
 @dataclass(frozen=True)

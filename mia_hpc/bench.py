@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mia_hpc.spec import Spec
+from mia_hpc.contract.spec import Spec
 
 #: Test-split sizes of the real datasets (their whole test split is the default test D_O).
 REAL_TEST_SIZE = {"mnist": 10_000, "cifar10": 10_000}
@@ -89,8 +89,8 @@ def synthetic_train_data(spec: Spec, *, n_shadows: int = 2, seed: int = 0, learn
     random phase per image: a local texture, which convolutions see and global pooling keeps
     (position-coded prototypes average out under the CNNs' global pooling).
     """
-    from mia_hpc.keep import make_keep
-    from mia_hpc.queries import make_queries
+    from mia_hpc.contract.keep import make_keep
+    from mia_hpc.contract.queries import make_queries
     from mia_hpc.train.batched import TrainData
 
     sh = spec_shapes(spec)
@@ -122,7 +122,7 @@ def synthetic_train_data(spec: Spec, *, n_shadows: int = 2, seed: int = 0, learn
 
 def with_keep_rows(data, k: int):
     """``data`` with keep masks for at least ``k`` shadows (synthetic data is made before K is known)."""
-    from mia_hpc.keep import make_keep
+    from mia_hpc.contract.keep import make_keep
 
     if data.keep.shape[0] >= k:
         return data
@@ -330,9 +330,9 @@ def bench_train(spec: Spec, *, shadows: int = 0, epochs: int = 0, device: str = 
     import torch
 
     from mia_hpc.data import build_dataset
-    from mia_hpc.keep import make_keep
+    from mia_hpc.contract.keep import make_keep
     from mia_hpc.models import build_model, forward_flops
-    from mia_hpc.queries import make_queries
+    from mia_hpc.contract.queries import make_queries
     from mia_hpc.train.batched import TrainData, resolve_backend, resolve_shadow_batch, steps_per_epoch, train_shadows
     from mia_hpc.train.loop import train_loop
 
@@ -376,7 +376,7 @@ def bench_train(spec: Spec, *, shadows: int = 0, epochs: int = 0, device: str = 
     work = len(ids) * (3 * fwd * steps * spec.train.batch_size + fwd * len(td.label) * len(td.queries))
 
     def acc(res, subset):
-        from mia_hpc.store import SUBSETS
+        from mia_hpc.contract.store import SUBSETS
         return float(np.nanmean([r.accuracy[SUBSETS.index(subset)] for r in res]))
 
     trainers = {}

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Iterator
 
 from mia_hpc.commands import add_spec_variant_arguments, load_spec_variant
-from mia_hpc.spec import SpecError
-from mia_hpc.store import StoreError
+from mia_hpc.contract.spec import SpecError
+from mia_hpc.contract.store import StoreError
 
 _EXTRA_HANDLERS: dict = {}  # subcommand groups registered from mia_hpc/commands/
 
@@ -181,7 +181,7 @@ def _cmd_status(args) -> int:
         print(f"status: {err}")  # e.g. a damaged done flag: verify names it and can reset it
     if not args.verify:
         return 0
-    from mia_hpc.verify import reset_shadows, verify_store
+    from mia_hpc.contract.verify import reset_shadows, verify_store
 
     broken = verify_store(args.store)
     for b in broken:
@@ -270,7 +270,7 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_spec(args) -> int:
-    from mia_hpc.spec import describe_fields, load_spec
+    from mia_hpc.contract.spec import describe_fields, load_spec
 
     if args.spec:
         spec = load_spec(args.spec)
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(exc: BaseException) -> int | None:
     """Print ``exc`` as one line and return the exit code (None: let it propagate, e.g. SystemExit)."""
-    from mia_hpc.launch.errors import ShardFailed
+    from mia_hpc.contract.errors import ShardFailed
 
     if isinstance(exc, (SpecError, StoreError)):
         print(f"mia-hpc: error: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mia_hpc.spec import Spec
+from mia_hpc.contract.spec import Spec
 
 
 @dataclass(frozen=True)

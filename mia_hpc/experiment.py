@@ -11,11 +11,11 @@ from typing import Any, Mapping
 
 import zarr
 
-from mia_hpc.keep import make_keep
-from mia_hpc.queries import make_queries
+from mia_hpc.contract.keep import make_keep
+from mia_hpc.contract.queries import make_queries
 from mia_hpc.resources import check_resources
-from mia_hpc.spec import Spec, spec_from_dict
-from mia_hpc.store import StaticData, check_spec_matches, create_store, open_store, store_spec
+from mia_hpc.contract.spec import Spec
+from mia_hpc.contract.store import StaticData, check_spec_matches, create_store, open_store
 
 
 def prepare_store(spec: Spec, path: str | Path, *, analysis_here: bool = True) -> zarr.Group:
@@ -65,8 +65,3 @@ def create_from_data(spec: Spec, path: str | Path, data: StaticData,
     create_store(path, spec.to_dict(), spec.hash(), data, keep,
                  make_queries(spec.queries.shift, spec.queries.mirror), spec.store.sample_chunk, n_features, extra)
     return open_store(path)
-
-
-def spec_of(root: zarr.Group) -> Spec:
-    """The validated spec a store was made from."""
-    return spec_from_dict(store_spec(root))

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from mia_hpc.jsonfile import write_json_atomic
-from mia_hpc.spec import SelectionSpec, Spec, SpecError, spec_from_dict
-from mia_hpc.store import StoreError
+from mia_hpc.contract.jsonfile import write_json_atomic
+from mia_hpc.contract.spec import SelectionSpec, Spec, SpecError, spec_from_dict
+from mia_hpc.contract.store import StoreError
 
 SELECTION_FILE = "selection.json"
 ORACLE_DIR = "oracle"
@@ -139,7 +139,7 @@ def select(spec: Spec, out: str | Path) -> dict[str, Any]:
     Reuses an existing ``selection.json`` made for this spec. Raises :class:`StageError` when the
     oracle is not finished or fewer than ``selection.min_selected`` candidates qualify.
     """
-    from mia_hpc.store import done_mask, open_store
+    from mia_hpc.contract.store import done_mask, open_store
 
     have = read_selection(out, spec)
     if have is not None:
@@ -196,7 +196,7 @@ def prepare_attack_store(spec: Spec, out: str | Path, selection: dict[str, Any])
     the keep masks, queries and allocation follow :func:`mia_hpc.experiment.prepare_store`.
     """
     from mia_hpc.data.selection import restrict_under
-    from mia_hpc.store import StaticData, check_spec_matches, open_store, read_strings
+    from mia_hpc.contract.store import StaticData, check_spec_matches, open_store, read_strings
 
     path = attack_path(out)
     record = {"kind": selection["kind"], "hash": selection["hash"], "indices": selection["indices"],
@@ -234,7 +234,7 @@ def run_staged(spec: Spec, out: str | Path, *, executor: str = "local", analyze:
     out = Path(out)
     read_selection(out, spec)  # refuse another spec's OUT before training anything
     if attack_path(out).exists():
-        from mia_hpc.store import check_spec_matches, open_store
+        from mia_hpc.contract.store import check_spec_matches, open_store
 
         check_spec_matches(open_store(attack_path(out)), spec.hash(), attack_path(out))
     ospec = oracle_spec(spec)

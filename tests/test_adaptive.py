@@ -12,7 +12,7 @@ import xarray as xr
 
 from mia_hpc.adaptive import MIN_COUNTED, check_adaptive, replay_adaptive, run_adaptive, wave_sizes
 from mia_hpc.cli import main
-from mia_hpc.spec import SpecError, spec_from_dict
+from mia_hpc.contract.spec import SpecError, spec_from_dict
 from test_slurm import slurm_cluster, wait_gone  # noqa: F401 (the cluster fixture: skip locally, fail under CI)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from mia_hpc.data.digits import load_digit_images, resize_images, stratified_spl
 from mia_hpc.data.fractals import _acceptable, generate_fractals, load_fractal_dir
 from mia_hpc.data.mixture import per_class_counts
 from mia_hpc.data.pixmix import AUGMENTATIONS, add, get_ab, multiply, pixmix
-from mia_hpc.spec import SpecError, spec_from_dict
-from mia_hpc.store import StaticData
+from mia_hpc.contract.spec import SpecError, spec_from_dict
+from mia_hpc.contract.store import StaticData
 
 FIELDS = ("image", "label", "group", "split", "source", "dataset")
 DIGITS = load_digits()

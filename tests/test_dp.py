@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from mia_hpc.dp import dp_schedule, epsilon
 from mia_hpc.models import build_model
-from mia_hpc.spec import spec_from_dict
+from mia_hpc.contract.spec import spec_from_dict
 from mia_hpc.train.batched import train_shadows
 from mia_hpc.train.dp_sgd import clipped_sum, pad_step, per_sample_grads, poisson_stream
 

@@ -14,8 +14,8 @@ import xarray as xr
 
 from mia_hpc import api
 from mia_hpc.cli import main
-from mia_hpc.spec import load_spec, spec_from_dict
-from mia_hpc.store import done_mask, open_store
+from mia_hpc.contract.spec import load_spec, spec_from_dict
+from mia_hpc.contract.store import done_mask, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "jobs" / "smoke.toml"

@@ -1,12 +1,12 @@
 """The paper specs (``jobs/paper/``): every one validates at full size (2000 shadows) with the
-paper's group sizes and the recipe of ``mia_hpc/recipes.py``, and every one runs end to end in
+paper's group sizes and the recipe of ``mia_hpc/contract/recipes.py``, and every one runs end to end in
 ``--tiny`` form on format fixtures (tiny MNIST idx, SVHN .mat, CIFAR-10/100 pickles written by
 ``tests/test_datasets.py``'s writers) into a complete, checksum-clean store. A new spec in
 ``jobs/paper/`` is covered automatically.
 
 Also here: ``mia-hpc bench train --spec`` on a tiny spec, and the recipes' code paths training
 above chance on the embedded digits (the real-data accuracies cannot be checked without the
-datasets and a GPU; see mia_hpc/recipes.py).
+datasets and a GPU; see mia_hpc/contract/recipes.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from mia_hpc.cli import main
-from mia_hpc.recipes import DP, QUERIES, RECIPES, recipe_for
-from mia_hpc.spec import load_spec, spec_from_dict
-from mia_hpc.store import SUBSETS, done_mask, open_store, read_strings
+from mia_hpc.contract.recipes import DP, QUERIES, RECIPES, recipe_for
+from mia_hpc.contract.spec import load_spec, spec_from_dict
+from mia_hpc.contract.store import SUBSETS, done_mask, open_store, read_strings
 from mia_hpc.tiny import TINY_SHADOWS, tiny_spec
 from test_datasets import write_cifar10, write_cifar100, write_mnist, write_svhn
 
@@ -117,7 +117,7 @@ def test_staged_oracle_is_the_random_run():
 
 @pytest.mark.parametrize("path", SPECS, ids=IDS)
 def test_paper_spec_runs_end_to_end_in_tiny_form(path, data_root, tmp_path, capsys):
-    from mia_hpc.verify import verify_store
+    from mia_hpc.contract.verify import verify_store
 
     full = load_spec(path)
     tiny = tiny_spec(full)

@@ -22,8 +22,8 @@ import pytest
 from mia_hpc import api
 from mia_hpc.launch.profile import Profile, load_profile, profile_from_dict
 from mia_hpc.launch.sbatch import render_sbatch
-from mia_hpc.spec import SpecError, load_spec
-from mia_hpc.store import done_mask, open_store
+from mia_hpc.contract.spec import SpecError, load_spec
+from mia_hpc.contract.store import done_mask, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "jobs" / "smoke.toml"

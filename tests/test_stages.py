@@ -18,8 +18,8 @@ import xarray as xr
 
 from mia_hpc import api
 from mia_hpc.cli import main
-from mia_hpc.spec import SpecError, load_spec, spec_from_dict
-from mia_hpc.store import done_mask, open_store, read_strings
+from mia_hpc.contract.spec import SpecError, load_spec, spec_from_dict
+from mia_hpc.contract.store import done_mask, open_store, read_strings
 from test_slurm import slurm_cluster, wait_gone  # noqa: F401 (the cluster fixture: skip locally, fail under CI)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_staged_out_of_another_spec_refused(tmp_path, capsys):
 
 def test_restrict_under_keeps_order_and_refuses_bad_indices():
     from mia_hpc.data.selection import restrict_under
-    from mia_hpc.store import StaticData
+    from mia_hpc.contract.store import StaticData
 
     group = np.array(["over", "under", "under", "under", "over", "under"])
     split = np.array(["train", "train", "train", "train", "test", "test"])

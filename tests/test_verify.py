@@ -7,7 +7,7 @@ import xarray as xr
 
 from mia_hpc import api
 from mia_hpc.cli import main
-from mia_hpc.spec import spec_from_dict
+from mia_hpc.contract.spec import spec_from_dict
 
 
 def _flip(path):

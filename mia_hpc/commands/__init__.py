@@ -19,7 +19,7 @@ def add_spec_variant_arguments(parser: argparse.ArgumentParser, *, what: str = "
 
 def load_spec_variant(args: argparse.Namespace):
     """The spec ``args.spec`` as written, or its tiny form (``--tiny``), read from ``--data-root``."""
-    from mia_hpc.spec import load_spec
+    from mia_hpc.contract.spec import load_spec
     from mia_hpc.tiny import tiny_spec, with_data_root
 
     spec = load_spec(args.spec)

@@ -2,7 +2,7 @@
 
 ``register(subparsers)`` adds them to the main parser and returns ``{command: handler}``; a handler
 takes the parsed namespace and returns the exit code. Bad input raises
-:class:`~mia_hpc.spec.SpecError` (one line, exit code 2 in the CLI), before anything is written.
+:class:`~mia_hpc.contract.spec.SpecError` (one line, exit code 2 in the CLI), before anything is written.
 Thin wrappers over :mod:`mia_hpc.adaptive`, :mod:`mia_hpc.plan`, :mod:`analysis.adaptive_figure`
 and :mod:`analysis.dp_compare`.
 """
@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from mia_hpc.spec import SpecError
+from mia_hpc.contract.spec import SpecError
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -80,9 +80,9 @@ def cmd_adaptive_status(args: argparse.Namespace) -> int:
 
 def cmd_adaptive_figure(args: argparse.Namespace) -> int:
     from analysis.adaptive_figure import adaptive_figure
-    from mia_hpc.experiment import spec_of
-    from mia_hpc.spec import load_spec, spec_from_dict
-    from mia_hpc.store import open_store
+    from mia_hpc.contract.store import spec_of
+    from mia_hpc.contract.spec import load_spec, spec_from_dict
+    from mia_hpc.contract.store import open_store
 
     if not (Path(args.store) / "zarr.json").is_file():
         raise SpecError(f"{args.store}: not a mia-hpc store (no zarr.json)")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from mia_hpc.spec import SpecError
+from mia_hpc.contract.spec import SpecError
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:

@@ -5,7 +5,7 @@ D_U ("augdigits") stands in for augMNIST (Appendix C, item 5): PixMix of digit i
 fractals. As in the paper, a D_U sample's source image may also appear, clean, in D_O.
 
 The result depends on the spec only: every random choice has its own generator
-``rng_for(spec.seed, PURPOSE)`` (see :mod:`mia_hpc.seeding`), so adding a draw to one use never
+``rng_for(spec.seed, PURPOSE)`` (see :mod:`mia_hpc.contract.seeding`), so adding a draw to one use never
 shifts the draws of another.
 """
 
@@ -17,9 +17,9 @@ from mia_hpc.data.digits import N_CLASSES, load_digit_images, stratified_split
 from mia_hpc.data.fractals import (generate_fractals, list_fractal_files, load_fractal_files,
                                    load_fractal_files_rgb)
 from mia_hpc.data.pixmix import pixmix
-from mia_hpc.seeding import rng_for, seed_sequence
-from mia_hpc.spec import Spec, SpecError
-from mia_hpc.store import StaticData
+from mia_hpc.contract.seeding import rng_for, seed_sequence
+from mia_hpc.contract.spec import Spec, SpecError
+from mia_hpc.contract.store import StaticData
 
 # Purposes 1-99 belong to training (keep masks, init, order); the data side uses 101+.
 PURPOSE_SPLIT = 101  # train/test split of the digits

@@ -48,9 +48,9 @@ from mia_hpc.data.mixture import (fractal_bank, PURPOSE_OVER, PURPOSE_UNDER_POOL
                                   PURPOSE_UNDER_POOL_SOURCES, PURPOSE_UNDER_TEST_MIX, PURPOSE_UNDER_TEST_SOURCES,
                                   _MAX_REDRAWS, _MIN_CHANGE, per_class_counts)
 from mia_hpc.data.pixmix import pixmix
-from mia_hpc.seeding import rng_for
-from mia_hpc.spec import Spec, SpecError
-from mia_hpc.store import StaticData
+from mia_hpc.contract.seeding import rng_for
+from mia_hpc.contract.spec import Spec, SpecError
+from mia_hpc.contract.store import StaticData
 
 PURPOSE_TEST_OVER = 108  # which test images form test D_O when data.test_over caps it
 

@@ -1,7 +1,7 @@
 """``synth_store``: a synthetic store of any size, timed and measured (engine of ``mia-hpc synth-store``).
 
 A thin layer over :func:`analysis.synthetic.write_synthetic_store` (torch-free), which defines the
-known IN/OUT distributions. Bad sizes raise :class:`~mia_hpc.spec.SpecError` with one line.
+known IN/OUT distributions. Bad sizes raise :class:`~mia_hpc.contract.spec.SpecError` with one line.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from mia_hpc.spec import SpecError
+from mia_hpc.contract.spec import SpecError
 
 __all__ = ["synth_store", "tree_size"]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mia_hpc.launch.profile import Profile, load_profile
 from mia_hpc.launch.slurm import check_path, job_name
-from mia_hpc.spec import Spec, SpecError, load_spec
+from mia_hpc.contract.spec import Spec, SpecError, load_spec
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "slurm" / "templates"
 _PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")

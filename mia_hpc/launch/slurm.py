@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mia_hpc.jsonfile import read_json_dict, write_json_atomic
+from mia_hpc.contract.jsonfile import read_json_dict, write_json_atomic
 from mia_hpc.launch.profile import Profile, load_profile
-from mia_hpc.spec import Spec, SpecError, load_spec
+from mia_hpc.contract.spec import Spec, SpecError, load_spec
 
 try:  # submitit is a core dependency; the fallback only keeps this module importable without it
     from submitit.helpers import Checkpointable as _Checkpointable

@@ -51,9 +51,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from mia_hpc.models import build_model, has_batchnorm
-from mia_hpc.seeding import int_seed, rng_for
-from mia_hpc.spec import Spec
-from mia_hpc.store import SUBSETS
+from mia_hpc.contract.seeding import int_seed, rng_for
+from mia_hpc.contract.spec import Spec
+from mia_hpc.contract.store import SUBSETS
 from mia_hpc.train.guard import DivergenceGuard
 
 # The reference model whose penultimate features the store keeps (for subpopulation selection).

@@ -19,8 +19,8 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from mia_hpc.dp import dp_schedule
-from mia_hpc.seeding import int_seed, rng_for
-from mia_hpc.spec import Spec
+from mia_hpc.contract.seeding import int_seed, rng_for
+from mia_hpc.contract.spec import Spec
 
 POISSON_PURPOSE = 4
 NOISE_PURPOSE = 5

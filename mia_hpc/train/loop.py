@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from mia_hpc.spec import Spec
+from mia_hpc.contract.spec import Spec
 from mia_hpc.train.batched import (ShadowResult, TrainData, autocast_for, flip_stream, index_stream, init_model,
                                    lr_at, make_optimizer, query_views, shifted, steps_per_epoch, subset_accuracy)
 

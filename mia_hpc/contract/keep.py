@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mia_hpc.seeding import rng_for
+from mia_hpc.contract.seeding import rng_for
 
 KEEP_PURPOSE = 1
 
