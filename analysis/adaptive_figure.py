@@ -58,7 +58,7 @@ def stop_points(curve: pd.DataFrame, waves: Sequence[int], tolerance: float) -> 
     ``MIN_COUNTED``: a change from a wave of fewer shadows is not counted. None: never within the
     grid (the full run is needed).
     """
-    from mia_hpc.adaptive import MIN_COUNTED
+    from mia_hpc.contract.waves import MIN_COUNTED
 
     out: dict[str, int | None] = {}
     for k, d in curve.groupby("key", sort=False):
@@ -184,10 +184,11 @@ def adaptive_figure(store: str | Path, out: str | Path, *, spec: Any = None, eve
     dict with ``curve`` (DataFrame), ``stops`` (per key, the spec's settings), ``table`` (grid),
     ``figures`` (paths), ``settings``.
     """
-    from mia_hpc.adaptive import check_adaptive, wave_sizes
-    from mia_hpc.contract.store import spec_of
     from mia_hpc.contract.spec import SpecError
-    from mia_hpc.contract.store import done_mask, open_store
+    from mia_hpc.contract.store import done_mask, open_store, spec_of
+    from mia_hpc.contract.waves import check_adaptive, wave_sizes
+
+    from .watch import parse_watch
 
     root = open_store(store)
     own = spec_of(root)
@@ -195,7 +196,7 @@ def adaptive_figure(store: str | Path, out: str | Path, *, spec: Any = None, eve
     if spec.hash() != own.hash():
         raise SpecError(f"--spec: its hash {spec.hash()} differs from the store's {own.hash()}; only the [adaptive] "
                         "table (and name, analysis) may differ")
-    check_adaptive(spec)
+    check_adaptive(spec, parse_watch)
     m = spec.shadows.count
     if not done_mask(root).all():
         raise SpecError(f"{store}: {int(done_mask(root).sum())}/{m} shadows done; the replay needs the full run")

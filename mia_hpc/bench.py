@@ -138,7 +138,7 @@ def shadow_steps(spec: Spec, n_pool: int, epochs: int | None = None) -> int:
     if epochs:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=epochs))
     if spec.dp.noise_multiplier > 0:
-        from mia_hpc.dp import dp_schedule
+        from mia_hpc.train.dp_budget import dp_schedule
 
         return dp_schedule(spec, n_pool).steps
     return spec.train.epochs * steps_per_epoch(spec, n_pool)

@@ -54,7 +54,7 @@ def create_from_data(spec: Spec, path: str | Path, data: StaticData,
                            spec.model.width)
     extra = dict(extra_attrs or {})
     if spec.dp.noise_multiplier > 0:
-        from mia_hpc.dp import dp_schedule, epsilon
+        from mia_hpc.train.dp_budget import dp_schedule, epsilon
 
         n_pool = int((data.split == "train").sum())
         sched = dp_schedule(spec, n_pool)

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from mia_hpc.adaptive import MIN_COUNTED, check_adaptive, replay_adaptive, run_adaptive, wave_sizes
+from analysis.watch import parse_watch
+from mia_hpc.adaptive import replay_adaptive, run_adaptive
+from mia_hpc.contract.waves import MIN_COUNTED, check_adaptive, wave_sizes
 from mia_hpc.cli import main
 from mia_hpc.contract.spec import SpecError, spec_from_dict
 from test_slurm import slurm_cluster, wait_gone  # noqa: F401 (the cluster fixture: skip locally, fail under CI)
@@ -62,7 +64,7 @@ def test_wave_sizes_and_prefix_balance_check():
     assert wave_sizes(spec_from_dict({"shadows": {"count": 24, "keep_block": 6},
                                       "adaptive": {"first_wave": 6}})) == [6, 12, 24]
     with pytest.raises(SpecError, match="shadows.keep_block: --adaptive needs"):
-        check_adaptive(spec_from_dict({"shadows": {"count": 16}, "adaptive": {"first_wave": 4}}))
+        check_adaptive(spec_from_dict({"shadows": {"count": 16}, "adaptive": {"first_wave": 4}}), parse_watch)
 
 
 def test_stops_early_with_balanced_prefix_and_report(local_run):

@@ -11,7 +11,7 @@ import torch
 from torch.func import stack_module_state
 from torch.nn import functional as F
 
-from mia_hpc.dp import dp_schedule, epsilon
+from mia_hpc.train.dp_budget import dp_schedule, epsilon
 from mia_hpc.models import build_model
 from mia_hpc.contract.spec import spec_from_dict
 from mia_hpc.train.batched import train_shadows

@@ -97,7 +97,7 @@ def test_paper_spec_validates_at_full_size(path):
 
 
 def test_dp_spec_has_the_papers_epsilon():
-    from mia_hpc.dp import epsilon
+    from mia_hpc.train.dp_budget import epsilon
 
     spec = load_spec(PAPER / "mnist-svhn-dp.toml")
     assert epsilon(spec, spec.data.size) == pytest.approx(3.2, abs=0.05)

@@ -51,16 +51,13 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from mia_hpc.models import build_model, has_batchnorm
-from mia_hpc.contract.seeding import int_seed, rng_for
+from mia_hpc.contract.seeding import PURPOSE_FLIP, PURPOSE_INIT, PURPOSE_ORDER, int_seed, rng_for
 from mia_hpc.contract.spec import Spec
 from mia_hpc.contract.store import SUBSETS
 from mia_hpc.train.guard import DivergenceGuard
 
 # The reference model whose penultimate features the store keeps (for subpopulation selection).
 FEATURE_SHADOW = 0
-INIT_PURPOSE = 2
-ORDER_PURPOSE = 3
-FLIP_PURPOSE = 6  # horizontal-flip draws (own generator: existing shift/order streams stay unchanged)
 
 #: ``shadows.batch = 0`` on CPU: K shadows per process (CPU kernels gain nothing from larger K).
 CPU_AUTO_SHADOWS = 8
@@ -108,7 +105,7 @@ def index_stream(spec: Spec, shadow: int, in_idx: np.ndarray, n_pool: int) -> tu
 
     Successive epochs are fresh permutations of the IN set, concatenated and cut into batches.
     """
-    rng = rng_for(spec.seed, ORDER_PURPOSE, shadow)
+    rng = rng_for(spec.seed, PURPOSE_ORDER, shadow)
     b = spec.train.batch_size
     steps = spec.train.epochs * steps_per_epoch(spec, n_pool)
     need = steps * b
@@ -123,13 +120,13 @@ def flip_stream(spec: Spec, shadow: int, shape: tuple[int, ...]) -> np.ndarray |
     """The shadow's horizontal-flip draws (bool, ``shape``), or None without ``train.augment_flip``."""
     if not spec.train.augment_flip:
         return None
-    return rng_for(spec.seed, FLIP_PURPOSE, shadow).random(shape) < 0.5
+    return rng_for(spec.seed, PURPOSE_FLIP, shadow).random(shape) < 0.5
 
 
 def init_model(spec: Spec, shadow: int, in_channels: int, n_classes: int) -> nn.Module:
     """The shadow's freshly initialised model, seeded by (spec seed, shadow)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int_seed(spec.seed, INIT_PURPOSE, shadow))
+        torch.manual_seed(int_seed(spec.seed, PURPOSE_INIT, shadow))
         return build_model(spec.model.arch, in_channels, n_classes, spec.data.image_size, spec.model.width,
                            spec.model.norm)
 
@@ -418,14 +415,14 @@ def _train_plain(spec: Spec, data: TrainData, shadows: Sequence[int], batched, p
 def _train_dp(spec: Spec, data: TrainData, shadows: Sequence[int], base, params, buffers, images: torch.Tensor,
               labels: torch.Tensor, n_pool: int, progress: bool, max_steps: int | None = None) -> np.ndarray:
     """DP-SGD of the K stacked models (see :mod:`mia_hpc.train.dp_sgd`); last-epoch mean loss."""
-    from mia_hpc.dp import dp_schedule
+    from mia_hpc.train.dp_budget import dp_schedule
     from mia_hpc.train.dp_sgd import (clipped_sum, expected_batch, noise_generators, noisy_gradient, pad_step,
                                       per_sample_grads, poisson_stream)
 
     device = images.device
     k = len(shadows)
     streams = [poisson_stream(spec, s, np.flatnonzero(data.keep[s]), n_pool) for s in shadows]
-    flip_rngs = [rng_for(spec.seed, FLIP_PURPOSE, s) for s in shadows] if spec.train.augment_flip else None
+    flip_rngs = [rng_for(spec.seed, PURPOSE_FLIP, s) for s in shadows] if spec.train.augment_flip else None
     total = dp_schedule(spec, n_pool).steps
     run_steps = total if max_steps is None else max(0, min(total, max_steps))
     spe = math.ceil(total / spec.train.epochs)
@@ -556,7 +553,7 @@ def _probe_peak(spec: Spec, data: TrainData, k: int, device: torch.device, backe
     stack = ShadowStack(spec, list(range(k)), c, data.n_classes, device=device, backend=backend)
     b = spec.train.batch_size
     if spec.dp.noise_multiplier > 0:  # Poisson batches: plan for 30% above the expected size
-        from mia_hpc.dp import dp_schedule
+        from mia_hpc.train.dp_budget import dp_schedule
         from mia_hpc.train.dp_sgd import clipped_sum, per_sample_grads
 
         n_pool = int((data.split == "train").sum())
