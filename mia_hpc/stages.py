@@ -35,8 +35,11 @@ from typing import Any
 import numpy as np
 
 from mia_hpc.contract.jsonfile import write_json_atomic
+from mia_hpc.contract.shards import pending_shards
 from mia_hpc.contract.spec import SelectionSpec, Spec, SpecError, spec_from_dict
 from mia_hpc.contract.store import StoreError
+from mia_hpc.experiment import prepare_store
+from mia_hpc.launch.local import run_shards
 
 SELECTION_FILE = "selection.json"
 ORACLE_DIR = "oracle"
@@ -227,10 +230,6 @@ def run_staged(spec: Spec, out: str | Path, *, executor: str = "local", analyze:
     Returns :func:`mia_hpc.api.run`'s dict (``store``, ``trained``, ``analysis``) plus ``oracle``
     (its store), ``oracle_trained`` and ``selection`` (the selection record).
     """
-    from mia_hpc.api import pending_shards
-    from mia_hpc.experiment import prepare_store
-    from mia_hpc.launch.local import run_shards
-
     out = Path(out)
     read_selection(out, spec)  # refuse another spec's OUT before training anything
     if attack_path(out).exists():
@@ -314,13 +313,11 @@ def submit_staged(spec: Spec, out: str | Path, prof: Any, *, analyze: bool = Tru
     """
     import submitit
 
-    from mia_hpc.api import pending_shards
-    from mia_hpc.experiment import prepare_store
-    from mia_hpc.launch import slurm as S
+    from mia_hpc.launch import slurm as S  # lazy: submitit
 
-    out = Path(out).absolute()
+    out, prof = S.ready_to_submit(out, prof)
     if read_selection(out, spec) is not None and attack_path(out).exists():
-        res = S.submit(spec, out, prof, analyze=analyze, folder=folder, stages=False)
+        res = S.submit(spec, out, prof, analyze=analyze, folder=folder)
         return StagedSubmitResult(res.store, out, None, None, res.shadows_job, res.analysis_job, plain=res)
     earlier = _read_stage_jobs(out)
     alive = S.alive_jobs()

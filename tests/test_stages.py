@@ -219,7 +219,8 @@ def _final_sacct(ids: list[str], timeout: float = 60) -> dict[str, tuple[str, st
 
 
 def test_staged_submit_chains_every_stage_with_afterok(slurm_cluster, tmp_path):
-    from mia_hpc.launch.slurm import SlurmError, submit
+    from mia_hpc.api import submit
+    from mia_hpc.launch.slurm import SlurmError
 
     out = tmp_path / "staged-slurm"
     t0 = time.monotonic()

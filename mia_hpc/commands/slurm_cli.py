@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from mia_hpc.launch.slurm import SlurmError, submit
+    from mia_hpc.api import submit
+    from mia_hpc.launch.slurm import SlurmError
 
     if (args.wait or args.quick) and not args.adaptive:
         raise SpecError("--wait/--quick: only with --adaptive")
