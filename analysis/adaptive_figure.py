@@ -3,7 +3,7 @@
 ``mia-hpc adaptive-figure STORE --out DIR`` (see :func:`adaptive_figure`) evaluates the watched
 quantities of the store's spec (``[adaptive] watch``; ``--spec`` may give another ``[adaptive]``
 table for the same store) on every prefix of whole keep blocks (4, 8, 12, ... shadows), applies the
-stop rule of :mod:`mia_hpc.adaptive` to the wave sizes (first_wave, doubling), and writes
+stop rule of :mod:`mia_hpc.pipeline.adaptive` to the wave sizes (first_wave, doubling), and writes
 
 * ``adaptive_<attack>_<metric>.png`` per watched metric family: one line per group (e.g. singletons
   vs random under-represented samples) with its 95% bootstrap band, the wave points, each group's
@@ -54,7 +54,7 @@ def replay_curve(store: str | Path, keys: Sequence[str], sizes: Sequence[int], *
 def stop_points(curve: pd.DataFrame, waves: Sequence[int], tolerance: float) -> dict[str, int | None]:
     """Per key: the first wave at which it alone moved by at most ``tolerance`` since the previous wave.
 
-    The rule of :mod:`mia_hpc.adaptive` (:meth:`mia_hpc.adaptive.Wave.within`), including its
+    The rule of :mod:`mia_hpc.pipeline.adaptive` (:meth:`mia_hpc.pipeline.adaptive.Wave.within`), including its
     ``MIN_COUNTED``: a change from a wave of fewer shadows is not counted. None: never within the
     grid (the full run is needed).
     """

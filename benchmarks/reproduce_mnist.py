@@ -96,7 +96,7 @@ def scaled_spec(setting: str, args: argparse.Namespace):
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Train and analyse the three settings (resuming); each setting's wall seconds or its error."""
     from mia_hpc.api import run
-    from mia_hpc.stages import oracle_path, oracle_spec
+    from mia_hpc.pipeline.stages import oracle_path, oracle_spec
 
     out = Path(args.out)
     record: dict[str, Any] = {}

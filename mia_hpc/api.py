@@ -1,8 +1,8 @@
 """The public Python API; the CLI (``mia_hpc.cli``) is a thin wrapper over these functions.
 
 :func:`run` (this machine) and :func:`submit` (Slurm) are the one place that decides how a spec
-runs: plain, staged (``[selection]``, :mod:`mia_hpc.stages`) or adaptive (``adaptive=True``,
-:mod:`mia_hpc.adaptive`). The launchers below them (:mod:`mia_hpc.launch`) only launch.
+runs: plain, staged (``[selection]``, :mod:`mia_hpc.pipeline.stages`) or adaptive (``adaptive=True``,
+:mod:`mia_hpc.pipeline.adaptive`). The launchers below them (:mod:`mia_hpc.launch`) only launch.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from mia_hpc.experiment import prepare_store
+from mia_hpc.pipeline.experiment import prepare_store
 from mia_hpc.launch.local import run_shards
-from mia_hpc.stages import run_staged, submit_staged
+from mia_hpc.pipeline.stages import run_staged, submit_staged
 from mia_hpc.contract.shards import ShardState, pending_shards, shard_states
 from mia_hpc.contract.spec import Spec, load_spec
 from mia_hpc.contract.store import done_mask, open_store, spec_of
@@ -145,15 +145,15 @@ def run(spec: str | Path | Spec, out: str | Path, *, executor: str = "local", an
 
     Returns ``{"store": Path, "trained": [shadows trained by this call], "analysis": dict | None}``
     (a staged spec's adds ``oracle``, ``oracle_trained`` and ``selection``); with ``adaptive`` the
-    :class:`~mia_hpc.adaptive.AdaptiveResult` of :func:`~mia_hpc.adaptive.run_adaptive`.
+    :class:`~mia_hpc.pipeline.adaptive.AdaptiveResult` of :func:`~mia_hpc.pipeline.adaptive.run_adaptive`.
     """
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     if adaptive:
-        from mia_hpc.adaptive import run_adaptive  # lazy: it imports the Slurm launcher (submitit)
+        from mia_hpc.pipeline.adaptive import run_adaptive  # lazy: it imports the Slurm launcher (submitit)
 
         return run_adaptive(spec, out, executor=executor, parallel=parallel, device=device, progress=progress,
                             compare_full=compare_full, analyze=analyze, extras=extras)
-    if spec.selection.kind != "none":  # multi-stage spec: oracle, selection, attack, analysis (mia_hpc.stages)
+    if spec.selection.kind != "none":  # multi-stage spec: oracle, selection, attack, analysis (mia_hpc.pipeline.stages)
         return run_staged(spec, out, executor=executor, analyze=analyze, device=device, parallel=parallel,
                           progress=progress, extras=extras)
     out = Path(out)
@@ -174,11 +174,11 @@ def submit(spec: str | Path | Spec, out: str | Path, profile: Any, *, analyze: b
     """Submit an experiment to Slurm and return as soon as ``sbatch`` accepted the jobs.
 
     A plain spec: :func:`mia_hpc.launch.slurm.submit` (its unfinished shards as one array job, then
-    the analysis); a staged spec: :func:`mia_hpc.stages.submit_staged` (every stage chained with
-    afterok); ``adaptive``: :func:`mia_hpc.adaptive.submit_adaptive` (the first or next wave and its
+    the analysis); a staged spec: :func:`mia_hpc.pipeline.stages.submit_staged` (every stage chained with
+    afterok); ``adaptive``: :func:`mia_hpc.pipeline.adaptive.submit_adaptive` (the first or next wave and its
     step job; ``extras`` as in :func:`run`). Each result has ``lines()`` for the terminal.
     """
-    from mia_hpc.adaptive import submit_adaptive  # lazy, as these import submitit
+    from mia_hpc.pipeline.adaptive import submit_adaptive  # lazy, as these import submitit
     from mia_hpc.launch import slurm
 
     spec = spec if isinstance(spec, Spec) else load_spec(spec)

@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="K shadows trained at once (default: the spec's shadows.batch; 0 there: auto)")
     bt.add_argument("--steps", type=int, default=5, help="timed training steps of the projection (after 2 warm-up)")
     bt.add_argument("--backend", default="auto", choices=["auto", "vmap", "sequential"])
-    bt.add_argument("--tiny", action="store_true", help="bench the spec's tiny form (mia_hpc.tiny)")
+    bt.add_argument("--tiny", action="store_true", help="bench the spec's tiny form (mia_hpc.pipeline.tiny)")
     bt.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own)")
     bt.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
                     help="also train shadows to the end batched and one at a time on the spec's own data "
@@ -148,7 +148,7 @@ def _cmd_run(args) -> int:
     _check_out_dir(args.out)
     spec = load_spec_variant(args)
     if args.adaptive:
-        from mia_hpc.adaptive import run_adaptive
+        from mia_hpc.pipeline.adaptive import run_adaptive
 
         res = run_adaptive(spec, args.out, executor=args.executor, parallel=args.parallel, device=args.device,
                            compare_full=args.compare_full, analyze=not args.no_analyze, extras=not args.quick)
@@ -242,7 +242,7 @@ def _cmd_bench(args) -> int:
         from mia_hpc.commands import analysis_cli
 
         return analysis_cli.cmd_bench_analyze(args)
-    from mia_hpc.bench import bench_projection, bench_train, format_bench, format_projection
+    from mia_hpc.pipeline.train_bench import bench_projection, bench_train, format_bench, format_projection
 
     spec = load_spec_variant(args)
     if args.threads:
@@ -275,7 +275,7 @@ def _cmd_spec(args) -> int:
     if args.spec:
         spec = load_spec(args.spec)
         if args.tiny:
-            from mia_hpc.tiny import tiny_spec
+            from mia_hpc.pipeline.tiny import tiny_spec
 
             spec = tiny_spec(spec)
         print(json.dumps(spec.to_dict(), indent=2))

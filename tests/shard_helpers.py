@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mia_hpc.experiment import prepare_store
+from mia_hpc.pipeline.experiment import prepare_store
 from mia_hpc.contract.spec import Spec, spec_from_dict
 from mia_hpc.contract.store import PER_SHADOW, open_store
 

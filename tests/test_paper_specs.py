@@ -23,7 +23,7 @@ from mia_hpc.cli import main
 from mia_hpc.contract.recipes import DP, QUERIES, RECIPES, recipe_for
 from mia_hpc.contract.spec import load_spec, spec_from_dict
 from mia_hpc.contract.store import SUBSETS, done_mask, open_store, read_strings
-from mia_hpc.tiny import TINY_SHADOWS, tiny_spec
+from mia_hpc.pipeline.tiny import TINY_SHADOWS, tiny_spec
 from test_datasets import write_cifar10, write_cifar100, write_mnist, write_svhn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def test_dp_spec_has_the_papers_epsilon():
 
 def test_staged_oracle_is_the_random_run():
     """A staged spec's oracle stage is its mixture's random run (same hash): one store serves both."""
-    from mia_hpc.stages import oracle_spec
+    from mia_hpc.pipeline.stages import oracle_spec
 
     for p in SPECS:
         spec = load_spec(p)
@@ -209,7 +209,7 @@ def test_bench_train_projects_a_spec(tmp_path, capsys):
 
 def test_bench_projection_of_a_full_spec_uses_its_shapes():
     """The full-size shapes and step counts, without training anything (spec_shapes/shadow_steps)."""
-    from mia_hpc.bench import shadow_steps, spec_shapes
+    from mia_hpc.pipeline.train_bench import shadow_steps, spec_shapes
 
     spec = load_spec(PAPER / "mnist-augmnist-random.toml")
     sh = spec_shapes(spec)

@@ -18,7 +18,7 @@ from shard_helpers import REPO, make_store, tiny_spec, worker_env
 
 from mia_hpc.contract.keep import make_keep
 from mia_hpc.launch.worker import train_shard
-from mia_hpc.resources import estimate, estimate_samples
+from mia_hpc.pipeline.resources import estimate, estimate_samples
 from mia_hpc.contract.store import open_store
 
 

@@ -118,7 +118,7 @@ def test_staged_subpopulation_selects_the_smallest_cluster(tmp_path):
 
 
 def test_candidates_and_oracle_overrides(tmp_path):
-    from mia_hpc.stages import oracle_spec
+    from mia_hpc.pipeline.stages import oracle_spec
 
     base = load_spec(STAGED)
     raw = base.to_dict()
@@ -151,7 +151,7 @@ def test_bad_selection_tables_refused(change, key):
 
 
 def test_staged_spec_cannot_be_built_in_one_step(tmp_path):
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
 
     with pytest.raises(SpecError, match="staged"):
         prepare_store(load_spec(STAGED), tmp_path / "s.zarr")
@@ -159,7 +159,7 @@ def test_staged_spec_cannot_be_built_in_one_step(tmp_path):
 
 
 def test_too_few_selected_fails_the_selection_stage(tmp_path):
-    from mia_hpc.stages import StageError
+    from mia_hpc.pipeline.stages import StageError
 
     p = tmp_path / "none.toml"
     p.write_text(STAGED.read_text().replace("threshold = 0.4", "threshold = 1.0"))

@@ -3,7 +3,7 @@
 ``register(subparsers)`` adds them to the main parser and returns ``{command: handler}``; a handler
 takes the parsed namespace and returns the exit code. Bad input raises
 :class:`~mia_hpc.contract.spec.SpecError` (one line, exit code 2 in the CLI), before anything is written.
-Thin wrappers over :mod:`mia_hpc.adaptive`, :mod:`mia_hpc.plan`, :mod:`analysis.adaptive_figure`
+Thin wrappers over :mod:`mia_hpc.pipeline.adaptive`, :mod:`mia_hpc.pipeline.plan`, :mod:`analysis.adaptive_figure`
 and :mod:`analysis.dp_compare`.
 """
 
@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
 
 
 def cmd_adaptive_status(args: argparse.Namespace) -> int:
-    from mia_hpc.adaptive import read_state, result_of
+    from mia_hpc.pipeline.adaptive import read_state, result_of
 
     state = read_state(args.out)
     if state is None:
@@ -126,7 +126,7 @@ def _jsonable(v):
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from mia_hpc.plan import plan
+    from mia_hpc.pipeline.plan import plan
 
     if args.bench and args.measure:
         raise SpecError("--bench and --measure: give one (a recorded benchmark, or a measurement now)")

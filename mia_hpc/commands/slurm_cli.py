@@ -57,7 +57,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _submit_adaptive(args: argparse.Namespace) -> int:
-    from mia_hpc.adaptive import submit_adaptive, wait_adaptive
+    from mia_hpc.pipeline.adaptive import submit_adaptive, wait_adaptive
     from mia_hpc.launch.slurm import SlurmError
 
     try:

@@ -96,7 +96,7 @@ def build_dataset(spec: Spec) -> StaticData:
     """
     if spec.selection.kind != "none":  # staged: the pool is the oracle's, restricted by the selection stage
         raise SpecError(f"selection.kind: {spec.selection.kind!r} is a staged spec; its data is made by its stages "
-                        "('mia-hpc run' / 'mia-hpc submit', see mia_hpc.stages), not in one step")
+                        "('mia-hpc run' / 'mia-hpc submit', see mia_hpc.pipeline.stages), not in one step")
     data = spec.data
     if data.source != "digits":  # real datasets from data.root: MNIST, CIFAR-10 and their D_U
         return build_real_dataset(spec)

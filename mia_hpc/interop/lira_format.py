@@ -56,6 +56,7 @@ from typing import Any, Iterable
 import numpy as np
 import zarr
 
+from mia_hpc.contract.settings import SAMPLE_CHUNK
 from mia_hpc.contract.spec import SpecError, spec_from_dict
 from mia_hpc.contract.store import (SUBSETS, StaticData, StoreError, create_store, done_mask, open_store, read_strings,
                            write_shadow)
@@ -379,7 +380,7 @@ def _spec_dict(run: LiraRun, s: dict[str, np.ndarray], n_shadows: int, image_hw:
 
 
 def import_lira(exp_dir: str | Path, out: str | Path, *, under_mask: str | Path | None = None,
-                augs: str = "generic", skip_incomplete: bool = False, sample_chunk: int = 8192) -> dict[str, Any]:
+                augs: str = "generic", skip_incomplete: bool = False, sample_chunk: int = SAMPLE_CHUNK) -> dict[str, Any]:
     """Import a LiRA run into a new mia-hpc store at ``out``.
 
     Everything is validated before anything is written; the store is built under a hidden sibling

@@ -74,7 +74,7 @@ def render_sbatch(spec_path: str | Path | Spec, out: str | Path, profile: str | 
     The store ``OUT/store.zarr`` is created first (or re-opened, refusing another spec's store),
     so the scripts only train and analyse.
     """
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
 
     spec = spec_path if isinstance(spec_path, Spec) else load_spec(spec_path)
     prof = profile if isinstance(profile, Profile) else load_profile(profile)

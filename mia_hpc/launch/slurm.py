@@ -27,7 +27,7 @@ from typing import Any
 from mia_hpc.contract.jsonfile import read_json_dict, write_json_atomic
 from mia_hpc.contract.shards import pending_shards
 from mia_hpc.contract.spec import Spec, SpecError, load_spec
-from mia_hpc.experiment import prepare_store
+from mia_hpc.pipeline.experiment import prepare_store
 from mia_hpc.launch.profile import Profile, load_profile
 
 try:  # submitit is a core dependency; the fallback only keeps this module importable without it
@@ -246,7 +246,7 @@ def submit(spec_path: str | Path | Spec, out: str | Path, profile: str | Path | 
 
     Returns as soon as ``sbatch`` accepted the jobs. ``folder``: submitit's files (default
     ``OUT/slurm/submitit``). Plain specs only: :func:`mia_hpc.api.submit` decides (a staged spec
-    goes to :func:`mia_hpc.stages.submit_staged`, which submits its attack store through here).
+    goes to :func:`mia_hpc.pipeline.stages.submit_staged`, which submits its attack store through here).
     """
     import submitit
 

@@ -50,8 +50,9 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from mia_hpc.models import build_model, has_batchnorm
+from mia_hpc.models import build_model
 from mia_hpc.contract.seeding import PURPOSE_FLIP, PURPOSE_INIT, PURPOSE_ORDER, int_seed, rng_for
+from mia_hpc.contract.settings import EVAL_BATCH
 from mia_hpc.contract.spec import Spec
 from mia_hpc.contract.store import SUBSETS
 from mia_hpc.train.guard import DivergenceGuard
@@ -275,7 +276,6 @@ class ShadowStack:
                              and _is_conv(spec.model.arch))
         self.channels_last = bool(channels_last)
         models = [init_model(spec, s, in_channels, n_classes) for s in self.shadows]
-        self.has_bn = has_batchnorm(models[0])
         params, buffers = stack_module_state(models)
         self.params = {n: p.detach().to(self.device).requires_grad_() for n, p in params.items()}
         self.buffers = {n: b.to(self.device) for n, b in buffers.items()}
@@ -300,7 +300,7 @@ class ShadowStack:
 
     # --- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
-    def query_logits(self, images: torch.Tensor, queries, eval_batch: int = 1024) -> np.ndarray:
+    def query_logits(self, images: torch.Tensor, queries, eval_batch: int = EVAL_BATCH) -> np.ndarray:
         """Logits (K, N, Q, C) of every sample under every query, in eval mode and fp32."""
         self.base.eval()  # BatchNorm: each shadow's own running statistics
         try:
@@ -321,14 +321,14 @@ class ShadowStack:
         return out
 
     @torch.no_grad()
-    def features(self, i: int, images: torch.Tensor, eval_batch: int = 1024) -> np.ndarray:
+    def features(self, i: int, images: torch.Tensor, eval_batch: int = EVAL_BATCH) -> np.ndarray:
         """Penultimate features (N, F) of all samples under the i-th shadow (eval mode, fp32)."""
         m = self.model(i)
         return torch.cat([m.embed(xb) for xb in images.split(eval_batch)]).float().cpu().numpy()
 
 
 def train_shadows(spec: Spec, data: TrainData, shadows: Sequence[int], *, device: str | torch.device = "cpu",
-                  progress: bool = True, eval_batch: int = 1024, backend: str = "auto",
+                  progress: bool = True, eval_batch: int = EVAL_BATCH, backend: str = "auto",
                   channels_last: bool | None = None, keep_state: bool = False) -> list[ShadowResult]:
     """Train ``shadows`` as one batch of K models and return their outputs.
 
@@ -465,18 +465,6 @@ def _train_dp(spec: Spec, data: TrainData, shadows: Sequence[int], base, params,
     return (loss_sum / min(spe, total)).cpu().numpy()
 
 
-@torch.no_grad()
-def embed_features(spec: Spec, params: dict[str, torch.Tensor], i: int, shadow: int, images: torch.Tensor,
-                   n_classes: int, eval_batch: int, buffers: dict[str, torch.Tensor] | None = None) -> np.ndarray:
-    """Penultimate features of all samples under the i-th stacked model: (N, F) (eval mode)."""
-    model = init_model(spec, shadow, images.shape[1], n_classes)
-    state = {name: t[i] for name, t in params.items()}
-    state.update({name: t[i] for name, t in (buffers or {}).items()})
-    model.load_state_dict(state, strict=buffers is not None)
-    model.to(images.device).eval()
-    return torch.cat([model.embed(xb) for xb in images.split(eval_batch)]).float().cpu().numpy()
-
-
 def query_views(images: torch.Tensor, queries) -> Iterator[torch.Tensor]:
     """Each query's view of all images, in query order."""
     pad = max([max(abs(dx), abs(dy)) for _, dx, dy, _ in queries] + [0])
@@ -528,7 +516,7 @@ def iter_batches(items: Sequence[int], size: int) -> Iterator[list[int]]:
 # --- K = 0: choosing the batch of shadows -----------------------------------------------------------
 
 def resolve_shadow_batch(spec: Spec, data: TrainData, device: str | torch.device, n_todo: int, *,
-                         backend: str = "auto", eval_batch: int = 1024) -> int:
+                         backend: str = "auto", eval_batch: int = EVAL_BATCH) -> int:
     """K for this process: ``shadows.batch`` if set, else CPU_AUTO_SHADOWS on CPU or a CUDA memory probe.
 
     Never more than ``n_todo`` (the shadows this process has to train), never less than 1, and on
@@ -581,7 +569,7 @@ def _probe_peak(spec: Spec, data: TrainData, k: int, device: torch.device, backe
 
 
 def probe_shadow_batch(spec: Spec, data: TrainData, device: torch.device, *, backend: str = "auto",
-                       eval_batch: int = 1024) -> int:
+                       eval_batch: int = EVAL_BATCH) -> int:
     """The largest K whose training and queries fit AUTO_MEMORY_FRACTION of the free CUDA memory.
 
     Peak memory is linear in K (every stacked tensor has a K axis): one step at K = 1 and K = 2

@@ -93,7 +93,7 @@ def rate_from_bench(spec: Spec, path: str | Path) -> Rate:
 
 def rate_measured(spec: Spec, device: str = "auto") -> Rate:
     """Run ``bench_train`` briefly (the spec's batch of shadows, one epoch) and scale to its epochs."""
-    from mia_hpc.bench import bench_train
+    from mia_hpc.pipeline.train_bench import bench_train
 
     r = bench_train(spec, shadows=spec.shadows.batch, epochs=1, device=device)
     sps = float(r["trainers"][r["auto_backend"]]["seconds_per_shadow"])

@@ -38,7 +38,7 @@ from mia_hpc.contract.jsonfile import write_json_atomic
 from mia_hpc.contract.shards import pending_shards
 from mia_hpc.contract.spec import SelectionSpec, Spec, SpecError, spec_from_dict
 from mia_hpc.contract.store import StoreError
-from mia_hpc.experiment import prepare_store
+from mia_hpc.pipeline.experiment import prepare_store
 from mia_hpc.launch.local import run_shards
 
 SELECTION_FILE = "selection.json"
@@ -47,11 +47,6 @@ ORACLE_DIR = "oracle"
 
 class StageError(RuntimeError):
     """A stage cannot run yet (its input stage is unfinished) or its outcome is unusable."""
-
-
-def is_staged(spec: Spec) -> bool:
-    """Whether ``spec`` runs in stages (``selection.kind != "none"``)."""
-    return spec.selection.kind != "none"
 
 
 def oracle_path(out: str | Path) -> Path:
@@ -196,7 +191,7 @@ def prepare_attack_store(spec: Spec, out: str | Path, selection: dict[str, Any])
     """Open ``OUT/store.zarr`` if it was made from ``spec`` and ``selection``; else create it.
 
     Its samples are the oracle store's (byte-identical images), D_U restricted to the selection;
-    the keep masks, queries and allocation follow :func:`mia_hpc.experiment.prepare_store`.
+    the keep masks, queries and allocation follow :func:`mia_hpc.pipeline.experiment.prepare_store`.
     """
     from mia_hpc.data.selection import restrict_under
     from mia_hpc.contract.store import StaticData, check_spec_matches, open_store, read_strings
@@ -216,7 +211,7 @@ def prepare_attack_store(spec: Spec, out: str | Path, selection: dict[str, Any])
                       group=read_strings(o, "group"), split=read_strings(o, "split"),
                       source=np.asarray(o["source"][...]), dataset=read_strings(o, "dataset"),
                       n_classes=int(o.attrs["n_classes"]))
-    from mia_hpc.experiment import create_from_data
+    from mia_hpc.pipeline.experiment import create_from_data
 
     return create_from_data(spec, path, restrict_under(full, selection["indices"]), {"selection": record})
 

@@ -13,7 +13,7 @@ import zarr
 
 from mia_hpc.contract.keep import make_keep
 from mia_hpc.contract.queries import make_queries
-from mia_hpc.resources import check_resources
+from mia_hpc.pipeline.resources import check_resources
 from mia_hpc.contract.spec import Spec
 from mia_hpc.contract.store import StaticData, check_spec_matches, create_store, open_store
 
@@ -22,7 +22,7 @@ def prepare_store(spec: Spec, path: str | Path, *, analysis_here: bool = True) -
     """Open the store at ``path`` if it was made from ``spec``; create it if it does not exist.
 
     A new store is first checked against this machine's memory and the store filesystem's free
-    space (:func:`mia_hpc.resources.check_resources`; ``analysis_here=False`` for a cluster
+    space (:func:`mia_hpc.pipeline.resources.check_resources`; ``analysis_here=False`` for a cluster
     submission, whose analysis runs elsewhere): a spec that cannot run is refused before anything
     is built or written.
     """

@@ -250,7 +250,7 @@ def run_adaptive(spec: Spec | str | Path, out: str | Path, *, executor: str = "l
     trained after the stop (which it does not change) and the full run's watched values are
     reported beside the stopped run's, to validate the rule.
     """
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
     from mia_hpc.launch.local import run_shards
     from mia_hpc.contract.shards import shard_shadows
     from mia_hpc.contract.store import done_mask, open_store
@@ -295,8 +295,8 @@ def replay_adaptive(store: str | Path, spec: Spec | None = None, *, sizes: list[
     exactly what an adaptive run trains by its wave of w. ``spec`` defaults to the store's (its
     ``[adaptive]`` table: watch, tolerance, first_wave); its keep masks must be balanced per wave.
     ``sizes`` overrides the wave sizes (e.g. every block, for a finer curve; the stop is still
-    decided between consecutive entries). Evaluates every size (does not stop early), so the
-    curve past the stop is available; :attr:`AdaptiveResult.waves` ends at the stop.
+    decided between consecutive entries). Evaluates every size (does not stop early): the last,
+    if it is the spec's M, gives :attr:`AdaptiveResult.full`; :attr:`AdaptiveResult.waves` ends at the stop.
     """
     from mia_hpc.contract.store import spec_of
     from mia_hpc.contract.store import done_mask, open_store
@@ -317,7 +317,6 @@ def replay_adaptive(store: str | Path, spec: Spec | None = None, *, sizes: list[
     res = AdaptiveResult(Path(store), waves if stop_at is None else waves[:stop_at + 1], stop_at is not None,
                          spec.shadows.count, dict(waves[-1].values) if sizes[-1] == spec.shadows.count else None,
                          spec.adaptive.tolerance)
-    res.all_waves = waves  # type: ignore[attr-defined]  (the whole curve, past the stop)
     return res
 
 
@@ -462,7 +461,7 @@ def submit_adaptive(spec_path: str | Path | Spec, out: str | Path, profile: Any,
     """
     import shutil
 
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
     from mia_hpc.launch import slurm as S
     from mia_hpc.launch.profile import Profile, load_profile
 

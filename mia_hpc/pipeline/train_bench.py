@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mia_hpc.contract.spec import Spec
+from mia_hpc.contract.settings import EVAL_BATCH
 
 #: Test-split sizes of the real datasets (their whole test split is the default test D_O).
 REAL_TEST_SIZE = {"mnist": 10_000, "cifar10": 10_000}
@@ -194,7 +195,7 @@ def time_steps(spec: Spec, data, k: int, device: str, *, steps: int = 5, warmup:
 
 
 def time_queries(spec: Spec, data, k: int, device: str, *, samples: int = 0, backend: str = "auto",
-                 eval_batch: int = 1024, loop: bool = False) -> float:
+                 eval_batch: int = EVAL_BATCH, loop: bool = False) -> float:
     """Seconds to compute all queries' logits of *all* samples for K shadows (extrapolated from a slice).
 
     ``samples`` (default: 2048 on CUDA, 128 on CPU) are timed after a warm-up pass over them (on
