@@ -3,7 +3,7 @@
 ``mia-hpc adaptive-figure STORE --out DIR`` (see :func:`adaptive_figure`) evaluates the watched
 quantities of the store's spec (``[adaptive] watch``; a SPEC argument may give another ``[adaptive]``
 table for the same store) on every prefix of whole keep blocks (4, 8, 12, ... shadows), applies the
-stop rule of :mod:`mia_hpc.adaptive` to the wave sizes (first_wave, doubling), and writes
+stop rule of :mod:`mia_hpc.pipeline.adaptive` to the wave sizes (first_wave, doubling), and writes
 
 * ``adaptive_<attack>_<metric>.png`` per watched metric family: one line per group (e.g. singletons
   vs random under-represented samples) with its 95% bootstrap band, the wave points, each group's
@@ -54,11 +54,11 @@ def replay_curve(store: str | Path, keys: Sequence[str], sizes: Sequence[int], *
 def stop_points(curve: pd.DataFrame, waves: Sequence[int], tolerance: float) -> dict[str, int | None]:
     """Per key: the first wave at which it alone moved by at most ``tolerance`` since the previous wave.
 
-    The rule of :mod:`mia_hpc.adaptive` (:meth:`mia_hpc.adaptive.Wave.within`), including its
+    The rule of :mod:`mia_hpc.pipeline.adaptive` (:meth:`mia_hpc.pipeline.adaptive.Wave.within`), including its
     ``MIN_COUNTED``: a change from a wave of fewer shadows is not counted. None: never within the
     grid (the full run is needed).
     """
-    from mia_hpc.adaptive import MIN_COUNTED
+    from mia_hpc.contract.waves import MIN_COUNTED
 
     out: dict[str, int | None] = {}
     for k, d in curve.groupby("key", sort=False):
@@ -172,7 +172,7 @@ def adaptive_figure(store: str | Path, out: str | Path, *, spec: Any = None, eve
         A finished store whose keep masks are balanced per block (``shadows.keep_block``).
     out : path
         Output folder (created).
-    spec : mia_hpc.spec.Spec, optional
+    spec : mia_hpc.contract.spec.Spec, optional
         Whose ``[adaptive]`` table to use; default the store's spec. Must have the store's hash.
     every : int, optional
         Prefix step of the curve; default the keep block.
@@ -184,10 +184,11 @@ def adaptive_figure(store: str | Path, out: str | Path, *, spec: Any = None, eve
     dict with ``curve`` (DataFrame), ``stops`` (per key, the spec's settings), ``table`` (grid),
     ``figures`` (paths), ``settings``.
     """
-    from mia_hpc.adaptive import check_adaptive, wave_sizes
-    from mia_hpc.experiment import spec_of
-    from mia_hpc.spec import SpecError
-    from mia_hpc.store import done_mask, open_store
+    from mia_hpc.contract.spec import SpecError
+    from mia_hpc.contract.store import done_mask, open_store, spec_of
+    from mia_hpc.contract.waves import check_adaptive, wave_sizes
+
+    from .watch import parse_watch
 
     root = open_store(store)
     own = spec_of(root)
@@ -195,7 +196,7 @@ def adaptive_figure(store: str | Path, out: str | Path, *, spec: Any = None, eve
     if spec.hash() != own.hash():
         raise SpecError(f"SPEC: its hash {spec.hash()} differs from the store's {own.hash()}; only the [adaptive] "
                         "table (and name, analysis) may differ")
-    check_adaptive(spec)
+    check_adaptive(spec, parse_watch)
     m = spec.shadows.count
     if not done_mask(root).all():
         raise SpecError(f"{store}: {int(done_mask(root).sum())}/{m} shadows done; the replay needs the full run")

@@ -138,7 +138,7 @@ def compare_memorization(store_a: str | Path, store_b: str | Path, out: str | Pa
     Returns ``{"table": DataFrame, "figure": Path, "files": [...]}``. Raises :class:`CompareError`
     (before writing anything) when the stores do not hold the same samples.
     """
-    from mia_hpc.store import StoreError
+    from mia_hpc.contract.store import StoreError
 
     if len(labels) != 2:
         raise CompareError(f"--labels: give two labels, got {len(labels)}")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from mia_hpc.store import StoreError
+from mia_hpc.contract.store import StoreError
 
 __all__ = ["ShadowData", "open_shadows", "phi_from_logits", "loss_from_logits", "AnalysisError"]
 
@@ -26,7 +26,7 @@ __all__ = ["ShadowData", "open_shadows", "phi_from_logits", "loss_from_logits", 
 class AnalysisError(StoreError):
     """The store cannot be analysed as it is (too few finished shadows, diverged or damaged ones).
 
-    A :class:`~mia_hpc.store.StoreError`, so the CLI prints it as one line."""
+    A :class:`~mia_hpc.contract.store.StoreError`, so the CLI prints it as one line."""
 
 
 def _shadow_list(shadows: list[int], limit: int = 10) -> str:
@@ -260,7 +260,7 @@ def open_shadows(path: str | Path, *, min_done: int = 2, shadow_limit: int | Non
     Parameters
     ----------
     path : str or Path
-        A store made by :func:`mia_hpc.store.create_store`.
+        A store made by :func:`mia_hpc.contract.store.create_store`.
     min_done : int
         Fewest finished shadows that make an analysis meaningful; 2 is the least for which IN and
         OUT statistics can both exist for a sample.
@@ -275,7 +275,7 @@ def open_shadows(path: str | Path, *, min_done: int = 2, shadow_limit: int | Non
         If fewer than ``min_done`` shadows are done.
     """
     path = Path(path)
-    from mia_hpc.verify import check_metadata
+    from mia_hpc.contract.verify import check_metadata
 
     _, damaged = check_metadata(path)  # StoreError (one line) for a damaged root
     if damaged:
@@ -334,7 +334,7 @@ def open_shadows(path: str | Path, *, min_done: int = 2, shadow_limit: int | Non
 
 def _read_static(path: Path, root: Any, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Arrays written at creation, refused unless they decode and match the digests recorded then."""
-    from mia_hpc.store import array_digest
+    from mia_hpc.contract.store import array_digest
 
     digests = root.attrs.get("digests") if isinstance(root.attrs.get("digests"), dict) else {}
     out: dict[str, np.ndarray] = {}
@@ -353,7 +353,7 @@ def _read_static(path: Path, root: Any, names: tuple[str, ...]) -> dict[str, np.
 
 def _digest_matches(root: Any, s: int) -> bool:
     """Whether shadow ``s``'s outputs, as read now, match its digest (False if any does not decode)."""
-    from mia_hpc.store import shadow_digest
+    from mia_hpc.contract.store import shadow_digest
 
     try:
         return shadow_digest(s, root["logits"][s], root["accuracy"][s], float(root["train_loss"][s]),
@@ -366,7 +366,7 @@ def _check_done_shadows(path: Path, root: Any, pos: np.ndarray) -> tuple[np.ndar
     """Refuse done shadows with missing chunks or no digest (cheap: file names and small arrays);
     return their digests and the digests' running crc32c before the logits, for the check of each
     block of logits as it is read (:meth:`ShadowData.logits_blocks`)."""
-    from mia_hpc.store import NO_DIGEST, shadow_digest_prefix
+    from mia_hpc.contract.store import NO_DIGEST, shadow_digest_prefix
 
     fix = f"run 'mia-hpc status {path} --verify --reset-broken' and re-run them"
     names = ["logits", "accuracy", "train_loss", "finished_at"] + (["digest"] if "digest" in root else [])
@@ -377,7 +377,7 @@ def _check_done_shadows(path: Path, root: Any, pos: np.ndarray) -> tuple[np.ndar
         for s in pos:
             if any(not (path / name / "c" / "/".join(map(str, (int(s),) + k))).is_file() for k in inner):
                 gone.setdefault(int(s), set()).add(name)
-    # as mia_hpc.verify judges them: a missing chunk that held only the fill value (stores written
+    # as mia_hpc.contract.verify judges them: a missing chunk that held only the fill value (stores written
     # before every chunk of a done shadow was kept) still matches the shadow's digest
     missing = sorted(s for s, g in gone.items()
                      if ("digest" not in root and g != {"train_loss"}) or "digest" in g

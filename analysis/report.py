@@ -33,7 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from mia_hpc.store import SUBSETS
+from mia_hpc.contract.store import SUBSETS
 
 from .attacks import ATTACKS as ATTACK_REGISTRY
 from .attacks import AttackContext, run_attacks

@@ -1,7 +1,7 @@
 """Synthetic shadow stores with a known answer, for tests, demos and benchmarks.
 
-The store is a real one (made by :func:`mia_hpc.store.create_store` and filled by
-:func:`mia_hpc.store.write_shadow`), but its logits are constructed rather than trained:
+The store is a real one (made by :func:`mia_hpc.contract.store.create_store` and filled by
+:func:`mia_hpc.contract.store.write_shadow`), but its logits are constructed rather than trained:
 
 * each sample i has a random offset ``a_i ~ N(offset_mean, offset_std^2)``: its "difficulty";
 * for shadow m and query q, ``phi = a_i + keep[m, i] * separation[group_i] + sigma * eps``,
@@ -28,8 +28,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from mia_hpc.spec import spec_from_dict
-from mia_hpc.store import SUBSETS, StaticData, create_store, open_store, write_shadow
+from mia_hpc.contract.spec import spec_from_dict
+from mia_hpc.contract.store import SUBSETS, StaticData, create_store, open_store, write_shadow
 
 __all__ = ["write_synthetic_store", "synthetic_keep", "analytic_auroc"]
 

@@ -36,7 +36,7 @@ from .bootstrap import bootstrap_columns, metric_names
 __all__ = ["accuracy_table", "format_accuracy_table", "attack_table", "format_attack_table", "to_markdown",
            "to_latex", "latex_escape", "write_table", "format_numbers", "SUBSET_LABELS"]
 
-SUBSETS = ("train/over", "train/under", "test/over", "test/under")  # = mia_hpc.store.SUBSETS
+SUBSETS = ("train/over", "train/under", "test/over", "test/under")  # = mia_hpc.contract.store.SUBSETS
 SUBSET_LABELS = {"train/over": "Train D_O", "train/under": "Train D_U", "test/over": "Test D_O",
                  "test/under": "Test D_U"}
 COLUMN_LABELS = {"All": "All", "Under": "Under-represented"}

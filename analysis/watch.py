@@ -1,6 +1,6 @@
 """Watched quantities of an adaptive run, computed cheaply for one shadow prefix (one wave).
 
-An adaptive run (:mod:`mia_hpc.adaptive`) decides after every wave whether more shadows would
+An adaptive run (:mod:`mia_hpc.pipeline.adaptive`) decides after every wave whether more shadows would
 still move the numbers it cares about. Those numbers are named by *watch keys*:
 
 ``ATTACK/METRIC GROUP``
@@ -34,7 +34,7 @@ Uncertainty: every value carries a percentile bootstrap interval.
 The interval says how well the value is known *from these targets and samples*; it does not
 shrink to zero with more shadows (the samples' own spread stays), which is why the adaptive stop
 rule compares the change over the last doubling with a tolerance rather than waiting for a narrow
-interval (see :mod:`mia_hpc.adaptive`).
+interval (see :mod:`mia_hpc.pipeline.adaptive`).
 """
 
 from __future__ import annotations

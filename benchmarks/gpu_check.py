@@ -8,7 +8,7 @@ samples, 18 queries), on synthetic data of those shapes -- it prints:
 * the K that ``shadows.batch = 0`` picks on this device (the memory probe);
 * shadows per device-hour projected for the paper spec (its steps per shadow and queries) for the
   batched trainer (``vmap`` and ``sequential``, fp32 and bf16) and one model at a time (the plain
-  loop), from timed steps and a timed slice of the queries (``mia_hpc.bench``);
+  loop), from timed steps and a timed slice of the queries (``mia_hpc.pipeline.train_bench``);
 * accuracy parity: K shadows trained batched and the same shadows trained one at a time on a
   learnable synthetic task of the same shapes -- per-shadow test accuracy and the largest logit
   difference. Parity is judged on accuracy: over many steps even fp32 logits drift apart, because
@@ -46,9 +46,9 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mia_hpc.bench import (shadow_steps, spec_shapes, synthetic_train_data, time_queries, time_steps,  # noqa: E402
+from mia_hpc.pipeline.train_bench import (shadow_steps, spec_shapes, synthetic_train_data, time_queries, time_steps,  # noqa: E402
                            with_keep_rows)
-from mia_hpc.spec import Spec, load_spec, spec_from_dict  # noqa: E402
+from mia_hpc.contract.spec import Spec, load_spec, spec_from_dict  # noqa: E402
 
 CASES = {
     "mnist-cnn32": REPO / "jobs" / "paper" / "mnist-augmnist-random.toml",
@@ -178,7 +178,7 @@ def throughput(spec: Spec, data, device: str, k: int, steps: int, eval_samples: 
 def parity(spec: Spec, device: str, k: int, n_pool: int, n_test: int, epochs: int, backend: str,
            precision: str) -> dict[str, Any]:
     """Train K shadows batched and one at a time on a learnable task; compare accuracies and logits."""
-    from mia_hpc.store import SUBSETS
+    from mia_hpc.contract.store import SUBSETS
     from mia_hpc.train.batched import train_shadows
     from mia_hpc.train.loop import train_loop
 

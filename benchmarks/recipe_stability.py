@@ -47,7 +47,7 @@ DIVERGED_LOSS = 10.0
 
 
 def scaled_spec(path: Path, args: argparse.Namespace, variant: str):
-    from mia_hpc.spec import load_spec, spec_from_dict
+    from mia_hpc.contract.spec import load_spec, spec_from_dict
 
     d = load_spec(path).to_dict()
     size = args.over + args.under
@@ -69,10 +69,10 @@ def run_variant(spec, data, seeds: list[int], max_steps: int | None,
     import torch
     from torch.nn import functional as F
 
-    from mia_hpc.keep import make_keep
+    from mia_hpc.contract.keep import make_keep
     from mia_hpc.train.batched import (ShadowStack, TrainData, clip_per_shadow, index_stream, lr_at,
                                        make_optimizer, shifted)
-    from mia_hpc.queries import make_queries
+    from mia_hpc.contract.queries import make_queries
 
     split = data.split.astype(str)
     keep = make_keep(spec.shadows.count, split == "train", spec.seed, spec.shadows.keep_block)

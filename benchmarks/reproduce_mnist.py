@@ -80,7 +80,7 @@ def load_paper_subpopulation(paper: Path) -> dict[str, tuple[float, ...]]:
 
 def scaled_spec(setting: str, args: argparse.Namespace):
     """``jobs/paper/mnist-augmnist-<setting>.toml`` at this run's scale, reading ``args.data_root``."""
-    from mia_hpc.spec import load_spec, spec_from_dict
+    from mia_hpc.contract.spec import load_spec, spec_from_dict
 
     d = load_spec(ROOT / SPEC_FILE.format(setting)).to_dict()
     size = args.over + args.under
@@ -96,7 +96,7 @@ def scaled_spec(setting: str, args: argparse.Namespace):
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Train and analyse the three settings (resuming); each setting's wall seconds or its error."""
     from mia_hpc.api import run
-    from mia_hpc.stages import oracle_path, oracle_spec
+    from mia_hpc.pipeline.stages import oracle_path, oracle_spec
 
     out = Path(args.out)
     record: dict[str, Any] = {}
@@ -154,7 +154,7 @@ def _f(v: Any, nd: int = 2) -> str:
 
 
 def table1_lines(res: dict[str, dict[str, Any]]) -> list[str]:
-    from mia_hpc.recipes import TABLE1_TARGETS
+    from mia_hpc.contract.recipes import TABLE1_TARGETS
 
     paper = TABLE1_TARGETS["mnist-augmnist"]
     acc = res["random"]["accuracy"]
@@ -389,7 +389,7 @@ def stability_lines(docs: Path) -> list[str]:
 
 def reasons(res: dict[str, dict[str, Any]], scale: dict[str, Any]) -> list[str]:
     """What in this run's own numbers separates it from the paper's regime."""
-    from mia_hpc.recipes import TABLE1_TARGETS
+    from mia_hpc.contract.recipes import TABLE1_TARGETS
 
     out = []
     ps, acc = res["random"]["per_sample"], res["random"]["accuracy"]

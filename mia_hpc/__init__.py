@@ -1,7 +1,8 @@
 """mia-hpc: membership inference via memorization, at HPC scale.
 
-The package root imports nothing heavy: ``mia_hpc.schema`` and ``mia_hpc.spec`` must stay
-importable without torch so that the analysis side (``analysis/``) runs on CPU-only nodes.
+The package root imports nothing heavy: the contract (``mia_hpc.contract``: ``spec``, ``store``,
+``verify``, ...) must stay importable without torch so that the analysis side (``analysis/``) runs
+on CPU-only nodes. The layers and what each may import: ``tests/test_layers.py``.
 """
 
 __version__ = "0.1.0"

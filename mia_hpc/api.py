@@ -1,4 +1,9 @@
-"""The public Python API; the CLI (``mia_hpc.cli``) is a thin wrapper over these functions."""
+"""The public Python API; the CLI (``mia_hpc.cli``) is a thin wrapper over these functions.
+
+:func:`run` (this machine) and :func:`submit` (Slurm) are the one place that decides how a spec
+runs: plain, staged (``[selection]``, :mod:`mia_hpc.pipeline.stages`) or adaptive (``adaptive=True``,
+:mod:`mia_hpc.pipeline.adaptive`). The launchers below them (:mod:`mia_hpc.launch`) only launch.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from mia_hpc.experiment import prepare_store, spec_of
-from mia_hpc.launch.shards import ShardState, shard_states
-from mia_hpc.spec import Spec, load_spec
-from mia_hpc.store import done_mask, open_store
+from mia_hpc.pipeline.experiment import prepare_store
+from mia_hpc.launch.local import run_shards
+from mia_hpc.pipeline.stages import run_staged, submit_staged
+from mia_hpc.contract.shards import ShardState, pending_shards, shard_states
+from mia_hpc.contract.spec import Spec, load_spec
+from mia_hpc.contract.store import done_mask, open_store, spec_of
 
 
 @dataclass(frozen=True)
@@ -130,24 +137,23 @@ def status(store: str | Path) -> Status:
                   live_leases(store, spec.shadows.shards))
 
 
-def pending_shards(store: str | Path) -> list[int]:
-    """Shards with at least one shadow not done."""
-    return [s.shard for s in status(store).shards if not s.complete]
-
-
 def run(spec: str | Path | Spec, out: str | Path, *, executor: str = "local", analyze: bool = True,
-        device: str = "auto", parallel: int = 0, progress: bool = True, extras: bool = True) -> dict[str, Any]:
+        device: str = "auto", parallel: int = 0, progress: bool = True, extras: bool = True,
+        adaptive: bool = False, compare_full: bool = False) -> Any:
     """Run an experiment end to end: store, shadows (resuming), then the analysis (``extras=False``:
     without the paper extras, as ``analyze --quick``).
 
-    Returns ``{"store": Path, "trained": [shadows trained by this call], "analysis": dict | None}``.
+    Returns ``{"store": Path, "trained": [shadows trained by this call], "analysis": dict | None}``
+    (a staged spec's adds ``oracle``, ``oracle_trained`` and ``selection``); with ``adaptive`` the
+    :class:`~mia_hpc.pipeline.adaptive.AdaptiveResult` of :func:`~mia_hpc.pipeline.adaptive.run_adaptive`.
     """
-    from mia_hpc.launch.local import run_shards
-
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
-    if spec.selection.kind != "none":  # multi-stage spec: oracle, selection, attack, analysis (mia_hpc.stages)
-        from mia_hpc.stages import run_staged
+    if adaptive:
+        from mia_hpc.pipeline.adaptive import run_adaptive  # lazy: it imports the Slurm launcher (submitit)
 
+        return run_adaptive(spec, out, executor=executor, parallel=parallel, device=device, progress=progress,
+                            compare_full=compare_full, analyze=analyze, extras=extras)
+    if spec.selection.kind != "none":  # multi-stage spec: oracle, selection, attack, analysis (mia_hpc.pipeline.stages)
         return run_staged(spec, out, executor=executor, analyze=analyze, device=device, parallel=parallel,
                           progress=progress, extras=extras)
     out = Path(out)
@@ -161,3 +167,23 @@ def run(spec: str | Path | Spec, out: str | Path, *, executor: str = "local", an
 
         result["analysis"] = _analyze(store, out / "analysis", progress=progress, extras=extras)
     return result
+
+
+def submit(spec: str | Path | Spec, out: str | Path, profile: Any, *, analyze: bool = True,
+           folder: str | Path | None = None, adaptive: bool = False, extras: bool = True) -> Any:
+    """Submit an experiment to Slurm and return as soon as ``sbatch`` accepted the jobs.
+
+    A plain spec: :func:`mia_hpc.launch.slurm.submit` (its unfinished shards as one array job, then
+    the analysis); a staged spec: :func:`mia_hpc.pipeline.stages.submit_staged` (every stage chained with
+    afterok); ``adaptive``: :func:`mia_hpc.pipeline.adaptive.submit_adaptive` (the first or next wave and its
+    step job; ``extras`` as in :func:`run`). Each result has ``lines()`` for the terminal.
+    """
+    from mia_hpc.pipeline.adaptive import submit_adaptive  # lazy, as these import submitit
+    from mia_hpc.launch import slurm
+
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    if adaptive:
+        return submit_adaptive(spec, out, profile, analyze=analyze, extras=extras, folder=folder)
+    if spec.selection.kind != "none":
+        return submit_staged(spec, out, profile, analyze=analyze, folder=folder)
+    return slurm.submit(spec, out, profile, analyze=analyze, folder=folder)

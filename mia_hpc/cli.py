@@ -21,7 +21,7 @@ from typing import Iterator
 
 from mia_hpc import __version__
 from mia_hpc.commands import add_spec_variant_arguments, load_spec_variant
-from mia_hpc.spec import SpecError
+from mia_hpc.contract.spec import SpecError
 
 _EXTRA_HANDLERS: dict = {}  # subcommand groups registered from mia_hpc/commands/
 
@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--backend", default="auto", choices=["auto", "vmap", "sequential"],
                     help="how the K stacked shadows run: vmap (grouped kernels), sequential (one model after "
                          "the other), or auto (default: vmap on an accelerator, sequential on a CPU)")
-    bt.add_argument("--tiny", action="store_true", help="bench the spec's tiny form (mia_hpc.tiny)")
+    bt.add_argument("--tiny", action="store_true", help="bench the spec's tiny form (mia_hpc.pipeline.tiny)")
     bt.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own)")
     bt.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
                     help="also train shadows to the end batched and one at a time on the spec's own data "
@@ -195,7 +195,7 @@ def _cmd_run(args) -> int:
     _check_out_dir(args.out)
     spec = load_spec_variant(args)
     if args.adaptive:
-        from mia_hpc.adaptive import run_adaptive
+        from mia_hpc.pipeline.adaptive import run_adaptive
 
         res = run_adaptive(spec, args.out, executor=args.executor, parallel=args.parallel, device=args.device,
                            compare_full=args.compare_full, analyze=not args.no_analyze, extras=not args.quick)
@@ -220,7 +220,7 @@ def _cmd_status(args) -> int:
 
     if args.reset_broken:  # it needs the findings: --reset-broken alone used to do nothing, silently
         args.verify = True
-    from mia_hpc.store import StoreError
+    from mia_hpc.contract.store import StoreError
 
     try:
         print("\n".join(api.status(args.store).lines()))
@@ -230,7 +230,7 @@ def _cmd_status(args) -> int:
         print(f"status: {err}")  # e.g. a damaged done flag: verify names it and can reset it
     if not args.verify:
         return 0
-    from mia_hpc.verify import reset_shadows, verify_store
+    from mia_hpc.contract.verify import reset_shadows, verify_store
 
     broken = verify_store(args.store)
     for b in broken:
@@ -291,7 +291,7 @@ def _cmd_bench(args) -> int:
         from mia_hpc.commands import analysis_cli
 
         return analysis_cli.cmd_bench_analyze(args)
-    from mia_hpc.bench import bench_projection, bench_train, format_bench, format_projection
+    from mia_hpc.pipeline.train_bench import bench_projection, bench_train, format_bench, format_projection
 
     spec = load_spec_variant(args)
     if args.threads:
@@ -319,12 +319,12 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_spec(args) -> int:
-    from mia_hpc.spec import describe_fields, load_spec
+    from mia_hpc.contract.spec import describe_fields, load_spec
 
     if args.spec:
         spec = load_spec(args.spec)
         if args.tiny:
-            from mia_hpc.tiny import tiny_spec
+            from mia_hpc.pipeline.tiny import tiny_spec
 
             spec = tiny_spec(spec)
         print(json.dumps(spec.to_dict(), indent=2, ensure_ascii=False))  # a name in any script, as written
@@ -358,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(exc: BaseException) -> int | None:
     """Print ``exc`` as one line and return the exit code (None: let it propagate, e.g. SystemExit)."""
-    from mia_hpc.launch.errors import ShardFailed
-    from mia_hpc.store import StoreError  # here, not at the top: zarr is slow to import, --help need not wait
+    from mia_hpc.contract.errors import ShardFailed
+    from mia_hpc.contract.store import StoreError  # here, not at the top: zarr is slow to import, --help need not wait
 
     if isinstance(exc, (SpecError, StoreError)):
         print(f"mia-hpc: error: {exc}", file=sys.stderr)

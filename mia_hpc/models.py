@@ -44,7 +44,6 @@ import torch
 from torch import nn
 
 ARCHS = ("cnn32", "cnn64", "mlp", "resnet9", "resnet18")
-RESNETS = ("resnet9", "resnet18")
 NORMS = ("batch", "group")
 
 

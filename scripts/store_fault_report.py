@@ -26,8 +26,8 @@ import store_damage as sd  # noqa: E402  (a test helper: the same damages the te
 
 
 def _verify_outcome(store: Path, good: Path) -> str:
-    from mia_hpc.store import StoreError
-    from mia_hpc.verify import verify_store
+    from mia_hpc.contract.store import StoreError
+    from mia_hpc.contract.verify import verify_store
 
     changed = _changed(store, good)
     try:
@@ -64,7 +64,7 @@ def _changed(store: Path, good: Path) -> list[str]:
 
 def _analysis_outcome(store: Path, truth: dict[str, np.ndarray]) -> str:
     from analysis.load import open_shadows
-    from mia_hpc.store import StoreError
+    from mia_hpc.contract.store import StoreError
 
     try:
         data = open_shadows(store)

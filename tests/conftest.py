@@ -26,8 +26,8 @@ def tiny_spec_dict() -> dict:
 @pytest.fixture
 def random_train_data():
     """Random images and labels in the store's layout (pool then test)."""
-    from mia_hpc.keep import make_keep
-    from mia_hpc.queries import make_queries
+    from mia_hpc.contract.keep import make_keep
+    from mia_hpc.contract.queries import make_queries
     from mia_hpc.train.batched import TrainData
 
     def make(n_shadows: int = 8, seed: int = 0):

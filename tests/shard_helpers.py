@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mia_hpc.experiment import prepare_store
-from mia_hpc.spec import Spec, spec_from_dict
-from mia_hpc.store import PER_SHADOW, open_store
+from mia_hpc.pipeline.experiment import prepare_store
+from mia_hpc.contract.spec import Spec, spec_from_dict
+from mia_hpc.contract.store import PER_SHADOW, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -200,7 +200,7 @@ def nonfinite_logits(store: Path, rng: random.Random) -> Damage:
     """A diverged shadow as an old worker stored it: NaN/inf logits, consistently digested and done."""
     import zarr
 
-    from mia_hpc.store import open_store, shadow_digest
+    from mia_hpc.contract.store import open_store, shadow_digest
 
     root = open_store(store)
     s = rng.randrange(root["done"].shape[0])

@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from mia_hpc.adaptive import MIN_COUNTED, check_adaptive, replay_adaptive, run_adaptive, wave_sizes
+from analysis.watch import parse_watch
+from mia_hpc.pipeline.adaptive import replay_adaptive, run_adaptive
+from mia_hpc.contract.waves import MIN_COUNTED, check_adaptive, wave_sizes
 from mia_hpc.cli import main
-from mia_hpc.spec import SpecError, spec_from_dict
+from mia_hpc.contract.spec import SpecError, spec_from_dict
 from test_slurm import slurm_cluster, wait_gone  # noqa: F401 (the cluster fixture: skip locally, fail under CI)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +64,7 @@ def test_wave_sizes_and_prefix_balance_check():
     assert wave_sizes(spec_from_dict({"shadows": {"count": 24, "keep_block": 6},
                                       "adaptive": {"first_wave": 6}})) == [6, 12, 24]
     with pytest.raises(SpecError, match="shadows.keep_block: --adaptive needs"):
-        check_adaptive(spec_from_dict({"shadows": {"count": 16}, "adaptive": {"first_wave": 4}}))
+        check_adaptive(spec_from_dict({"shadows": {"count": 16}, "adaptive": {"first_wave": 4}}), parse_watch)
 
 
 def test_stops_early_with_balanced_prefix_and_report(local_run):
@@ -183,7 +185,7 @@ def test_adaptive_status_cli(local_run, tmp_path, capsys):
 def test_slurm_waves_stop_and_equal_the_local_run(slurm_cluster, local_run, tmp_path):
     """Each wave an array job, a step job afterok of it that evaluates, then stops or submits the next
     wave; the run stops where the local one did, with the same numbers and the same report."""
-    from mia_hpc.adaptive import submit_adaptive, wait_adaptive
+    from mia_hpc.pipeline.adaptive import submit_adaptive, wait_adaptive
 
     local_out, _ = local_run
     spec_file = tmp_path / "tiny.toml"
@@ -219,7 +221,7 @@ def test_slurm_waves_stop_and_equal_the_local_run(slurm_cluster, local_run, tmp_
 def test_slurm_failed_wave_cancels_its_step_and_wait_says_so(slurm_cluster, tmp_path):
     """A wave whose array tasks fail: its step job never runs (afterok, kill-on-invalid-dep), the
     attached launcher raises naming the jobs instead of waiting forever, and no shadow looks done."""
-    from mia_hpc.adaptive import read_state, submit_adaptive, wait_adaptive
+    from mia_hpc.pipeline.adaptive import read_state, submit_adaptive, wait_adaptive
     from mia_hpc.launch.slurm import SlurmError
 
     # the test cluster's profile with a setup command that fails (a failing command, not an exit):

@@ -18,7 +18,7 @@ from analysis.html_report import incomplete_line
 from analysis.numfmt import max_significant_digits
 from analysis.report import analyze, format_table, terminal_lines
 from analysis.synthetic import write_synthetic_store
-from mia_hpc.store import SUBSETS
+from mia_hpc.contract.store import SUBSETS
 
 ROWS = list(ATTACKS)
 LIRA_ROWS = ["lira-online", "lira-offline", "lira-fixed-variance"]

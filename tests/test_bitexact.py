@@ -16,7 +16,7 @@ import pytest
 from shard_helpers import forked_worker, make_store, shadow_arrays, tiny_spec
 
 from mia_hpc.launch.worker import default_threads
-from mia_hpc.store import done_mask, open_store
+from mia_hpc.contract.store import done_mask, open_store
 
 
 @pytest.fixture(scope="module")

@@ -97,11 +97,11 @@ def test_container_runs_as_non_root(image):
 
 
 def test_train_shard_in_container_equals_host(image, tmp_path):
-    from mia_hpc.experiment import prepare_store
-    from mia_hpc.launch.shards import shard_shadows
+    from mia_hpc.pipeline.experiment import prepare_store
+    from mia_hpc.contract.shards import shard_shadows
     from mia_hpc.launch.worker import train_shard
-    from mia_hpc.spec import load_spec
-    from mia_hpc.store import done_mask, open_store
+    from mia_hpc.contract.spec import load_spec
+    from mia_hpc.contract.store import done_mask, open_store
 
     spec = load_spec(SMOKE)
     prepare_store(spec, tmp_path / "fresh.zarr")

@@ -12,10 +12,10 @@ from sklearn.datasets import load_digits
 from mia_hpc.data import build_dataset
 from mia_hpc.data.digits import load_digit_images, resize_images, stratified_split
 from mia_hpc.data.fractals import _acceptable, generate_fractals, load_fractal_dir
-from mia_hpc.data.mixture import per_class_counts
+from mia_hpc.data.draws import per_class_counts
 from mia_hpc.data.pixmix import AUGMENTATIONS, add, get_ab, multiply, pixmix
-from mia_hpc.spec import SpecError, spec_from_dict
-from mia_hpc.store import StaticData
+from mia_hpc.contract.spec import SpecError, spec_from_dict
+from mia_hpc.contract.store import StaticData
 
 FIELDS = ("image", "label", "group", "split", "source", "dataset")
 DIGITS = load_digits()

@@ -23,8 +23,8 @@ from PIL import Image
 from mia_hpc.data import build_dataset, formats
 from mia_hpc.data.formats import load_cifar10, load_cifar100, load_mnist, load_svhn, read_idx, safe_unpickle
 from mia_hpc.data.real import convert, filled_counts, to_gray_chw
-from mia_hpc.spec import SpecError, spec_from_dict
-from mia_hpc.store import StaticData
+from mia_hpc.contract.spec import SpecError, spec_from_dict
+from mia_hpc.contract.store import StaticData
 
 FIELDS = ("image", "label", "group", "split", "source", "dataset")
 
@@ -455,7 +455,7 @@ def test_digits_default_is_byte_identical_to_before_real_datasets():
 
 def test_real_data_side_does_not_import_torch(tiny_root):
     root, _ = tiny_root
-    code = ("import sys; from mia_hpc.data import build_dataset; from mia_hpc.spec import spec_from_dict; "
+    code = ("import sys; from mia_hpc.data import build_dataset; from mia_hpc.contract.spec import spec_from_dict; "
             f"d = build_dataset(spec_from_dict({{'data': {{'source': 'mnist', 'root': {str(root)!r}, "
             "'image_size': 28, 'size': 40, 'alpha': 0.75, 'test_under': 10, "
             "'under': {'kind': 'cifar100'}}})); "

@@ -13,7 +13,7 @@ import numpy as np
 from shard_helpers import make_store, run_forked, tiny_spec
 
 from mia_hpc.launch.leases import lease_dir
-from mia_hpc.store import done_mask, open_store
+from mia_hpc.contract.store import done_mask, open_store
 
 
 def test_worker_stops_at_the_first_non_finite_loss_and_fails_the_shard(tmp_path):

@@ -11,9 +11,9 @@ import torch
 from torch.func import stack_module_state
 from torch.nn import functional as F
 
-from mia_hpc.dp import dp_schedule, epsilon
+from mia_hpc.train.dp_budget import dp_schedule, epsilon
 from mia_hpc.models import build_model
-from mia_hpc.spec import spec_from_dict
+from mia_hpc.contract.spec import spec_from_dict
 from mia_hpc.train.batched import train_shadows
 from mia_hpc.train.dp_sgd import clipped_sum, pad_step, per_sample_grads, poisson_stream
 
@@ -114,7 +114,7 @@ def test_noise_destroys_learning_and_small_noise_does_not(tiny_spec_dict, random
 
 
 def test_store_records_epsilon(tmp_path):
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
 
     spec = spec_from_dict({"data": {"size": 100, "alpha": 0.8, "test_under": 10}, "shadows": {"count": 2, "shards": 1},
                            "dp": {"noise_multiplier": 1.5, "delta": 1e-5}})

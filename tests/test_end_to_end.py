@@ -14,8 +14,8 @@ import xarray as xr
 
 from mia_hpc import api
 from mia_hpc.cli import main
-from mia_hpc.spec import load_spec, spec_from_dict
-from mia_hpc.store import done_mask, open_store
+from mia_hpc.contract.spec import load_spec, spec_from_dict
+from mia_hpc.contract.store import done_mask, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "jobs" / "smoke.toml"
@@ -68,7 +68,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     full = api.run(spec_path, tmp_path / "a", executor="debug", analyze=False, progress=False)
     assert full["trained"] == list(range(spec.shadows.count))
 
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
 
     store = tmp_path / "b" / "store.zarr"
     prepare_store(spec, store)
@@ -103,7 +103,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
 def test_rerun_with_other_spec_refused(tmp_path, capsys):
     spec_path = _resume_spec(tmp_path)
     spec = load_spec(spec_path)
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
 
     prepare_store(spec, tmp_path / "r" / "store.zarr")
     other = tmp_path / "other.toml"
@@ -116,7 +116,7 @@ def test_rerun_with_other_spec_refused(tmp_path, capsys):
 def test_status_lists_shards(tmp_path, capsys):
     spec = spec_from_dict({"data": {"size": 100, "alpha": 0.8, "test_under": 10},
                            "shadows": {"count": 6, "shards": 3}})
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
 
     prepare_store(spec, tmp_path / "s.zarr")
     assert main(["status", str(tmp_path / "s.zarr")]) == 0

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from mia_hpc.cli import main
 from mia_hpc.launch.profile import Profile, profile_from_dict
-from mia_hpc.spec import Spec, SpecError, load_spec, spec_from_dict
+from mia_hpc.contract.spec import Spec, SpecError, load_spec, spec_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_KEYS = ["name", "seed", "data", "model", "train", "shadows", "queries", "analysis", "store", "size",

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import store_damage as sd
-from mia_hpc.store import StoreError
+from mia_hpc.contract.store import StoreError
 
 DAMAGES = sorted(sd.LOCAL) + sorted(sd.FOREIGN)
 # the copies live in memory where a tmpfs exists: a copy and removal of the store's ~60 files costs
@@ -87,7 +87,7 @@ def _one_line(err: BaseException) -> None:
 @settings(max_examples=340, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(plan=damage_lists)
 def test_verify_names_every_damage(stores, plan):
-    from mia_hpc.verify import verify_store
+    from mia_hpc.contract.verify import verify_store
 
     with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:
         store = Path(tmp) / "s.zarr"
@@ -104,7 +104,7 @@ def test_verify_names_every_damage(stores, plan):
         if not changed:
             assert found == [], (damages, found)
         elif _only_lost_done_flags(changed, store):
-            from mia_hpc.store import done_mask, open_store
+            from mia_hpc.contract.store import done_mask, open_store
 
             assert not done_mask(open_store(store)).all()
         else:

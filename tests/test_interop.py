@@ -20,8 +20,8 @@ import xarray as xr
 from mia_hpc.commands import interop_cli
 from mia_hpc.interop import LiraFormatError, export_lira, import_lira, scan_lira, synth_store
 from mia_hpc.interop.lira_format import SIDECAR, lira_inference_queries
-from mia_hpc.spec import SpecError, spec_from_dict
-from mia_hpc.store import SUBSETS, StoreError
+from mia_hpc.contract.spec import SpecError, spec_from_dict
+from mia_hpc.contract.store import SUBSETS, StoreError
 
 
 def _open(path) -> xr.Dataset:

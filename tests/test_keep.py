@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mia_hpc.keep import make_keep
+from mia_hpc.contract.keep import make_keep
 
 
 def test_each_pool_sample_in_for_exactly_half():

@@ -20,7 +20,7 @@ import pytest
 from shard_helpers import REPO, assert_stores_equal, make_store, run_forked, tiny_spec, worker_env
 
 from mia_hpc.launch.leases import lease_dir, pid_alive, read_lease
-from mia_hpc.store import done_mask, open_store
+from mia_hpc.contract.store import done_mask, open_store
 
 # shadow 0 also writes the features; batch 1: each shadow is written before the next one trains
 ARRAYS = ("logits", "accuracy", "train_loss", "finished_at", "features", "done")

@@ -21,9 +21,9 @@ import pytest
 from shard_helpers import (REPO, assert_stores_equal, forked_worker, make_store, run_forked, run_worker,
                            tiny_spec)
 
-from mia_hpc.launch.errors import LeaseHeld, LeaseLost
+from mia_hpc.contract.errors import LeaseHeld, LeaseLost
 from mia_hpc.launch.leases import ShardLease, boot_id, lease_dir
-from mia_hpc.store import done_mask, open_store
+from mia_hpc.contract.store import done_mask, open_store
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_heartbeat_advances_and_a_taken_over_lease_is_lost(store, monkeypatch):
 
 RACER = """
 import sys, time
-from mia_hpc.launch.errors import LeaseHeld
+from mia_hpc.contract.errors import LeaseHeld
 from mia_hpc.launch.leases import ShardLease
 lease = ShardLease(sys.argv[1], 0, 2, range(0, 2))
 while time.time() < float(sys.argv[2]):

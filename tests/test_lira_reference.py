@@ -54,7 +54,7 @@ def _unbalanced(m=11, n=30, q=3, seed=0):
 def test_variants_are_the_spec_values():
     import typing
 
-    from mia_hpc.spec import AnalysisSpec
+    from mia_hpc.contract.spec import AnalysisSpec
 
     assert typing.get_args(typing.get_type_hints(AnalysisSpec)["lira_variant"]) == LIRA_VARIANTS
     assert AnalysisSpec().lira_variant == "ours"
@@ -153,7 +153,7 @@ def test_analyze_with_the_reference_variant(store, tmp_path):
 
 
 def test_bad_variant_is_one_line_naming_the_field(tmp_path):
-    from mia_hpc.spec import SpecError, spec_from_dict
+    from mia_hpc.contract.spec import SpecError, spec_from_dict
 
     with pytest.raises(SpecError, match=r"^analysis\.lira_variant: must be one of 'ours', 'reference', got 'carlini'$"):
         spec_from_dict({"analysis": {"lira_variant": "carlini"}})

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mia_hpc.models import ARCHS, build_model, embed_dim, forward_flops, has_batchnorm
-from mia_hpc.spec import SpecError, spec_from_dict
+from mia_hpc.contract.spec import SpecError, spec_from_dict
 from mia_hpc.train.batched import steps_per_epoch, train_shadows
 from mia_hpc.train.loop import train_loop
 

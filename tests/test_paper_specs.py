@@ -1,12 +1,12 @@
 """The paper specs (``jobs/paper/``): every one validates at full size (2000 shadows) with the
-paper's group sizes and the recipe of ``mia_hpc/recipes.py``, and every one runs end to end in
+paper's group sizes and the recipe of ``mia_hpc/contract/recipes.py``, and every one runs end to end in
 ``--tiny`` form on format fixtures (tiny MNIST idx, SVHN .mat, CIFAR-10/100 pickles written by
 ``tests/test_datasets.py``'s writers) into a complete, checksum-clean store. A new spec in
 ``jobs/paper/`` is covered automatically.
 
 Also here: ``mia-hpc bench train SPEC`` on a tiny spec, and the recipes' code paths training
 above chance on the embedded digits (the real-data accuracies cannot be checked without the
-datasets and a GPU; see mia_hpc/recipes.py).
+datasets and a GPU; see mia_hpc/contract/recipes.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from mia_hpc.cli import main
-from mia_hpc.recipes import DP, QUERIES, RECIPES, recipe_for
-from mia_hpc.spec import load_spec, spec_from_dict
-from mia_hpc.store import SUBSETS, done_mask, open_store, read_strings
-from mia_hpc.tiny import TINY_SHADOWS, tiny_spec
+from mia_hpc.contract.recipes import DP, QUERIES, RECIPES, recipe_for
+from mia_hpc.contract.spec import load_spec, spec_from_dict
+from mia_hpc.contract.store import SUBSETS, done_mask, open_store, read_strings
+from mia_hpc.pipeline.tiny import TINY_SHADOWS, tiny_spec
 from test_datasets import write_cifar10, write_cifar100, write_mnist, write_svhn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def test_paper_spec_validates_at_full_size(path):
 
 
 def test_dp_spec_has_the_papers_epsilon():
-    from mia_hpc.dp import epsilon
+    from mia_hpc.train.dp_budget import epsilon
 
     spec = load_spec(PAPER / "mnist-svhn-dp.toml")
     assert epsilon(spec, spec.data.size) == pytest.approx(3.2, abs=0.05)
@@ -105,7 +105,7 @@ def test_dp_spec_has_the_papers_epsilon():
 
 def test_staged_oracle_is_the_random_run():
     """A staged spec's oracle stage is its mixture's random run (same hash): one store serves both."""
-    from mia_hpc.stages import oracle_spec
+    from mia_hpc.pipeline.stages import oracle_spec
 
     for p in SPECS:
         spec = load_spec(p)
@@ -117,7 +117,7 @@ def test_staged_oracle_is_the_random_run():
 
 @pytest.mark.parametrize("path", SPECS, ids=IDS)
 def test_paper_spec_runs_end_to_end_in_tiny_form(path, data_root, tmp_path, capsys):
-    from mia_hpc.verify import verify_store
+    from mia_hpc.contract.verify import verify_store
 
     full = load_spec(path)
     tiny = tiny_spec(full)
@@ -209,7 +209,7 @@ def test_bench_train_projects_a_spec(tmp_path, capsys):
 
 def test_bench_projection_of_a_full_spec_uses_its_shapes():
     """The full-size shapes and step counts, without training anything (spec_shapes/shadow_steps)."""
-    from mia_hpc.bench import shadow_steps, spec_shapes
+    from mia_hpc.pipeline.train_bench import shadow_steps, spec_shapes
 
     spec = load_spec(PAPER / "mnist-augmnist-random.toml")
     sh = spec_shapes(spec)

@@ -11,8 +11,8 @@ import pytest
 from analysis.planner import plan_from_pilot
 from analysis.synthetic import write_synthetic_store
 from mia_hpc.cli import main
-from mia_hpc.experiment import spec_of
-from mia_hpc.store import open_store, shadow_digest
+from mia_hpc.contract.store import spec_of
+from mia_hpc.contract.store import open_store, shadow_digest
 from test_adaptive import _toml
 
 

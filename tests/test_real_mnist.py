@@ -47,8 +47,8 @@ def test_mnist_recipe_survives_the_steps_where_the_old_one_diverged(mnist_root):
     import torch
 
     from mia_hpc.data import build_dataset
-    from mia_hpc.keep import make_keep
-    from mia_hpc.spec import load_spec, spec_from_dict
+    from mia_hpc.contract.keep import make_keep
+    from mia_hpc.contract.spec import load_spec, spec_from_dict
     from mia_hpc.train.batched import ShadowStack, TrainData
 
     d = load_spec(REPO / "jobs" / "paper" / "mnist-augmnist-random.toml").to_dict()

@@ -16,10 +16,10 @@ from pathlib import Path
 import psutil
 from shard_helpers import REPO, make_store, tiny_spec, worker_env
 
-from mia_hpc.keep import make_keep
+from mia_hpc.contract.keep import make_keep
 from mia_hpc.launch.worker import train_shard
-from mia_hpc.resources import estimate, estimate_samples
-from mia_hpc.store import open_store
+from mia_hpc.pipeline.resources import estimate, estimate_samples
+from mia_hpc.contract.store import open_store
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

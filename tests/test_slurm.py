@@ -22,8 +22,8 @@ import pytest
 from mia_hpc import api
 from mia_hpc.launch.profile import Profile, load_profile, profile_from_dict
 from mia_hpc.launch.sbatch import render_sbatch
-from mia_hpc.spec import SpecError, load_spec
-from mia_hpc.store import done_mask, open_store
+from mia_hpc.contract.spec import SpecError, load_spec
+from mia_hpc.contract.store import done_mask, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "jobs" / "smoke.toml"
@@ -166,7 +166,7 @@ def test_resubmit_of_finished_run_submits_nothing(submitted):
 
 
 def test_resubmit_submits_only_unfinished_shards(slurm_cluster, reference_store, tmp_path):
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
     from mia_hpc.launch.slurm import submit
     from mia_hpc.launch.worker import train_shard
 
@@ -227,7 +227,7 @@ def test_rendered_sbatch_scripts_produce_the_same_store(slurm_cluster, reference
 @pytest.fixture(scope="module")
 def slow_spec(tmp_path_factory):
     """Smoke with one shadow per batch and more epochs (~1.5 s per shadow), and shard 1 trained here."""
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
     from mia_hpc.launch.worker import train_shard
 
     d = tmp_path_factory.mktemp("slow")
@@ -523,9 +523,9 @@ DEMO = REPO / "jobs" / "demo.toml"
 
 
 def test_render_sbatch_tiny_prepares_the_tiny_store(tmp_path, capsys):
-    """``render-sbatch --tiny``: the store and the scripts are the spec's tiny form (mia_hpc.tiny)."""
+    """``render-sbatch --tiny``: the store and the scripts are the spec's tiny form (mia_hpc.pipeline.tiny)."""
     from mia_hpc.cli import main
-    from mia_hpc.tiny import tiny_spec
+    from mia_hpc.pipeline.tiny import tiny_spec
 
     tiny = tiny_spec(load_spec(DEMO))
     assert main(["render-sbatch", str(DEMO), "--tiny", "--profile", str(LOCAL), "--out", str(tmp_path)]) == 0
@@ -540,7 +540,7 @@ def test_cli_submit_tiny_runs_the_tiny_form_to_an_analysis(slurm_cluster, tmp_pa
     """``mia-hpc submit SPEC --tiny``: a smoke test of a cluster setup with any spec, in a minute."""
     from mia_hpc.cli import main
     from mia_hpc.launch.slurm import _read_jobs
-    from mia_hpc.tiny import tiny_spec
+    from mia_hpc.pipeline.tiny import tiny_spec
 
     assert main(["submit", str(DEMO), "--tiny", "--profile", str(LOCAL), "--out", str(tmp_path)]) == 0
     assert "analysis: job" in capsys.readouterr().out
@@ -576,7 +576,7 @@ def test_eight_workers_in_a_slurm_array_train_each_shadow_once(slurm_cluster, re
     """Two array tasks with four ``train-shard`` workers each race for smoke's two shards: every shadow
     is trained once (the others refuse, naming the lease's owner), the store equals a serial run's bit for bit."""
     store = tmp_path / "store.zarr"
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
 
     prepare_store(load_spec(SMOKE), store)
     logs = tmp_path / "logs"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mia_hpc.cli import main
-from mia_hpc.spec import SpecError, load_spec, spec_from_dict
+from mia_hpc.contract.spec import SpecError, load_spec, spec_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 

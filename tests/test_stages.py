@@ -18,8 +18,8 @@ import xarray as xr
 
 from mia_hpc import api
 from mia_hpc.cli import main
-from mia_hpc.spec import SpecError, load_spec, spec_from_dict
-from mia_hpc.store import done_mask, open_store, read_strings
+from mia_hpc.contract.spec import SpecError, load_spec, spec_from_dict
+from mia_hpc.contract.store import done_mask, open_store, read_strings
 from test_slurm import slurm_cluster, wait_gone  # noqa: F401 (the cluster fixture: skip locally, fail under CI)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_staged_subpopulation_selects_the_smallest_cluster(tmp_path):
 
 
 def test_candidates_and_oracle_overrides(tmp_path):
-    from mia_hpc.stages import oracle_spec
+    from mia_hpc.pipeline.stages import oracle_spec
 
     base = load_spec(STAGED)
     raw = base.to_dict()
@@ -151,7 +151,7 @@ def test_bad_selection_tables_refused(change, key):
 
 
 def test_staged_spec_cannot_be_built_in_one_step(tmp_path):
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
 
     with pytest.raises(SpecError, match="staged"):
         prepare_store(load_spec(STAGED), tmp_path / "s.zarr")
@@ -159,7 +159,7 @@ def test_staged_spec_cannot_be_built_in_one_step(tmp_path):
 
 
 def test_too_few_selected_fails_the_selection_stage(tmp_path):
-    from mia_hpc.stages import StageError
+    from mia_hpc.pipeline.stages import StageError
 
     p = tmp_path / "none.toml"
     p.write_text(STAGED.read_text().replace("threshold = 0.4", "threshold = 1.0"))
@@ -179,7 +179,7 @@ def test_staged_out_of_another_spec_refused(tmp_path, capsys):
 
 def test_restrict_under_keeps_order_and_refuses_bad_indices():
     from mia_hpc.data.selection import restrict_under
-    from mia_hpc.store import StaticData
+    from mia_hpc.contract.store import StaticData
 
     group = np.array(["over", "under", "under", "under", "over", "under"])
     split = np.array(["train", "train", "train", "train", "test", "test"])
@@ -219,7 +219,8 @@ def _final_sacct(ids: list[str], timeout: float = 60) -> dict[str, tuple[str, st
 
 
 def test_staged_submit_chains_every_stage_with_afterok(slurm_cluster, tmp_path):
-    from mia_hpc.launch.slurm import SlurmError, submit
+    from mia_hpc.api import submit
+    from mia_hpc.launch.slurm import SlurmError
 
     out = tmp_path / "staged-slurm"
     t0 = time.monotonic()

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from mia_hpc.keep import make_keep
-from mia_hpc.queries import make_queries
-from mia_hpc.spec import spec_from_dict
-from mia_hpc.store import (SUBSETS, StaticData, StoreError, check_spec_matches, create_store, done_mask,
+from mia_hpc.contract.keep import make_keep
+from mia_hpc.contract.queries import make_queries
+from mia_hpc.contract.spec import spec_from_dict
+from mia_hpc.contract.store import (SUBSETS, StaticData, StoreError, check_spec_matches, create_store, done_mask,
                            open_store, write_shadow)
 
 

@@ -105,7 +105,7 @@ def test_done_without_outputs_named(synth, tmp_path):
 
 def test_diverged_shadow_named_and_refused(synth, tmp_path):
     """Issue 16.9: a done shadow with non-finite logits (as a worker without the loss guard stored it)."""
-    from mia_hpc.store import open_store, write_shadow
+    from mia_hpc.contract.store import open_store, write_shadow
 
     store = sd.copy_store(synth, tmp_path / "s.zarr")
     root = open_store(store)
@@ -161,7 +161,7 @@ def test_store_without_digests_still_reads(synth, tmp_path):
     """Stores written before digests existed: no digest array, no digests attr; verify and the
     analysis' reader work as before (checksums and missing chunks are still checked)."""
     from analysis.load import open_shadows
-    from mia_hpc.verify import verify_store
+    from mia_hpc.contract.verify import verify_store
 
     store = sd.copy_store(synth, tmp_path / "s.zarr")
     shutil.rmtree(store / "digest")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mia_hpc.spec import spec_from_dict
+from mia_hpc.contract.spec import spec_from_dict
 from mia_hpc.train.batched import index_stream, shifted, train_shadows
 from mia_hpc.train.loop import train_loop
 

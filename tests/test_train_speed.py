@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from mia_hpc.spec import load_spec, spec_from_dict
+from mia_hpc.contract.spec import load_spec, spec_from_dict
 from mia_hpc.train.batched import (CPU_AUTO_SHADOWS, ShadowStack, flip_stream, index_stream, iter_batches, lr_at,
                                    resolve_shadow_batch, train_shadows)
 from mia_hpc.train.loop import train_loop
@@ -73,8 +73,8 @@ def test_flips_are_per_shadow_and_leave_the_old_streams_alone(tiny_spec_dict, ra
 def digits_train_data(spec):
     """The embedded digits of ``spec`` as TrainData (a learnable task; about a second to build)."""
     from mia_hpc.data import build_dataset
-    from mia_hpc.keep import make_keep
-    from mia_hpc.queries import make_queries
+    from mia_hpc.contract.keep import make_keep
+    from mia_hpc.contract.queries import make_queries
     from mia_hpc.train.batched import TrainData
 
     d = build_dataset(spec)
@@ -157,7 +157,7 @@ def test_cuda_memory_probe_arithmetic(tiny_spec_dict, random_train_data, monkeyp
 
 def test_auto_shadow_batch_end_to_end(tmp_path):
     from mia_hpc import api
-    from mia_hpc.store import done_mask, open_store
+    from mia_hpc.contract.store import done_mask, open_store
 
     spec = spec_from_dict({"name": "auto-k", "data": {"size": 120, "alpha": 0.8, "test_under": 20,
                                                       "under": {"n_fractals": 4}},

@@ -7,7 +7,7 @@ import xarray as xr
 
 from mia_hpc import api
 from mia_hpc.cli import main
-from mia_hpc.spec import spec_from_dict
+from mia_hpc.contract.spec import spec_from_dict
 
 
 def _flip(path):
@@ -42,7 +42,7 @@ def test_flipped_byte_named_and_repaired(tmp_path, capsys):
 def test_static_chunk_damage_says_recreate(tmp_path, capsys):
     spec = spec_from_dict({"data": {"size": 100, "alpha": 0.8, "test_under": 10},
                            "shadows": {"count": 2, "shards": 1}})
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
 
     prepare_store(spec, tmp_path / "s.zarr")
     _flip(tmp_path / "s.zarr" / "label" / "c" / "0")

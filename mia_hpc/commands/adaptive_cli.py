@@ -2,8 +2,8 @@
 
 ``register(subparsers)`` adds them to the main parser and returns ``{command: handler}``; a handler
 takes the parsed namespace and returns the exit code. Bad input raises
-:class:`~mia_hpc.spec.SpecError` (one line, exit code 2 in the CLI), before anything is written.
-Thin wrappers over :mod:`mia_hpc.adaptive`, :mod:`mia_hpc.plan`, :mod:`analysis.adaptive_figure`
+:class:`~mia_hpc.contract.spec.SpecError` (one line, exit code 2 in the CLI), before anything is written.
+Thin wrappers over :mod:`mia_hpc.pipeline.adaptive`, :mod:`mia_hpc.pipeline.plan`, :mod:`analysis.adaptive_figure`
 and :mod:`analysis.dp_compare`.
 """
 
@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from mia_hpc.spec import SpecError
+from mia_hpc.contract.spec import SpecError
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
 
 
 def cmd_adaptive_status(args: argparse.Namespace) -> int:
-    from mia_hpc.adaptive import read_state, result_of
+    from mia_hpc.pipeline.adaptive import read_state, result_of
 
     state = read_state(args.out)
     if state is None:
@@ -82,9 +82,9 @@ def cmd_adaptive_status(args: argparse.Namespace) -> int:
 
 def cmd_adaptive_figure(args: argparse.Namespace) -> int:
     from analysis.adaptive_figure import adaptive_figure
-    from mia_hpc.experiment import spec_of
-    from mia_hpc.spec import load_spec, spec_from_dict
-    from mia_hpc.store import open_store
+    from mia_hpc.contract.store import spec_of
+    from mia_hpc.contract.spec import load_spec, spec_from_dict
+    from mia_hpc.contract.store import open_store
 
     if not (Path(args.store) / "zarr.json").is_file():
         raise SpecError(f"{args.store}: not a mia-hpc store (no zarr.json)")
@@ -128,7 +128,7 @@ def _jsonable(v):
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from mia_hpc.plan import plan
+    from mia_hpc.pipeline.plan import plan
 
     if args.bench and args.measure:
         raise SpecError("--bench and --measure: give one (a recorded benchmark, or a measurement now)")

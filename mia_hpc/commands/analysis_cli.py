@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from mia_hpc.spec import SpecError
+from mia_hpc.contract.spec import SpecError
 
 
 def add_bench_analyze_arguments(p: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 ``register(subparsers)`` adds them to the main parser and returns ``{command: handler}``; a handler
 takes the parsed namespace and returns the exit code. Bad input raises
-:class:`~mia_hpc.spec.SpecError` or :class:`~mia_hpc.store.StoreError` (one line, exit code 2 in
+:class:`~mia_hpc.contract.spec.SpecError` or :class:`~mia_hpc.contract.store.StoreError` (one line, exit code 2 in
 the CLI). Torch-free.
 """
 

@@ -2,7 +2,7 @@
 
 ``register(subparsers)`` adds them to the main parser and returns ``{command: handler}``; a handler
 takes the parsed namespace and returns the exit code. Bad input raises
-:class:`~mia_hpc.spec.SpecError` (exit code 2 in the CLI); Slurm failures raise
+:class:`~mia_hpc.contract.spec.SpecError` (exit code 2 in the CLI); Slurm failures raise
 :class:`~mia_hpc.launch.slurm.SlurmError`, which is turned into a :class:`SpecError`-style
 one-line error here as well, since the fix (install/configure Slurm) is also on the user's side.
 """
@@ -14,7 +14,7 @@ import shlex
 from typing import Callable
 
 from mia_hpc.commands import add_spec_variant_arguments, load_spec_variant
-from mia_hpc.spec import SpecError
+from mia_hpc.contract.spec import SpecError
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from mia_hpc.launch.slurm import SlurmError, submit
+    from mia_hpc.api import submit
+    from mia_hpc.launch.slurm import SlurmError
 
     if (args.wait or args.quick) and not args.adaptive:
         raise SpecError("--wait/--quick: only with --adaptive")
@@ -56,7 +57,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _submit_adaptive(args: argparse.Namespace) -> int:
-    from mia_hpc.adaptive import submit_adaptive, wait_adaptive
+    from mia_hpc.pipeline.adaptive import submit_adaptive, wait_adaptive
     from mia_hpc.launch.slurm import SlurmError
 
     try:

@@ -1,4 +1,4 @@
-"""``mia-hpc stages OUT``: where a multi-stage run (``[selection]``, see :mod:`mia_hpc.stages`) stands.
+"""``mia-hpc stages OUT``: where a multi-stage run (``[selection]``, see :mod:`mia_hpc.pipeline.stages`) stands.
 
 ``register(subparsers)`` adds the command and returns ``{command: handler}``; the handler returns
 the exit code (0: every stage finished, 1: something is left, 2 via SpecError: OUT is not a staged run).
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from mia_hpc.spec import SpecError
+from mia_hpc.contract.spec import SpecError
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
 def stage_lines(out: str | Path) -> tuple[list[str], bool]:
     """Lines describing each stage under ``out``, and whether all of them are finished."""
     from mia_hpc import api
-    from mia_hpc.stages import attack_path, oracle_path, read_selection
+    from mia_hpc.pipeline.stages import attack_path, oracle_path, read_selection
 
     out = Path(out)
     if not oracle_path(out).exists() and not attack_path(out).exists():

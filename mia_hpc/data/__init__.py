@@ -4,7 +4,7 @@ Torch-free: numpy, Pillow, sklearn, scipy. ``formats`` reads MNIST, cropped SVHN
 CIFAR-100 from a data root in torchvision's on-disk layout (torchvision is imported only to
 download, with ``data.download = true``); ``real`` builds their mixtures (§4, Appendix C).
 
-``build_dataset(spec)`` is the entry point; it returns the :class:`mia_hpc.store.StaticData` that
+``build_dataset(spec)`` is the entry point; it returns the :class:`mia_hpc.contract.store.StaticData` that
 ``create_store`` writes.
 """
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mia_hpc.spec import SpecError
+from mia_hpc.contract.spec import SpecError
 
 SPLITS = ("train", "test")
 

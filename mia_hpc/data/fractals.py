@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mia_hpc.data.digits import resize_images
-from mia_hpc.spec import SpecError
+from mia_hpc.contract.spec import SpecError
 
 #: Grayscale weights of the paper (footnote 3 of §4); Pillow's "L" mode uses 0.299/0.587/0.114.
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)

@@ -5,7 +5,7 @@ D_U ("augdigits") stands in for augMNIST (Appendix C, item 5): PixMix of digit i
 fractals. As in the paper, a D_U sample's source image may also appear, clean, in D_O.
 
 The result depends on the spec only: every random choice has its own generator
-``rng_for(spec.seed, PURPOSE)`` (see :mod:`mia_hpc.seeding`), so adding a draw to one use never
+``rng_for(spec.seed, PURPOSE)`` (see :mod:`mia_hpc.contract.seeding`), so adding a draw to one use never
 shifts the draws of another.
 """
 
@@ -14,39 +14,16 @@ from __future__ import annotations
 import numpy as np
 
 from mia_hpc.data.digits import N_CLASSES, load_digit_images, stratified_split
-from mia_hpc.data.fractals import (generate_fractals, list_fractal_files, load_fractal_files,
-                                   load_fractal_files_rgb)
+from mia_hpc.data.draws import MAX_REDRAWS, MIN_CHANGE, fractal_bank, per_class_counts
 from mia_hpc.data.pixmix import pixmix
-from mia_hpc.seeding import rng_for, seed_sequence
-from mia_hpc.spec import Spec, SpecError
-from mia_hpc.store import StaticData
-
-# Purposes 1-99 belong to training (keep masks, init, order); the data side uses 101+.
-PURPOSE_SPLIT = 101  # train/test split of the digits
-PURPOSE_OVER = 102  # which train digits form D_O
-PURPOSE_UNDER_POOL_SOURCES = 103  # source digits of the pool D_U samples
-PURPOSE_UNDER_TEST_SOURCES = 104  # source digits of the test D_U samples
-PURPOSE_FRACTALS = 105  # the procedural fractal set
-PURPOSE_FRACTAL_COLOUR = 109  # per-fractal channel gammas of generated fractals for RGB PixMix
-
-_GAMMA_RANGE = (0.5, 2.0)  # channel gammas of generated fractals coloured for RGB PixMix
-PURPOSE_UNDER_POOL_MIX = 106  # fractal choice and PixMix draws of the pool D_U samples
-PURPOSE_UNDER_TEST_MIX = 107  # fractal choice and PixMix draws of the test D_U samples
+from mia_hpc.data.real import build_real_dataset
+from mia_hpc.contract.seeding import (PURPOSE_OVER, PURPOSE_SPLIT, PURPOSE_UNDER_POOL_MIX, PURPOSE_UNDER_POOL_SOURCES,
+                                      PURPOSE_UNDER_TEST_MIX, PURPOSE_UNDER_TEST_SOURCES, rng_for)
+from mia_hpc.contract.spec import Spec, SpecError
+from mia_hpc.contract.store import StaticData
 
 OVER_NAME = "digits"
 UNDER_NAME = "augdigits"
-
-# A D_U sample must differ from its source by more than the uint8 round trip PixMix makes, else it
-# is a clean digit: a duplicate of D_O rather than an under-represented sample.
-_MIN_CHANGE = 2.0 / 255.0
-_MAX_REDRAWS = 100
-
-
-def per_class_counts(n: int, n_classes: int = N_CLASSES) -> np.ndarray:
-    """Balanced class counts for ``n`` samples: ``n // n_classes`` each, the remainder to the lowest."""
-    counts = np.full(n_classes, n // n_classes, dtype=np.int64)
-    counts[: n % n_classes] += 1
-    return counts
 
 
 def _draw_over(labels: np.ndarray, train_idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -77,36 +54,6 @@ def _draw_under_sources(labels: np.ndarray, idx: np.ndarray, n: int, rng: np.ran
     return np.sort(np.concatenate(chosen), kind="stable").astype(np.int64)
 
 
-def fractal_bank(spec: Spec, rngs: list[np.random.Generator], counts: list[int],
-                 channels: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Fractals (F, H, W), or (F, H, W, 3) for RGB PixMix, for the D_U samples, and each sample's index.
-
-    Only the fractals actually picked are rendered or read: with many fractals (or a large
-    folder) most are never used by a few hundred samples. Generated fractals are coloured for RGB
-    with seeded per-fractal channel gammas.
-    """
-    under = spec.data.under
-    size = spec.data.image_size
-    if under.fractal_dir:
-        files = list_fractal_files(under.fractal_dir)[: under.n_fractals]
-        n_set = len(files)
-    else:
-        files, n_set = [], under.n_fractals
-    picks = [rng.integers(n_set, size=k) for rng, k in zip(rngs, counts)]
-    used, inverse = np.unique(np.concatenate(picks), return_inverse=True)
-    if files and channels == 1:
-        bank = load_fractal_files([files[i] for i in used], size)
-    elif files:
-        bank = load_fractal_files_rgb([files[i] for i in used], size)
-    else:
-        bank = generate_fractals(n_set, size, seed_sequence(spec.seed, PURPOSE_FRACTALS), indices=used)
-        if channels == 3:
-            gammas = np.stack([rng_for(spec.seed, PURPOSE_FRACTAL_COLOUR, int(i)).uniform(*_GAMMA_RANGE, size=3)
-                               for i in used]) if len(used) else np.zeros((0, 3))
-            bank = (bank[..., None].astype(np.float64) ** gammas[:, None, None, :]).astype(np.float32)
-    return bank, np.split(inverse, np.cumsum(counts)[:-1])
-
-
 def _mix(images: np.ndarray, sources: np.ndarray, fractals: np.ndarray, picks: np.ndarray,
          spec: Spec, rng: np.random.Generator) -> np.ndarray:
     """PixMix each source digit with its fractal; redraw the rare outputs equal to the clean digit."""
@@ -114,13 +61,13 @@ def _mix(images: np.ndarray, sources: np.ndarray, fractals: np.ndarray, picks: n
     out = np.empty((len(sources), *images.shape[1:]), dtype=np.float32)
     for i, (src, pick) in enumerate(zip(sources, picks)):
         clean = images[src, 0]
-        for _ in range(_MAX_REDRAWS):
+        for _ in range(MAX_REDRAWS):
             # The reference algorithm returns the clean image (re-quantised) in about one draw in
             # seven: zero mixing rounds on a start that is un-augmented, or augmented by a no-op
             # such as autocontrast of a digit that already spans [0, 1].
             mixed = pixmix(clean, fractals[pick], rng, mixing_severity=under.mixing_severity,
                            aug_severity=under.aug_severity, iterations=under.iterations)
-            if float(np.abs(mixed - clean).max()) > _MIN_CHANGE:
+            if float(np.abs(mixed - clean).max()) > MIN_CHANGE:
                 break
         out[i, 0] = mixed
     return out
@@ -149,11 +96,9 @@ def build_dataset(spec: Spec) -> StaticData:
     """
     if spec.selection.kind != "none":  # staged: the pool is the oracle's, restricted by the selection stage
         raise SpecError(f"selection.kind: {spec.selection.kind!r} is a staged spec; its data is made by its stages "
-                        "('mia-hpc run' / 'mia-hpc submit', see mia_hpc.stages), not in one step")
+                        "('mia-hpc run' / 'mia-hpc submit', see mia_hpc.pipeline.stages), not in one step")
     data = spec.data
     if data.source != "digits":  # real datasets from data.root: MNIST, CIFAR-10 and their D_U
-        from mia_hpc.data.real import build_real_dataset  # imported here: real.py imports this module
-
         return build_real_dataset(spec)
     images, labels = load_digit_images(data.image_size)
     train_idx, test_idx = stratified_split(labels, data.test_fraction, rng_for(spec.seed, PURPOSE_SPLIT))

@@ -44,15 +44,12 @@ import numpy as np
 from mia_hpc.data.digits import N_CLASSES, resize_images
 from mia_hpc.data.formats import DISPLAY, load_split
 from mia_hpc.data.fractals import GRAY_WEIGHTS
-from mia_hpc.data.mixture import (fractal_bank, PURPOSE_OVER, PURPOSE_UNDER_POOL_MIX,
-                                  PURPOSE_UNDER_POOL_SOURCES, PURPOSE_UNDER_TEST_MIX, PURPOSE_UNDER_TEST_SOURCES,
-                                  _MAX_REDRAWS, _MIN_CHANGE, per_class_counts)
+from mia_hpc.data.draws import MAX_REDRAWS, MIN_CHANGE, fractal_bank, per_class_counts
 from mia_hpc.data.pixmix import pixmix
-from mia_hpc.seeding import rng_for
-from mia_hpc.spec import Spec, SpecError
-from mia_hpc.store import StaticData
-
-PURPOSE_TEST_OVER = 108  # which test images form test D_O when data.test_over caps it
+from mia_hpc.contract.seeding import (PURPOSE_OVER, PURPOSE_TEST_OVER, PURPOSE_UNDER_POOL_MIX, PURPOSE_UNDER_POOL_SOURCES,
+                                      PURPOSE_UNDER_TEST_MIX, PURPOSE_UNDER_TEST_SOURCES, rng_for)
+from mia_hpc.contract.spec import Spec, SpecError
+from mia_hpc.contract.store import StaticData
 
 #: Channels of each D_O: D_U is converted to them.
 CHANNELS = {"mnist": 1, "cifar10": 3}
@@ -144,10 +141,10 @@ def _mix(images: np.ndarray, sources: np.ndarray, fractals: np.ndarray, picks: n
     out = np.empty((len(sources), *images.shape[1:]), dtype=np.float32)
     for i, (src, pick) in enumerate(zip(sources, picks)):
         clean = images[src, 0] if images.shape[1] == 1 else np.moveaxis(images[src], 0, -1)
-        for _ in range(_MAX_REDRAWS):
+        for _ in range(MAX_REDRAWS):
             mixed = pixmix(clean, fractals[pick], rng, mixing_severity=under.mixing_severity,
                            aug_severity=under.aug_severity, iterations=under.iterations)
-            if float(np.abs(mixed - clean).max()) > _MIN_CHANGE:
+            if float(np.abs(mixed - clean).max()) > MIN_CHANGE:
                 break
         out[i] = mixed[None] if images.shape[1] == 1 else np.moveaxis(mixed, -1, 0)
     return out

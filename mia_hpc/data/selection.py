@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mia_hpc.store import StaticData
+from mia_hpc.contract.store import StaticData
 
 __all__ = ["candidate_positions", "restrict_under"]
 

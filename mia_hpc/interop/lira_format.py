@@ -17,7 +17,7 @@ the image and (with ``reflect``) its horizontal mirror, for each crop offset ``a
 (columns) of the ``shift``-padded image: ``n_aug = (1 + reflect) * (2 * shift + 1) ** 2``; by default
 ``shift=0, reflect=True``, i.e. ``[identity, mirror]``.
 
-Mapping into a mia-hpc store (:mod:`mia_hpc.store`):
+Mapping into a mia-hpc store (:mod:`mia_hpc.contract.store`):
 
 * shadows = the experiments, sorted by number (a LiRA keep is random, not balanced: kept as is);
 * queries = the augmentations. Their geometry is not recorded by LiRA, so by default they are named
@@ -37,7 +37,7 @@ Mapping into a mia-hpc store (:mod:`mia_hpc.store`):
 ``mia_hpc_samples.npz`` at the root carries ``group``, ``split``, ``source`` and ``dataset``, so an
 export imports back to the same store (logits, keep, labels, groups, splits, queries, images).
 
-Torch-free. Errors a user can fix raise :class:`LiraFormatError` (a :class:`~mia_hpc.spec.SpecError`,
+Torch-free. Errors a user can fix raise :class:`LiraFormatError` (a :class:`~mia_hpc.contract.spec.SpecError`,
 exit code 2 in the CLI), one line naming the file and the fix; nothing is left half-written.
 """
 
@@ -56,8 +56,9 @@ from typing import Any, Iterable
 import numpy as np
 import zarr
 
-from mia_hpc.spec import SpecError, spec_from_dict
-from mia_hpc.store import (SUBSETS, StaticData, StoreError, create_store, done_mask, open_store, read_strings,
+from mia_hpc.contract.settings import SAMPLE_CHUNK
+from mia_hpc.contract.spec import SpecError, spec_from_dict
+from mia_hpc.contract.store import (SUBSETS, StaticData, StoreError, create_store, done_mask, open_store, read_strings,
                            write_shadow)
 
 __all__ = ["LiraFormatError", "LiraExperiment", "LiraRun", "scan_lira", "import_lira", "export_lira",
@@ -379,7 +380,7 @@ def _spec_dict(run: LiraRun, s: dict[str, np.ndarray], n_shadows: int, image_hw:
 
 
 def import_lira(exp_dir: str | Path, out: str | Path, *, under_mask: str | Path | None = None,
-                augs: str = "generic", skip_incomplete: bool = False, sample_chunk: int = 8192) -> dict[str, Any]:
+                augs: str = "generic", skip_incomplete: bool = False, sample_chunk: int = SAMPLE_CHUNK) -> dict[str, Any]:
     """Import a LiRA run into a new mia-hpc store at ``out``.
 
     Everything is validated before anything is written; the store is built under a hidden sibling

@@ -1,7 +1,7 @@
 """``synth_store``: a synthetic store of any size, timed and measured (engine of ``mia-hpc synth-store``).
 
 A thin layer over :func:`analysis.synthetic.write_synthetic_store` (torch-free), which defines the
-known IN/OUT distributions. Bad sizes raise :class:`~mia_hpc.spec.SpecError` with one line.
+known IN/OUT distributions. Bad sizes raise :class:`~mia_hpc.contract.spec.SpecError` with one line.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from mia_hpc.spec import SpecError
+from mia_hpc.contract.spec import SpecError
+from mia_hpc.contract.settings import SAMPLE_CHUNK
 
 __all__ = ["synth_store", "tree_size"]
 
@@ -28,7 +29,7 @@ def tree_size(path: str | Path) -> tuple[int, int]:
 
 def synth_store(out: str | Path, *, shadows: int, samples: int, classes: int = 10, queries: int = 1,
                 under_fraction: float = 0.2, separation_under: float = 3.0, separation_over: float = 0.0,
-                seed: int = 0, test_samples: int = 0, sigma: float = 1.0, sample_chunk: int = 8192,
+                seed: int = 0, test_samples: int = 0, sigma: float = 1.0, sample_chunk: int = SAMPLE_CHUNK,
                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Write a synthetic store at ``out`` and report where, how big and how fast.
 

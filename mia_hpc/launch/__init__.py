@@ -1,1 +1,1 @@
-"""Launching: shard planning (``shards``), the per-shard worker (``worker``) and executors (``local``)."""
+"""Launching: the per-shard worker (``worker``) and executors (``local``, ``slurm``); shard planning is :mod:`mia_hpc.contract.shards`."""

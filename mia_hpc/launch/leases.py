@@ -37,7 +37,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mia_hpc.launch.errors import LeaseHeld, LeaseLost
+from mia_hpc.contract.errors import LeaseHeld, LeaseLost
 
 
 def heartbeat_s() -> float:

@@ -19,10 +19,10 @@ from typing import Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from mia_hpc.launch.errors import ShardFailed
+from mia_hpc.contract.errors import ShardFailed
 from mia_hpc.launch.lifeline import as_driver
 from mia_hpc.launch.worker import default_threads, train_shard
-from mia_hpc.store import done_mask, open_store
+from mia_hpc.contract.store import done_mask, open_store
 
 EXECUTORS = ("local", "debug")
 

@@ -2,8 +2,8 @@
 
 A profile holds what differs between clusters (partition, account, resources per array task, how
 many tasks run at once, extra ``sbatch`` options, a container and setup commands); the experiment
-itself stays in the spec. Validation is as strict as the spec's (:mod:`mia_hpc.spec`): an unknown
-key, a wrong type or an out-of-range value is a one-line :class:`~mia_hpc.spec.SpecError` naming
+itself stays in the spec. Validation is as strict as the spec's (:mod:`mia_hpc.contract.spec`): an unknown
+key, a wrong type or an out-of-range value is a one-line :class:`~mia_hpc.contract.spec.SpecError` naming
 the file and the key.
 
 Nothing in a profile is ever interpreted by a shell. ``container``, ``python`` and each ``setup``
@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mia_hpc.spec import SpecError, build_config, load_toml_file, option
+from mia_hpc.contract.spec import SpecError, build_config, load_toml_file, option
 
 _SBATCH_OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=.*)?", re.DOTALL)
 # options the launcher sets itself; a profile must not override them (they would break the array

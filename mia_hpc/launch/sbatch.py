@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mia_hpc.launch.profile import Profile, load_profile
 from mia_hpc.launch.slurm import check_path, job_name
-from mia_hpc.spec import Spec, SpecError, load_spec
+from mia_hpc.contract.spec import Spec, SpecError, load_spec
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "slurm" / "templates"
 _PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
@@ -74,7 +74,7 @@ def render_sbatch(spec_path: str | Path | Spec, out: str | Path, profile: str | 
     The store ``OUT/store.zarr`` is created first (or re-opened, refusing another spec's store),
     so the scripts only train and analyse.
     """
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
 
     spec = spec_path if isinstance(spec_path, Spec) else load_spec(spec_path)
     prof = profile if isinstance(profile, Profile) else load_profile(profile)

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mia_hpc.jsonfile import read_json_dict, write_json_atomic
+from mia_hpc.contract.jsonfile import read_json_dict, write_json_atomic
+from mia_hpc.contract.shards import pending_shards
+from mia_hpc.contract.spec import Spec, SpecError, load_spec
+from mia_hpc.pipeline.experiment import prepare_store
 from mia_hpc.launch.profile import Profile, load_profile
-from mia_hpc.spec import Spec, SpecError, load_spec
 
 try:  # submitit is a core dependency; the fallback only keeps this module importable without it
     from submitit.helpers import Checkpointable as _Checkpointable
@@ -227,38 +229,36 @@ def shard_job_states(out: str | Path) -> dict[int, tuple[str, str]]:
     return {shard: (tid, states.get(tid, "")) for shard, tid in shards.items()}
 
 
-def submit(spec_path: str | Path | Spec, out: str | Path, profile: str | Path | Profile, *,
-           analyze: bool = True, folder: str | Path | None = None, stages: bool = True) -> SubmitResult:
-    """Submit the unfinished shards of ``spec`` as one array job, then the dependent analysis.
-
-    Returns as soon as ``sbatch`` accepted the jobs. ``folder``: submitit's files (default
-    ``OUT/slurm/submitit``). A staged spec (``selection.kind != "none"``) goes to
-    :func:`mia_hpc.stages.submit_staged` (oracle, selection, attack, analysis chained with afterok),
-    which returns a ``StagedSubmitResult``; ``stages=False`` is its way back here for the attack store.
-    """
-    import submitit
-
-    from mia_hpc import api
-    from mia_hpc.experiment import prepare_store
-
-    spec = spec_path if isinstance(spec_path, Spec) else load_spec(spec_path)
+def ready_to_submit(out: str | Path, profile: str | Path | Profile) -> tuple[Path, Profile]:
+    """``OUT`` made absolute and checked, and the profile loaded; SlurmError where sbatch is missing."""
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     out = Path(out).absolute()
     check_path(out, "--out")
     if shutil.which("sbatch") is None:
         raise SlurmError("sbatch not found: submit needs the Slurm client commands "
                          "(for a local test cluster: sudo bash .ci/slurm.sh)")
-    if stages and spec.selection.kind != "none":  # multi-stage spec: its own code path
-        from mia_hpc.stages import submit_staged
+    return out, prof
 
-        return submit_staged(spec, out, prof, analyze=analyze, folder=folder)  # type: ignore[return-value]
+
+def submit(spec_path: str | Path | Spec, out: str | Path, profile: str | Path | Profile, *,
+           analyze: bool = True, folder: str | Path | None = None) -> SubmitResult:
+    """Submit the unfinished shards of ``spec`` as one array job, then the dependent analysis.
+
+    Returns as soon as ``sbatch`` accepted the jobs. ``folder``: submitit's files (default
+    ``OUT/slurm/submitit``). Plain specs only: :func:`mia_hpc.api.submit` decides (a staged spec
+    goes to :func:`mia_hpc.pipeline.stages.submit_staged`, which submits its attack store through here).
+    """
+    import submitit
+
+    spec = spec_path if isinstance(spec_path, Spec) else load_spec(spec_path)
+    out, prof = ready_to_submit(out, profile)
     store = out / "store.zarr"
     prepare_store(spec, store, analysis_here=False)  # the analysis runs on a cluster node
     folder = Path(folder).absolute() if folder else out / "slurm" / "submitit"
 
     alive = alive_jobs()
     flying, flying_arrays = in_flight(out, alive)
-    todo = [s for s in api.pending_shards(store) if s not in flying]
+    todo = [s for s in pending_shards(store) if s not in flying]
     n_shards = spec.shadows.shards
 
     jobs: list[Any] = []

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mia_hpc.faults import kill_point
+from mia_hpc.contract.faults import kill_point
 
 
 def train_shard(store: str | Path, shard: int, n_shards: int, *, device: str = "auto", threads: int = 0,
@@ -37,11 +37,11 @@ def train_shard(store: str | Path, shard: int, n_shards: int, *, device: str = "
     for another live worker holding the shard's lease before refusing with :class:`LeaseHeld`.
     Returns the shadows trained by this call (those not already done).
     """
-    from mia_hpc.experiment import spec_of
+    from mia_hpc.contract.store import spec_of
     from mia_hpc.launch.leases import ShardLease
     from mia_hpc.launch.lifeline import die_with_driver
-    from mia_hpc.launch.shards import shard_shadows
-    from mia_hpc.store import open_store
+    from mia_hpc.contract.shards import shard_shadows
+    from mia_hpc.contract.store import open_store
 
     die_with_driver()
     m = spec_of(open_store(store)).shadows.count
@@ -101,8 +101,8 @@ def train_shadow_list(store: str | Path, shadows: list[int], *, device: str = "a
     """
     import torch
 
-    from mia_hpc.experiment import spec_of
-    from mia_hpc.store import done_mask, open_store, read_strings, write_shadow
+    from mia_hpc.contract.store import spec_of
+    from mia_hpc.contract.store import done_mask, open_store, read_strings, write_shadow
     from mia_hpc.train.batched import TrainData, iter_batches, resolve_shadow_batch, train_shadows
 
     if device == "auto":

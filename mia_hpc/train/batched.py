@@ -50,17 +50,15 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from mia_hpc.models import build_model, has_batchnorm
-from mia_hpc.seeding import int_seed, rng_for
-from mia_hpc.spec import Spec
-from mia_hpc.store import SUBSETS
+from mia_hpc.models import build_model
+from mia_hpc.contract.seeding import PURPOSE_FLIP, PURPOSE_INIT, PURPOSE_ORDER, int_seed, rng_for
+from mia_hpc.contract.settings import EVAL_BATCH
+from mia_hpc.contract.spec import Spec
+from mia_hpc.contract.store import SUBSETS
 from mia_hpc.train.guard import DivergenceGuard
 
 # The reference model whose penultimate features the store keeps (for subpopulation selection).
 FEATURE_SHADOW = 0
-INIT_PURPOSE = 2
-ORDER_PURPOSE = 3
-FLIP_PURPOSE = 6  # horizontal-flip draws (own generator: existing shift/order streams stay unchanged)
 
 #: ``shadows.batch = 0`` on CPU: K shadows per process (CPU kernels gain nothing from larger K).
 CPU_AUTO_SHADOWS = 8
@@ -108,7 +106,7 @@ def index_stream(spec: Spec, shadow: int, in_idx: np.ndarray, n_pool: int) -> tu
 
     Successive epochs are fresh permutations of the IN set, concatenated and cut into batches.
     """
-    rng = rng_for(spec.seed, ORDER_PURPOSE, shadow)
+    rng = rng_for(spec.seed, PURPOSE_ORDER, shadow)
     b = spec.train.batch_size
     steps = spec.train.epochs * steps_per_epoch(spec, n_pool)
     need = steps * b
@@ -123,13 +121,13 @@ def flip_stream(spec: Spec, shadow: int, shape: tuple[int, ...]) -> np.ndarray |
     """The shadow's horizontal-flip draws (bool, ``shape``), or None without ``train.augment_flip``."""
     if not spec.train.augment_flip:
         return None
-    return rng_for(spec.seed, FLIP_PURPOSE, shadow).random(shape) < 0.5
+    return rng_for(spec.seed, PURPOSE_FLIP, shadow).random(shape) < 0.5
 
 
 def init_model(spec: Spec, shadow: int, in_channels: int, n_classes: int) -> nn.Module:
     """The shadow's freshly initialised model, seeded by (spec seed, shadow)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int_seed(spec.seed, INIT_PURPOSE, shadow))
+        torch.manual_seed(int_seed(spec.seed, PURPOSE_INIT, shadow))
         return build_model(spec.model.arch, in_channels, n_classes, spec.data.image_size, spec.model.width,
                            spec.model.norm)
 
@@ -278,7 +276,6 @@ class ShadowStack:
                              and _is_conv(spec.model.arch))
         self.channels_last = bool(channels_last)
         models = [init_model(spec, s, in_channels, n_classes) for s in self.shadows]
-        self.has_bn = has_batchnorm(models[0])
         params, buffers = stack_module_state(models)
         self.params = {n: p.detach().to(self.device).requires_grad_() for n, p in params.items()}
         self.buffers = {n: b.to(self.device) for n, b in buffers.items()}
@@ -303,7 +300,7 @@ class ShadowStack:
 
     # --- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
-    def query_logits(self, images: torch.Tensor, queries, eval_batch: int = 1024) -> np.ndarray:
+    def query_logits(self, images: torch.Tensor, queries, eval_batch: int = EVAL_BATCH) -> np.ndarray:
         """Logits (K, N, Q, C) of every sample under every query, in eval mode and fp32."""
         self.base.eval()  # BatchNorm: each shadow's own running statistics
         try:
@@ -324,14 +321,14 @@ class ShadowStack:
         return out
 
     @torch.no_grad()
-    def features(self, i: int, images: torch.Tensor, eval_batch: int = 1024) -> np.ndarray:
+    def features(self, i: int, images: torch.Tensor, eval_batch: int = EVAL_BATCH) -> np.ndarray:
         """Penultimate features (N, F) of all samples under the i-th shadow (eval mode, fp32)."""
         m = self.model(i)
         return torch.cat([m.embed(xb) for xb in images.split(eval_batch)]).float().cpu().numpy()
 
 
 def train_shadows(spec: Spec, data: TrainData, shadows: Sequence[int], *, device: str | torch.device = "cpu",
-                  progress: bool = True, eval_batch: int = 1024, backend: str = "auto",
+                  progress: bool = True, eval_batch: int = EVAL_BATCH, backend: str = "auto",
                   channels_last: bool | None = None, keep_state: bool = False) -> list[ShadowResult]:
     """Train ``shadows`` as one batch of K models and return their outputs.
 
@@ -418,14 +415,14 @@ def _train_plain(spec: Spec, data: TrainData, shadows: Sequence[int], batched, p
 def _train_dp(spec: Spec, data: TrainData, shadows: Sequence[int], base, params, buffers, images: torch.Tensor,
               labels: torch.Tensor, n_pool: int, progress: bool, max_steps: int | None = None) -> np.ndarray:
     """DP-SGD of the K stacked models (see :mod:`mia_hpc.train.dp_sgd`); last-epoch mean loss."""
-    from mia_hpc.dp import dp_schedule
+    from mia_hpc.train.dp_budget import dp_schedule
     from mia_hpc.train.dp_sgd import (clipped_sum, expected_batch, noise_generators, noisy_gradient, pad_step,
                                       per_sample_grads, poisson_stream)
 
     device = images.device
     k = len(shadows)
     streams = [poisson_stream(spec, s, np.flatnonzero(data.keep[s]), n_pool) for s in shadows]
-    flip_rngs = [rng_for(spec.seed, FLIP_PURPOSE, s) for s in shadows] if spec.train.augment_flip else None
+    flip_rngs = [rng_for(spec.seed, PURPOSE_FLIP, s) for s in shadows] if spec.train.augment_flip else None
     total = dp_schedule(spec, n_pool).steps
     run_steps = total if max_steps is None else max(0, min(total, max_steps))
     spe = math.ceil(total / spec.train.epochs)
@@ -466,18 +463,6 @@ def _train_dp(spec: Spec, data: TrainData, shadows: Sequence[int], base, params,
         if step >= total - spe:
             loss_sum += (losses * weight).sum(1) / weight.sum(1).clamp(min=1)
     return (loss_sum / min(spe, total)).cpu().numpy()
-
-
-@torch.no_grad()
-def embed_features(spec: Spec, params: dict[str, torch.Tensor], i: int, shadow: int, images: torch.Tensor,
-                   n_classes: int, eval_batch: int, buffers: dict[str, torch.Tensor] | None = None) -> np.ndarray:
-    """Penultimate features of all samples under the i-th stacked model: (N, F) (eval mode)."""
-    model = init_model(spec, shadow, images.shape[1], n_classes)
-    state = {name: t[i] for name, t in params.items()}
-    state.update({name: t[i] for name, t in (buffers or {}).items()})
-    model.load_state_dict(state, strict=buffers is not None)
-    model.to(images.device).eval()
-    return torch.cat([model.embed(xb) for xb in images.split(eval_batch)]).float().cpu().numpy()
 
 
 def query_views(images: torch.Tensor, queries) -> Iterator[torch.Tensor]:
@@ -531,7 +516,7 @@ def iter_batches(items: Sequence[int], size: int) -> Iterator[list[int]]:
 # --- K = 0: choosing the batch of shadows -----------------------------------------------------------
 
 def resolve_shadow_batch(spec: Spec, data: TrainData, device: str | torch.device, n_todo: int, *,
-                         backend: str = "auto", eval_batch: int = 1024) -> int:
+                         backend: str = "auto", eval_batch: int = EVAL_BATCH) -> int:
     """K for this process: ``shadows.batch`` if set, else CPU_AUTO_SHADOWS on CPU or a CUDA memory probe.
 
     Never more than ``n_todo`` (the shadows this process has to train), never less than 1, and on
@@ -556,7 +541,7 @@ def _probe_peak(spec: Spec, data: TrainData, k: int, device: torch.device, backe
     stack = ShadowStack(spec, list(range(k)), c, data.n_classes, device=device, backend=backend)
     b = spec.train.batch_size
     if spec.dp.noise_multiplier > 0:  # Poisson batches: plan for 30% above the expected size
-        from mia_hpc.dp import dp_schedule
+        from mia_hpc.train.dp_budget import dp_schedule
         from mia_hpc.train.dp_sgd import clipped_sum, per_sample_grads
 
         n_pool = int((data.split == "train").sum())
@@ -584,7 +569,7 @@ def _probe_peak(spec: Spec, data: TrainData, k: int, device: torch.device, backe
 
 
 def probe_shadow_batch(spec: Spec, data: TrainData, device: torch.device, *, backend: str = "auto",
-                       eval_batch: int = 1024) -> int:
+                       eval_batch: int = EVAL_BATCH) -> int:
     """The largest K whose training and queries fit AUTO_MEMORY_FRACTION of the free CUDA memory.
 
     Peak memory is linear in K (every stacked tensor has a K axis): one step at K = 1 and K = 2

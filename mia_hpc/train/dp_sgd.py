@@ -18,18 +18,16 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
-from mia_hpc.dp import dp_schedule
-from mia_hpc.seeding import int_seed, rng_for
-from mia_hpc.spec import Spec
+from mia_hpc.train.dp_budget import dp_schedule
+from mia_hpc.contract.seeding import PURPOSE_NOISE, PURPOSE_POISSON, int_seed, rng_for
+from mia_hpc.contract.spec import Spec
 
-POISSON_PURPOSE = 4
-NOISE_PURPOSE = 5
 
 
 def poisson_stream(spec: Spec, shadow: int, in_idx: np.ndarray, n_pool: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per step: the indices Poisson-sampled from the IN set (rate q) and their shifts (n, 2)."""
     sched = dp_schedule(spec, n_pool)
-    rng = rng_for(spec.seed, POISSON_PURPOSE, shadow)
+    rng = rng_for(spec.seed, PURPOSE_POISSON, shadow)
     s = spec.train.augment_shift
     out = []
     for _ in range(sched.steps):
@@ -85,7 +83,7 @@ def noise_generators(spec: Spec, shadows: Sequence[int], device: torch.device) -
     gens = []
     for s in shadows:
         g = torch.Generator(device=device)
-        g.manual_seed(int_seed(spec.seed, NOISE_PURPOSE, s))
+        g.manual_seed(int_seed(spec.seed, PURPOSE_NOISE, s))
         gens.append(g)
     return gens
 

@@ -5,7 +5,7 @@ infinite, and its value, and reads them on the host only once per epoch and at t
 device: the step loop never syncs with the host (a read per step would stall a GPU's queue; on CPU
 it is the same code, so the CPU tests count what a GPU would do), yet the step it names is still the
 first bad one. A diverged shadow trains on in NaN to the end of its epoch at most. It raises :class:`NonFiniteLoss`, a
-:class:`~mia_hpc.launch.errors.ShardFailed`: the worker writes nothing of the batch, the shadow's
+:class:`~mia_hpc.contract.errors.ShardFailed`: the worker writes nothing of the batch, the shadow's
 ``done`` stays false, and the shard's process exits non-zero (Slurm shows the task FAILED).
 """
 
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from mia_hpc.launch.errors import NonFiniteLoss
+from mia_hpc.contract.errors import NonFiniteLoss
 
 
 class DivergenceGuard:

@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from mia_hpc.spec import Spec
+from mia_hpc.contract.settings import EVAL_BATCH
+from mia_hpc.contract.spec import Spec
 from mia_hpc.train.batched import (ShadowResult, TrainData, autocast_for, flip_stream, index_stream, init_model,
                                    lr_at, make_optimizer, query_views, shifted, steps_per_epoch, subset_accuracy)
 
 
 def train_one(spec: Spec, data: TrainData, shadow: int, *, device: str | torch.device = "cpu",
-              eval_batch: int = 1024, channels_last: bool | None = None, keep_state: bool = False,
+              eval_batch: int = EVAL_BATCH, channels_last: bool | None = None, keep_state: bool = False,
               max_steps: int | None = None, evaluate: bool = True) -> ShadowResult:
     """Train a single shadow with a plain PyTorch loop.
 

@@ -34,9 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from mia_hpc.jsonfile import write_json_atomic
-from mia_hpc.spec import SelectionSpec, Spec, SpecError, spec_from_dict
-from mia_hpc.store import StoreError
+from mia_hpc.contract.jsonfile import write_json_atomic
+from mia_hpc.contract.shards import pending_shards
+from mia_hpc.contract.spec import SelectionSpec, Spec, SpecError, spec_from_dict
+from mia_hpc.contract.store import StoreError
+from mia_hpc.pipeline.experiment import prepare_store
+from mia_hpc.launch.local import run_shards
 
 SELECTION_FILE = "selection.json"
 ORACLE_DIR = "oracle"
@@ -44,11 +47,6 @@ ORACLE_DIR = "oracle"
 
 class StageError(RuntimeError):
     """A stage cannot run yet (its input stage is unfinished) or its outcome is unusable."""
-
-
-def is_staged(spec: Spec) -> bool:
-    """Whether ``spec`` runs in stages (``selection.kind != "none"``)."""
-    return spec.selection.kind != "none"
 
 
 def oracle_path(out: str | Path) -> Path:
@@ -139,7 +137,7 @@ def select(spec: Spec, out: str | Path) -> dict[str, Any]:
     Reuses an existing ``selection.json`` made for this spec. Raises :class:`StageError` when the
     oracle is not finished or fewer than ``selection.min_selected`` candidates qualify.
     """
-    from mia_hpc.store import done_mask, open_store
+    from mia_hpc.contract.store import done_mask, open_store
 
     have = read_selection(out, spec)
     if have is not None:
@@ -193,10 +191,10 @@ def prepare_attack_store(spec: Spec, out: str | Path, selection: dict[str, Any])
     """Open ``OUT/store.zarr`` if it was made from ``spec`` and ``selection``; else create it.
 
     Its samples are the oracle store's (byte-identical images), D_U restricted to the selection;
-    the keep masks, queries and allocation follow :func:`mia_hpc.experiment.prepare_store`.
+    the keep masks, queries and allocation follow :func:`mia_hpc.pipeline.experiment.prepare_store`.
     """
     from mia_hpc.data.selection import restrict_under
-    from mia_hpc.store import StaticData, check_spec_matches, open_store, read_strings
+    from mia_hpc.contract.store import StaticData, check_spec_matches, open_store, read_strings
 
     path = attack_path(out)
     record = {"kind": selection["kind"], "hash": selection["hash"], "indices": selection["indices"],
@@ -213,7 +211,7 @@ def prepare_attack_store(spec: Spec, out: str | Path, selection: dict[str, Any])
                       group=read_strings(o, "group"), split=read_strings(o, "split"),
                       source=np.asarray(o["source"][...]), dataset=read_strings(o, "dataset"),
                       n_classes=int(o.attrs["n_classes"]))
-    from mia_hpc.experiment import create_from_data
+    from mia_hpc.pipeline.experiment import create_from_data
 
     return create_from_data(spec, path, restrict_under(full, selection["indices"]), {"selection": record})
 
@@ -227,14 +225,10 @@ def run_staged(spec: Spec, out: str | Path, *, executor: str = "local", analyze:
     Returns :func:`mia_hpc.api.run`'s dict (``store``, ``trained``, ``analysis``) plus ``oracle``
     (its store), ``oracle_trained`` and ``selection`` (the selection record).
     """
-    from mia_hpc.api import pending_shards
-    from mia_hpc.experiment import prepare_store
-    from mia_hpc.launch.local import run_shards
-
     out = Path(out)
     read_selection(out, spec)  # refuse another spec's OUT before training anything
     if attack_path(out).exists():
-        from mia_hpc.store import check_spec_matches, open_store
+        from mia_hpc.contract.store import check_spec_matches, open_store
 
         check_spec_matches(open_store(attack_path(out)), spec.hash(), attack_path(out))
     ospec = oracle_spec(spec)
@@ -314,13 +308,11 @@ def submit_staged(spec: Spec, out: str | Path, prof: Any, *, analyze: bool = Tru
     """
     import submitit
 
-    from mia_hpc.api import pending_shards
-    from mia_hpc.experiment import prepare_store
-    from mia_hpc.launch import slurm as S
+    from mia_hpc.launch import slurm as S  # lazy: submitit
 
-    out = Path(out).absolute()
+    out, prof = S.ready_to_submit(out, prof)
     if read_selection(out, spec) is not None and attack_path(out).exists():
-        res = S.submit(spec, out, prof, analyze=analyze, folder=folder, stages=False)
+        res = S.submit(spec, out, prof, analyze=analyze, folder=folder)
         return StagedSubmitResult(res.store, out, None, None, res.shadows_job, res.analysis_job, plain=res)
     earlier = _read_stage_jobs(out)
     alive = S.alive_jobs()

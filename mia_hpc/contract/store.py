@@ -32,7 +32,7 @@ chunks: concurrent workers never touch the same file. Every chunk carries a crc3
 finds a damaged chunk but not a deleted one (it reads as the fill value) nor one moved to another
 shadow's place, so each shadow's outputs also get a ``digest`` bound to its index
 (:func:`shadow_digest`), and the arrays written at creation a digest each in the root attr
-``digests`` (:func:`array_digest`); ``mia_hpc.verify`` checks both.
+``digests`` (:func:`array_digest`); ``mia_hpc.contract.verify`` checks both.
 Root attrs: ``schema_version``, ``spec`` (normalized, JSON), ``spec_hash``, ``created``, ``digests``,
 ``versions`` (package versions of the creator), and for DP-SGD specs ``dp`` (epsilon, delta,
 sample rate, steps, accountant: the guarantee every shadow's training has).
@@ -58,7 +58,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, VLenUTF8Codec, ZstdCodec
 
-from mia_hpc.faults import kill_point
+from mia_hpc.contract.faults import kill_point
+from mia_hpc.contract.spec import Spec, spec_from_dict
 
 SCHEMA_VERSION = 1
 SUBSETS = ("train/over", "train/under", "test/over", "test/under")
@@ -245,6 +246,11 @@ def store_spec(root: zarr.Group) -> dict[str, Any]:
         raise StoreError(f"{Path(str(root.store.root))}: the root attr 'spec' is missing or not JSON; the store's metadata is "
                          "damaged, re-create the store (new --out) from its spec")
     return spec
+
+
+def spec_of(root: zarr.Group) -> Spec:
+    """The validated spec a store was made from."""
+    return spec_from_dict(store_spec(root))
 
 
 def array_digest(values: np.ndarray) -> str:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar
 
+from mia_hpc.contract.settings import SAMPLE_CHUNK
+
 T = TypeVar("T")
 
 
@@ -181,14 +183,14 @@ class AdaptiveSpec:
 class StoreSpec:
     """Layout of the Zarr store."""
 
-    sample_chunk: int = option(8192, "samples per chunk of the logits array", ge=1, le=10_000_000)
+    sample_chunk: int = option(SAMPLE_CHUNK, "samples per chunk of the logits array", ge=1, le=10_000_000)
 
 
 @dataclass(frozen=True)
 class SelectionSpec:
     """Multi-stage D_U selection (paper §6 (b), (c)): a memorization-oracle run on the candidate pool
     D_O u (all D_U candidates) in ``OUT/oracle/``, the selection (``OUT/selection.json``), then the
-    attack run on D_O u (the selected D_U) in ``OUT/store.zarr``; see :mod:`mia_hpc.stages`."""
+    attack run on D_O u (the selected D_U) in ``OUT/store.zarr``; see :mod:`mia_hpc.pipeline.stages`."""
 
     kind: Literal["none", "singletons", "subpopulation"] = option(
         "none", "'none': one stage (D_U as drawn); 'singletons': keep the D_U candidates whose oracle memorization "

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mia_hpc.spec import Spec, SpecError, load_spec
+from mia_hpc.contract.spec import Spec, SpecError, load_spec
 
 #: spec fields a pilot may differ in from the planned spec (they do not change what a shadow is)
 _FREE = ("name", "seed", "shadows", "analysis", "adaptive", "store", "selection")
@@ -93,7 +93,7 @@ def rate_from_bench(spec: Spec, path: str | Path) -> Rate:
 
 def rate_measured(spec: Spec, device: str = "auto") -> Rate:
     """Run ``bench_train`` briefly (the spec's batch of shadows, one epoch) and scale to its epochs."""
-    from mia_hpc.bench import bench_train
+    from mia_hpc.pipeline.train_bench import bench_train
 
     r = bench_train(spec, shadows=spec.shadows.batch, epochs=1, device=device)
     sps = float(r["trainers"][r["auto_backend"]]["seconds_per_shadow"])
@@ -104,7 +104,7 @@ def rate_measured(spec: Spec, device: str = "auto") -> Rate:
 def rate_from_pilot(store: str | Path) -> Rate | None:
     """The pilot's own finishing rate (its shadows' ``finished_at``), if it recorded two or more."""
     from mia_hpc.api import finish_rate
-    from mia_hpc.store import done_mask, open_store
+    from mia_hpc.contract.store import done_mask, open_store
 
     root = open_store(store)
     if "finished_at" not in root:
@@ -218,8 +218,8 @@ def plan(spec: str | Path | Spec, pilot: str | Path, *, metric: str = "auroc", t
     """Predict the shadows each challenge group of ``spec`` needs from the ``pilot`` store; add their cost."""
     from analysis.load import AnalysisError
     from analysis.planner import PlanError, plan_from_pilot
-    from mia_hpc.experiment import spec_of
-    from mia_hpc.store import StoreError, open_store
+    from mia_hpc.contract.store import spec_of
+    from mia_hpc.contract.store import StoreError, open_store
 
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     p = Path(pilot)

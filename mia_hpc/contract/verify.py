@@ -1,6 +1,6 @@
 """Verify a store against everything it records about itself, and reset what is broken.
 
-Every chunk is written with a crc32c codec (``mia_hpc.store``), so a flipped byte fails on read.
+Every chunk is written with a crc32c codec (``mia_hpc.contract.store``), so a flipped byte fails on read.
 That alone misses what disks and people do most: a deleted chunk reads as the fill value, a chunk
 moved to another shadow's place or copied from another store decodes fine, an edited ``zarr.json``
 changes how every chunk is read. ``verify_store`` therefore checks, in this order:
@@ -9,7 +9,7 @@ changes how every chunk is read. ``verify_store`` therefore checks, in this orde
    the dimension sizes agree between arrays and with the spec's shadow count;
 2. every chunk on disk decodes (crc32c, zstd);
 3. every chunk of a ``done`` shadow's outputs exists;
-4. each ``done`` shadow's outputs match its ``digest`` (:func:`mia_hpc.store.shadow_digest`) and
+4. each ``done`` shadow's outputs match its ``digest`` (:func:`mia_hpc.contract.store.shadow_digest`) and
    its logits are finite (a diverged shadow), and the arrays written at creation match the
    digests recorded then (root attr ``digests``).
 
@@ -30,8 +30,8 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from mia_hpc.launch.shards import shard_shadows
-from mia_hpc.store import (NO_DIGEST, PER_SHADOW, StoreError, array_digest, open_store, read_root_metadata,
+from mia_hpc.contract.shards import shard_shadows
+from mia_hpc.contract.store import (NO_DIGEST, PER_SHADOW, StoreError, array_digest, open_store, read_root_metadata,
                            shadow_digest, store_spec)
 
 #: the arrays every store has (``features`` and ``digest`` only some)
@@ -93,7 +93,7 @@ def _spec_counts(root: zarr.Group, path: Path) -> tuple[int, int]:
 
 def _check_spec_hash(root: zarr.Group) -> list[BrokenChunk]:
     """The root attr ``spec`` against ``spec_hash``: an edited spec would otherwise pass for the original."""
-    from mia_hpc.spec import SpecError, spec_from_dict
+    from mia_hpc.contract.spec import SpecError, spec_from_dict
 
     try:
         have = spec_from_dict(store_spec(root)).hash()

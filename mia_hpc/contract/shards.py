@@ -6,8 +6,11 @@ Torch-free, so ``mia-hpc status`` and the analysis side can use it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from mia_hpc.contract.store import done_mask, open_store, spec_of
 
 
 def shard_shadows(n_shadows: int, n_shards: int, shard: int) -> range:
@@ -40,3 +43,9 @@ def shard_states(done: np.ndarray, n_shards: int) -> list[ShardState]:
         r = shard_shadows(len(done), n_shards, i)
         out.append(ShardState(i, r, int(done[r.start:r.stop].sum())))
     return out
+
+
+def pending_shards(store: str | Path) -> list[int]:
+    """Shards with at least one shadow not done."""
+    root = open_store(store)
+    return [s.shard for s in shard_states(done_mask(root), spec_of(root).shadows.shards) if not s.complete]

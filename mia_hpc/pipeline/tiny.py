@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mia_hpc.spec import Spec, spec_from_dict
+from mia_hpc.contract.spec import Spec, spec_from_dict
 
 TINY_OVER_PER_CLASS = 4
 TINY_UNDER_PER_CLASS = 2

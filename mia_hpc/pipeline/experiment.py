@@ -11,18 +11,18 @@ from typing import Any, Mapping
 
 import zarr
 
-from mia_hpc.keep import make_keep
-from mia_hpc.queries import make_queries
-from mia_hpc.resources import check_resources
-from mia_hpc.spec import Spec, spec_from_dict
-from mia_hpc.store import StaticData, check_spec_matches, create_store, open_store, store_spec
+from mia_hpc.contract.keep import make_keep
+from mia_hpc.contract.queries import make_queries
+from mia_hpc.pipeline.resources import check_resources
+from mia_hpc.contract.spec import Spec
+from mia_hpc.contract.store import StaticData, check_spec_matches, create_store, open_store
 
 
 def prepare_store(spec: Spec, path: str | Path, *, analysis_here: bool = True) -> zarr.Group:
     """Open the store at ``path`` if it was made from ``spec``; create it if it does not exist.
 
     A new store is first checked against this machine's memory and the store filesystem's free
-    space (:func:`mia_hpc.resources.check_resources`; ``analysis_here=False`` for a cluster
+    space (:func:`mia_hpc.pipeline.resources.check_resources`; ``analysis_here=False`` for a cluster
     submission, whose analysis runs elsewhere): a spec that cannot run is refused before anything
     is built or written.
     """
@@ -54,7 +54,7 @@ def create_from_data(spec: Spec, path: str | Path, data: StaticData,
                            spec.model.width)
     extra = dict(extra_attrs or {})
     if spec.dp.noise_multiplier > 0:
-        from mia_hpc.dp import dp_schedule, epsilon
+        from mia_hpc.train.dp_budget import dp_schedule, epsilon
 
         n_pool = int((data.split == "train").sum())
         sched = dp_schedule(spec, n_pool)
@@ -65,8 +65,3 @@ def create_from_data(spec: Spec, path: str | Path, data: StaticData,
     create_store(path, spec.to_dict(), spec.hash(), data, keep,
                  make_queries(spec.queries.shift, spec.queries.mirror), spec.store.sample_chunk, n_features, extra)
     return open_store(path)
-
-
-def spec_of(root: zarr.Group) -> Spec:
-    """The validated spec a store was made from."""
-    return spec_from_dict(store_spec(root))

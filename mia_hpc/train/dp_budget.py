@@ -1,6 +1,6 @@
 """DP-SGD bookkeeping: the sampling schedule a spec implies, and its privacy cost via Opacus.
 
-The trainer's DP path (``mia_hpc.train.dp_step``) samples each shadow's minibatches by Poisson
+The trainer's DP path (``mia_hpc.train.dp_sgd``) samples each shadow's minibatches by Poisson
 sampling with rate q = batch_size / (pool/2) (the expected IN-set size, the same for every
 shadow), for ``epochs * ceil(1/q)`` steps. Those two numbers and the noise multiplier are all an
 accountant needs; epsilon is computed with Opacus's own accountants (RDP or PRV) so that it is
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mia_hpc.spec import Spec
+from mia_hpc.contract.spec import Spec
 
 
 @dataclass(frozen=True)

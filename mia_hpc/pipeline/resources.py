@@ -21,9 +21,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from mia_hpc.queries import make_queries
-from mia_hpc.spec import Spec
-from mia_hpc.store import StoreError
+from mia_hpc.contract.queries import make_queries
+from mia_hpc.contract.spec import Spec
+from mia_hpc.contract.store import StoreError
 
 #: Samples in the embedded digits (scikit-learn's ``load_digits``).
 N_DIGITS = 1797

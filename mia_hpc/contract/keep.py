@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mia_hpc.seeding import rng_for
-
-KEEP_PURPOSE = 1
+from mia_hpc.contract.seeding import PURPOSE_KEEP, rng_for
 
 
 def make_keep(n_shadows: int, is_pool: np.ndarray, seed: int, block: int = 0) -> np.ndarray:
@@ -33,7 +31,7 @@ def make_keep(n_shadows: int, is_pool: np.ndarray, seed: int, block: int = 0) ->
     if n_shadows % 2 or block % 2 or n_shadows % block:
         raise ValueError(f"keep: need even n_shadows divisible by an even block, got {n_shadows}, {block}")
     n = len(is_pool)
-    rng = rng_for(seed, KEEP_PURPOSE)
+    rng = rng_for(seed, PURPOSE_KEEP)
     keep = np.empty((n_shadows, n), dtype=bool)
     for start in range(0, n_shadows, block):
         order = rng.uniform(size=(block, n)).argsort(axis=0).argsort(axis=0)

@@ -59,16 +59,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mia_hpc.jsonfile import read_json_dict, write_json_atomic
+from analysis.watch import parse_watch
+from mia_hpc.contract.jsonfile import read_json_dict, write_json_atomic
+from mia_hpc.contract.spec import Spec, SpecError, load_spec, spec_from_dict
+from mia_hpc.contract.waves import MIN_COUNTED, check_adaptive, wave_sizes
 from mia_hpc.launch.slurm import ShardTask
-from mia_hpc.spec import Spec, SpecError, load_spec, spec_from_dict
 
 STATE = "adaptive.json"
-#: Smallest wave whose values a change may be measured from. Below it, the balanced leave-pair-out
-#: leaves fewer than 2 IN and 2 OUT references per (target, sample) (w/2 - 1 < 2), so LiRA falls
-#: back to the pooled variance: a different estimator, whose change to the next wave says nothing
-#: about convergence (measured on the demo: AUROC 0.948 -> 0.943 from 4 to 8 shadows, then 0.987).
-MIN_COUNTED = 6
 
 
 @dataclass
@@ -150,45 +147,6 @@ def _diff(a: float | None, b: float | None) -> str:
 
 
 # --- settings -------------------------------------------------------------------------------------
-
-def wave_sizes(spec: Spec) -> list[int]:
-    """Cumulative shadow counts after each wave: first_wave, doubling, capped at M."""
-    sizes, w = [], spec.adaptive.first_wave
-    while w < spec.shadows.count:
-        sizes.append(w)
-        w *= 2
-    return sizes + [spec.shadows.count]
-
-
-def check_adaptive(spec: Spec) -> None:
-    """Refuse specs whose keep masks are not balanced for every wave prefix, or whose watch keys are bad."""
-    from analysis.watch import WatchError, parse_watch
-
-    if spec.selection.kind != "none":
-        raise SpecError("selection.kind: --adaptive runs single-stage specs; a staged spec's attack stage is not "
-                        "adaptive (set selection.kind = \"none\", or run without --adaptive)")
-    block = spec.shadows.keep_block or spec.shadows.count
-    for w in wave_sizes(spec):
-        if w % block:
-            raise SpecError(f"shadows.keep_block: --adaptive needs keep masks balanced within blocks that divide "
-                            f"every wave size ({wave_sizes(spec)}); set shadows.keep_block = "
-                            f"{spec.adaptive.first_wave} (or a divisor of it), got {spec.shadows.keep_block}")
-    if not spec.adaptive.watch:
-        raise SpecError("adaptive.watch: is empty; name at least one quantity, e.g. 'lira-online/AUROC Under'")
-    for i, w in enumerate(spec.adaptive.watch):
-        try:
-            key = parse_watch(w)
-        except WatchError as err:
-            raise SpecError(f"adaptive.watch[{i}]: {err}") from None
-        if key.group == "samples" and not spec.adaptive.samples:
-            raise SpecError(f"adaptive.samples: adaptive.watch[{i}] ({w!r}) watches the group 'samples'; list "
-                            "their store sample indices in adaptive.samples")
-    if spec.adaptive.samples:
-        n = spec.data.size  # pool samples come first in every store; the test split follows
-        bad = [s for s in spec.adaptive.samples if not 0 <= s < n]
-        if bad:
-            raise SpecError(f"adaptive.samples: indices must be pool (train-split) samples 0..{n - 1}, got {bad[:5]}")
-
 
 def _settings(spec: Spec) -> dict[str, Any]:
     a = spec.adaptive
@@ -292,13 +250,13 @@ def run_adaptive(spec: Spec | str | Path, out: str | Path, *, executor: str = "l
     trained after the stop (which it does not change) and the full run's watched values are
     reported beside the stopped run's, to validate the rule.
     """
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
     from mia_hpc.launch.local import run_shards
-    from mia_hpc.launch.shards import shard_shadows
-    from mia_hpc.store import done_mask, open_store
+    from mia_hpc.contract.shards import shard_shadows
+    from mia_hpc.contract.store import done_mask, open_store
 
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
-    check_adaptive(spec)
+    check_adaptive(spec, parse_watch)
     out = Path(out)
     store = out / "store.zarr"
     prepare_store(spec, store)
@@ -337,15 +295,15 @@ def replay_adaptive(store: str | Path, spec: Spec | None = None, *, sizes: list[
     exactly what an adaptive run trains by its wave of w. ``spec`` defaults to the store's (its
     ``[adaptive]`` table: watch, tolerance, first_wave); its keep masks must be balanced per wave.
     ``sizes`` overrides the wave sizes (e.g. every block, for a finer curve; the stop is still
-    decided between consecutive entries). Evaluates every size (does not stop early), so the
-    curve past the stop is available; :attr:`AdaptiveResult.waves` ends at the stop.
+    decided between consecutive entries). Evaluates every size (does not stop early): the last,
+    if it is the spec's M, gives :attr:`AdaptiveResult.full`; :attr:`AdaptiveResult.waves` ends at the stop.
     """
-    from mia_hpc.experiment import spec_of
-    from mia_hpc.store import done_mask, open_store
+    from mia_hpc.contract.store import spec_of
+    from mia_hpc.contract.store import done_mask, open_store
 
     root = open_store(store)
     spec = spec or spec_of(root)
-    check_adaptive(spec)
+    check_adaptive(spec, parse_watch)
     sizes = sizes or wave_sizes(spec)
     done = done_mask(root)
     if not done[:max(sizes)].all():
@@ -359,7 +317,6 @@ def replay_adaptive(store: str | Path, spec: Spec | None = None, *, sizes: list[
     res = AdaptiveResult(Path(store), waves if stop_at is None else waves[:stop_at + 1], stop_at is not None,
                          spec.shadows.count, dict(waves[-1].values) if sizes[-1] == spec.shadows.count else None,
                          spec.adaptive.tolerance)
-    res.all_waves = waves  # type: ignore[attr-defined]  (the whole curve, past the stop)
     return res
 
 
@@ -413,8 +370,8 @@ def submit_wave(spec: Spec, out: str | Path, prof: Any, size: int, *, analyze: b
     import submitit
 
     from mia_hpc.launch import slurm as S
-    from mia_hpc.launch.shards import shard_shadows
-    from mia_hpc.store import done_mask, open_store
+    from mia_hpc.contract.shards import shard_shadows
+    from mia_hpc.contract.store import done_mask, open_store
 
     out = Path(out).absolute()
     store = out / "store.zarr"
@@ -504,7 +461,7 @@ def submit_adaptive(spec_path: str | Path | Spec, out: str | Path, profile: Any,
     """
     import shutil
 
-    from mia_hpc.experiment import prepare_store
+    from mia_hpc.pipeline.experiment import prepare_store
     from mia_hpc.launch import slurm as S
     from mia_hpc.launch.profile import Profile, load_profile
 
@@ -512,7 +469,7 @@ def submit_adaptive(spec_path: str | Path | Spec, out: str | Path, profile: Any,
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     out = Path(out).absolute()
     S.check_path(out, "--out")
-    check_adaptive(spec)
+    check_adaptive(spec, parse_watch)
     if shutil.which("sbatch") is None:
         raise S.SlurmError("sbatch not found: submit needs the Slurm client commands "
                            "(for a local test cluster: sudo bash .ci/slurm.sh)")

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from mia_hpc.spec import Spec
+from mia_hpc.contract.spec import Spec
+from mia_hpc.contract.settings import EVAL_BATCH
 
 #: Test-split sizes of the real datasets (their whole test split is the default test D_O).
 REAL_TEST_SIZE = {"mnist": 10_000, "cifar10": 10_000}
@@ -89,8 +90,8 @@ def synthetic_train_data(spec: Spec, *, n_shadows: int = 2, seed: int = 0, learn
     random phase per image: a local texture, which convolutions see and global pooling keeps
     (position-coded prototypes average out under the CNNs' global pooling).
     """
-    from mia_hpc.keep import make_keep
-    from mia_hpc.queries import make_queries
+    from mia_hpc.contract.keep import make_keep
+    from mia_hpc.contract.queries import make_queries
     from mia_hpc.train.batched import TrainData
 
     sh = spec_shapes(spec)
@@ -122,7 +123,7 @@ def synthetic_train_data(spec: Spec, *, n_shadows: int = 2, seed: int = 0, learn
 
 def with_keep_rows(data, k: int):
     """``data`` with keep masks for at least ``k`` shadows (synthetic data is made before K is known)."""
-    from mia_hpc.keep import make_keep
+    from mia_hpc.contract.keep import make_keep
 
     if data.keep.shape[0] >= k:
         return data
@@ -138,7 +139,7 @@ def shadow_steps(spec: Spec, n_pool: int, epochs: int | None = None) -> int:
     if epochs:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=epochs))
     if spec.dp.noise_multiplier > 0:
-        from mia_hpc.dp import dp_schedule
+        from mia_hpc.train.dp_budget import dp_schedule
 
         return dp_schedule(spec, n_pool).steps
     return spec.train.epochs * steps_per_epoch(spec, n_pool)
@@ -194,7 +195,7 @@ def time_steps(spec: Spec, data, k: int, device: str, *, steps: int = 5, warmup:
 
 
 def time_queries(spec: Spec, data, k: int, device: str, *, samples: int = 0, backend: str = "auto",
-                 eval_batch: int = 1024, loop: bool = False) -> float:
+                 eval_batch: int = EVAL_BATCH, loop: bool = False) -> float:
     """Seconds to compute all queries' logits of *all* samples for K shadows (extrapolated from a slice).
 
     ``samples`` (default: 2048 on CUDA, 128 on CPU) are timed after a warm-up pass over them (on
@@ -330,9 +331,9 @@ def bench_train(spec: Spec, *, shadows: int = 0, epochs: int = 0, device: str = 
     import torch
 
     from mia_hpc.data import build_dataset
-    from mia_hpc.keep import make_keep
+    from mia_hpc.contract.keep import make_keep
     from mia_hpc.models import build_model, forward_flops
-    from mia_hpc.queries import make_queries
+    from mia_hpc.contract.queries import make_queries
     from mia_hpc.train.batched import TrainData, resolve_backend, resolve_shadow_batch, steps_per_epoch, train_shadows
     from mia_hpc.train.loop import train_loop
 
@@ -376,7 +377,7 @@ def bench_train(spec: Spec, *, shadows: int = 0, epochs: int = 0, device: str = 
     work = len(ids) * (3 * fwd * steps * spec.train.batch_size + fwd * len(td.label) * len(td.queries))
 
     def acc(res, subset):
-        from mia_hpc.store import SUBSETS
+        from mia_hpc.contract.store import SUBSETS
         return float(np.nanmean([r.accuracy[SUBSETS.index(subset)] for r in res]))
 
     trainers = {}
