@@ -194,11 +194,10 @@ def _cmd_run(args) -> int:
         raise SpecError(f"--parallel: must be >= 0 (0: as many as cores), got {args.parallel}")
     _check_out_dir(args.out)
     spec = load_spec_variant(args)
-    if args.adaptive:
-        from mia_hpc.pipeline.adaptive import run_adaptive
-
-        res = run_adaptive(spec, args.out, executor=args.executor, parallel=args.parallel, device=args.device,
-                           compare_full=args.compare_full, analyze=not args.no_analyze, extras=not args.quick)
+    if args.adaptive:  # api.run is the one place that picks plain, staged or adaptive
+        res = api.run(spec, args.out, executor=args.executor, parallel=args.parallel, device=args.device,
+                      adaptive=True, compare_full=args.compare_full, analyze=not args.no_analyze,
+                      extras=not args.quick)
         print("\n".join(res.lines()))
         print(f"per-wave values in {Path(args.out) / 'waves'}; summary {Path(args.out) / 'adaptive.json'}")
         if not args.no_analyze:  # the report of the shadows used; its path is the last line

@@ -57,12 +57,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _submit_adaptive(args: argparse.Namespace) -> int:
-    from mia_hpc.pipeline.adaptive import submit_adaptive, wait_adaptive
+    from mia_hpc.api import submit
     from mia_hpc.launch.slurm import SlurmError
+    from mia_hpc.pipeline.adaptive import wait_adaptive
 
-    try:
-        res = submit_adaptive(load_spec_variant(args), args.out, args.profile, analyze=not args.no_analyze,
-                              extras=not args.quick)
+    try:  # mia_hpc.api.submit is the one place that picks plain, staged or adaptive
+        res = submit(load_spec_variant(args), args.out, args.profile, analyze=not args.no_analyze,
+                     adaptive=True, extras=not args.quick)
         print("\n".join(res.lines()))
         if not args.wait:
             print(f"progress: mia-hpc adaptive-status {res.out}")
