@@ -7,7 +7,7 @@ shadows trained so far, and stops as soon as every one of them moved by at most
 some FPR on a chosen group of samples -- the whole train split (``All``), the under-represented
 group (``Under``, the paper's "random" challenge set), ``singletons``, the ``subpopulation``, an
 explicit ``samples`` list -- or the mean memorization estimate of such a group
-(:mod:`analysis.watch`). Each wave costs one pass over the prefix's logits, the watched attacks
+(:mod:`analysis.studies.watch`). Each wave costs one pass over the prefix's logits, the watched attacks
 and a bootstrap of the watched values (no full report); each value carries its bootstrap interval
 over targets and samples.
 
@@ -140,7 +140,7 @@ class AdaptiveResult:
 
 
 def _f(v: float | None) -> str:
-    from analysis.numfmt import fmt  # the report's one number format
+    from analysis.output.numfmt import fmt  # the report's one number format
 
     return fmt(v)
 
@@ -162,7 +162,7 @@ def wave_sizes(spec: Spec) -> list[int]:
 
 def check_adaptive(spec: Spec) -> None:
     """Refuse specs whose keep masks are not balanced for every wave prefix, or whose watch keys are bad."""
-    from analysis.watch import WatchError, parse_watch
+    from analysis.studies.watch import WatchError, parse_watch
 
     if spec.selection.kind != "none":
         raise SpecError("selection.kind: --adaptive runs single-stage specs; a staged spec's attack stage is not "
@@ -200,7 +200,7 @@ def _settings(spec: Spec) -> dict[str, Any]:
 
 def evaluate_wave(spec: Spec, store: str | Path, size: int, previous: Wave | None = None) -> Wave:
     """The watched values of the store's first ``size`` shadows (all done), and their changes."""
-    from analysis.watch import watch_values
+    from analysis.studies.watch import watch_values
 
     res = watch_values(store, spec.adaptive.watch, shadow_limit=size, samples=spec.adaptive.samples)
     if res.n_shadows != size:
@@ -262,7 +262,7 @@ def finish(spec: Spec, out: str | Path, waves: list[Wave], stop: bool, *, analyz
     out = Path(out)
     used = waves[-1].shadows
     if analyze:
-        from analysis.report import analyze as _analyze
+        from analysis import analyze as _analyze
 
         _analyze(out / "store.zarr", out / "analysis", progress=progress, shadow_limit=used, extras=extras)
     status = "converged" if stop else "not converged"

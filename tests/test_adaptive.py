@@ -94,9 +94,9 @@ def test_stops_early_with_balanced_prefix_and_report(local_run):
 
 def test_watched_values_equal_the_full_report(tmp_path):
     """Challenge-set cells and memorization equal the report's paper tables for the same shadows."""
-    from analysis.report import analyze
-    from analysis.synthetic import write_synthetic_store
-    from analysis.watch import watch_values
+    from analysis.output.report import analyze
+    from analysis.tools.synthetic_store import write_synthetic_store
+    from analysis.studies.watch import watch_values
 
     store = tmp_path / "s.zarr"
     write_synthetic_store(store, n_shadows=12, n_samples=200, separation={"over": 0.5, "under": 2.5},

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis.threads import ENV, n_threads, thread_map
+from analysis.store_io.threads import ENV, n_threads, thread_map
 
 
 def test_n_threads_default_is_the_usable_cpus_and_env_overrides(monkeypatch):
@@ -53,8 +53,8 @@ def _tied_pairs(seed=3, t=41, n=700):
 
 @pytest.mark.parametrize("threads", ["2", "3", "5", "16"])
 def test_metrics_and_bootstrap_equal_one_thread_bit_for_bit(monkeypatch, threads):
-    from analysis.bootstrap import bootstrap_columns
-    from analysis.metrics import attack_metrics
+    from analysis.kernels.bootstrap import bootstrap_columns
+    from analysis.kernels.metrics import attack_metrics
 
     member, score, under = _tied_pairs()
     masks = {"All": np.ones(under.size, dtype=bool), "Under": under}
@@ -84,8 +84,8 @@ def _results(out: Path) -> dict:
 
 def test_whole_analysis_with_one_and_three_threads_is_identical(tmp_path, monkeypatch):
     """analyze with the paper extras (attacks, metrics, bootstrap tables, sweep, scores.zarr)."""
-    from analysis.report import analyze
-    from analysis.synthetic import write_synthetic_store
+    from analysis.output.report import analyze
+    from analysis.tools.synthetic_store import write_synthetic_store
 
     store = tmp_path / "store.zarr"
     write_synthetic_store(store, n_shadows=24, n_samples=300, n_test=60, seed=11, frac_under=0.25,
@@ -107,9 +107,9 @@ def test_whole_analysis_with_one_and_three_threads_is_identical(tmp_path, monkey
 def test_the_pass_runs_on_the_analysis_threads(tmp_path, monkeypatch, threads):
     import threading
 
-    import analysis.passes as passes
-    from analysis.load import open_shadows
-    from analysis.synthetic import write_synthetic_store
+    import analysis.kernels.passes as passes
+    from analysis.store_io.load import open_shadows
+    from analysis.tools.synthetic_store import write_synthetic_store
 
     write_synthetic_store(tmp_path / "s.zarr", n_shadows=48, n_samples=50_000, n_test=0, seed=1)
     data = open_shadows(tmp_path / "s.zarr")

@@ -3,7 +3,7 @@
 An attack scores the first T done shadows ("targets") on every train-split sample, each target
 using only the *other* done shadows as reference/shadow models; the truth is ``keep[target]``.
 Scores have shape (T, N_train), higher = more likely a member (the contract of
-:func:`analysis.lira.run_lira`, whose :class:`~analysis.lira.LiraResult` is reused).
+:func:`analysis.attacks.lira.run_lira`, whose :class:`~analysis.attacks.lira.LiraResult` is reused).
 
 Signals of the non-LiRA attacks are taken from the identity query (query 0), as the classical
 attacks use one plain prediction:
@@ -13,8 +13,8 @@ attacks use one plain prediction:
 ``mentr``  Song & Mittal's modified prediction entropy (Song).
 
 Per-sample reference statistics come from running sums over all done shadows (one dask pass over
-the logits, :meth:`AttackContext.signal_sums`, i.e. :func:`analysis.passes.reduce_over_tasks`), minus each target's own contribution and, where
-counts would otherwise reveal membership, a partner on the other side (:mod:`analysis.stats`).
+the logits, :meth:`AttackContext.signal_sums`, i.e. :func:`analysis.kernels.passes.reduce_over_tasks`), minus each target's own contribution and, where
+counts would otherwise reveal membership, a partner on the other side (:mod:`analysis.kernels.stats`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import dask.array as da
 import numba
 import numpy as np
 
-from ..lira import LiraResult
-from ..stats import GaussianSums, Partners
+from analysis.attacks.lira import LiraResult
+from analysis.kernels.stats import GaussianSums, Partners
 
 __all__ = ["AttackContext", "AttackResult", "SIGNALS", "signals_from_logits", "mentr_from_logits"]
 
@@ -37,7 +37,7 @@ SIGNALS = ("loss", "prob", "mentr")  # order of the signal axis of AttackContext
 
 @dataclass
 class AttackResult(LiraResult):
-    """A :class:`~analysis.lira.LiraResult` plus free-form ``info`` (parameters, fold assignment...)."""
+    """A :class:`~analysis.attacks.lira.LiraResult` plus free-form ``info`` (parameters, fold assignment...)."""
 
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -47,18 +47,18 @@ def mentr_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
 
     Stable for saturated logits: ``log(1 - F_i)`` is ``log1p(-F_i)`` where ``F_i <= 1/2`` and, for
     the (single) class above 1/2, ``logsumexp_{j != i} z_j - logsumexp z`` computed exactly
-    (:func:`analysis.logit_kernels.signal_rows`).
+    (:func:`analysis.kernels.logit_kernels.signal_rows`).
     """
-    from ..logit_kernels import signal_rows
+    from analysis.kernels.logit_kernels import signal_rows
 
     return signal_rows(z, y)[..., 2]
 
 
 def signals_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Stack of :data:`SIGNALS` (..., 3) from logits (..., C) and labels (...), float64 holding
-    float32-rounded values (one precision everywhere, as :func:`analysis.load.phi_from_logits`);
-    one compiled loop per row (:func:`analysis.logit_kernels.signal_rows`)."""
-    from ..logit_kernels import signal_rows
+    float32-rounded values (one precision everywhere, as :func:`analysis.store_io.load.phi_from_logits`);
+    one compiled loop per row (:func:`analysis.kernels.logit_kernels.signal_rows`)."""
+    from analysis.kernels.logit_kernels import signal_rows
 
     return signal_rows(z, y).astype(np.float32).astype(np.float64)
 
@@ -131,12 +131,12 @@ class AttackContext:
     shadow_ids, sample_ids : ndarray, optional
         Store ids for the result labels.
     phi_of, phi_sums, phi_partner, lira : optional
-        LiRA inputs (see :func:`analysis.lira.run_lira`) and, if already computed, its result.
+        LiRA inputs (see :func:`analysis.attacks.lira.run_lira`) and, if already computed, its result.
     batch_bytes : int
         Memory budget of a batch of target logits.
     signal_stats, target_signals : optional
         :meth:`signal_sums`'s result and the (T, N, 3) target signals if already computed
-        (:func:`analysis.passes.one_pass` computes both with everything else).
+        (:func:`analysis.kernels.passes.one_pass` computes both with everything else).
     precomputed : dict, optional
         Attack name -> what its entry point may reuse (``"shokri"``: a
         :class:`analysis.attacks.shokri.ShokriModel` and its (T, N_train) scores).
@@ -174,9 +174,9 @@ class AttackContext:
 
     @classmethod
     def from_shadows(cls, data: Any, n_targets: int, **kw: Any) -> "AttackContext":
-        """A context over a :class:`analysis.load.ShadowData` (its done shadows), reading the logits
+        """A context over a :class:`analysis.store_io.load.ShadowData` (its done shadows), reading the logits
         as the one pass does (blocks of whole shadows, one zarr read each)."""
-        from ..passes import shadows_per_task
+        from analysis.kernels.passes import shadows_per_task
 
         logits = data.logits_blocks(shadows_per_task(data.logits.shape))
         return cls(logits, np.asarray(data.keep.values, dtype=bool), data.label, data.split, n_targets,
@@ -194,8 +194,8 @@ class AttackContext:
 
     def map_batches(self, fn: Callable[[slice], Any], workers: int | None = None) -> list[Any]:
         """``[fn(sl) for sl in self.target_batches()]`` on ``workers`` threads (default
-        :func:`analysis.threads.n_threads`; each batch writes its own rows of the attack's scores)."""
-        from ..threads import thread_map
+        :func:`analysis.store_io.threads.n_threads`; each batch writes its own rows of the attack's scores)."""
+        from analysis.store_io.threads import thread_map
 
         return thread_map(fn, self.target_batches(), workers)
 
@@ -245,7 +245,7 @@ class AttackContext:
         """
         with self._lock:
             if self._sums is None:
-                from ..passes import reduce_over_tasks
+                from analysis.kernels.passes import reduce_over_tasks
 
                 r = reduce_over_tasks(self.logits, self.keep, self.label, self.train, 0, phi=False, extras=False,
                                       song_bins=self.song_bins)
