@@ -369,7 +369,7 @@ def test_shokri_features_match_the_formula():
 
 
 def test_branch_free_upper_bound_and_song_bins_equal_searchsorted():
-    from analysis.attacks._common import song_bin, upper_bound
+    from analysis.kernels.logit_kernels import song_bin, upper_bound
 
     rng = np.random.default_rng(0)
     for n in (0, 1, 2, 3, 7, 8, 100, 513):

@@ -28,7 +28,10 @@ import numba
 import numpy as np
 
 from analysis.attacks.lira import LiraResult
+from analysis.kernels.logit_kernels import mentr_from_logits, signals_from_logits, song_bin
+from analysis.kernels.passes import reduce_over_tasks, shadows_per_task
 from analysis.kernels.stats import GaussianSums, Partners
+from analysis.store_io.threads import thread_map
 
 __all__ = ["AttackContext", "AttackResult", "SIGNALS", "signals_from_logits", "mentr_from_logits"]
 
@@ -40,27 +43,6 @@ class AttackResult(LiraResult):
     """A :class:`~analysis.attacks.lira.LiraResult` plus free-form ``info`` (parameters, fold assignment...)."""
 
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def mentr_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Song & Mittal's modified entropy ``-(1-F_y) log F_y - sum_{i != y} F_i log(1 - F_i)`` (float64).
-
-    Stable for saturated logits: ``log(1 - F_i)`` is ``log1p(-F_i)`` where ``F_i <= 1/2`` and, for
-    the (single) class above 1/2, ``logsumexp_{j != i} z_j - logsumexp z`` computed exactly
-    (:func:`analysis.kernels.logit_kernels.signal_rows`).
-    """
-    from analysis.kernels.logit_kernels import signal_rows
-
-    return signal_rows(z, y)[..., 2]
-
-
-def signals_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Stack of :data:`SIGNALS` (..., 3) from logits (..., C) and labels (...), float64 holding
-    float32-rounded values (one precision everywhere, as :func:`analysis.store_io.load.phi_from_logits`);
-    one compiled loop per row (:func:`analysis.kernels.logit_kernels.signal_rows`)."""
-    from analysis.kernels.logit_kernels import signal_rows
-
-    return signal_rows(z, y).astype(np.float32).astype(np.float64)
 
 
 def song_histogram(mentr: np.ndarray, keep: np.ndarray, label: np.ndarray, train: np.ndarray,
@@ -78,30 +60,6 @@ def song_histogram(mentr: np.ndarray, keep: np.ndarray, label: np.ndarray, train
                  np.asarray(label, dtype=np.int64), np.asarray(train, dtype=bool),
                  np.asarray(edges, dtype=np.float64), per_row, out)
     return out if per_row else out[0]
-
-
-@numba.njit(cache=True, nogil=True)
-def upper_bound(a, start, n, v):  # pragma: no cover - compiled
-    """How many of the sorted ``a[start:start + n]`` are <= ``v`` (``searchsorted(side="right")``
-    for a non-NaN ``v``), branch-free: the halving steps are selects, not jumps, so random queries
-    cost no mispredictions (~3x faster than a branching binary search on 512 bins)."""
-    if n == 0:
-        return 0
-    base = start
-    while n > 1:
-        half = n >> 1
-        base = base + half if a[base + half] <= v else base
-        n -= half
-    return base - start + (1 if a[base] <= v else 0)
-
-
-@numba.njit(cache=True, nogil=True)
-def song_bin(edges, v):  # pragma: no cover - compiled
-    """Bin of ``v`` on ``edges``: how many inner edges (``edges[1:-1]``) are <= v; NaN: the last."""
-    inner = edges.size - 2
-    if v != v:
-        return inner
-    return upper_bound(edges, 1, inner, v)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -176,8 +134,6 @@ class AttackContext:
     def from_shadows(cls, data: Any, n_targets: int, **kw: Any) -> "AttackContext":
         """A context over a :class:`analysis.store_io.load.ShadowData` (its done shadows), reading the logits
         as the one pass does (blocks of whole shadows, one zarr read each)."""
-        from analysis.kernels.passes import shadows_per_task
-
         logits = data.logits_blocks(shadows_per_task(data.logits.shape))
         return cls(logits, np.asarray(data.keep.values, dtype=bool), data.label, data.split, n_targets,
                    shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values, **kw)
@@ -195,8 +151,6 @@ class AttackContext:
     def map_batches(self, fn: Callable[[slice], Any], workers: int | None = None) -> list[Any]:
         """``[fn(sl) for sl in self.target_batches()]`` on ``workers`` threads (default
         :func:`analysis.store_io.threads.n_threads`; each batch writes its own rows of the attack's scores)."""
-        from analysis.store_io.threads import thread_map
-
         return thread_map(fn, self.target_batches(), workers)
 
     def empty_scores(self) -> np.ndarray:
@@ -245,8 +199,6 @@ class AttackContext:
         """
         with self._lock:
             if self._sums is None:
-                from analysis.kernels.passes import reduce_over_tasks
-
                 r = reduce_over_tasks(self.logits, self.keep, self.label, self.train, 0, phi=False, extras=False,
                                       song_bins=self.song_bins)
                 self._sums = (r.sig_sums, r.sig_partner, r.hist, r.edges)

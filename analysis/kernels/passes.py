@@ -16,7 +16,7 @@ number of shadows, and the logits are read exactly once.
 :meth:`analysis.attacks.AttackContext.signal_sums` (signals only) are views of it.
 
 The per-row statistics of the logits come from :mod:`analysis.kernels.logit_kernels` (the loop
-:func:`analysis.store_io.load.phi_from_logits` and :func:`analysis.attacks._common.signals_from_logits` use),
+:func:`analysis.store_io.load.phi_from_logits` and :func:`analysis.kernels.logit_kernels.signals_from_logits` use),
 and every per-sample sum of a task from one compiled loop over its rows (:func:`_accumulate`),
 checked against :func:`analysis.kernels.stats.gaussian_sums`, :func:`analysis.kernels.stats.partners`,
 :func:`analysis.studies.memorization.memorization_counts` and :func:`analysis.attacks._common.song_histogram`
@@ -32,11 +32,12 @@ import dask
 import numba
 import numpy as np
 
-from analysis.attacks._common import song_bin
+from analysis.kernels.logit_kernels import row_stats, signals_from_logits, song_bin
+from analysis.kernels.stats import MemCounts, fits_from_sums
 from analysis.store_io.load import ShadowData, phi_from_logits
-from analysis.studies.memorization import MemCounts
 from analysis.store_io.spill import release_freed_memory
 from analysis.kernels.stats import GaussianSums, Partners
+from analysis.store_io.threads import n_threads
 
 __all__ = ["reduce_over_shadows", "reduce_over_tasks", "one_pass", "PassResult", "shadows_per_task"]
 
@@ -156,8 +157,6 @@ def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, tr
     """Partial sums of shadows ``s0 .. s0 + len(z)`` (a dict of per-sample arrays, summed by
     :func:`_add`), with ``"targets"``: [(s0, phi, signals)] of the targets among them (phi of every
     shadow when ``keep_all_phi``)."""
-    from analysis.kernels.logit_kernels import row_stats
-
     z = np.asarray(z)
     s, n = z.shape[0], z.shape[1]
     sidx = np.arange(s0, s0 + s)
@@ -262,9 +261,6 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
     progress : bool
         A tqdm bar over the dask tasks.
     """
-    from analysis.attacks._common import signals_from_logits
-    from analysis.studies.theory import fits_from_sums
-
     if extras and not phi:
         raise ValueError("extras need phi")
     m, n, q, c = logits.shape
@@ -301,8 +297,6 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
 
     # the tasks run in parallel already: a multi-threaded BLAS inside each (the scorers' matrix
     # products) would oversubscribe the cores (measured 30% slower on 2 cores)
-    from analysis.store_io.threads import n_threads
-
     with threadpool_limits(limits=1, user_api="blas"), dask.config.set(num_workers=n_threads()):
         if progress:
             from tqdm.dask import TqdmCallback

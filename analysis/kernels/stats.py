@@ -296,3 +296,50 @@ def partners(x: Any, keep: np.ndarray) -> Partners:
 def _where(cond: Any, a: Any, b: Any) -> Any:
     # np.where dispatches to dask.array.where for dask input (NEP 18), keeping the graph lazy.
     return np.where(cond, a, b)
+
+
+# --- correctness counts (memorization) and Gaussian fits from sums (theory), summed by the one pass ---
+
+@dataclass(frozen=True)
+class MemCounts:
+    """Per-sample counts over shadows: IN/OUT models, and how many of each were correct."""
+
+    n_in: Any
+    c_in: Any
+    n_out: Any
+    c_out: Any
+
+
+class GaussFits:
+    """Per-sample IN/OUT means ``mu_*`` (N, Q) and covariances ``cov_*`` (N, Q, Q) of phi (ddof=1).
+
+    ``n_in``/``n_out`` (N,) count the shadows; fits with fewer than 2 values on a side are NaN.
+    """
+
+    def __init__(self, n_in, mu_in, cov_in, n_out, mu_out, cov_out):
+        self.n_in, self.mu_in, self.cov_in = n_in, mu_in, cov_in
+        self.n_out, self.mu_out, self.cov_out = n_out, mu_out, cov_out
+
+
+def fits_from_sums(shift: np.ndarray, n_in: np.ndarray, s1_in: np.ndarray, s2_in: np.ndarray, n_out: np.ndarray,
+                   s1_out: np.ndarray, s2_out: np.ndarray) -> GaussFits:
+    """:class:`GaussFits` from sums of ``phi - shift`` over the IN and OUT shadows of each sample.
+
+    ``shift`` (N, Q); ``n_*`` (N,); ``s1_*`` (N, Q) sums; ``s2_*`` (N, Q, Q) sums of outer products
+    (what :func:`gauss_fits` and :func:`analysis.kernels.passes.one_pass` accumulate).
+    """
+    n_in = np.asarray(n_in).astype(np.float64)
+    n_out = np.asarray(n_out).astype(np.float64)
+    s1i, s2i, s1o, s2o = (np.asarray(a, dtype=np.float64) for a in (s1_in, s2_in, s1_out, s2_out))
+
+    def fit(n, s1, s2):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n[:, None] > 0, s1 / n[:, None], np.nan)
+            cov = (s2 - np.einsum("nq,nr->nqr", s1, mean)) / (n - 1)[:, None, None]
+        cov = np.where((n > 1)[:, None, None], cov, np.nan)
+        cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+        return mean + shift, cov
+
+    mi, ci = fit(n_in, s1i, s2i)
+    mo, co = fit(n_out, s1o, s2o)
+    return GaussFits(n_in.astype(np.int64), mi, ci, n_out.astype(np.int64), mo, co)

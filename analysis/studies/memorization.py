@@ -8,22 +8,13 @@ can be computed together with the LiRA sums in one pass over the store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from analysis.kernels.stats import MemCounts
+
 __all__ = ["MemCounts", "memorization_counts", "memorization_from_counts", "memorization"]
-
-
-@dataclass(frozen=True)
-class MemCounts:
-    """Per-sample counts over shadows: IN/OUT models, and how many of each were correct."""
-
-    n_in: Any
-    c_in: Any
-    n_out: Any
-    c_out: Any
 
 
 def memorization_counts(correct: Any, keep: Any) -> MemCounts:

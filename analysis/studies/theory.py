@@ -62,6 +62,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from analysis.kernels.stats import GaussFits, fits_from_sums
+
 __all__ = ["null_h2", "hellinger2_gauss_uni", "hellinger2_gauss_multi", "hellinger2_bernoulli", "bernoulli_check",
            "GaussFits", "gauss_fits", "theory_per_sample", "theory_summary"]
 
@@ -181,17 +183,6 @@ def null_h2(n_in: int, n_out: int, q: int, *, ridge: float = 1e-3, reps: int = 2
 
 # --- per-sample Gaussian fits -----------------------------------------------------------------
 
-class GaussFits:
-    """Per-sample IN/OUT means ``mu_*`` (N, Q) and covariances ``cov_*`` (N, Q, Q) of phi (ddof=1).
-
-    ``n_in``/``n_out`` (N,) count the shadows; fits with fewer than 2 values on a side are NaN.
-    """
-
-    def __init__(self, n_in, mu_in, cov_in, n_out, mu_out, cov_out):
-        self.n_in, self.mu_in, self.cov_in = n_in, mu_in, cov_in
-        self.n_out, self.mu_out, self.cov_out = n_out, mu_out, cov_out
-
-
 def _is_lazy(a: Any) -> bool:
     return hasattr(a, "chunks") and hasattr(a, "compute") and not isinstance(a, np.ndarray)
 
@@ -242,30 +233,6 @@ def gauss_fits(phi: Any, keep: Any, *, samples: np.ndarray | None = None) -> Gau
         parts = list(dask.compute(*parts))
     s1i, s2i, s1o, s2o = (np.asarray(p, dtype=np.float64) for p in parts)
     return fits_from_sums(shift, keep.sum(axis=0), s1i, s2i, (~keep).sum(axis=0), s1o, s2o)
-
-
-def fits_from_sums(shift: np.ndarray, n_in: np.ndarray, s1_in: np.ndarray, s2_in: np.ndarray, n_out: np.ndarray,
-                   s1_out: np.ndarray, s2_out: np.ndarray) -> GaussFits:
-    """:class:`GaussFits` from sums of ``phi - shift`` over the IN and OUT shadows of each sample.
-
-    ``shift`` (N, Q); ``n_*`` (N,); ``s1_*`` (N, Q) sums; ``s2_*`` (N, Q, Q) sums of outer products
-    (what :func:`gauss_fits` and :func:`analysis.kernels.passes.one_pass` accumulate).
-    """
-    n_in = np.asarray(n_in).astype(np.float64)
-    n_out = np.asarray(n_out).astype(np.float64)
-    s1i, s2i, s1o, s2o = (np.asarray(a, dtype=np.float64) for a in (s1_in, s2_in, s1_out, s2_out))
-
-    def fit(n, s1, s2):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(n[:, None] > 0, s1 / n[:, None], np.nan)
-            cov = (s2 - np.einsum("nq,nr->nqr", s1, mean)) / (n - 1)[:, None, None]
-        cov = np.where((n > 1)[:, None, None], cov, np.nan)
-        cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
-        return mean + shift, cov
-
-    mi, ci = fit(n_in, s1i, s2i)
-    mo, co = fit(n_out, s1o, s2o)
-    return GaussFits(n_in.astype(np.int64), mi, ci, n_out.astype(np.int64), mo, co)
 
 
 def _variance_floor(fits: GaussFits) -> np.ndarray:
