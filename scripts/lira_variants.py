@@ -33,6 +33,7 @@ from analysis.attacks.lira_reference import run_lira_reference  # noqa: E402
 from analysis.store_io.load import open_shadows  # noqa: E402
 from analysis.kernels.metrics import auroc  # noqa: E402
 from analysis.kernels.stats import gaussian_sums, partners  # noqa: E402
+from analysis.store_io.threads import n_threads  # noqa: E402
 
 BASE = {"refs": "pair", "center": "mean", "ddof": 1, "offline": "one-sided", "fixed": "pooled per side"}
 ABLATIONS = [("median (not mean)", {"center": "median"}), ("population std (ddof 0)", {"ddof": 0}),
@@ -104,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     member = keep[:t_n]
     rows: dict[str, dict[str, np.ndarray]] = {}
     ours = run_lira(lambda sl: phi_all[sl], keep_all, gaussian_sums(phi_all, keep_all),
-                    partners(phi_all, keep_all), train, t_n)
+                    partners(phi_all, keep_all), train, t_n, threads=n_threads())
     rows["ours (analysis.attacks.lira)"] = {a: np.asarray(ours.scores[a], dtype=np.float64) for a in ATTACKS}
-    ref = run_lira_reference(phi_all, keep_all, train, t_n)
+    ref = run_lira_reference(phi_all, keep_all, train, t_n, threads=n_threads())
     rows["reference (analysis.attacks.lira_reference)"] = {a: np.asarray(ref.scores[a], dtype=np.float64) for a in ATTACKS}
     for name, change in [("ours, re-implemented here", {})] + [("ours + " + n, c) for n, c in ABLATIONS]:
         per_t = [_scores(phi, keep, t, {**BASE, **change}) for t in range(t_n)]
@@ -135,7 +136,8 @@ def _sweep(data, train: np.ndarray, t_n: int) -> None:
     from analysis.kernels.passes import reduce_over_shadows
     from analysis.studies.sweep import summarize_sweep, sweep_from_store
 
-    _, _, counts = reduce_over_shadows(data)
+    threads = n_threads()
+    _, _, counts = reduce_over_shadows(data, threads=threads)
     mem, _ = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
     thr = float(data.spec.get("analysis", {}).get("singleton_threshold", 0.8))
     masks = {"highly memorized": train & (mem > thr), "All": train, "random": train & (data.group == "under")}
@@ -143,7 +145,7 @@ def _sweep(data, train: np.ndarray, t_n: int) -> None:
     curves = {}
     for psm, name in ((0, "before (per-sample at every m)"), (PER_SAMPLE_VARIANCE_MIN, "now")):
         sw, _ = sweep_from_store(data, masks, n_targets=t_n, repeats=10, seed=0, per_sample_min=psm,
-                                 attacks=("lira-online", "lira-fixed-variance"))
+                                 attacks=("lira-online", "lira-fixed-variance"), threads=threads)
         s = summarize_sweep(sw)
         for (st, a), d in s.groupby(["set", "attack"], sort=False):
             label = name if a == "lira-online" else "lira-fixed-variance"

@@ -50,7 +50,7 @@ def _lira_all(ctx: AttackContext) -> LiraResult:
                 ctx.phi_sums, ctx.phi_partner = gaussian_sums(x, ctx.keep), partners(x, ctx.keep)
             ctx.phi_of = ctx.phi_of or phi
         ctx.lira = run_lira(ctx.phi_of, ctx.keep, ctx.phi_sums, ctx.phi_partner, ctx.train, ctx.n_targets,
-                            shadow_ids=ctx.shadow_ids, sample_ids=ctx.sample_ids)
+                            shadow_ids=ctx.shadow_ids, sample_ids=ctx.sample_ids, threads=ctx.threads)
     return ctx.lira
 
 

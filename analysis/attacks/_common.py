@@ -98,6 +98,9 @@ class AttackContext:
     precomputed : dict, optional
         Attack name -> what its entry point may reuse (``"shokri"``: a
         :class:`analysis.attacks.shokri.ShokriModel` and its (T, N_train) scores).
+    threads : int
+        Threads the batches of targets and the pass over the logits run on
+        (:mod:`analysis.store_io.threads`; no result depends on it).
     """
 
     def __init__(self, logits: Any, keep: np.ndarray, label: np.ndarray, split: np.ndarray, n_targets: int, *,
@@ -106,7 +109,8 @@ class AttackContext:
                  phi_partner: Partners | None = None, lira: LiraResult | None = None,
                  batch_bytes: int = 128 * 2**20, song_bins: int = 512,
                  signal_stats: tuple[GaussianSums, Partners, np.ndarray, np.ndarray] | None = None,
-                 target_signals: np.ndarray | None = None, precomputed: dict[str, Any] | None = None) -> None:
+                 target_signals: np.ndarray | None = None, precomputed: dict[str, Any] | None = None,
+                 threads: int = 1) -> None:
         self.logits = logits if isinstance(logits, da.Array) else da.from_array(
             np.asarray(logits), chunks=(1,) + np.shape(logits)[1:])
         self.keep = np.asarray(keep, dtype=bool)
@@ -128,6 +132,7 @@ class AttackContext:
         self._sums = signal_stats
         self._tsig = target_signals
         self.precomputed = dict(precomputed or {})
+        self.threads = int(threads)
         self._lock = threading.Lock()  # lazy caches filled once when batches run on threads
 
     @classmethod
@@ -148,10 +153,10 @@ class AttackContext:
                             member=self.keep[:t][:, self.train], scores={name: scores},
                             n_neutral={name: int(n_neutral)}, info=info)
 
-    def map_batches(self, fn: Callable[[slice], Any], workers: int | None = None) -> list[Any]:
-        """``[fn(sl) for sl in self.target_batches()]`` on ``workers`` threads (default
-        :func:`analysis.store_io.threads.n_threads`; each batch writes its own rows of the attack's scores)."""
-        return thread_map(fn, self.target_batches(), workers)
+    def map_batches(self, fn: Callable[[slice], Any]) -> list[Any]:
+        """``[fn(sl) for sl in self.target_batches()]`` on the context's ``threads`` (each batch writes
+        its own rows of the attack's scores)."""
+        return thread_map(fn, self.target_batches(), self.threads)
 
     def empty_scores(self) -> np.ndarray:
         """A (T, N_train) float32 array for an attack to fill a batch of targets at a time."""
@@ -200,6 +205,6 @@ class AttackContext:
         with self._lock:
             if self._sums is None:
                 r = reduce_over_tasks(self.logits, self.keep, self.label, self.train, 0, phi=False, extras=False,
-                                      song_bins=self.song_bins)
+                                      song_bins=self.song_bins, threads=self.threads)
                 self._sums = (r.sig_sums, r.sig_partner, r.hist, r.edges)
         return self._sums

@@ -36,6 +36,7 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from analysis.kernels.stats import GaussianSums, Partners
+from analysis.store_io.threads import thread_map
 
 __all__ = ["ATTACKS", "LIRA_VARIANTS", "PER_SAMPLE_VARIANCE_MIN", "LiraResult", "lira_scores", "sd_floor", "run_lira",
            "resolve_targets"]
@@ -218,7 +219,8 @@ def resolve_targets(n_done: int, requested: int | None, spec_targets: int) -> in
 def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: GaussianSums, partner: Partners,
              train: np.ndarray, n_targets: int, *, shadow_ids: np.ndarray | None = None,
              sample_ids: np.ndarray | None = None, attacks: tuple[str, ...] = ATTACKS,
-             batch_bytes: int = 256 * 2**20, progress: Callable[[int], None] | None = None) -> LiraResult:
+             batch_bytes: int = 256 * 2**20, progress: Callable[[int], None] | None = None,
+             threads: int = 1) -> LiraResult:
     """Attack the first ``n_targets`` shadows, each against the others (less one partner per sample).
 
     Parameters
@@ -244,6 +246,8 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
         Rough memory budget per batch of targets (the batch holds a few (B, N, Q) float64 arrays).
     progress : callable, optional
         Called with the number of targets finished after each batch.
+    threads : int
+        Threads the batches run on (no result depends on it).
 
     Returns
     -------
@@ -275,11 +279,9 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
             progress(sl.stop - sl.start)
         return nn
 
-    from analysis.store_io.threads import thread_map
-
     # batches on the analysis' threads: their numpy work releases the GIL, each writes its own rows
     slices = [slice(start, min(start + b, n_targets)) for start in range(0, n_targets, b)]
-    for nn in thread_map(batch, slices):
+    for nn in thread_map(batch, slices, threads):
         for a in attacks:
             neutral[a] += nn[a]
     shadow_ids = np.arange(m) if shadow_ids is None else np.asarray(shadow_ids)

@@ -51,6 +51,7 @@ from typing import Callable
 import numpy as np
 
 from analysis.attacks.lira import ATTACKS, LiraResult
+from analysis.store_io.threads import thread_map
 
 __all__ = ["STD_EPS", "reference_target_scores", "run_lira_reference"]
 
@@ -148,7 +149,7 @@ def reference_target_scores(phi: np.ndarray, keep: np.ndarray, t: int, *, attack
 def run_lira_reference(phi: np.ndarray, keep: np.ndarray, train: np.ndarray, n_targets: int, *,
                        shadow_ids: np.ndarray | None = None, sample_ids: np.ndarray | None = None,
                        attacks: tuple[str, ...] = ATTACKS,
-                       progress: Callable[[int], None] | None = None) -> LiraResult:
+                       progress: Callable[[int], None] | None = None, threads: int = 1) -> LiraResult:
     """Attack the first ``n_targets`` shadows, each against all the others, as the reference does.
 
     Parameters
@@ -164,6 +165,8 @@ def run_lira_reference(phi: np.ndarray, keep: np.ndarray, train: np.ndarray, n_t
     attacks : tuple of str
     progress : callable, optional
         Called with 1 after each target.
+    threads : int
+        Threads the targets are scored on (no result depends on it).
 
     Returns
     -------
@@ -191,10 +194,8 @@ def run_lira_reference(phi: np.ndarray, keep: np.ndarray, train: np.ndarray, n_t
             progress(1)
         return nn
 
-    from analysis.store_io.threads import thread_map
-
     neutral = {a: 0 for a in attacks}
-    for nn in thread_map(one, range(n_targets)):
+    for nn in thread_map(one, range(n_targets), threads):
         for a in attacks:
             neutral[a] += nn[a]
     shadow_ids = np.arange(m) if shadow_ids is None else np.asarray(shadow_ids)

@@ -57,7 +57,8 @@ from typing import Mapping, Sequence
 import numba
 import numpy as np
 
-from analysis.kernels.metrics import order32
+from analysis.kernels.metrics import _order_keys, order32
+from analysis.store_io.threads import thread_map
 
 __all__ = ["BootstrapResult", "bootstrap_metrics", "weighted_roc_metrics", "metric_names", "EXACT_BUDGET"]
 
@@ -193,7 +194,7 @@ def _pairs(member: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[float] = (0.001,),
                       n_boot: int = 200, seed: int = 0, level: float = 0.95, samples: str = "shared",
                       mask: np.ndarray | None = None, max_bytes: int = 16 * 2**20,
-                      exact_budget: int | None = None) -> BootstrapResult:
+                      exact_budget: int | None = None, threads: int = 1) -> BootstrapResult:
     """Pooled AUROC and TPR@FPR with bootstrap percentile intervals over targets and samples.
 
     Parameters
@@ -221,19 +222,21 @@ def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[f
         With ``samples="shared"``, inputs with more than this many pair-replicates (T * N * B;
         default :data:`EXACT_BUDGET`) take the fast path (:func:`_fast_shared`: linearised AUROC,
         exact TPR, exact class totals); smaller ones the exact weighted ROC of every replicate.
+    threads : int
+        Threads the fast path runs on (:mod:`analysis.store_io.threads`; no result depends on it).
 
     Returns
     -------
     BootstrapResult
     """
     return bootstrap_columns(member, score, {"": mask}, fprs=fprs, n_boot=n_boot, seed=seed, level=level,
-                             samples=samples, max_bytes=max_bytes, exact_budget=exact_budget)[""]
+                             samples=samples, max_bytes=max_bytes, exact_budget=exact_budget, threads=threads)[""]
 
 
 def bootstrap_columns(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np.ndarray | None], *,
                       fprs: Sequence[float] = (0.001,), n_boot: int = 200, seed: int = 0, level: float = 0.95,
                       samples: str = "shared", max_bytes: int = 16 * 2**20,
-                      exact_budget: int | None = None) -> dict[str, BootstrapResult]:
+                      exact_budget: int | None = None, threads: int = 1) -> dict[str, BootstrapResult]:
     """:func:`bootstrap_metrics` of one attack's pairs for several columns (sample masks) at once.
 
     The pooled pairs are sorted once; each column on the fast path takes its pairs from that order
@@ -267,7 +270,7 @@ def bootstrap_columns(member: np.ndarray, score: np.ndarray, masks: Mapping[str,
             if pool is None:
                 pool = _SortedPool(member, score)
             sub = pool if every else pool.subset(mask)
-            point, reps = _fast_shared(sub, m_sub, fprs, n_boot, seed, max_bytes)
+            point, reps = _fast_shared(sub, m_sub, fprs, n_boot, seed, max_bytes, threads)
             method = "linearised AUROC, exact TPR (large input)"
             del sub
         else:
@@ -381,8 +384,6 @@ class _SortedPool:
             self.key = np.empty(p, dtype=np.uint64)
             ok = _pack_f32(np.ascontiguousarray(score).reshape(-1).view(np.uint32), flat_m, self.key)
         else:
-            from analysis.kernels.metrics import _order_keys
-
             ok = not np.isnan(score).any()
             self.key = _order_keys(score.reshape(-1))
             _pack_keys(self.key, flat_m, self.sh)
@@ -453,14 +454,12 @@ def _influence_range(key, lo, hi, sh, neg_below, pos_below, n_pos, n_neg, auc, g
         i = j
 
 
-def _placements(pool: _SortedPool, g: np.ndarray) -> tuple[float, int, int]:
+def _placements(pool: _SortedPool, g: np.ndarray, threads: int = 1) -> tuple[float, int, int]:
     """AUROC, positives and negatives of the pool; fills ``g`` (flat, pair order) with each pair's
-    AUROC influence value. On the analysis' threads, each on one range of the order (ranges split
+    AUROC influence value. On ``threads`` threads, each on one range of the order (ranges split
     between tie groups); the counts are integers and halves, so their sum is exact in any grouping."""
-    from analysis.store_io.threads import n_threads, thread_map
-
     key, sh, p = pool.key, pool.sh, pool.key.size
-    w = max(1, min(n_threads(), p))
+    w = max(1, min(int(threads), p))
     cuts = [0]
     for k in range(1, w):
         c = max(cuts[-1], p * k // w)
@@ -575,7 +574,7 @@ def _shared_draws(t: int, n: int, n_boot: int, seed: int, max_bytes: int) -> tup
 
 
 def _fast_shared(pool: _SortedPool, member: np.ndarray, fprs: list[float], n_boot: int, seed: int,
-                 max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+                 max_bytes: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Point estimates (K,) and replicates (B, K) for the shared-sample design on large inputs.
 
     With shared samples a replicate's pair weight factorises, ``w_tj = k_t c_j`` (target and sample
@@ -592,12 +591,10 @@ def _fast_shared(pool: _SortedPool, member: np.ndarray, fprs: list[float], n_boo
       replicate's negative weight (widened until it does).
     * The class totals ``k^T M c`` are exact.
     """
-    from analysis.store_io.threads import n_threads, thread_map
-
     t, n = member.shape
     p_tot = t * n
     g = np.empty(p_tot, dtype=np.float32)
-    auc, n_pos, n_neg = _placements(pool, g)
+    auc, n_pos, n_neg = _placements(pool, g, threads)
     n_pos, n_neg = float(n_pos), float(n_neg)
     k, c = _shared_draws(t, n, n_boot, seed, max_bytes)
     auc_b = auc + np.einsum("bn,bn->b", (k @ g.reshape(t, n)).astype(np.float64), c)
@@ -617,7 +614,7 @@ def _fast_shared(pool: _SortedPool, member: np.ndarray, fprs: list[float], n_boo
     low, s = np.uint64((1 << (sh - 1)) - 1), np.uint64(sh)
     kt, ct = _compact(k), _compact(c)  # (T, B), (N, B): a pair's replicate weights contiguous
     thr = np.asarray(fprs, dtype=np.float64)[:, None] * neg_b[None, :]  # (F, B)
-    w = max(1, min(n_threads(), n_boot))
+    w = max(1, min(int(threads), n_boot))
     parts = [(n_boot * k // w, n_boot * (k + 1) // w) for k in range(w)]  # replicates per thread
     while True:
         lo = p_tot - length

@@ -17,7 +17,6 @@ import numba
 import numpy as np
 from sklearn.metrics import auc, roc_auc_score, roc_curve
 
-from analysis.store_io.threads import n_threads
 
 __all__ = ["roc", "auroc", "tpr_at_fpr", "fpr_label", "metric_columns", "attack_metrics",
            "per_target_metrics"]
@@ -166,7 +165,8 @@ def _sorted_rows(s: np.ndarray, mb: np.ndarray, fprs: list[float]) -> np.ndarray
 
 
 def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np.ndarray],
-                   fprs: list[float]) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+                   fprs: list[float], *, threads: int = 1
+                   ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Pooled and per-target metrics of one attack.
 
     Parameters
@@ -177,6 +177,8 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
         Which samples each column group covers, e.g. {"All": ..., "Under": group == "under"}.
     fprs : list of float
         FPRs for TPR columns.
+    threads : int
+        Threads the pooled and per-target computations run on (no result depends on it).
 
     Returns
     -------
@@ -202,7 +204,7 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
     # The pooled and the per-target computations of every column group are independent, and the
     # per-target rows split into blocks: all of them on the analysis' threads (sorts, the compiled
     # scan and most numpy steps release the GIL). Rows are independent: the split changes nothing.
-    w = n_threads()
+    w = max(1, int(threads))
     t_rows = member.shape[0]
     step = max(1, -(-t_rows // w))  # ceil: w blocks of rows at most
     blocks = [(r0, min(r0 + step, t_rows)) for r0 in range(0, t_rows, step)]

@@ -37,7 +37,6 @@ from analysis.kernels.stats import MemCounts, fits_from_sums
 from analysis.store_io.load import ShadowData, phi_from_logits
 from analysis.store_io.spill import release_freed_memory
 from analysis.kernels.stats import GaussianSums, Partners
-from analysis.store_io.threads import n_threads
 
 __all__ = ["reduce_over_shadows", "reduce_over_tasks", "one_pass", "PassResult", "shadows_per_task"]
 
@@ -233,7 +232,8 @@ def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: np.ndarray, n_targets: int = 0, *,
                       phi: bool = True, signals: bool = True, extras: bool = True, song_bins: int = 512,
-                      phi_budget: int = 0, scorers: dict | None = None, progress: bool = False) -> PassResult:
+                      phi_budget: int = 0, scorers: dict | None = None, progress: bool = False,
+                      threads: int = 1) -> PassResult:
     """The one reducer (see the module docstring): what is asked for, from one read of ``logits``.
 
     Parameters
@@ -260,6 +260,8 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
         ``target_scores[name]`` (T, N_train), so no attack re-reads the targets' logits.
     progress : bool
         A tqdm bar over the dask tasks.
+    threads : int
+        Dask threads the tasks run on (:mod:`analysis.store_io.threads`; no result depends on it).
     """
     if extras and not phi:
         raise ValueError("extras need phi")
@@ -297,7 +299,7 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
 
     # the tasks run in parallel already: a multi-threaded BLAS inside each (the scorers' matrix
     # products) would oversubscribe the cores (measured 30% slower on 2 cores)
-    with threadpool_limits(limits=1, user_api="blas"), dask.config.set(num_workers=n_threads()):
+    with threadpool_limits(limits=1, user_api="blas"), dask.config.set(num_workers=int(threads)):
         if progress:
             from tqdm.dask import TqdmCallback
 
@@ -347,7 +349,8 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
 
 
 def one_pass(data: ShadowData, n_targets: int, *, train: np.ndarray | None = None, song_bins: int = 512,
-             phi_budget: int = 512 * 2**20, scorers: dict | None = None, progress: bool = False) -> PassResult:
+             phi_budget: int = 512 * 2**20, scorers: dict | None = None, progress: bool = False,
+             threads: int = 1) -> PassResult:
     """Everything :func:`analysis.output.report.analyze` needs from a store's logits, from one read.
 
     Every field of :class:`PassResult`: the phi and signal sums with partners, correctness counts,
@@ -358,10 +361,10 @@ def one_pass(data: ShadowData, n_targets: int, *, train: np.ndarray | None = Non
     train = (np.asarray(data.split) == "train") if train is None else train
     logits = data.logits_blocks(shadows_per_task(data.logits.shape))  # one zarr read per task
     return reduce_over_tasks(logits, data.keep.values, data.label, train, n_targets, song_bins=song_bins,
-                             phi_budget=phi_budget, scorers=scorers, progress=progress)
+                             phi_budget=phi_budget, scorers=scorers, progress=progress, threads=threads)
 
 
-def reduce_over_shadows(data: ShadowData, *, progress: bool = False
+def reduce_over_shadows(data: ShadowData, *, progress: bool = False, threads: int = 1
                         ) -> tuple[GaussianSums, Partners, MemCounts]:
     """Sums of phi over IN/OUT shadows, partner values and correctness counts, in one pass.
 
@@ -383,5 +386,5 @@ def reduce_over_shadows(data: ShadowData, *, progress: bool = False
     """
     logits = data.logits_blocks(shadows_per_task(data.logits.shape))
     r = reduce_over_tasks(logits, data.keep.values, data.label, np.asarray(data.split) == "train", 0,
-                          signals=False, extras=False, progress=progress)
+                          signals=False, extras=False, progress=progress, threads=threads)
     return r.sums, r.partner, r.counts

@@ -129,13 +129,13 @@ def _jsonable(v: Any) -> Any:
 
 # --- tables -----------------------------------------------------------------------------------
 
-def _attack_tables(lira: LiraResult, group_tr: np.ndarray, fprs: list[float]
+def _attack_tables(lira: LiraResult, group_tr: np.ndarray, fprs: list[float], threads: int = 1
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     masks = {"All": np.ones(group_tr.size, dtype=bool), "Under": group_tr == "under"}
     cols = metric_columns(fprs)
     pooled, per = {}, {}
     for a in lira.scores:  # every attack run (analysis.attacks.ATTACKS order)
-        p, mu, sd = attack_metrics(lira.member, lira.scores[a], masks, fprs)
+        p, mu, sd = attack_metrics(lira.member, lira.scores[a], masks, fprs, threads=threads)
         release_freed_memory()
         pooled[a] = [p[c] for c in cols]
         per[a] = [x for c in cols for x in (mu[c], sd[c])]
@@ -282,7 +282,7 @@ class _Phases:
 
 def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, fpr: list[float] | None = None,
             progress: bool = True, shadow_limit: int | None = None, extras: bool = True,
-            lira_variant: str | None = None) -> dict[str, Any]:
+            lira_variant: str | None = None, threads: int | None = None) -> dict[str, Any]:
     """Analyse a shadow store: LiRA attacks, memorization, privacy scores, accuracy; write reports.
 
     Parameters
@@ -308,6 +308,10 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     lira_variant : {"ours", "reference"}, optional
         How LiRA is scored (:mod:`analysis.attacks.lira` or :mod:`analysis.attacks.lira_reference`). Default: the
         spec's ``analysis.lira_variant``.
+    threads : int, optional
+        Threads of every parallel step (the pass, LiRA, the attacks, metrics, bootstrap, sweep,
+        scores.zarr); no result depends on it. Default :func:`analysis.store_io.threads.n_threads`,
+        read once here and passed down.
 
     Returns
     -------
@@ -317,6 +321,9 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         ``summary`` (what ``analysis.json`` holds).
     """
     t_start = time.perf_counter()
+    threads = n_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads: expected a positive integer, got {threads}")
     phase = _Phases()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -350,7 +357,7 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         # the reference variant scores from every shadow's phi (its medians need the values themselves)
         budget = 1 << 62 if variant == "reference" else (512 << 20) if extras else 0
         p = one_pass(data, n_targets, train=train, progress=progress, phi_budget=budget,
-                     scorers={"shokri": shokri.score_features})
+                     scorers={"shokri": shokri.score_features}, threads=threads)
     release_freed_memory()
     sums, partner, counts = p.sums, p.partner, p.counts
     mem, mem_se = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
@@ -373,11 +380,12 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
                 if variant == "reference":
                     lira = run_lira_reference(p.phi_all, keep, train, n_targets, shadow_ids=data.ds["shadow"].values,
                                               sample_ids=data.ds["sample"].values,
-                                              progress=bar.update if bar is not None else None)
+                                              progress=bar.update if bar is not None else None, threads=threads)
                 else:
                     lira = run_lira(lambda sl: p.target_phi[sl], keep, sums, partner, train, n_targets,
                                     shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values,
-                                    batch_bytes=64 << 20, progress=bar.update if bar is not None else None)
+                                    batch_bytes=64 << 20, progress=bar.update if bar is not None else None,
+                                    threads=threads)
         finally:
             if bar is not None:
                 bar.close()
@@ -394,7 +402,8 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
             ctx = AttackContext.from_shadows(data, n_targets, phi_sums=sums, phi_partner=partner, lira=lira,
                                              signal_stats=(p.sig_sums, p.sig_partner, p.hist, p.edges),
                                              target_signals=spill.pop("_signals"),
-                                             precomputed={"shokri": (shokri, lambda: spill.pop("_shokri"))})
+                                             precomputed={"shokri": (shokri, lambda: spill.pop("_shokri"))},
+                                             threads=threads)
             extra_inputs = {"fits": p.fits, "ood": p.ood, "phi": p.phi_all}
             del p
             with phase("attacks"):
@@ -414,14 +423,14 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
             return _tabulate(data, lira, out, store=store, train=train, group=group, label=label, split=split,
                              mem=mem, mem_se=mem_se, priv=priv, counts=counts, thr=thr, fprs=fprs,
                              n_targets=n_targets, extras=extras, extra_inputs=extra_inputs, progress=progress,
-                             t_start=t_start, figures=figures, phase=phase, lira_variant=variant)
+                             t_start=t_start, figures=figures, phase=phase, lira_variant=variant, threads=threads)
     finally:
         spill.close()
 
 
 def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, mem_se, priv, counts, thr, fprs,
               n_targets, extras, extra_inputs, progress, t_start, figures: FigureQueue,
-              phase: _Phases, lira_variant: str = "ours") -> dict[str, Any]:
+              phase: _Phases, lira_variant: str = "ours", threads: int = 1) -> dict[str, Any]:
     """The rest of :func:`analyze`: tables, plots (drawn on ``figures``), ``scores.zarr``,
     ``analysis.json`` and the report."""
 
@@ -433,7 +442,7 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
     figures.submit(_plot_privacy_hist, out / "plots" / "privacy_score_hist.png", group_tr, priv[train])
     figures.submit(_plot_mem_vs_privacy, out / "plots" / "mem_vs_privacy.png", group_tr, mem[train], priv[train], rho)
     with phase("metrics"):
-        attacks, per_target = _attack_tables(lira, group_tr, fprs)
+        attacks, per_target = _attack_tables(lira, group_tr, fprs, threads)
     accuracy = _accuracy_table(np.asarray(data.accuracy().values, dtype=np.float64))
     memo = _memorization_table(group_tr, mem[train], priv[train], thr)
     per_sample = pd.DataFrame({"sample": data.ds["sample"].values, "group": group, "split": split,
@@ -445,7 +454,7 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
             extra = _paper_extras(data, counts, lira, out, train=train, group=group, mem=mem, priv=priv, thr=thr,
                                   lira_how=lira_how,
                                   fprs=fprs, n_targets=n_targets, progress=progress, figures=figures, phase=phase,
-                                  **extra_inputs)
+                                  threads=threads, **extra_inputs)
         per_sample = per_sample.merge(extra.pop("per_sample"), on="sample", how="left")
     extra_inputs.clear()  # every shadow's phi (the sweep's input) is not needed any more
     release_freed_memory()
@@ -510,13 +519,13 @@ def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, 
         "wall_s": round(time.perf_counter() - t_start, 3),
     }
     with phase("scores_zarr"):
-        write_scores(out, {"per_sample": per_sample, "lira": lira, "summary": summary})
+        write_scores(out, {"per_sample": per_sample, "lira": lira, "summary": summary}, threads=threads)
     # the returned scores are read back from scores.zarr (float32, as computed) on access
     lira.scores = StoredScores(out / "scores.zarr", lira.samples)
     with phase("figures_wait"):  # the figures still being drawn when everything else is done
         figures.wait()  # every figure written before analysis.json marks the analysis finished
     summary["timings_s"] = {**phase.seconds, "total": round(time.perf_counter() - t_start, 3)}
-    summary["threads"] = n_threads()  # of the timings (no result depends on it: tests/test_threads.py)
+    summary["threads"] = threads  # of the timings (no result depends on it: tests/test_threads.py)
     write_text(out / "analysis.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
     report = write_report(out, store=store)  # reads analysis.json for its header
     return {"attacks": attacks, "attacks_per_target": per_target, "accuracy": accuracy, "memorization": memo,
@@ -528,7 +537,8 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
                   priv: np.ndarray, thr: float, fprs: list[float], n_targets: int, progress: bool,
                   fits: Any = None, ood: dict[str, np.ndarray] | None = None,
                   phi: np.ndarray | None = None, figures: FigureQueue | None = None,
-                  phase: _Phases | None = None, lira_how: str = "LiRA: lira_variant 'ours'") -> dict[str, Any]:
+                  phase: _Phases | None = None, lira_how: str = "LiRA: lira_variant 'ours'",
+                  threads: int = 1) -> dict[str, Any]:
     """The paper's further outputs; writes its tables and figures and returns their data.
 
     Challenge sets (random under-represented, subpopulation from shadow 0's features, singletons)
@@ -557,14 +567,15 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
                        highlight=hm, highlight_label="singletons")
     phase = phase or _Phases()
     with phase("paper_extras/bootstrap_tables"):
-        paper = attack_table(_LazyPairs(lira), {k: v[train] for k, v in sets.items()}, fpr=0.001, n_boot=200, seed=0)
+        paper = attack_table(_LazyPairs(lira), {k: v[train] for k, v in sets.items()}, fpr=0.001, n_boot=200, seed=0,
+                             threads=threads)
     table1 = accuracy_table(data.accuracy(), dataset=str(data.spec.get("name", "store")),
                             n_over=int((train & ~under).sum()), n_under=int((train & under).sum()))
     subpop = {"subpopulation": sets["subpopulation"]} if "subpopulation" in sets else {}
     with phase("paper_extras/theory"):
         theory = theory_suite(data, counts, train=train, mem=mem, group=group, threshold=thr, plots=out / "plots",
                               fprs=fprs, n_targets=min(n_targets, 64), progress=progress, extra_masks=subpop,
-                              fits=fits, phi=phi, figures=figures)
+                              fits=fits, phi=phi, figures=figures, threads=threads)
 
     write_table(out / "tables", "paper_attacks", paper, format_attack_table(paper),
                 caption=f"Pooled AUROC and TPR@0.1% FPR over {n_targets} targets with 95% bootstrap intervals "

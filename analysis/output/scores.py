@@ -54,6 +54,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from analysis.store_io.threads import thread_map
+
 __all__ = ["scores_dataset", "write_scores", "StoredScores"]
 
 _STATIC = ("sample", "group", "split", "label")
@@ -153,7 +155,7 @@ def _encoding(ds: xr.Dataset, target_chunk: int, sample_chunk: int) -> dict[str,
 
 
 def _fill_scores(path: Path, result: Mapping[str, Any], extra_scores: Mapping[str, Any] | None, attacks: list[str],
-                 n: int, sample: np.ndarray, dtype: str, tc: int) -> None:
+                 n: int, sample: np.ndarray, dtype: str, tc: int, threads: int = 1) -> None:
     """Write ``score`` one (attack, block of ``tc`` targets) at a time: NaN off the challenge set."""
     import zarr
 
@@ -162,8 +164,6 @@ def _fill_scores(path: Path, result: Mapping[str, Any], extra_scores: Mapping[st
     pos = pd.Index(sample).get_indexer(np.asarray(lira.samples))
     arr = zarr.open_group(str(path), mode="r+")["score"]
     t = np.shape(lira.member)[0]
-    from analysis.store_io.threads import thread_map
-
     for i, a in enumerate(attacks):
         src = scores[a]
 
@@ -174,16 +174,16 @@ def _fill_scores(path: Path, result: Mapping[str, Any], extra_scores: Mapping[st
             arr[i:i + 1, t0:t1, :] = block
 
         # blocks of targets are separate chunks: the analysis' threads compress and write them
-        thread_map(put, range(0, t, tc))
+        thread_map(put, range(0, t, tc), threads)
 
 
 def write_scores(out: str | Path, result: Mapping[str, Any], *, extra_per_sample: Mapping[str, Any] | None = None,
                  extra_scores: Mapping[str, Any] | None = None, score_dtype: str = "float32",
-                 target_chunk: int = 64, sample_chunk: int = 32768) -> Path:
+                 target_chunk: int = 64, sample_chunk: int = 32768, threads: int = 1) -> Path:
     """Write ``out/scores.zarr`` atomically from ``analyze``'s ``result``; return its path.
 
     See :func:`scores_dataset` for the parameters; chunks are (1 attack, ``target_chunk`` targets,
-    ``sample_chunk`` samples), about 8 MB of float32 each.
+    ``sample_chunk`` samples), about 8 MB of float32 each, compressed and written on ``threads``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,7 +202,8 @@ def write_scores(out: str | Path, result: Mapping[str, Any], *, extra_per_sample
                        compute=False)
         if "score" in ds:
             _fill_scores(tmp, result, extra_scores, list(ds["attack"].values), ds.sizes["sample"],
-                         np.asarray(ds["sample"].values), score_dtype, max(1, min(target_chunk, ds.sizes["target"])))
+                         np.asarray(ds["sample"].values), score_dtype, max(1, min(target_chunk, ds.sizes["target"])),
+                         threads)
         if final.exists():
             os.replace(final, old)
         os.replace(tmp, final)

@@ -120,7 +120,8 @@ def format_accuracy_table(df: pd.DataFrame, *, subsets: Sequence[str] = SUBSETS,
 
 def attack_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]], challenge: Mapping[str, np.ndarray], *,
                  all_mask: np.ndarray | None = None, fpr: float = 0.001, n_boot: int = 200, seed: int = 0,
-                 level: float = 0.95, samples: str = "shared", dataset: str | None = None) -> pd.DataFrame:
+                 level: float = 0.95, samples: str = "shared", dataset: str | None = None,
+                 threads: int = 1) -> pd.DataFrame:
     """Pooled AUROC and TPR@``fpr`` with bootstrap intervals, per attack x challenge set.
 
     Parameters
@@ -141,6 +142,8 @@ def attack_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]], challenge
         every cell, so the cells of one column are paired replicates.
     dataset : str, optional
         Prepended as an index level (to concatenate several stores' tables).
+    threads : int
+        Threads of the bootstrap (no result depends on it).
 
     Returns
     -------
@@ -165,7 +168,7 @@ def attack_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]], challenge
                 raise ValueError(f"challenge set {cname!r} has shape {np.shape(cmask)}, expected ({n},)")
         # one sort of the attack's pairs serves the "All" column and every challenge set
         cols = bootstrap_columns(member, score, {"\0all": am, **challenge}, fprs=[fpr], n_boot=n_boot, seed=seed,
-                                 level=level, samples=samples)
+                                 level=level, samples=samples, threads=threads)
         release_freed_memory()
         b_all = cols.pop("\0all")  # the same for every challenge set
         for cname, b_u in cols.items():

@@ -8,6 +8,11 @@ overrides it (the pass then runs on that many dask threads; a dask distributed c
 workers). Every parallel step splits its work into independent parts (blocks of targets, of
 replicates, of sorted pairs, of repeats) whose results do not depend on how many threads run them:
 ``tests/test_threads.py`` compares whole analyses run with 1 and 3 threads.
+
+:func:`n_threads` is the one place that reads the environment: the entry points
+(:func:`analysis.analyze`, :func:`analysis.tools.analyze_bench.bench_analyze`, the planner) call it once
+when given no ``threads`` and pass the number down; every function below them takes ``threads: int``
+(default 1: serial).
 """
 
 from __future__ import annotations
@@ -36,14 +41,14 @@ def n_threads() -> int:
     return max(1, cpu_count())
 
 
-def thread_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int | None = None) -> list[Any]:
-    """``[fn(x) for x in items]``, on up to ``workers`` threads (default :func:`n_threads`), in order.
+def thread_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 1) -> list[Any]:
+    """``[fn(x) for x in items]``, on up to ``workers`` threads, in order.
 
     The callers' work is numpy, sorting and compiled loops that release the GIL; with one worker
     (or one item) it runs inline, without a pool.
     """
     items = list(items)
-    workers = min(n_threads() if workers is None else int(workers), len(items))
+    workers = min(int(workers), len(items))
     if workers <= 1:
         return [fn(x) for x in items]
     from concurrent.futures import ThreadPoolExecutor

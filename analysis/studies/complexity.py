@@ -216,7 +216,7 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
                  extra_masks: Mapping[str, np.ndarray] | None = None,
                  auroc_target: float = 0.9, tpr_target: float = 0.5, ridge: float = 1e-3, z: float = 2.0,
                  progress: bool = False, fits: Any = None, phi: np.ndarray | None = None,
-                 figures: Any = None) -> dict:
+                 figures: Any = None, threads: int = 1) -> dict:
     """Everything of §5 in one call, for :func:`analysis.output.report.analyze`.
 
     Parameters
@@ -249,6 +249,8 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
         so that nothing is read from the store again.
     figures : analysis.store_io.figures.FigureQueue, optional
         Draw the figures on this queue (they are written when it is waited on); default now.
+    threads : int
+        Threads the sweep's repeats run on (no result depends on it).
 
     Returns
     -------
@@ -288,7 +290,7 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
     try:
         t_n = min(data.n_shadows, 64) if n_targets is None or n_targets == 0 else n_targets
         sw, secs = sweep_from_store(data, masks, phi=phi, n_targets=t_n, repeats=repeats, seed=seed, fprs=tuple(fprs),
-                                    max_per_set=max_per_set, subsample_seed=seed,
+                                    max_per_set=max_per_set, subsample_seed=seed, threads=threads,
                                     progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:

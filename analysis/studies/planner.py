@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.store_io.threads import n_threads
+
 __all__ = ["PlanResult", "plan_from_pilot", "compare_with_sweep", "full_sweep_summary", "MEM_BINS", "metric_column",
            "per_sample_h2"]
 
@@ -162,7 +164,8 @@ def _shadows_to_train(m: float) -> float:
 
 def plan_from_pilot(store: str | Path, *, metric: str = "auroc", target: float = 0.9, attack: str = "lira-online",
                     shadow_limit: int | None = None, n_boot: int = 200, repeats: int = 10, seed: int = 0,
-                    threshold: float | None = None, level: float = 0.95, min_set: int = 5) -> PlanResult:
+                    threshold: float | None = None, level: float = 0.95, min_set: int = 5,
+                    threads: int | None = None) -> PlanResult:
     """Predict the references per side each group needs for ``metric >= target`` (module docstring).
 
     Parameters
@@ -181,6 +184,8 @@ def plan_from_pilot(store: str | Path, *, metric: str = "auroc", target: float =
         Singleton threshold (default: the store spec's).
     min_set : int
         Sets with fewer samples are left out.
+    threads : int, optional
+        Threads of the sweep; default :func:`analysis.store_io.threads.n_threads` (read once here).
 
     Returns
     -------
@@ -242,7 +247,8 @@ def plan_from_pilot(store: str | Path, *, metric: str = "auroc", target: float =
 
     grid = default_m_grid(k_max)
     sw = shadow_sweep(phi, kp, sub, n_targets=w_n, m_grid=grid, repeats=repeats, seed=seed,
-                      fprs=(fpr,) if fpr else (0.001,), attacks=(attack,) if attack in SWEEP_ATTACKS else (attack,))
+                      fprs=(fpr,) if fpr else (0.001,), attacks=(attack,) if attack in SWEEP_ATTACKS else (attack,),
+                      threads=n_threads() if threads is None else threads)
     summ = summarize_sweep(sw)
     summ = summ[summ["attack"] == attack]
 
@@ -349,15 +355,17 @@ def plan_from_pilot(store: str | Path, *, metric: str = "auroc", target: float =
 
 
 def full_sweep_summary(full_store: str | Path, masks: dict[str, np.ndarray], *, attack: str = "lira-online",
-                       repeats: int = 10, seed: int = 0, n_targets: int | None = 64) -> pd.DataFrame:
-    """The full run's summarized sweep on ``masks`` (AUROC, TPR at 0.1% and 1%), for :func:`compare_with_sweep`."""
+                       repeats: int = 10, seed: int = 0, n_targets: int | None = 64,
+                       threads: int | None = None) -> pd.DataFrame:
+    """The full run's summarized sweep on ``masks`` (AUROC, TPR at 0.1% and 1%), for :func:`compare_with_sweep`
+    (on ``threads``, default :func:`analysis.store_io.threads.n_threads`)."""
     from analysis.store_io.load import open_shadows
     from analysis.studies.sweep import summarize_sweep, sweep_from_store
 
     data = open_shadows(full_store)
     t_n = min(data.n_shadows, n_targets or data.n_shadows)
     sw, _ = sweep_from_store(data, masks, n_targets=t_n, repeats=repeats, seed=seed, fprs=(0.001, 0.01),
-                             attacks=(attack,))
+                             attacks=(attack,), threads=n_threads() if threads is None else threads)
     return summarize_sweep(sw)
 
 

@@ -56,7 +56,6 @@ from scipy.special import log_ndtr
 from analysis.store_io.figures import save_figure
 from analysis.attacks.lira import PER_SAMPLE_VARIANCE_MIN, lira_terms, sd_floor
 from analysis.kernels.metrics import fpr_label, per_target_metrics
-from analysis.store_io.threads import n_threads
 from analysis.kernels.stats import gaussian_sums
 
 __all__ = ["default_m_grid", "shadow_sweep", "sweep_scores", "summarize_sweep", "plot_sweep", "sweep_figure",
@@ -125,7 +124,7 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
                  seed: int = 0, fprs: Sequence[float] = (0.001, 0.01), attacks: Sequence[str] = SWEEP_ATTACKS,
                  progress: Callable[[int], None] | None = None,
                  orders: Sequence[np.ndarray] | None = None,
-                 per_sample_min: int = PER_SAMPLE_VARIANCE_MIN) -> pd.DataFrame:
+                 per_sample_min: int = PER_SAMPLE_VARIANCE_MIN, threads: int = 1) -> pd.DataFrame:
     """Run the sweep on in-memory phi.
 
     Parameters
@@ -159,6 +158,8 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
     per_sample_min : int
         Online and offline LiRA fit per-sample variances from this many references per side on
         (default :data:`analysis.attacks.lira.PER_SAMPLE_VARIANCE_MIN`), the pooled variance below it.
+    threads : int
+        Threads the repeats run on (no result depends on it).
 
     Returns
     -------
@@ -220,7 +221,7 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
 
     # repeats on the analysis' threads: their array work (numpy, compiled walks) releases the GIL
     rows: list[list[Any]] = []
-    with ThreadPoolExecutor(max(1, min(n_threads(), repeats))) as ex:
+    with ThreadPoolExecutor(max(1, min(int(threads), repeats))) as ex:
         for part in ex.map(one_repeat, range(repeats)):
             rows += part
             if progress is not None:

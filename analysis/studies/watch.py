@@ -46,6 +46,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from analysis.store_io.threads import n_threads
+
 __all__ = ["WatchKey", "WatchValue", "WatchResult", "GROUPS", "parse_watch", "watch_values", "group_masks"]
 
 #: Watchable groups; "random" and "under" are aliases of "Under" (all under-represented train samples).
@@ -223,7 +225,8 @@ def mem_bootstrap(correct: np.ndarray, keep: np.ndarray, *, n_boot: int = 200, s
 
 def watch_values(store: str | Path, keys: Sequence[str | WatchKey], *, shadow_limit: int | None = None,
                  targets: int | None = None, threshold: float | None = None, samples: Sequence[int] = (),
-                 n_boot: int = 200, seed: int = 0, level: float = 0.95, progress: bool = False) -> WatchResult:
+                 n_boot: int = 200, seed: int = 0, level: float = 0.95, progress: bool = False,
+                 threads: int | None = None) -> WatchResult:
     """The watched values of the store's done shadows below ``shadow_limit``.
 
     Parameters
@@ -242,6 +245,9 @@ def watch_values(store: str | Path, keys: Sequence[str | WatchKey], *, shadow_li
         Store sample indices of the group ``samples``.
     n_boot, seed, level : int, int, float
         Bootstrap replicates, seed (same seed: paired replicates across keys) and interval coverage.
+    threads : int, optional
+        Threads of the pass, the attacks and the bootstrap; default
+        :func:`analysis.store_io.threads.n_threads` (read once here).
 
     Returns
     -------
@@ -255,6 +261,7 @@ def watch_values(store: str | Path, keys: Sequence[str | WatchKey], *, shadow_li
     from analysis.studies.memorization import memorization_from_counts
     from analysis.kernels.passes import reduce_over_shadows
 
+    threads = n_threads() if threads is None else int(threads)
     parsed = [k if isinstance(k, WatchKey) else parse_watch(k) for k in keys]
     data = open_shadows(store, shadow_limit=shadow_limit)
     spec_an = data.spec.get("analysis", {})
@@ -263,7 +270,7 @@ def watch_values(store: str | Path, keys: Sequence[str | WatchKey], *, shadow_li
     group, train = data.group, data.split == "train"
     keep = np.asarray(data.keep.values, dtype=bool)
 
-    sums, partner, counts = reduce_over_shadows(data, progress=progress)
+    sums, partner, counts = reduce_over_shadows(data, progress=progress, threads=threads)
     mem, _ = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
     needs_features = any(k.group == "subpopulation" for k in parsed)
     masks = group_masks([k.group for k in parsed], group=group, train=train, mem=mem, threshold=thr,
@@ -272,14 +279,14 @@ def watch_values(store: str | Path, keys: Sequence[str | WatchKey], *, shadow_li
     values: dict[str, WatchValue] = {}
     names = [a for a in ATTACKS if any(k.attack == a for k in parsed)]  # registry order
     if names:
-        ctx = AttackContext.from_shadows(data, n_targets, phi_sums=sums, phi_partner=partner)
+        ctx = AttackContext.from_shadows(data, n_targets, phi_sums=sums, phi_partner=partner, threads=threads)
         res = run_attacks(ctx, names=names)
         # one bootstrap per (attack, group) with every FPR it needs: same seed, paired replicates
         for (attack, g) in dict.fromkeys((k.attack, k.group) for k in parsed if not k.is_mem):
             mask_tr = masks[g][train]
             fprs = sorted({k.fpr for k in parsed if (k.attack, k.group) == (attack, g) and k.fpr is not None})
             b = bootstrap_metrics(res.member, res.scores[attack], fprs=fprs or [0.001], n_boot=n_boot, seed=seed,
-                                  level=level, mask=mask_tr)
+                                  level=level, mask=mask_tr, threads=threads)
             for k in parsed:
                 if (k.attack, k.group) != (attack, g):
                     continue

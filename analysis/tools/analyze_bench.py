@@ -65,12 +65,13 @@ from analysis.output.report import analyze
 t1 = time.perf_counter()
 targets = None if sys.argv[3] == "spec" else int(sys.argv[3])
 extras = sys.argv[5] == "1"
+threads = int(sys.argv[6])
 if sys.argv[4]:
     from analysis.store_io.distributed import client_for
     with client_for(sys.argv[4]):
-        analyze(sys.argv[1], sys.argv[2], targets=targets, progress=False, extras=extras)
+        analyze(sys.argv[1], sys.argv[2], targets=targets, progress=False, extras=extras, threads=threads)
 else:
-    analyze(sys.argv[1], sys.argv[2], targets=targets, progress=False, extras=extras)
+    analyze(sys.argv[1], sys.argv[2], targets=targets, progress=False, extras=extras, threads=threads)
 t2 = time.perf_counter()
 print(json.dumps({"analyze_s": t2 - t1, "import_s": t1 - t0,
                   "maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
@@ -99,7 +100,7 @@ def _du(path: Path) -> int:
 def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, samples: int = 20000, classes: int = 10,
                   queries: int = 1, targets: int | None = None, workdir: str | Path | None = None,
                   keep: bool = False, scheduler: str | None = None, seed: int = 0, extras: bool = True,
-                  log=print) -> dict[str, Any]:
+                  threads: int | None = None, log=print) -> dict[str, Any]:
     """Run the benchmark; return its figures (see the module docstring).
 
     Parameters
@@ -119,15 +120,18 @@ def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, sampl
         Run the analysis on this dask distributed scheduler (``"local"``: a 2-process LocalCluster).
     extras : bool
         Time the whole analysis with the paper extras (default), or ``analyze --quick``.
+    threads : int, optional
+        The analysis' threads; default :func:`analysis.store_io.threads.n_threads` (read once here).
     log : callable
         Progress lines (``print`` by default; ``None`` for silence).
     """
     log = log or (lambda *_: None)
+    threads = n_threads() if threads is None else int(threads)
     own_tmp = workdir is None
     work = Path(tempfile.mkdtemp(prefix="mia-bench-analyze-")) if own_tmp else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"aim_ratio": AIM_RATIO, "aim_rss_gib": AIM_RSS_GIB, "cpus": os.cpu_count(),
-                           "threads": n_threads(),
+                           "threads": threads,
                            "scheduler": scheduler or "threads", "extras": bool(extras)}
     try:
         if store is None:
@@ -159,7 +163,7 @@ def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, sampl
         log(f"  {r1['read_s']:.2f} s (xarray's chunk graph: {r1['read_xarray_s']:.2f} s)")
         log(f"running analyze (targets: {'spec' if targets is None else targets}) ...")
         a = _child(_CHILD_ANALYZE, str(store), str(out), "spec" if targets is None else str(int(targets)),
-                   "" if scheduler is None else scheduler, "1" if extras else "0")
+                   "" if scheduler is None else scheduler, "1" if extras else "0", str(threads))
         log(f"  {a['analyze_s']:.2f} s, peak RSS {a['maxrss_gib']:.2f} GiB")
         log("reading the logits once more ...")
         r2 = _child(_CHILD_READ, str(store))
