@@ -17,7 +17,8 @@ number of shadows, and the logits are read exactly once.
 
 The per-row statistics of the logits come from :mod:`analysis.kernels.logit_kernels` (the loop
 :func:`analysis.store_io.load.phi_from_logits` and :func:`analysis.kernels.logit_kernels.signals_from_logits` use),
-and every per-sample sum of a task from one compiled loop over its rows (:func:`_accumulate`),
+and every per-sample sum of a task from one compiled loop over its rows (:func:`_accumulate`, whose
+Python face is :class:`TaskSums`: one field per sum, None where not asked for),
 checked against :func:`analysis.kernels.stats.gaussian_sums`, :func:`analysis.kernels.stats.partners`,
 :func:`analysis.studies.memorization.memorization_counts` and :func:`analysis.attacks._common.song_histogram`
 in the tests.
@@ -25,7 +26,7 @@ in the tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
@@ -38,7 +39,10 @@ from analysis.store_io.load import ShadowData, phi_from_logits
 from analysis.store_io.spill import release_freed_memory
 from analysis.kernels.stats import GaussianSums, Partners
 
-__all__ = ["reduce_over_shadows", "reduce_over_tasks", "one_pass", "PassResult", "shadows_per_task"]
+__all__ = ["reduce_over_shadows", "reduce_over_tasks", "one_pass", "PassResult", "TaskSums", "shadows_per_task"]
+
+#: The rows of :attr:`TaskSums.phi` and :attr:`TaskSums.sig`, in order.
+SUM_ROWS = ("s1_in", "s2_in", "s1_out", "s2_out", "x_in", "x_out")
 
 
 @dataclass
@@ -149,13 +153,81 @@ def _accumulate(z0, label, keep, sidx, first_in, first_out, phi, shift_phi, sig,
                     hist[(label[i] * 2 + (1 if k else 0)) * nb + song_bin(mentr_edges, sig[r, i, 2])] += 1.0
 
 
+@dataclass
+class TaskSums:
+    """The per-sample partial sums of one task of the pass (or of several, added with ``+``).
+
+    Every field not asked for is None; :meth:`accumulate` hands the compiled loop
+    (:func:`_accumulate`) 0-row arrays in their place, which it reads as "not asked for".
+
+    Attributes
+    ----------
+    counts : ndarray (N, 4)
+        IN shadows, OUT shadows, correct IN, correct OUT (identity query's argmax == label).
+    phi, sig : ndarray (6, N, Q) and (6, N, 3), optional
+        Of phi and of the signals, rows :data:`SUM_ROWS`: sums of ``x - shift`` and of its square
+        over IN and over OUT shadows, then the partners' values (``x`` of the shadow ``first_in`` /
+        ``first_out``; zero in the tasks without that shadow).
+    hist : ndarray (C * 2 * B,), optional
+        Song's counts per (class, OUT/IN, Mentr bin) of train samples (with ``sig``).
+    cross_in, cross_out : ndarray (N, Q, Q), optional
+        The shifted phi's cross products over IN / OUT shadows (the theory's Gaussian fits).
+    ood : ndarray (N, 2), optional
+        MSP and Energy of the targets among the task's shadows, summed (with ``cross_*``).
+    targets : list of (s0, phi, signals, scores)
+        The task's targets' own values (every shadow's phi when kept): concatenated by ``+``.
+    """
+
+    counts: np.ndarray
+    phi: np.ndarray | None = None
+    sig: np.ndarray | None = None
+    hist: np.ndarray | None = None
+    cross_in: np.ndarray | None = None
+    cross_out: np.ndarray | None = None
+    ood: np.ndarray | None = None
+    targets: list = field(default_factory=list)
+
+    @classmethod
+    def zeros(cls, n: int, q: int, n_classes: int, n_bins: int, *, phi: bool, signals: bool,
+              cross: bool) -> "TaskSums":
+        """Zero sums of ``n`` samples, ``q`` queries: the fields asked for, None for the others."""
+        return cls(counts=np.zeros((n, 4)), phi=np.zeros((6, n, q)) if phi else None,
+                   sig=np.zeros((6, n, 3)) if signals else None,
+                   hist=np.zeros(n_classes * 2 * n_bins) if signals else None,
+                   cross_in=np.zeros((n, q, q)) if cross else None, cross_out=np.zeros((n, q, q)) if cross else None)
+
+    def __add__(self, other: "TaskSums") -> "TaskSums":
+        """Field by field: arrays add, None stays None, the target lists concatenate."""
+        add = lambda a, b: None if a is None else a + b  # noqa: E731
+        return TaskSums(counts=self.counts + other.counts, phi=add(self.phi, other.phi), sig=add(self.sig, other.sig),
+                        hist=add(self.hist, other.hist), cross_in=add(self.cross_in, other.cross_in),
+                        cross_out=add(self.cross_out, other.cross_out), ood=add(self.ood, other.ood),
+                        targets=self.targets + other.targets)
+
+    def accumulate(self, z0: np.ndarray, label: np.ndarray, keep: np.ndarray, sidx: np.ndarray,
+                   first_in: np.ndarray, first_out: np.ndarray, phi: np.ndarray | None, shift_phi: np.ndarray | None,
+                   sig: np.ndarray | None, shift_sig: np.ndarray | None, edges: np.ndarray | None,
+                   train: np.ndarray) -> None:
+        """Add the rows (shadows ``sidx``) of one task in place: :func:`_accumulate` on these fields."""
+        q = self.phi.shape[2] if self.phi is not None else (phi.shape[2] if phi is not None else 0)
+        none3 = np.empty((0, 0, 0))
+        cross = self.cross_in is not None
+        _accumulate(z0, label, keep, sidx, first_in, first_out,
+                    np.empty((0, 0, q)) if phi is None else phi, np.empty((0, q)) if shift_phi is None else shift_phi,
+                    np.empty((0, 0, 3)) if sig is None else sig, np.empty((0, 3)) if shift_sig is None else shift_sig,
+                    np.zeros(2) if edges is None else np.asarray(edges, dtype=np.float64), train, z0.shape[-1],
+                    cross, self.counts, np.empty((0, 0, q)) if self.phi is None else self.phi,
+                    np.empty((0, 0, 3)) if self.sig is None else self.sig,
+                    np.empty(0) if self.hist is None else self.hist,
+                    none3 if not cross else self.cross_in, none3 if not cross else self.cross_out)
+
+
 def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, train: np.ndarray,
                  shift_phi: np.ndarray | None, shift_sig: np.ndarray | None, first_in: np.ndarray,
                  first_out: np.ndarray, edges: np.ndarray | None, n_targets: int, what: frozenset,
-                 keep_all_phi: bool, scorers: dict | None = None) -> dict[str, Any]:
-    """Partial sums of shadows ``s0 .. s0 + len(z)`` (a dict of per-sample arrays, summed by
-    :func:`_add`), with ``"targets"``: [(s0, phi, signals)] of the targets among them (phi of every
-    shadow when ``keep_all_phi``)."""
+                 keep_all_phi: bool, scorers: dict | None = None) -> TaskSums:
+    """Partial sums of shadows ``s0 .. s0 + len(z)`` (added with ``+``), with ``targets``:
+    [(s0, phi, signals, scores)] of the targets among them (phi of every shadow when ``keep_all_phi``)."""
     z = np.asarray(z)
     s, n = z.shape[0], z.shape[1]
     sidx = np.arange(s0, s0 + s)
@@ -183,38 +255,21 @@ def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, tr
     if "signals" in what:
         sig = both("signals")  # (s, n, 3)
     # every per-sample sum over this task's shadows in one compiled loop (no (s, n) temporaries)
+    # (the theory's multivariate Gaussian fits need the full Q x Q cross sums: ``cross``)
     cross = "extras" in what
-    counts = np.zeros((n, 4))
-    ps = np.zeros((6 if phi is not None else 0, n, q))
-    ss = np.zeros((6 if sig is not None else 0, n, 3))
-    hist = np.zeros(z.shape[-1] * 2 * (len(edges) - 1) if sig is not None else 0)
-    cin = np.zeros((n, q, q) if cross else (0, 0, 0))
-    cout = np.zeros_like(cin)
-    _accumulate(np.ascontiguousarray(z[:, :, 0, :]), label, kp, sidx, first_in, first_out,
-                # what is not asked for is passed empty (the loop reads it only when asked)
-                np.empty((0, 0, q)) if phi is None else phi, np.empty((0, q)) if shift_phi is None else shift_phi,
-                np.empty((0, 0, 3)) if sig is None else sig, np.empty((0, 3)) if shift_sig is None else shift_sig,
-                np.zeros(2) if edges is None else np.asarray(edges, dtype=np.float64), train, z.shape[-1], cross,
-                counts, ps, ss, hist, cin, cout)
-    out: dict[str, Any] = {"counts": counts}
-    for name, arr in (("phi", ps), ("sig", ss)):
-        if arr.shape[0]:
-            out.update({f"{name}/{k}": arr[j] for j, k in enumerate(("s1_in", "s2_in", "s1_out", "s2_out", "x_in",
-                                                                     "x_out"))})
-    if sig is not None:
-        out["hist"] = hist
-    if cross:
-        # the theory's multivariate Gaussian fits (full Q x Q cross sums) and the OOD detectors'
-        # scores of the target models (identity query), summed over targets
-        out["cross_in"], out["cross_out"] = cin, cout
-        out["ood"] = on_t["ood"].sum(0) if t.any() else np.zeros((n, 2))  # (MSP, Energy)
+    out = TaskSums.zeros(n, q, z.shape[-1], 0 if sig is None else len(edges) - 1, phi=phi is not None,
+                         signals=sig is not None, cross=cross)
+    out.accumulate(np.ascontiguousarray(z[:, :, 0, :]), label, kp, sidx, first_in, first_out, phi, shift_phi,
+                   sig, shift_sig, edges, train)
+    if cross:  # the OOD detectors' scores of the target models (identity query), summed over targets
+        out.ood = on_t["ood"].sum(0) if t.any() else np.zeros((n, 2))  # (MSP, Energy)
     rows = np.ones(s, dtype=bool) if keep_all_phi else t
     scored = {}
     if scorers and t.any():  # attacks that need only each target's own features (Shokri's classifiers)
         ft = on_t["features"][:, train]
         scored = {name: fn(ft, sidx[t]) for name, fn in scorers.items()}
-    out["targets"] = [(s0, None if phi is None else phi[rows].astype(np.float32),
-                       None if sig is None else sig[t].astype(np.float32), scored)] if rows.any() else []
+    out.targets = [(s0, None if phi is None else phi[rows].astype(np.float32),
+                    None if sig is None else sig[t].astype(np.float32), scored)] if rows.any() else []
     return out
 
 
@@ -226,8 +281,8 @@ def shadows_per_task(shape: tuple[int, ...]) -> int:
     return max(1, min(m, (16 << 20) // max(1, rest * 4)))
 
 
-def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    return {k: a[k] + b[k] for k in a}  # arrays add, the target lists concatenate
+def _add(a: TaskSums, b: TaskSums) -> TaskSums:
+    return a + b  # arrays add, the target lists concatenate
 
 
 def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: np.ndarray, n_targets: int = 0, *,
@@ -309,26 +364,27 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
             (tot,) = dask.compute(parts[0])
 
     as_int = lambda a: np.rint(a).astype(np.int64)  # noqa: E731  (exact: small integer sums in float64)
-    cnt = tot["counts"]
+    cnt = tot.counts
     n_in, n_out = as_int(cnt[:, 0]), as_int(cnt[:, 1])
     r = PassResult(counts=MemCounts(n_in=n_in, c_in=as_int(cnt[:, 2]), n_out=n_out, c_out=as_int(cnt[:, 3])))
 
-    def side(name: str, shift: np.ndarray) -> tuple[GaussianSums, Partners]:
-        return (GaussianSums(shift=shift, n_in=n_in, s1_in=tot[f"{name}/s1_in"], s2_in=tot[f"{name}/s2_in"],
-                             n_out=n_out, s1_out=tot[f"{name}/s1_out"], s2_out=tot[f"{name}/s2_out"]),
-                Partners(first_in=first_in, first_out=first_out, x_in=tot[f"{name}/x_in"], x_out=tot[f"{name}/x_out"]))
+    def side(acc: np.ndarray, shift: np.ndarray) -> tuple[GaussianSums, Partners]:
+        s1_in, s2_in, s1_out, s2_out, x_in, x_out = acc  # SUM_ROWS
+        return (GaussianSums(shift=shift, n_in=n_in, s1_in=s1_in, s2_in=s2_in, n_out=n_out, s1_out=s1_out,
+                             s2_out=s2_out),
+                Partners(first_in=first_in, first_out=first_out, x_in=x_in, x_out=x_out))
 
     if phi:
-        r.sums, r.partner = side("phi", shift_phi)
+        r.sums, r.partner = side(tot.phi, shift_phi)
         kept = np.empty((m if keep_all else n_targets, n, q), dtype=np.float32)
         r.target_phi, r.phi_all = kept[:n_targets], (kept if keep_all else None)
     if signals:
-        r.sig_sums, r.sig_partner = side("sig", shift_sig)
-        r.hist, r.edges = tot["hist"], edges
+        r.sig_sums, r.sig_partner = side(tot.sig, shift_sig)
+        r.hist, r.edges = tot.hist, edges
         r.target_signals = np.empty((n_targets, n, 3), dtype=np.float32)
     if scorers:
         r.target_scores = {name: np.empty((n_targets, int(train.sum())), dtype=np.float32) for name in scorers}
-    pieces = tot.pop("targets")
+    pieces, tot.targets = tot.targets, []
     while pieces:  # each task's piece is released once copied: no second copy of the targets' arrays
         if len(pieces) % 16 == 0:
             release_freed_memory()  # the pieces came from the worker threads' heaps
@@ -341,9 +397,9 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
             r.target_scores[name][s0:s0 + len(v)] = v
         del ph, sg, sc
     if extras:
-        r.fits = fits_from_sums(shift_phi, n_in, r.sums.s1_in, tot["cross_in"], n_out, r.sums.s1_out,
-                                tot["cross_out"])
-        ood = tot["ood"] / max(1, n_targets)
+        r.fits = fits_from_sums(shift_phi, n_in, r.sums.s1_in, tot.cross_in, n_out, r.sums.s1_out,
+                                tot.cross_out)
+        ood = tot.ood / max(1, n_targets)
         r.ood = {"msp": ood[:, 0], "energy": ood[:, 1]}
     return r
 
