@@ -27,6 +27,7 @@ import json
 import math
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,10 +41,11 @@ from analysis.attacks import AttackContext, run_attacks
 from analysis.attacks.shokri import fit_shokri
 from analysis.attacks.lira import LIRA_VARIANTS, LiraResult, resolve_targets, run_lira
 from analysis.attacks.lira_reference import run_lira_reference
-from analysis.store_io.load import open_shadows
+from analysis.store_io.load import ShadowData, open_shadows
 from analysis.studies.memorization import memorization_from_counts
 from analysis.kernels.metrics import attack_metrics, fpr_label, metric_columns
 from analysis.kernels.passes import one_pass
+from analysis.kernels.stats import MemCounts
 from analysis.studies.privacy import privacy_score_from_sums
 from analysis.output.roc import write_roc
 from analysis.store_io.atomic import write_text
@@ -420,19 +422,84 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     try:
         # every figure is drawn on one background thread while the tables are computed
         with FigureQueue() as figures:
-            return _tabulate(data, lira, out, store=store, train=train, group=group, label=label, split=split,
-                             mem=mem, mem_se=mem_se, priv=priv, counts=counts, thr=thr, fprs=fprs,
-                             n_targets=n_targets, extras=extras, extra_inputs=extra_inputs, progress=progress,
-                             t_start=t_start, figures=figures, phase=phase, lira_variant=variant, threads=threads)
+            inputs = ReportInputs(data=data, lira=lira, out=out, store=store, train=train, group=group, label=label,
+                                  split=split, mem=mem, mem_se=mem_se, priv=priv, counts=counts, thr=thr, fprs=fprs,
+                                  n_targets=n_targets, extras=extras, extra_inputs=extra_inputs, progress=progress,
+                                  t_start=t_start, lira_variant=variant, threads=threads)
+            return _tabulate(inputs, figures=figures, phase=phase)
     finally:
         spill.close()
 
 
-def _tabulate(data, lira, out: Path, *, store, train, group, label, split, mem, mem_se, priv, counts, thr, fprs,
-              n_targets, extras, extra_inputs, progress, t_start, figures: FigureQueue,
-              phase: _Phases, lira_variant: str = "ours", threads: int = 1) -> dict[str, Any]:
+@dataclass
+class ReportInputs:
+    """What :func:`analyze` hands its tables, figures and JSON summary (:func:`_tabulate`).
+
+    Attributes
+    ----------
+    data : analysis.store_io.load.ShadowData
+        The opened store (its done shadows).
+    lira : analysis.attacks.AttackResult
+        Every attack's (T, N_train) scores, in :data:`analysis.attacks.ATTACKS` order.
+    out, store : Path, str or Path
+        The output folder and the store's path.
+    train, group, label, split : ndarray (N,)
+        Per store sample: train split (bool), "over"/"under", class, "train"/"test".
+    mem, mem_se, priv : ndarray (N,)
+        Memorization, its standard error and the privacy score per store sample.
+    counts : analysis.kernels.stats.MemCounts
+        Correctness counts over all done shadows (the theory's input).
+    thr : float
+        Singleton threshold.
+    fprs : list of float
+        FPRs of the TPR columns.
+    n_targets : int
+        Target shadows attacked.
+    extras : bool
+        Compute the paper's extras (:func:`_paper_extras`).
+    extra_inputs : dict
+        The one pass' ``fits``, ``ood`` and ``phi`` for the extras (cleared once used).
+    progress : bool
+        tqdm bars.
+    t_start : float
+        ``time.perf_counter()`` at the start of :func:`analyze` (``wall_s``, ``timings_s``).
+    lira_variant : str
+        "ours" or "reference".
+    threads : int
+        The analysis' threads (passed down; ``summary["threads"]``).
+    """
+
+    data: ShadowData
+    lira: LiraResult
+    out: Path
+    store: str | Path
+    train: np.ndarray
+    group: np.ndarray
+    label: np.ndarray
+    split: np.ndarray
+    mem: np.ndarray
+    mem_se: np.ndarray
+    priv: np.ndarray
+    counts: MemCounts
+    thr: float
+    fprs: list[float]
+    n_targets: int
+    extras: bool
+    extra_inputs: dict[str, Any]
+    progress: bool
+    t_start: float
+    lira_variant: str = "ours"
+    threads: int = 1
+
+
+def _tabulate(inputs: ReportInputs, *, figures: FigureQueue, phase: _Phases) -> dict[str, Any]:
     """The rest of :func:`analyze`: tables, plots (drawn on ``figures``), ``scores.zarr``,
     ``analysis.json`` and the report."""
+    data, lira, out, store = inputs.data, inputs.lira, inputs.out, inputs.store
+    train, group, label, split = inputs.train, inputs.group, inputs.label, inputs.split
+    mem, mem_se, priv, counts, thr, fprs = inputs.mem, inputs.mem_se, inputs.priv, inputs.counts, inputs.thr, inputs.fprs
+    n_targets, extras, extra_inputs, progress = inputs.n_targets, inputs.extras, inputs.extra_inputs, inputs.progress
+    t_start, lira_variant, threads = inputs.t_start, inputs.lira_variant, inputs.threads
 
     group_tr = group[train]
     lira_how = ("LiRA as the reference code scores it (lira_variant 'reference': medians, ddof 0, every other "
