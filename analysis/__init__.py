@@ -3,14 +3,14 @@
 One folder per role (import the modules directly; this package imports nothing heavy on its own):
 
 ``store_io/``  reading the store and writing outputs safely: ``load``, ``spill``, ``atomic``,
-               ``figures``, ``distributed`` (dask client), ``threads``
+               ``figures``, ``distributed`` (dask client), ``threads``, ``numfmt`` (number format)
 ``kernels/``   compiled kernels and the one pass over the logits: ``logit_kernels``, ``passes``,
                ``stats``, ``metrics``, ``roc_scan``, ``bootstrap``
 ``attacks/``   membership attacks: LiRA (``lira``, ``lira_reference``), RMIA, Shokri, Song, Yeom, ...
 ``studies/``   the paper's studies: ``memorization``, ``privacy``, ``theory``, ``complexity``,
                ``sweep``, ``ood``, ``groups``, ``dp_compare``, ``planner``, ``watch``
 ``output/``    what a person reads: ``report`` (the ``analyze`` orchestrator), ``tables``, ``roc``,
-               ``scores``, ``html_report``, ``numfmt``, ``adaptive_figure``
+               ``scores``, ``html_report``, ``adaptive_figure``
 ``tools/``     developer tools: ``analyze_bench``, ``synthetic_store``
 
 Imports go one way: store_io <- kernels <- attacks <- studies <- output <- tools.

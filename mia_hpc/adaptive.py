@@ -140,7 +140,7 @@ class AdaptiveResult:
 
 
 def _f(v: float | None) -> str:
-    from analysis.output.numfmt import fmt  # the report's one number format
+    from analysis.store_io.numfmt import fmt  # the report's one number format
 
     return fmt(v)
 

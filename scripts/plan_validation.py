@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis.store_io.atomic import write_text  # noqa: E402
 from analysis.store_io.figures import save_figure  # noqa: E402
 from analysis.studies.planner import compare_with_sweep, full_sweep_summary, plan_from_pilot  # noqa: E402
-from analysis.output.report import to_markdown  # noqa: E402
+from analysis.store_io.numfmt import to_markdown  # noqa: E402
 
 PREDICTORS = ("cor1-mem", "cor1-h2", "fit")
 

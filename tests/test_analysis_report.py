@@ -15,7 +15,7 @@ import analysis.output.report as report
 from analysis.attacks import ATTACKS
 from analysis.store_io.load import AnalysisError
 from analysis.output.html_report import incomplete_line
-from analysis.output.numfmt import max_significant_digits
+from analysis.store_io.numfmt import max_significant_digits
 from analysis.output.report import analyze, format_table, terminal_lines
 from analysis.tools.synthetic_store import write_synthetic_store
 from mia_hpc.store import SUBSETS

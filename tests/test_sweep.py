@@ -295,7 +295,8 @@ def test_theory_suite_end_to_end_on_a_synthetic_store(synth, tmp_path):
     import json
 
     from analysis.studies.complexity import theory_json, theory_tables
-    from analysis.output.report import _jsonable, to_markdown
+    from analysis.output.report import _jsonable
+    from analysis.store_io.numfmt import to_markdown
 
     tabs = theory_tables(r)
     assert set(tabs) == {"theory", "sweep", "complexity"}

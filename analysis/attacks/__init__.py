@@ -27,6 +27,7 @@ import numpy as np
 from analysis.attacks.lira import ATTACKS as LIRA_ATTACKS
 from analysis.attacks.lira import LiraResult, run_lira
 from analysis.kernels.stats import gaussian_sums, partners
+from analysis.store_io.load import phi_from_logits
 from ._common import AttackContext, AttackResult
 from .rmia import run_rmia
 from .sablayrolles import run_sablayrolles
@@ -41,8 +42,6 @@ def _lira_all(ctx: AttackContext) -> LiraResult:
     """All three LiRA variants, computed once per context (cached on it)."""
     if ctx.lira is None:
         if ctx.phi_of is None or ctx.phi_sums is None or ctx.phi_partner is None:
-            from analysis.store_io.load import phi_from_logits
-
             logits = ctx.logits
             phi = lambda sl: phi_from_logits(np.asarray(logits[sl].compute()), ctx.label[None, :, None])  # noqa: E731
             if ctx.phi_sums is None:

@@ -17,6 +17,8 @@ import numba
 import numpy as np
 from sklearn.metrics import auc, roc_auc_score, roc_curve
 
+from analysis.kernels.roc_scan import roc_scan
+
 
 __all__ = ["roc", "auroc", "tpr_at_fpr", "fpr_label", "metric_columns", "attack_metrics",
            "per_target_metrics"]
@@ -155,8 +157,6 @@ def per_target_metrics(member: np.ndarray, score: np.ndarray, fprs: list[float],
 
 def _sorted_rows(s: np.ndarray, mb: np.ndarray, fprs: list[float]) -> np.ndarray:
     """:func:`per_target_metrics` of one block of rows: one integer sort, then one compiled scan."""
-    from analysis.kernels.roc_scan import roc_scan
-
     key = _order_keys(s, mb)  # the member flag in bit 0
     key.sort(axis=1)  # one SIMD sort of integer keys (~10x an argsort + gathers)
     res = np.empty((s.shape[0], 1 + len(fprs)))

@@ -30,6 +30,8 @@ import pandas as pd
 
 from analysis.store_io.atomic import write_text
 from analysis.store_io.figures import save_figure
+from analysis.store_io.numfmt import to_markdown
+from analysis.studies.watch import watch_values
 
 __all__ = ["replay_curve", "stop_points", "stops_table", "plot_curve", "adaptive_figure"]
 
@@ -37,7 +39,6 @@ __all__ = ["replay_curve", "stop_points", "stops_table", "plot_curve", "adaptive
 def replay_curve(store: str | Path, keys: Sequence[str], sizes: Sequence[int], *, samples: Sequence[int] = (),
                  progress: Any = None) -> pd.DataFrame:
     """Tidy DataFrame (shadows, key, value, lo, hi, n_samples) of the watched keys on every prefix size."""
-    from analysis.studies.watch import watch_values
 
     rows = []
     for m in sizes:
@@ -215,8 +216,6 @@ def adaptive_figure(store: str | Path, out: str | Path, *, spec: Any = None, eve
     table = stops_table(curve, m, first_waves=sorted(set(first_waves) | {spec.adaptive.first_wave}),
                         tolerances=sorted(set(tolerances) | {spec.adaptive.tolerance}), block=block)
     write_text(out / "adaptive_curve.csv", curve.to_csv(index=False))
-    from analysis.output.report import to_markdown
-
     view = table.copy()
     for c in ("value at stop", "full run", "stop - full", "compute saved"):
         view[c] = view[c].map(lambda x: f"{x:+.4f}" if c == "stop - full" else f"{x:.3f}")

@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from analysis.store_io.atomic import write_text
-from analysis.output.numfmt import fmt, is_p_column
+from analysis.store_io.numfmt import fmt, is_p_column
 from typing import Any, Iterable
 
 __all__ = ["write_report", "render_report", "register_caption", "caption_for", "incomplete_line", "CAPTIONS"]

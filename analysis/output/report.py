@@ -50,8 +50,11 @@ from analysis.studies.privacy import privacy_score_from_sums
 from analysis.output.roc import write_roc
 from analysis.store_io.atomic import write_text
 from analysis.store_io.figures import FigureQueue, save_figure
-from analysis.output.numfmt import fmt, is_p_column
-from analysis.studies.ood import spearman
+from analysis.store_io.numfmt import fmt, format_table, to_markdown  # format_table, to_markdown: re-exported
+from analysis.studies.complexity import theory_json, theory_suite, theory_tables
+from analysis.studies.groups import challenge_sets, highly_memorized, sample_set_table, set_definition, store_features
+from analysis.studies.ood import ood_correlations, ood_scores_from_store, plot_mem_vs_ood, plot_ood_vs_privacy, spearman
+from analysis.output.tables import accuracy_table, attack_table, format_accuracy_table, format_attack_table, write_table
 from analysis.output.html_report import incomplete_line, write_report
 from analysis.output.scores import StoredScores, write_scores
 from analysis.store_io.spill import SpilledScores, release_freed_memory
@@ -65,24 +68,8 @@ GROUP_COLORS = {"over": "tab:blue", "under": "tab:red"}
 # --- formatting -------------------------------------------------------------------------------
 
 def _fmt(v: Any, *, p_value: bool = False) -> str:
-    """The report's one number format (:func:`analysis.output.numfmt.fmt`)."""
+    """The report's one number format (:func:`analysis.store_io.numfmt.fmt`)."""
     return fmt(v, p_value=p_value)
-
-
-def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    head = [str(df.index.name or "")] + [str(c) for c in df.columns]
-    p_cols = [is_p_column(c) for c in df.columns]
-    rows = [[str(i)] + [_fmt(v, p_value=pc) for v, pc in zip(row, p_cols)]
-            for i, row in zip(df.index, df.itertuples(index=False))]
-    return head, rows
-
-
-def format_table(df: pd.DataFrame) -> str:
-    """A DataFrame as an aligned plain-text table for the terminal (index as the first column)."""
-    head, rows = _cells(df)
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
 def terminal_lines(res: Mapping[str, Any]) -> list[str]:
@@ -98,14 +85,6 @@ def terminal_lines(res: Mapping[str, Any]) -> list[str]:
     lines.append(format_table(res["attacks"]))
     lines.append(f"report: {res['report']}")
     return lines
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    """A DataFrame as a GitHub-flavoured Markdown table (no dependency on ``tabulate``)."""
-    head, rows = _cells(df)
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(head) - 1)) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out) + "\n"
 
 
 def _write_table(out: Path, name: str, df: pd.DataFrame, caption: str, view: pd.DataFrame | None = None) -> None:
@@ -615,11 +594,6 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
     come from the report's one pass (:class:`analysis.kernels.passes.PassResult`); without them they are
     read from the store.
     """
-    from analysis.studies.complexity import theory_json, theory_suite, theory_tables
-    from analysis.studies.groups import challenge_sets, highly_memorized, sample_set_table, set_definition, store_features
-    from analysis.studies.ood import ood_correlations, ood_scores_from_store, plot_mem_vs_ood, plot_ood_vs_privacy
-    from analysis.output.tables import accuracy_table, attack_table, format_accuracy_table, format_attack_table, write_table
-
     under = group == "under"
     group_tr = group[train]
     sets = challenge_sets(group, train, mem, thr, store_features(data.ds), seed=0)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.store_io.atomic import write_text
-from analysis.output.numfmt import fmt, is_p_column
+from analysis.store_io.numfmt import fmt, is_p_column
 from analysis.store_io.spill import release_freed_memory
 from analysis.kernels.bootstrap import bootstrap_columns, metric_names
 
@@ -98,7 +98,7 @@ def format_accuracy_table(df: pd.DataFrame, *, subsets: Sequence[str] = SUBSETS,
                           percentiles: bool = False) -> pd.DataFrame:
     """Paper view of :func:`accuracy_table`: "mean ± pm" per subset (or "mean [lo, hi]" with
     ``percentiles=True``), N/A where a subset has no value; numbers in the report's one format
-    (:func:`analysis.output.numfmt.fmt`)."""
+    (:func:`analysis.store_io.numfmt.fmt`)."""
     view = pd.DataFrame(index=df.index)
     for c in ("n_shadows", "|D_O|", "|D_U|"):
         if c in df:
@@ -201,7 +201,7 @@ def _cell(v: float, lo: float, hi: float, pct: bool) -> str:
 
 def format_attack_table(df: pd.DataFrame, *, show_n: bool = True) -> pd.DataFrame:
     """Paper view of :func:`attack_table`: "value [lo, hi]" strings, TPR in percent, numbers in the
-    report's one format (:func:`analysis.output.numfmt.fmt`).
+    report's one format (:func:`analysis.store_io.numfmt.fmt`).
 
     Columns: ``AUROC All``, ``AUROC Under-represented``, ``TPR@0.1% FPR All``, ``TPR@0.1% FPR
     Under-represented`` (and ``n Under`` with ``show_n``)."""
@@ -222,7 +222,7 @@ def format_attack_table(df: pd.DataFrame, *, show_n: bool = True) -> pd.DataFram
 
 def format_numbers(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` as strings in the report's one number format; columns named like p-values
-    (:func:`analysis.output.numfmt.is_p_column`) in scientific notation."""
+    (:func:`analysis.store_io.numfmt.is_p_column`) in scientific notation."""
     view = pd.DataFrame(index=df.index)
     for c in df.columns:
         p = is_p_column(c)

@@ -114,7 +114,9 @@ def phi_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
         targets' phi as float32, and with one precision everywhere a target's own contribution
         cancels exactly from sums over shadows.
     """
-    from analysis.kernels.logit_kernels import phi_rows  # one compiled loop per row (same formula)
+    # one compiled loop per row (same formula). In the function: opening a store stays free of numba
+    # (the CLI's status and checks open stores), and store_io sits below kernels (the one import upward)
+    from analysis.kernels.logit_kernels import phi_rows
 
     return phi_rows(z, y).astype(np.float32).astype(np.float64)
 

@@ -23,9 +23,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from analysis.store_io.figures import save_figure
-from analysis.attacks.lira import PER_SAMPLE_VARIANCE_MIN
 import pandas as pd
+
+from analysis.store_io.figures import FigureQueue, figure_paths, save_figure
+from analysis.attacks.lira import PER_SAMPLE_VARIANCE_MIN
+from analysis.kernels.metrics import fpr_label
+from analysis.studies.groups import highly_memorized, random_under
+from analysis.studies.sweep import plot_sweep, summarize_sweep, sweep_from_store
+from analysis.studies.theory import theory_per_sample, theory_summary
 
 __all__ = ["shadows_needed", "sample_complexity", "plot_complexity", "theory_suite", "theory_tables", "theory_json"]
 
@@ -258,14 +263,8 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
     ``sweep_summary``, ``complexity``, ``figures`` (list of paths), ``masks`` (over all samples),
     ``sweep_s`` (seconds for the sweep, reading phi included).
     """
-    from analysis.studies.sweep import plot_sweep, summarize_sweep, sweep_from_store
-    from analysis.studies.theory import theory_per_sample, theory_summary
-    from analysis.kernels.metrics import fpr_label
-
     plots = Path(plots)
     train = np.asarray(train, dtype=bool)
-    from analysis.studies.groups import highly_memorized, random_under
-
     # names from the one registry (analysis.studies.groups.SAMPLE_SETS), as in every other table and figure
     masks = {"highly memorized": highly_memorized(mem, threshold, train=train), "All": train.copy(),
              "random": random_under(group, train=train)}
@@ -300,8 +299,6 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
     comp = sample_complexity(summ, mem[train], {"gauss_uni": th["H2_gauss_uni"].to_numpy(),
                                                  "bernoulli": th["H2_bernoulli"].to_numpy()},
                              masks_tr, auroc_target=auroc_target, tpr_metric=tpr_metric, tpr_target=tpr_target)
-    from analysis.store_io.figures import FigureQueue, figure_paths
-
     queue = figures if figures is not None else FigureQueue(background=False)
     plans = [(plot_sweep, (summ, plots / "sweep_auroc"), {"title": "LiRA AUROC vs number of reference shadows"})]
     for f in fprs:

@@ -26,6 +26,9 @@ import pandas as pd
 
 from analysis.store_io.atomic import write_text
 from analysis.store_io.figures import save_figure
+from analysis.store_io.load import open_shadows
+from analysis.store_io.numfmt import to_markdown
+from analysis.studies.memorization import memorization
 
 __all__ = ["store_memorization", "compare_memorization", "CompareError"]
 
@@ -45,8 +48,6 @@ def store_memorization(store: str | Path) -> dict[str, Any]:
     """
     import zarr
 
-    from analysis.store_io.load import open_shadows
-    from analysis.studies.memorization import memorization
 
     data = open_shadows(store)
     train = data.split == "train"
@@ -154,8 +155,6 @@ def compare_memorization(store_a: str | Path, store_b: str | Path, out: str | Pa
     table = _table(loaded, labels)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from analysis.output.report import to_markdown
-
     fig = _plot(loaded, labels, out / "mem_compare")[0]
     csv = write_text(out / "mem_compare.csv", table.to_csv())
     view = table.reset_index()

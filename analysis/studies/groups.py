@@ -42,6 +42,8 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from analysis.store_io.numfmt import fmt
+
 __all__ = ["Subpopulation", "subpopulation", "subpopulation_clusters", "singletons", "random_under",
            "highly_memorized", "challenge_sets", "store_features", "SAMPLE_SETS", "SET_ALIASES", "set_name",
            "set_definition", "sample_set_table"]
@@ -73,8 +75,6 @@ def set_name(name: str) -> str:
 
 def set_definition(name: str, threshold: float) -> str:
     """The definition of the registered set ``name`` with the memorization threshold filled in."""
-    from analysis.output.numfmt import fmt
-
     return SAMPLE_SETS[set_name(name)].format(threshold=fmt(float(threshold)))
 
 

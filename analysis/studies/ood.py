@@ -30,6 +30,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from analysis.kernels.logit_kernels import ood_rows
+
 __all__ = ["OOD_SCORES", "msp_score", "energy_score", "per_shadow_ood", "ood_scores", "ood_scores_from_store",
            "spearman", "ood_correlations", "plot_ood_vs_privacy", "plot_mem_vs_ood"]
 
@@ -40,15 +42,11 @@ GROUP_COLORS = {"over": "tab:blue", "under": "tab:red"}
 
 def msp_score(logits: np.ndarray) -> np.ndarray:
     """``1 - max softmax`` over the last axis (float64): higher = more OOD (Hendrycks & Gimpel)."""
-    from analysis.kernels.logit_kernels import ood_rows  # max softmax = exp(max z - logsumexp z): stable for finite logits
-
-    return ood_rows(logits)[..., 0]
+    return ood_rows(logits)[..., 0]  # max softmax = exp(max z - logsumexp z): stable for finite logits
 
 
 def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Energy ``-T logsumexp(z / T)`` over the last axis (float64): higher = more OOD (Liu et al.)."""
-    from analysis.kernels.logit_kernels import ood_rows
-
     return ood_rows(logits, temperature)[..., 1]
 
 

@@ -47,7 +47,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.kernels.metrics import fpr_label
+from analysis.store_io.load import open_shadows
 from analysis.store_io.threads import n_threads
+from analysis.studies.complexity import shadows_needed
+from analysis.studies.groups import random_under, singletons, store_features, subpopulation
+from analysis.studies.sweep import SWEEP_ATTACKS, default_m_grid, shadow_sweep, summarize_sweep, sweep_from_store
+from analysis.studies.theory import hellinger2_gauss_uni
 
 __all__ = ["PlanResult", "plan_from_pilot", "compare_with_sweep", "full_sweep_summary", "MEM_BINS", "metric_column",
            "per_sample_h2"]
@@ -71,8 +77,6 @@ def metric_column(metric: str) -> tuple[str, float | None]:
         except ValueError:
             f = float("nan")
         if 0 < f < 1:
-            from analysis.kernels.metrics import fpr_label
-
             return f"tpr@{fpr_label(f)}", f
     raise PlanError(f"--metric: must be 'auroc' or 'tpr@<x>%' (e.g. 'tpr@1%'), got {metric!r}")
 
@@ -103,8 +107,6 @@ def per_sample_h2(phi0: np.ndarray, keep: np.ndarray, w: np.ndarray | None = Non
     one replicate of ones). Variances are floored at ``(max(1e-4, 1e-3 * typical std))^2`` as in
     :mod:`analysis.studies.theory`. Returns (B, N) (NaN where a side has fewer than 2 shadows).
     """
-    from analysis.studies.theory import hellinger2_gauss_uni
-
     w = np.ones((1, phi0.shape[0])) if w is None else w
     _, mu_in, v_in, _, mu_out, v_out = _weighted_moments(phi0, keep, w)
     typical = np.sqrt(np.nanmedian(np.concatenate([v_in.ravel(), v_out.ravel()]))) if np.isfinite(v_in).any() else 1.0
@@ -193,10 +195,6 @@ def plan_from_pilot(store: str | Path, *, metric: str = "auroc", target: float =
     mean H2 (+ lo/hi), pilot best and m reached, ceiling A, and for each predictor ``m <pred>``,
     ``m <pred> lo/hi`` (references per side) and ``shadows <pred>`` (to train), plus ``m pilot``.
     """
-    from analysis.studies.groups import random_under, singletons, store_features, subpopulation
-    from analysis.store_io.load import open_shadows
-    from analysis.studies.sweep import SWEEP_ATTACKS, default_m_grid, shadow_sweep, summarize_sweep
-
     col, fpr = metric_column(metric)
     if attack not in ("lira-online", "lira-offline", "lira-fixed-variance"):
         raise PlanError(f"--attack: the sweep runs LiRA only (lira-online, lira-offline, lira-fixed-variance), "
@@ -359,9 +357,6 @@ def full_sweep_summary(full_store: str | Path, masks: dict[str, np.ndarray], *, 
                        threads: int | None = None) -> pd.DataFrame:
     """The full run's summarized sweep on ``masks`` (AUROC, TPR at 0.1% and 1%), for :func:`compare_with_sweep`
     (on ``threads``, default :func:`analysis.store_io.threads.n_threads`)."""
-    from analysis.store_io.load import open_shadows
-    from analysis.studies.sweep import summarize_sweep, sweep_from_store
-
     data = open_shadows(full_store)
     t_n = min(data.n_shadows, n_targets or data.n_shadows)
     sw, _ = sweep_from_store(data, masks, n_targets=t_n, repeats=repeats, seed=seed, fprs=(0.001, 0.01),
@@ -379,8 +374,6 @@ def compare_with_sweep(plan: PlanResult, full_store: str | Path | None = None, *
     (``> m_max``). Returns, per set, the predictions, the measured m, whether the measured value
     lies in each prediction's interval, whether it is the same grid point, and the ratio.
     """
-    from analysis.studies.complexity import shadows_needed
-
     st = plan.settings
     col = st["metric"]
     if summary is None:

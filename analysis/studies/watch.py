@@ -77,6 +77,8 @@ class WatchKey:
 
 def parse_watch(key: str) -> WatchKey:
     """Parse ``"ATTACK/METRIC GROUP"`` or ``"mem/mean GROUP"``; raise :class:`WatchError` naming the problem."""
+    # in the function: a spec's watch keys are checked when it is loaded (mia_hpc.adaptive.check_adaptive),
+    # and this module stays light (numpy) for that; the attacks import numba, dask and the kernels
     from analysis.attacks import ATTACKS
 
     attack, sep, rest = str(key).partition("/")
@@ -141,7 +143,7 @@ def group_masks(names: Sequence[str], *, group: np.ndarray, train: np.ndarray, m
     The definitions are the report's (:mod:`analysis.studies.groups`), so a group here is the same set of
     samples as the report's challenge set of that name for the same shadows.
     """
-    from analysis.studies.groups import random_under, singletons, subpopulation
+    from analysis.studies.groups import random_under, singletons, subpopulation  # pandas: off the spec check's path
 
     group = np.asarray(group).astype(str)
     train = np.asarray(train, dtype=bool)
@@ -253,6 +255,7 @@ def watch_values(store: str | Path, keys: Sequence[str | WatchKey], *, shadow_li
     -------
     WatchResult
     """
+    # in the function, as in parse_watch: importing this module (a spec check) stays light
     from analysis.attacks import ATTACKS, AttackContext, run_attacks
     from analysis.kernels.bootstrap import bootstrap_metrics
     from analysis.studies.groups import store_features

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.store_io.threads import n_threads
+from analysis.tools.synthetic_store import write_synthetic_store
 
 __all__ = ["bench_analyze", "format_bench_analyze", "AIM_RATIO", "AIM_RSS_GIB"]
 
@@ -135,8 +136,6 @@ def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, sampl
                            "scheduler": scheduler or "threads", "extras": bool(extras)}
     try:
         if store is None:
-            from analysis.tools.synthetic_store import write_synthetic_store
-
             store = work / f"store_{shadows}x{samples}x{classes}x{queries}.zarr"
             if store.exists():
                 log(f"reusing {store}")

@@ -8,6 +8,9 @@ the terminal.
 * NaN and None print as ``N/A``, infinities as ``inf`` / ``-inf``.
 
 CSV files keep full precision (they are data); only their readable views go through here.
+:func:`format_table` (terminal) and :func:`to_markdown` (``tables/*.md``) lay a DataFrame out in it.
+It sits low (``store_io``) because every layer above writes text a person reads: the studies' tables
+as much as the report's.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from __future__ import annotations
 import math
 import re
 from numbers import Integral, Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["SIG", "fmt", "fmt_p", "is_p_column", "max_significant_digits"]
+if TYPE_CHECKING:  # only for annotations: this module imports nothing heavy
+    import pandas as pd
+
+__all__ = ["SIG", "fmt", "fmt_p", "is_p_column", "max_significant_digits", "format_table", "to_markdown"]
 
 #: Significant digits of every non-integer number shown to a person.
 SIG = 4
@@ -87,3 +93,29 @@ def max_significant_digits(text: str) -> tuple[int, str]:
         if n > best:
             best, which = n, m.group(0)
     return best, which
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    head = [str(df.index.name or "")] + [str(c) for c in df.columns]
+    p_cols = [is_p_column(c) for c in df.columns]
+    rows = [[str(i)] + [fmt(v, p_value=pc) for v, pc in zip(row, p_cols)]
+            for i, row in zip(df.index, df.itertuples(index=False))]
+    return head, rows
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """A DataFrame as an aligned plain-text table for the terminal (index as the first column)."""
+    head, rows = _cells(df)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub-flavoured Markdown table (no dependency on ``tabulate``)."""
+    head, rows = _cells(df)
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(head) - 1)) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
