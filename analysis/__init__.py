@@ -1,15 +1,20 @@
 """Reducing side of mia-hpc: reads a shadow store with xarray/dask; never imports torch.
 
-Modules (import them directly; this package imports nothing heavy on its own):
+One folder per role (import the modules directly; this package imports nothing heavy on its own):
 
-``load``          open a store, keep the done shadows, lazy phi / loss / correctness
-``stats``         per-sample IN/OUT running sums and their leave-one-out moments
-``memorization``  Feldman-Zhang memorization and its standard error
-``privacy``       Carlini et al.'s per-sample privacy score
-``lira``          LiRA online / offline / fixed-variance, each target against all other shadows
-``metrics``       ROC, AUROC, TPR at fixed FPR (pooled and per target)
-``report``        ``analyze(store, out)``: tables, plots, JSON; ``format_table``
-``synthetic``     stores with a known answer (tests, demos, ``mia-hpc synth-store``)
+``store_io/``  reading the store and writing outputs safely: ``load``, ``spill``, ``atomic``,
+               ``figures``, ``distributed`` (dask client), ``threads``, ``numfmt`` (number format)
+``kernels/``   compiled kernels and the one pass over the logits: ``logit_kernels``, ``passes``,
+               ``stats``, ``metrics``, ``roc_scan``, ``bootstrap``
+``attacks/``   membership attacks: LiRA (``lira``, ``lira_reference``), RMIA, Shokri, Song, Yeom, ...
+``studies/``   the paper's studies: ``memorization``, ``privacy``, ``theory``, ``complexity``,
+               ``sweep``, ``ood``, ``groups``, ``dp_compare``, ``planner``, ``watch``
+``output/``    what a person reads: ``report`` (the ``analyze`` orchestrator), ``tables``, ``roc``,
+               ``scores``, ``html_report``, ``adaptive_figure``
+``tools/``     developer tools: ``analyze_bench``, ``synthetic_store``
+
+Imports go one way: store_io <- kernels <- attacks <- studies <- output <- tools.
+``analysis.analyze`` is :func:`analysis.output.report.analyze` (imported on first use).
 """
 
 import warnings as _warnings
@@ -17,3 +22,13 @@ import warnings as _warnings
 # Consolidated metadata is zarr-python's (and xarray's) fast path for opening stores; its "not in
 # the v3 spec" notice is noise for users, who only ever read our stores with zarr-python.
 _warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+
+__all__ = ["analyze"]
+
+
+def __getattr__(name: str):
+    if name == "analyze":  # the one public entry, without importing the analysis at package import
+        from analysis.output.report import analyze
+
+        return analyze
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

@@ -6,7 +6,7 @@ MNIST digits in torchvision's raw layout (e.g. ``/work/shared/data/mnist-10k``: 
 test), shrunk by the flags below: the random run is trained once and is also the memorization
 oracle of the subpopulation and singletons runs (same spec hash, as ``jobs/paper/README.md`` says),
 so only their selection and attack stores are trained on top. Every analysis is the suite's own
-(``analysis.report.analyze``); ``docs/reproduction.md`` is then written from those outputs only
+(``analysis.output.report.analyze``); ``docs/reproduction.md`` is then written from those outputs only
 (``paper_accuracy``, ``paper_attacks``, ``ood_correlations``, ``theory``, ``complexity``,
 ``per_sample.csv``) next to the paper's numbers, with each qualitative claim judged.
 

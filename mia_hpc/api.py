@@ -163,7 +163,7 @@ def run(spec: str | Path | Spec, out: str | Path, *, executor: str = "local", an
                parallel=parallel, device=device, progress=progress)
     result: dict[str, Any] = {"store": store, "trained": sorted(trained), "analysis": None}
     if analyze:
-        from analysis.report import analyze as _analyze
+        from analysis import analyze as _analyze
 
         result["analysis"] = _analyze(store, out / "analysis", progress=progress, extras=extras)
     return result

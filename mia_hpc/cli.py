@@ -1,4 +1,4 @@
-"""The ``mia-hpc`` command line: a thin wrapper over ``mia_hpc.api`` and ``analysis.report``.
+"""The ``mia-hpc`` command line: a thin wrapper over ``mia_hpc.api`` and ``analysis.output.report``.
 
 Errors a user can fix (a bad spec, a foreign or damaged store, a path that cannot be used, a failed
 shard) are printed as one line ``mia-hpc: error: ...`` with exit code 2 (1 for a failed shard), and
@@ -208,7 +208,7 @@ def _cmd_run(args) -> int:
                   parallel=args.parallel, extras=not args.quick)
     print("\n".join(api.status(res["store"]).lines()))
     if res["analysis"] is not None:
-        from analysis.report import terminal_lines
+        from analysis.output.report import terminal_lines
 
         print("\n".join(terminal_lines(res["analysis"])))
     return 0
@@ -249,15 +249,16 @@ def _cmd_status(args) -> int:
 def _cmd_analyze(args) -> int:
     from contextlib import nullcontext
 
-    from analysis.report import analyze, terminal_lines
+    from analysis import analyze
+    from analysis.output.report import terminal_lines
 
-    from analysis.load import open_shadows
+    from analysis.store_io.load import open_shadows
 
     _check_out_dir(args.out)
     open_shadows(args.store)  # refuse a store that cannot be analysed before --out is created
     created = not Path(args.out).exists()
     if args.scheduler:
-        from analysis.distributed import client_for
+        from analysis.store_io.distributed import client_for
     with _removed_on_error(Path(args.out) if created else None), \
             client_for(args.scheduler) if args.scheduler else nullcontext():
         res = analyze(args.store, args.out, targets=args.targets, extras=not args.quick,

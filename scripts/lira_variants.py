@@ -3,8 +3,8 @@
 Usage: ``python scripts/lira_variants.py STORE [--targets T] [--sweep]`` (prints Markdown tables;
 the numbers in docs/lira-variants.md come from it).
 
-Rows: ``ours`` (:func:`analysis.lira.run_lira`) and ``reference``
-(:func:`analysis.lira_reference.run_lira_reference`), as the analysis runs them, then ``ours`` with
+Rows: ``ours`` (:func:`analysis.attacks.lira.run_lira`) and ``reference``
+(:func:`analysis.attacks.lira_reference.run_lira_reference`), as the analysis runs them, then ``ours`` with
 one of the reference's choices at a time, scored by a plain numpy re-implementation here (no floors:
 the floors of ``ours`` only matter for zero spreads). Columns: pooled AUROC over every (target,
 train sample) pair, the mean per-target AUROC, and the largest per-target AUROC change from ``ours``,
@@ -28,11 +28,12 @@ from scipy.special import log_ndtr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.lira import ATTACKS, run_lira  # noqa: E402
-from analysis.lira_reference import run_lira_reference  # noqa: E402
-from analysis.load import open_shadows  # noqa: E402
-from analysis.metrics import auroc  # noqa: E402
-from analysis.stats import gaussian_sums, partners  # noqa: E402
+from analysis.attacks.lira import ATTACKS, run_lira  # noqa: E402
+from analysis.attacks.lira_reference import run_lira_reference  # noqa: E402
+from analysis.store_io.load import open_shadows  # noqa: E402
+from analysis.kernels.metrics import auroc  # noqa: E402
+from analysis.kernels.stats import gaussian_sums, partners  # noqa: E402
+from analysis.store_io.threads import n_threads  # noqa: E402
 
 BASE = {"refs": "pair", "center": "mean", "ddof": 1, "offline": "one-sided", "fixed": "pooled per side"}
 ABLATIONS = [("median (not mean)", {"center": "median"}), ("population std (ddof 0)", {"ddof": 0}),
@@ -104,14 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     member = keep[:t_n]
     rows: dict[str, dict[str, np.ndarray]] = {}
     ours = run_lira(lambda sl: phi_all[sl], keep_all, gaussian_sums(phi_all, keep_all),
-                    partners(phi_all, keep_all), train, t_n)
-    rows["ours (analysis.lira)"] = {a: np.asarray(ours.scores[a], dtype=np.float64) for a in ATTACKS}
-    ref = run_lira_reference(phi_all, keep_all, train, t_n)
-    rows["reference (analysis.lira_reference)"] = {a: np.asarray(ref.scores[a], dtype=np.float64) for a in ATTACKS}
+                    partners(phi_all, keep_all), train, t_n, threads=n_threads())
+    rows["ours (analysis.attacks.lira)"] = {a: np.asarray(ours.scores[a], dtype=np.float64) for a in ATTACKS}
+    ref = run_lira_reference(phi_all, keep_all, train, t_n, threads=n_threads())
+    rows["reference (analysis.attacks.lira_reference)"] = {a: np.asarray(ref.scores[a], dtype=np.float64) for a in ATTACKS}
     for name, change in [("ours, re-implemented here", {})] + [("ours + " + n, c) for n, c in ABLATIONS]:
         per_t = [_scores(phi, keep, t, {**BASE, **change}) for t in range(t_n)]
         rows[name] = {a: np.stack([p[a] for p in per_t]) for a in ATTACKS}
-    base = {a: np.array([auroc(member[t], rows["ours (analysis.lira)"][a][t]) for t in range(t_n)]) for a in ATTACKS}
+    base = {a: np.array([auroc(member[t], rows["ours (analysis.attacks.lira)"][a][t]) for t in range(t_n)]) for a in ATTACKS}
     print(f"{args.store}: {keep_all.shape[0]} done shadows, {int(train.sum())} train samples, "
           f"{phi.shape[2]} queries, {t_n} targets\n")
     head = ["variant"] + [f"{a.removeprefix('lira-')} {c}" for a in ATTACKS
@@ -130,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sweep(data, train: np.ndarray, t_n: int) -> None:
-    from analysis.lira import PER_SAMPLE_VARIANCE_MIN
-    from analysis.memorization import memorization_from_counts
-    from analysis.passes import reduce_over_shadows
-    from analysis.sweep import summarize_sweep, sweep_from_store
+    from analysis.attacks.lira import PER_SAMPLE_VARIANCE_MIN
+    from analysis.studies.memorization import memorization_from_counts
+    from analysis.kernels.passes import reduce_over_shadows
+    from analysis.studies.sweep import summarize_sweep, sweep_from_store
 
-    _, _, counts = reduce_over_shadows(data)
+    threads = n_threads()
+    _, _, counts = reduce_over_shadows(data, threads=threads)
     mem, _ = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
     thr = float(data.spec.get("analysis", {}).get("singleton_threshold", 0.8))
     masks = {"highly memorized": train & (mem > thr), "All": train, "random": train & (data.group == "under")}
@@ -143,7 +145,7 @@ def _sweep(data, train: np.ndarray, t_n: int) -> None:
     curves = {}
     for psm, name in ((0, "before (per-sample at every m)"), (PER_SAMPLE_VARIANCE_MIN, "now")):
         sw, _ = sweep_from_store(data, masks, n_targets=t_n, repeats=10, seed=0, per_sample_min=psm,
-                                 attacks=("lira-online", "lira-fixed-variance"))
+                                 attacks=("lira-online", "lira-fixed-variance"), threads=threads)
         s = summarize_sweep(sw)
         for (st, a), d in s.groupby(["set", "attack"], sort=False):
             label = name if a == "lira-online" else "lira-fixed-variance"

@@ -7,10 +7,10 @@ legitimate P-shadow pilot of the same recipe)::
     .venv/bin/python scripts/plan_validation.py runs/demo-adaptive/store.zarr --out docs/figures \\
         --pilots 8 16 --targets auroc:0.7 auroc:0.8 auroc:0.9 auroc:0.95 tpr@1%:0.1 tpr@1%:0.3
 
-For each pilot size P and target, :func:`analysis.planner.plan_from_pilot` predicts from the first
+For each pilot size P and target, :func:`analysis.studies.planner.plan_from_pilot` predicts from the first
 P shadows the references per side every set needs (the challenge groups and the memorization bins);
 the full store's sweep on the same sample sets measures them
-(:func:`analysis.planner.compare_with_sweep`). Writes ``plan_validation.csv`` (every row),
+(:func:`analysis.studies.planner.compare_with_sweep`). Writes ``plan_validation.csv`` (every row),
 ``plan_validation.md`` (summary per predictor) and ``plan_validation.png`` (predicted vs measured).
 About 1 minute per pilot size and target on two cores.
 """
@@ -26,10 +26,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.atomic import write_text  # noqa: E402
-from analysis.figures import save_figure  # noqa: E402
-from analysis.planner import compare_with_sweep, full_sweep_summary, plan_from_pilot  # noqa: E402
-from analysis.report import to_markdown  # noqa: E402
+from analysis.store_io.atomic import write_text  # noqa: E402
+from analysis.store_io.figures import save_figure  # noqa: E402
+from analysis.studies.planner import compare_with_sweep, full_sweep_summary, plan_from_pilot  # noqa: E402
+from analysis.store_io.numfmt import to_markdown  # noqa: E402
 
 PREDICTORS = ("cor1-mem", "cor1-h2", "fit")
 

@@ -63,7 +63,7 @@ def _changed(store: Path, good: Path) -> list[str]:
 
 
 def _analysis_outcome(store: Path, truth: dict[str, np.ndarray]) -> str:
-    from analysis.load import open_shadows
+    from analysis.store_io.load import open_shadows
     from mia_hpc.contract.store import StoreError
 
     try:

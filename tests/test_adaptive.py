@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from analysis.watch import parse_watch
+from analysis.studies.watch import parse_watch
 from mia_hpc.pipeline.adaptive import replay_adaptive, run_adaptive
 from mia_hpc.contract.waves import MIN_COUNTED, check_adaptive, wave_sizes
 from mia_hpc.cli import main
@@ -96,9 +96,9 @@ def test_stops_early_with_balanced_prefix_and_report(local_run):
 
 def test_watched_values_equal_the_full_report(tmp_path):
     """Challenge-set cells and memorization equal the report's paper tables for the same shadows."""
-    from analysis.report import analyze
-    from analysis.synthetic import write_synthetic_store
-    from analysis.watch import watch_values
+    from analysis.output.report import analyze
+    from analysis.tools.synthetic_store import write_synthetic_store
+    from analysis.studies.watch import watch_values
 
     store = tmp_path / "s.zarr"
     write_synthetic_store(store, n_shadows=12, n_samples=200, separation={"over": 0.5, "under": 2.5},

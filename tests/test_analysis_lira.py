@@ -12,13 +12,13 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import norm
 
-from analysis.lira import ATTACKS, lira_scores, resolve_targets, run_lira, sd_floor
-from analysis.load import AnalysisError, loss_from_logits, open_shadows, phi_from_logits
-from analysis.memorization import memorization_counts
-from analysis.metrics import attack_metrics, auroc, roc, tpr_at_fpr
-from analysis.passes import reduce_over_shadows
-from analysis.stats import gaussian_sums, partners
-from analysis.synthetic import analytic_auroc, synthetic_keep, write_synthetic_store
+from analysis.attacks.lira import ATTACKS, lira_scores, resolve_targets, run_lira, sd_floor
+from analysis.store_io.load import AnalysisError, loss_from_logits, open_shadows, phi_from_logits
+from analysis.studies.memorization import memorization_counts
+from analysis.kernels.metrics import attack_metrics, auroc, roc, tpr_at_fpr
+from analysis.kernels.passes import reduce_over_shadows
+from analysis.kernels.stats import gaussian_sums, partners
+from analysis.tools.synthetic_store import analytic_auroc, synthetic_keep, write_synthetic_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -280,7 +280,7 @@ def test_only_done_shadows_are_used(tmp_path):
 
 def test_analysis_never_imports_torch():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    code = ("import analysis.report, analysis.synthetic, analysis.lira, sys; "
+    code = ("import analysis.output.report, analysis.tools.synthetic_store, analysis.attacks.lira, sys; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

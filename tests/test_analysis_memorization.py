@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis.memorization import memorization, memorization_counts, memorization_from_counts
-from analysis.privacy import privacy_score, privacy_score_from_stats
+from analysis.studies.memorization import memorization, memorization_counts, memorization_from_counts
+from analysis.studies.privacy import privacy_score, privacy_score_from_stats
 
 T, F = True, False
 

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import analysis.report as report
+import analysis.output.report as report
 from analysis.attacks import ATTACKS
-from analysis.load import AnalysisError
-from analysis.html_report import incomplete_line
-from analysis.numfmt import max_significant_digits
-from analysis.report import analyze, format_table, terminal_lines
-from analysis.synthetic import write_synthetic_store
+from analysis.store_io.load import AnalysisError
+from analysis.output.html_report import incomplete_line
+from analysis.store_io.numfmt import max_significant_digits
+from analysis.output.report import analyze, format_table, terminal_lines
+from analysis.tools.synthetic_store import write_synthetic_store
 from mia_hpc.contract.store import SUBSETS
 
 ROWS = list(ATTACKS)
@@ -175,8 +175,8 @@ def test_too_few_done_shadows(tmp_path):
 def test_tables_are_computed_from_the_returned_float32_scores(result):
     # The scores analyze returns are read back from scores.zarr; recomputing the metrics from them
     # gives the attack table to the bit, and no scratch file of the spilled scores is left.
-    from analysis.metrics import attack_metrics
-    from analysis.scores import StoredScores
+    from analysis.kernels.metrics import attack_metrics
+    from analysis.output.scores import StoredScores
 
     out, res = result
     lira = res["lira"]
@@ -196,7 +196,7 @@ def test_tables_are_computed_from_the_returned_float32_scores(result):
 
 
 def test_spilled_scores_hold_one_file_per_attack(tmp_path):
-    from analysis.spill import SpilledScores
+    from analysis.store_io.spill import SpilledScores
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(3, 5)), rng.normal(size=(3, 5)).astype(np.float32)
@@ -220,7 +220,7 @@ def test_spilled_scores_hold_one_file_per_attack(tmp_path):
 def test_figure_queue_runs_calls_in_order_on_one_thread_and_reraises():
     import threading
 
-    from analysis.figures import FigureQueue
+    from analysis.store_io.figures import FigureQueue
 
     seen = []
     with FigureQueue() as q:
@@ -303,7 +303,7 @@ def test_analyze_cli_prints_the_report_path_last(store, tmp_path, capsys):
 def test_one_name_per_sample_set(result):
     # Every set named in the tables is a registered set, and the sample_sets table says how the
     # look-alikes differ: highly memorized = singletons plus the over-represented samples above the threshold.
-    from analysis.groups import SAMPLE_SETS
+    from analysis.studies.groups import SAMPLE_SETS
 
     out, res = result
     sets = pd.read_csv(out / "tables" / "sample_sets.csv", index_col=0)

@@ -13,11 +13,11 @@ from analysis.attacks.sablayrolles import run_sablayrolles, sablayrolles_thresho
 from analysis.attacks.shokri import run_shokri, shokri_folds
 from analysis.attacks.song import run_song, song_thresholds
 from analysis.attacks.yeom import run_yeom
-from analysis.load import loss_from_logits, open_shadows
-from analysis.metrics import auroc
-from analysis.report import analyze
-from analysis.stats import gaussian_sums, partners
-from analysis.synthetic import synthetic_keep, write_synthetic_store
+from analysis.store_io.load import loss_from_logits, open_shadows
+from analysis.kernels.metrics import auroc
+from analysis.output.report import analyze
+from analysis.kernels.stats import gaussian_sums, partners
+from analysis.tools.synthetic_store import synthetic_keep, write_synthetic_store
 
 FAST = {"shokri": {"k": 2, "max_rows": 3000, "max_iter": 100}}  # two small attack MLPs per store
 
@@ -317,7 +317,7 @@ def test_shokri_scored_in_the_pass_equals_read_back():
     # The report scores Shokri's targets inside the one pass over the logits; the scores equal
     # those of the attack reading the targets' logits itself.
     from analysis.attacks.shokri import fit_shokri
-    from analysis.passes import reduce_over_tasks
+    from analysis.kernels.passes import reduce_over_tasks
 
     z, keep, label, split = _random_case(m=10, n_train=50)
     train = split == "train"
@@ -369,7 +369,7 @@ def test_shokri_features_match_the_formula():
 
 
 def test_branch_free_upper_bound_and_song_bins_equal_searchsorted():
-    from analysis.attacks._common import song_bin, upper_bound
+    from analysis.kernels.logit_kernels import song_bin, upper_bound
 
     rng = np.random.default_rng(0)
     for n in (0, 1, 2, 3, 7, 8, 100, 513):

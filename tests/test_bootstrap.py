@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from analysis.bootstrap import bootstrap_metrics
-from analysis.metrics import attack_metrics
+from analysis.kernels.bootstrap import bootstrap_metrics
+from analysis.kernels.metrics import attack_metrics
 
 
 def _gauss(rng, t, n, d):
@@ -113,7 +113,7 @@ def test_speed_64_targets_1200_samples():
 
 
 def test_large_weights_take_the_two_cumsum_path():
-    from analysis.bootstrap import _SortedPairs, weighted_roc_metrics
+    from analysis.kernels.bootstrap import _SortedPairs, weighted_roc_metrics
 
     rng = np.random.default_rng(4)
     m, s = _gauss(rng, 2, 50, 1.0)
@@ -172,7 +172,7 @@ def test_columns_from_one_sort_equal_separate_bootstraps():
     # bootstrap_columns sorts the pooled pairs once and takes each column's pairs from that order;
     # with float32 scores (all bits kept) every column equals its own bootstrap of the sliced pairs,
     # exactly, on the fast path (derived order) and on the exact path (small column)
-    from analysis.bootstrap import bootstrap_columns
+    from analysis.kernels.bootstrap import bootstrap_columns
 
     rng = np.random.default_rng(7)
     t, n = 30, 900

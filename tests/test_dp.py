@@ -131,7 +131,7 @@ def test_store_records_epsilon(tmp_path):
 def _mem_store(path, under_separation: float, seed: int = 2):
     """A synthetic store whose offsets sit at the decision boundary, so IN flips the argmax often:
     mean memorization grows with the group's IN/OUT separation (0: no memorization at all)."""
-    from analysis.synthetic import write_synthetic_store
+    from analysis.tools.synthetic_store import write_synthetic_store
 
     write_synthetic_store(path, n_shadows=8, n_samples=200, separation={"over": 0.3, "under": under_separation},
                           frac_under=0.3, seed=seed, n_test=20, offset_mean=-2.2, offset_std=0.5)
@@ -139,8 +139,8 @@ def _mem_store(path, under_separation: float, seed: int = 2):
 
 
 def test_compare_mem_figure_and_group_means(tmp_path, capsys):
-    from analysis.load import open_shadows
-    from analysis.memorization import memorization
+    from analysis.store_io.load import open_shadows
+    from analysis.studies.memorization import memorization
     from mia_hpc.cli import main
 
     a = _mem_store(tmp_path / "plain.zarr", 4.0)  # "no DP": the under group is memorized

@@ -123,7 +123,7 @@ def test_verify_names_every_damage(stores, plan):
 def test_analysis_never_reads_damaged_data(stores, plan):
     """What analyze reads (open_shadows, every block of logits): refused with one line, or exactly the
     pristine store's values for the shadows it uses."""
-    from analysis.load import open_shadows
+    from analysis.store_io.load import open_shadows
 
     truth = stores.truth
     with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis.groups import (challenge_sets, random_under, singletons, store_features, subpopulation,
+from analysis.studies.groups import (challenge_sets, random_under, singletons, store_features, subpopulation,
                              subpopulation_clusters)
-from analysis.ood import (energy_score, msp_score, ood_correlations, ood_scores, ood_scores_from_store,
+from analysis.studies.ood import (energy_score, msp_score, ood_correlations, ood_scores, ood_scores_from_store,
                           plot_mem_vs_ood, plot_ood_vs_privacy, spearman)
 
 
@@ -138,8 +138,8 @@ def test_spearman_and_correlation_table():
 
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory):
-    from analysis.load import open_shadows
-    from analysis.synthetic import write_synthetic_store
+    from analysis.store_io.load import open_shadows
+    from analysis.tools.synthetic_store import write_synthetic_store
 
     path = tmp_path_factory.mktemp("ood") / "s.zarr"
     write_synthetic_store(path, n_shadows=4, n_samples=60, n_test=10, seed=1, sample_chunk=16)
@@ -185,7 +185,7 @@ def test_ood_from_store_out_models_only(small_store):
 
 
 def test_sample_set_table_names_each_set_once_and_says_how_look_alikes_differ():
-    from analysis.groups import SAMPLE_SETS, highly_memorized, sample_set_table, set_definition, set_name
+    from analysis.studies.groups import SAMPLE_SETS, highly_memorized, sample_set_table, set_definition, set_name
 
     group = np.array(["over"] * 6 + ["under"] * 4)
     train = np.ones(10, dtype=bool)

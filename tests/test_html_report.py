@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.html_report import caption_for, write_report
-from analysis.report import analyze
-from analysis.synthetic import write_synthetic_store
+from analysis.output.html_report import caption_for, write_report
+from analysis.output.report import analyze
+from analysis.tools.synthetic_store import write_synthetic_store
 
 SKIP_REASON = "chromium not installed; run `sudo bash .ci/chromium.sh` to enable"
 

@@ -68,7 +68,7 @@ def _lira_dir(root: Path, *, m: int = 4, n: int = 30, n_labels: int = 40, n_aug:
 # --- round trip ---------------------------------------------------------------------------------
 
 def test_roundtrip_synthetic_export_import_is_exact(tmp_path):
-    from analysis.synthetic import write_synthetic_store
+    from analysis.tools.synthetic_store import write_synthetic_store
 
     write_synthetic_store(tmp_path / "s.zarr", n_shadows=6, n_samples=60, n_classes=4, n_queries=5, n_test=20,
                           seed=1)
@@ -94,7 +94,7 @@ def test_roundtrip_synthetic_export_import_is_exact(tmp_path):
 
 
 def test_export_only_done_shadows_and_odd_m_is_padded(tmp_path):
-    from analysis.synthetic import write_synthetic_store
+    from analysis.tools.synthetic_store import write_synthetic_store
 
     write_synthetic_store(tmp_path / "s.zarr", n_shadows=6, n_samples=50, n_classes=3, n_done=3, seed=2)
     r = export_lira(tmp_path / "s.zarr", tmp_path / "lira")
@@ -160,7 +160,7 @@ def test_import_seed_named_runs_sorted_numerically_with_under_mask_and_lira_augs
     assert np.isfinite(ds.accuracy.sel(subset="train/under").values[:3]).all()
     spec = spec_from_dict(json.loads(ds.attrs["spec"]))
     assert spec.n_under == int(under.sum()) and spec.queries.mirror
-    from analysis.report import analyze  # the whole analysis runs on an imported, padded store
+    from analysis.output.report import analyze  # the whole analysis runs on an imported, padded store
 
     res = analyze(tmp_path / "s.zarr", tmp_path / "an")
     assert len(res["attacks"]) > 0
@@ -280,7 +280,7 @@ def test_register_adds_three_commands_and_no_torch():
     p = argparse.ArgumentParser()
     handlers = interop_cli.register(p.add_subparsers(dest="cmd"))
     assert set(handlers) == {"import-lira", "export-lira", "synth-store"}
-    code = ("import sys, mia_hpc.interop, mia_hpc.commands.interop_cli, analysis.synthetic; "
+    code = ("import sys, mia_hpc.interop, mia_hpc.commands.interop_cli, analysis.tools.synthetic_store; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -95,11 +95,7 @@ def test_no_torch_in_contract_or_analysis():
     assert not bad, "torch on a torch-free layer:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("package", [
-    "mia_hpc",
-    pytest.param("analysis", marks=pytest.mark.xfail(
-        strict=False, reason="analysis/passes.py <-> analysis/attacks/_common.py: broken by helper B's analysis/ part")),
-])
+@pytest.mark.parametrize("package", ["mia_hpc", "analysis"])
 def test_no_import_circle(package):
     g = {m: {t for t in ts if t.startswith(package)} for m, ts in graph().items() if m.startswith(package)}
     try:

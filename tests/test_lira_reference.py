@@ -1,4 +1,4 @@
-"""LiRA as the reference code scores it (analysis.lira_reference, analysis.lira_variant = "reference").
+"""LiRA as the reference code scores it (analysis.attacks.lira_reference, analysis.lira_variant = "reference").
 
 The expected values are the reference's formulas (tensorflow/privacy research/mi_lira_2021,
 plot.py: generate_ours / generate_ours_offline) written here from their definitions, one target
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from analysis.lira import ATTACKS, LIRA_VARIANTS
-from analysis.lira_reference import reference_target_scores, run_lira_reference
-from analysis.load import open_shadows
-from analysis.synthetic import synthetic_keep, write_synthetic_store
+from analysis.attacks.lira import ATTACKS, LIRA_VARIANTS
+from analysis.attacks.lira_reference import reference_target_scores, run_lira_reference
+from analysis.store_io.load import open_shadows
+from analysis.tools.synthetic_store import synthetic_keep, write_synthetic_store
 
 
 def _expected(phi: np.ndarray, keep: np.ndarray, t: int) -> dict[str, np.ndarray]:
@@ -128,7 +128,7 @@ def test_run_on_a_store_equals_the_reference_per_target(store):
 
 
 def test_analyze_with_the_reference_variant(store, tmp_path):
-    from analysis.report import analyze
+    from analysis.output.report import analyze
 
     ours = analyze(store, tmp_path / "ours", targets=4, progress=False, extras=False)
     ref = analyze(store, tmp_path / "ref", targets=4, progress=False, extras=False, lira_variant="reference")

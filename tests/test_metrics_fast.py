@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.metrics import _one, attack_metrics, per_target_metrics
+from analysis.kernels.metrics import _one, attack_metrics, per_target_metrics
 
 FPRS = [0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 1.0]
 

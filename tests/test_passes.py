@@ -1,4 +1,4 @@
-"""analysis.passes: the one reducer, checked against direct numpy recomputations over all shadows
+"""analysis.kernels.passes: the one reducer, checked against direct numpy recomputations over all shadows
 (sums, partners, counts, Song histograms, target signals, the theory's Gaussian fits, the OOD
 means, every shadow's phi), and its three views (one_pass, reduce_over_shadows, signal_sums)."""
 
@@ -9,13 +9,13 @@ import pytest
 
 from analysis.attacks import AttackContext
 from analysis.attacks._common import signals_from_logits, song_histogram
-from analysis.load import open_shadows
-from analysis.memorization import memorization_counts
-from analysis.ood import energy_score, msp_score
-from analysis.passes import one_pass, reduce_over_shadows
-from analysis.stats import gaussian_sums, partners
-from analysis.synthetic import write_synthetic_store
-from analysis.theory import gauss_fits
+from analysis.store_io.load import open_shadows
+from analysis.studies.memorization import memorization_counts
+from analysis.studies.ood import energy_score, msp_score
+from analysis.kernels.passes import one_pass, reduce_over_shadows
+from analysis.kernels.stats import gaussian_sums, partners
+from analysis.tools.synthetic_store import write_synthetic_store
+from analysis.studies.theory import gauss_fits
 
 
 @pytest.fixture(scope="module")

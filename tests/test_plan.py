@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from analysis.planner import plan_from_pilot
-from analysis.synthetic import write_synthetic_store
+from analysis.studies.planner import plan_from_pilot
+from analysis.tools.synthetic_store import write_synthetic_store
 from mia_hpc.cli import main
 from mia_hpc.contract.store import spec_of
 from mia_hpc.contract.store import open_store, shadow_digest

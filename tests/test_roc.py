@@ -1,4 +1,4 @@
-"""ROC curves (analysis.roc): the same pooled curves the tables report, downsampled without losing area.
+"""ROC curves (analysis.output.roc): the same pooled curves the tables report, downsampled without losing area.
 
 Known answers by hand, the downsampling's guarantees against the tables' own metrics, and an
 analysis of a real synthetic store whose written ``roc/roc.csv`` must integrate to the written
@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.metrics import attack_metrics, tpr_at_fpr
-from analysis.roc import ROC_CSV, downsample, plot_roc, pooled_curve, roc_curves, write_roc_csv
+from analysis.kernels.metrics import attack_metrics, tpr_at_fpr
+from analysis.output.roc import ROC_CSV, downsample, plot_roc, pooled_curve, roc_curves, write_roc_csv
 
 
 def test_pooled_curve_known_answer():
@@ -103,8 +103,8 @@ def test_written_csv_round_trips(scored, tmp_path):
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
-    from analysis.report import analyze
-    from analysis.synthetic import write_synthetic_store
+    from analysis.output.report import analyze
+    from analysis.tools.synthetic_store import write_synthetic_store
 
     root = tmp_path_factory.mktemp("roc")
     store = root / "store.zarr"

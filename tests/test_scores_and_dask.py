@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from analysis.report import analyze
-from analysis.scores import write_scores
-from analysis.synthetic import write_synthetic_store
+from analysis.output.report import analyze
+from analysis.output.scores import write_scores
+from analysis.tools.synthetic_store import write_synthetic_store
 
 TABLES = ["attacks", "attacks_per_target", "accuracy", "memorization"]
 
@@ -82,7 +82,7 @@ def test_analyze_on_local_cluster_equals_single_process(store, single, tmp_path)
     pytest.importorskip("distributed", reason="pip install distributed (pinned to dask's version)")
     from dask.distributed import LocalCluster, get_task_stream
 
-    from analysis.distributed import client_for
+    from analysis.store_io.distributed import client_for
 
     out1, res1 = single
     out2 = tmp_path / "cluster"
@@ -118,7 +118,7 @@ def test_client_for_local_cluster_closes_it():
     import dask
     import dask.array as da
 
-    from analysis.distributed import client_for
+    from analysis.store_io.distributed import client_for
 
     with client_for(None, n_workers=2) as client:
         cluster = client.cluster
@@ -138,7 +138,7 @@ def test_bench_analyze_cli_reports_ratio_and_memory(capsys):
 
 
 def test_bench_analyze_quick_times_the_analysis_without_extras(tmp_path):
-    from analysis.bench import bench_analyze
+    from analysis.tools.analyze_bench import bench_analyze
 
     r = bench_analyze(shadows=8, samples=200, targets=4, extras=False, workdir=tmp_path, keep=True, log=None)
     assert r["extras"] is False and r["analyze_s"] > 0 and r["ratio"] > 0

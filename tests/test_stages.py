@@ -29,9 +29,9 @@ LOCAL_PROFILE = REPO / "slurm" / "profiles" / "local-test.toml"
 
 def _oracle_singletons(oracle: Path, threshold: float) -> np.ndarray:
     """Candidate indices with oracle mem > threshold, recomputed with the analysis side only."""
-    from analysis.groups import singletons
-    from analysis.load import open_shadows
-    from analysis.memorization import memorization
+    from analysis.studies.groups import singletons
+    from analysis.store_io.load import open_shadows
+    from analysis.studies.memorization import memorization
 
     data = open_shadows(oracle)
     assert data.n_shadows == data.n_total  # every oracle shadow finished
@@ -101,8 +101,8 @@ def test_staged_singletons_run_through_cli_and_rerun_trains_nothing(tmp_path, ca
 
 
 def test_staged_subpopulation_selects_the_smallest_cluster(tmp_path):
-    from analysis.groups import store_features, subpopulation
-    from analysis.load import open_shadows
+    from analysis.studies.groups import store_features, subpopulation
+    from analysis.store_io.load import open_shadows
 
     p = tmp_path / "sub.toml"
     p.write_text(STAGED.read_text().replace('kind = "singletons"', 'kind = "subpopulation"'))

@@ -160,7 +160,7 @@ def test_static_array_from_another_store_named(synth, tmp_path):
 def test_store_without_digests_still_reads(synth, tmp_path):
     """Stores written before digests existed: no digest array, no digests attr; verify and the
     analysis' reader work as before (checksums and missing chunks are still checked)."""
-    from analysis.load import open_shadows
+    from analysis.store_io.load import open_shadows
     from mia_hpc.contract.verify import verify_store
 
     store = sd.copy_store(synth, tmp_path / "s.zarr")

@@ -1,4 +1,4 @@
-"""Shadow-count sweep (analysis.sweep) and sample complexity (analysis.complexity)."""
+"""Shadow-count sweep (analysis.studies.sweep) and sample complexity (analysis.studies.complexity)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from analysis.complexity import plot_complexity, sample_complexity, shadows_needed
-from analysis.lira import PER_SAMPLE_VARIANCE_MIN, lira_scores, run_lira, sd_floor
-from analysis.load import open_shadows
-from analysis.metrics import attack_metrics
-from analysis.stats import GaussianSums, gaussian_sums, partners
-from analysis.sweep import (default_m_grid, plot_sweep, shadow_sweep, summarize_sweep, sweep_figure,
+from analysis.studies.complexity import plot_complexity, sample_complexity, shadows_needed
+from analysis.attacks.lira import PER_SAMPLE_VARIANCE_MIN, lira_scores, run_lira, sd_floor
+from analysis.store_io.load import open_shadows
+from analysis.kernels.metrics import attack_metrics
+from analysis.kernels.stats import GaussianSums, gaussian_sums, partners
+from analysis.studies.sweep import (default_m_grid, plot_sweep, shadow_sweep, summarize_sweep, sweep_figure,
                             sweep_from_store, sweep_scores)
-from analysis.synthetic import synthetic_keep, write_synthetic_store
+from analysis.tools.synthetic_store import synthetic_keep, write_synthetic_store
 
 ATT = ("lira-online", "lira-fixed-variance", "lira-offline")
 
@@ -263,9 +263,9 @@ def test_relative_target_uses_each_curves_own_full_shadow_value():
 
 
 def test_theory_suite_end_to_end_on_a_synthetic_store(synth, tmp_path):
-    from analysis.complexity import theory_suite
-    from analysis.memorization import memorization_from_counts
-    from analysis.passes import reduce_over_shadows
+    from analysis.studies.complexity import theory_suite
+    from analysis.studies.memorization import memorization_from_counts
+    from analysis.kernels.passes import reduce_over_shadows
 
     path, _ = synth
     data = open_shadows(path)
@@ -294,8 +294,9 @@ def test_theory_suite_end_to_end_on_a_synthetic_store(synth, tmp_path):
     # the report helpers: flat tables with captions, strict-JSON digest
     import json
 
-    from analysis.complexity import theory_json, theory_tables
-    from analysis.report import _jsonable, to_markdown
+    from analysis.studies.complexity import theory_json, theory_tables
+    from analysis.output.report import _jsonable
+    from analysis.store_io.numfmt import to_markdown
 
     tabs = theory_tables(r)
     assert set(tabs) == {"theory", "sweep", "complexity"}
@@ -307,9 +308,9 @@ def test_theory_suite_end_to_end_on_a_synthetic_store(synth, tmp_path):
 
 
 def test_theory_suite_skips_the_sweep_with_too_few_shadows(tmp_path):
-    from analysis.complexity import theory_suite, theory_tables
-    from analysis.memorization import memorization_from_counts
-    from analysis.passes import reduce_over_shadows
+    from analysis.studies.complexity import theory_suite, theory_tables
+    from analysis.studies.memorization import memorization_from_counts
+    from analysis.kernels.passes import reduce_over_shadows
 
     write_synthetic_store(tmp_path / "s", n_shadows=2, n_samples=50, seed=3)
     data = open_shadows(tmp_path / "s")

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from analysis.numfmt import fmt, fmt_p, is_p_column, max_significant_digits
-from analysis.tables import (accuracy_table, attack_table, format_accuracy_table, format_attack_table, format_numbers,
+from analysis.store_io.numfmt import fmt, fmt_p, is_p_column, max_significant_digits
+from analysis.output.tables import (accuracy_table, attack_table, format_accuracy_table, format_attack_table, format_numbers,
                              latex_escape, to_latex, to_markdown, write_table)
 
 SUBSETS = ("train/over", "train/under", "test/over", "test/under")

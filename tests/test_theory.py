@@ -1,4 +1,4 @@
-"""Hellinger closed forms (univariate, multivariate, Bernoulli) and the Eq. 8 check (analysis.theory)."""
+"""Hellinger closed forms (univariate, multivariate, Bernoulli) and the Eq. 8 check (analysis.studies.theory)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from scipy import integrate
 from scipy.stats import multivariate_normal, norm
 
-from analysis.memorization import MemCounts
-from analysis.synthetic import synthetic_keep
-from analysis.theory import (bernoulli_check, gauss_fits, hellinger2_bernoulli, hellinger2_gauss_multi,
+from analysis.studies.memorization import MemCounts
+from analysis.tools.synthetic_store import synthetic_keep
+from analysis.studies.theory import (bernoulli_check, gauss_fits, hellinger2_bernoulli, hellinger2_gauss_multi,
                              hellinger2_gauss_uni, null_h2, theory_per_sample, theory_summary)
 
 

@@ -1,19 +1,19 @@
 """Membership-inference attacks, one module and one entry point each, all with the same contract.
 
 Every entry point takes an :class:`AttackContext` (the done shadows' logits, ``keep``, labels,
-splits and T) and returns an :class:`AttackResult` (a :class:`analysis.lira.LiraResult`): scores of
+splits and T) and returns an :class:`AttackResult` (a :class:`analysis.attacks.lira.LiraResult`): scores of
 shape (T, N_train) for the first T done shadows as targets, higher = more likely a member, each
 target attacked with the other shadows only; ``member = keep[:T, train]``.
 
 ``ATTACKS`` maps a name to its entry point; :func:`run_attacks` runs several by name and merges
-their scores into one result (what ``analysis.report.analyze`` tabulates).
+their scores into one result (what ``analysis.output.report.analyze`` tabulates).
 
 ========================  =====================================================================
 ``yeom``                  loss threshold (:mod:`.yeom`)
 ``shokri``                attack MLP on sorted softmax features, k-fold over shadows (:mod:`.shokri`)
 ``song``                  modified entropy, class thresholds (:mod:`.song`)
 ``sablayrolles``          per-sample calibrated loss (:mod:`.sablayrolles`)
-``lira-online`` etc.      :mod:`analysis.lira`, balanced leave-pair-out
+``lira-online`` etc.      :mod:`analysis.attacks.lira`, balanced leave-pair-out
 ``rmia``                  offline RMIA against test-split population samples (:mod:`.rmia`)
 ========================  =====================================================================
 """
@@ -24,9 +24,10 @@ from typing import Any, Callable, Iterable, MutableMapping
 
 import numpy as np
 
-from ..lira import ATTACKS as LIRA_ATTACKS
-from ..lira import LiraResult, run_lira
-from ..stats import gaussian_sums, partners
+from analysis.attacks.lira import ATTACKS as LIRA_ATTACKS
+from analysis.attacks.lira import LiraResult, run_lira
+from analysis.kernels.stats import gaussian_sums, partners
+from analysis.store_io.load import phi_from_logits
 from ._common import AttackContext, AttackResult
 from .rmia import run_rmia
 from .sablayrolles import run_sablayrolles
@@ -41,8 +42,6 @@ def _lira_all(ctx: AttackContext) -> LiraResult:
     """All three LiRA variants, computed once per context (cached on it)."""
     if ctx.lira is None:
         if ctx.phi_of is None or ctx.phi_sums is None or ctx.phi_partner is None:
-            from ..load import phi_from_logits
-
             logits = ctx.logits
             phi = lambda sl: phi_from_logits(np.asarray(logits[sl].compute()), ctx.label[None, :, None])  # noqa: E731
             if ctx.phi_sums is None:
@@ -50,7 +49,7 @@ def _lira_all(ctx: AttackContext) -> LiraResult:
                 ctx.phi_sums, ctx.phi_partner = gaussian_sums(x, ctx.keep), partners(x, ctx.keep)
             ctx.phi_of = ctx.phi_of or phi
         ctx.lira = run_lira(ctx.phi_of, ctx.keep, ctx.phi_sums, ctx.phi_partner, ctx.train, ctx.n_targets,
-                            shadow_ids=ctx.shadow_ids, sample_ids=ctx.sample_ids)
+                            shadow_ids=ctx.shadow_ids, sample_ids=ctx.sample_ids, threads=ctx.threads)
     return ctx.lira
 
 
@@ -84,7 +83,7 @@ def run_attacks(ctx: AttackContext, names: Iterable[str] | None = None,
     ``params`` maps an attack name to keyword arguments of its entry point; ``progress`` is called
     with each name when it finishes. The result's ``info`` maps each name to its attack's ``info``.
     ``scores`` is the mapping the merged scores go to (default a new dict; e.g. an
-    :class:`analysis.spill.SpilledScores`, so that one attack's scores are in memory at a time).
+    :class:`analysis.store_io.spill.SpilledScores`, so that one attack's scores are in memory at a time).
     """
     names = list(ATTACKS) if names is None else list(names)
     unknown = [n for n in names if n not in ATTACKS]

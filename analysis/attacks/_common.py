@@ -3,7 +3,7 @@
 An attack scores the first T done shadows ("targets") on every train-split sample, each target
 using only the *other* done shadows as reference/shadow models; the truth is ``keep[target]``.
 Scores have shape (T, N_train), higher = more likely a member (the contract of
-:func:`analysis.lira.run_lira`, whose :class:`~analysis.lira.LiraResult` is reused).
+:func:`analysis.attacks.lira.run_lira`, whose :class:`~analysis.attacks.lira.LiraResult` is reused).
 
 Signals of the non-LiRA attacks are taken from the identity query (query 0), as the classical
 attacks use one plain prediction:
@@ -13,8 +13,8 @@ attacks use one plain prediction:
 ``mentr``  Song & Mittal's modified prediction entropy (Song).
 
 Per-sample reference statistics come from running sums over all done shadows (one dask pass over
-the logits, :meth:`AttackContext.signal_sums`, i.e. :func:`analysis.passes.reduce_over_tasks`), minus each target's own contribution and, where
-counts would otherwise reveal membership, a partner on the other side (:mod:`analysis.stats`).
+the logits, :meth:`AttackContext.signal_sums`, i.e. :func:`analysis.kernels.passes.reduce_over_tasks`), minus each target's own contribution and, where
+counts would otherwise reveal membership, a partner on the other side (:mod:`analysis.kernels.stats`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ import dask.array as da
 import numba
 import numpy as np
 
-from ..lira import LiraResult
-from ..stats import GaussianSums, Partners
+from analysis.attacks.lira import LiraResult
+from analysis.kernels.logit_kernels import mentr_from_logits, signals_from_logits, song_bin
+from analysis.kernels.passes import reduce_over_tasks, shadows_per_task
+from analysis.kernels.stats import GaussianSums, Partners
+from analysis.store_io.threads import thread_map
 
 __all__ = ["AttackContext", "AttackResult", "SIGNALS", "signals_from_logits", "mentr_from_logits"]
 
@@ -37,30 +40,9 @@ SIGNALS = ("loss", "prob", "mentr")  # order of the signal axis of AttackContext
 
 @dataclass
 class AttackResult(LiraResult):
-    """A :class:`~analysis.lira.LiraResult` plus free-form ``info`` (parameters, fold assignment...)."""
+    """A :class:`~analysis.attacks.lira.LiraResult` plus free-form ``info`` (parameters, fold assignment...)."""
 
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def mentr_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Song & Mittal's modified entropy ``-(1-F_y) log F_y - sum_{i != y} F_i log(1 - F_i)`` (float64).
-
-    Stable for saturated logits: ``log(1 - F_i)`` is ``log1p(-F_i)`` where ``F_i <= 1/2`` and, for
-    the (single) class above 1/2, ``logsumexp_{j != i} z_j - logsumexp z`` computed exactly
-    (:func:`analysis.logit_kernels.signal_rows`).
-    """
-    from ..logit_kernels import signal_rows
-
-    return signal_rows(z, y)[..., 2]
-
-
-def signals_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Stack of :data:`SIGNALS` (..., 3) from logits (..., C) and labels (...), float64 holding
-    float32-rounded values (one precision everywhere, as :func:`analysis.load.phi_from_logits`);
-    one compiled loop per row (:func:`analysis.logit_kernels.signal_rows`)."""
-    from ..logit_kernels import signal_rows
-
-    return signal_rows(z, y).astype(np.float32).astype(np.float64)
 
 
 def song_histogram(mentr: np.ndarray, keep: np.ndarray, label: np.ndarray, train: np.ndarray,
@@ -78,30 +60,6 @@ def song_histogram(mentr: np.ndarray, keep: np.ndarray, label: np.ndarray, train
                  np.asarray(label, dtype=np.int64), np.asarray(train, dtype=bool),
                  np.asarray(edges, dtype=np.float64), per_row, out)
     return out if per_row else out[0]
-
-
-@numba.njit(cache=True, nogil=True)
-def upper_bound(a, start, n, v):  # pragma: no cover - compiled
-    """How many of the sorted ``a[start:start + n]`` are <= ``v`` (``searchsorted(side="right")``
-    for a non-NaN ``v``), branch-free: the halving steps are selects, not jumps, so random queries
-    cost no mispredictions (~3x faster than a branching binary search on 512 bins)."""
-    if n == 0:
-        return 0
-    base = start
-    while n > 1:
-        half = n >> 1
-        base = base + half if a[base + half] <= v else base
-        n -= half
-    return base - start + (1 if a[base] <= v else 0)
-
-
-@numba.njit(cache=True, nogil=True)
-def song_bin(edges, v):  # pragma: no cover - compiled
-    """Bin of ``v`` on ``edges``: how many inner edges (``edges[1:-1]``) are <= v; NaN: the last."""
-    inner = edges.size - 2
-    if v != v:
-        return inner
-    return upper_bound(edges, 1, inner, v)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -131,15 +89,18 @@ class AttackContext:
     shadow_ids, sample_ids : ndarray, optional
         Store ids for the result labels.
     phi_of, phi_sums, phi_partner, lira : optional
-        LiRA inputs (see :func:`analysis.lira.run_lira`) and, if already computed, its result.
+        LiRA inputs (see :func:`analysis.attacks.lira.run_lira`) and, if already computed, its result.
     batch_bytes : int
         Memory budget of a batch of target logits.
     signal_stats, target_signals : optional
         :meth:`signal_sums`'s result and the (T, N, 3) target signals if already computed
-        (:func:`analysis.passes.one_pass` computes both with everything else).
+        (:func:`analysis.kernels.passes.one_pass` computes both with everything else).
     precomputed : dict, optional
         Attack name -> what its entry point may reuse (``"shokri"``: a
         :class:`analysis.attacks.shokri.ShokriModel` and its (T, N_train) scores).
+    threads : int
+        Threads the batches of targets and the pass over the logits run on
+        (:mod:`analysis.store_io.threads`; no result depends on it).
     """
 
     def __init__(self, logits: Any, keep: np.ndarray, label: np.ndarray, split: np.ndarray, n_targets: int, *,
@@ -148,7 +109,8 @@ class AttackContext:
                  phi_partner: Partners | None = None, lira: LiraResult | None = None,
                  batch_bytes: int = 128 * 2**20, song_bins: int = 512,
                  signal_stats: tuple[GaussianSums, Partners, np.ndarray, np.ndarray] | None = None,
-                 target_signals: np.ndarray | None = None, precomputed: dict[str, Any] | None = None) -> None:
+                 target_signals: np.ndarray | None = None, precomputed: dict[str, Any] | None = None,
+                 threads: int = 1) -> None:
         self.logits = logits if isinstance(logits, da.Array) else da.from_array(
             np.asarray(logits), chunks=(1,) + np.shape(logits)[1:])
         self.keep = np.asarray(keep, dtype=bool)
@@ -170,14 +132,13 @@ class AttackContext:
         self._sums = signal_stats
         self._tsig = target_signals
         self.precomputed = dict(precomputed or {})
+        self.threads = int(threads)
         self._lock = threading.Lock()  # lazy caches filled once when batches run on threads
 
     @classmethod
     def from_shadows(cls, data: Any, n_targets: int, **kw: Any) -> "AttackContext":
-        """A context over a :class:`analysis.load.ShadowData` (its done shadows), reading the logits
+        """A context over a :class:`analysis.store_io.load.ShadowData` (its done shadows), reading the logits
         as the one pass does (blocks of whole shadows, one zarr read each)."""
-        from ..passes import shadows_per_task
-
         logits = data.logits_blocks(shadows_per_task(data.logits.shape))
         return cls(logits, np.asarray(data.keep.values, dtype=bool), data.label, data.split, n_targets,
                    shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values, **kw)
@@ -192,12 +153,10 @@ class AttackContext:
                             member=self.keep[:t][:, self.train], scores={name: scores},
                             n_neutral={name: int(n_neutral)}, info=info)
 
-    def map_batches(self, fn: Callable[[slice], Any], workers: int | None = None) -> list[Any]:
-        """``[fn(sl) for sl in self.target_batches()]`` on ``workers`` threads (default
-        :func:`analysis.threads.n_threads`; each batch writes its own rows of the attack's scores)."""
-        from ..threads import thread_map
-
-        return thread_map(fn, self.target_batches(), workers)
+    def map_batches(self, fn: Callable[[slice], Any]) -> list[Any]:
+        """``[fn(sl) for sl in self.target_batches()]`` on the context's ``threads`` (each batch writes
+        its own rows of the attack's scores)."""
+        return thread_map(fn, self.target_batches(), self.threads)
 
     def empty_scores(self) -> np.ndarray:
         """A (T, N_train) float32 array for an attack to fill a batch of targets at a time."""
@@ -245,9 +204,7 @@ class AttackContext:
         """
         with self._lock:
             if self._sums is None:
-                from ..passes import reduce_over_tasks
-
                 r = reduce_over_tasks(self.logits, self.keep, self.label, self.train, 0, phi=False, extras=False,
-                                      song_bins=self.song_bins)
+                                      song_bins=self.song_bins, threads=self.threads)
                 self._sums = (r.sig_sums, r.sig_partner, r.hist, r.edges)
         return self._sums

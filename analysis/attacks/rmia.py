@@ -22,7 +22,7 @@ target uses those it did not train on (known non-members; their Pr(z) comes from
 references, like x's).
 
 Leave-one-out: ``Pr_OUT(x)`` from running sums of ``p_y`` over all shadows minus the target and one
-partner (balanced counts, :meth:`analysis.stats.GaussianSums.without_pair`); ``Pr(z)`` from the
+partner (balanced counts, :meth:`analysis.kernels.stats.GaussianSums.without_pair`); ``Pr(z)`` from the
 sums minus the target. The count over z is a sort and ``np.searchsorted`` on log-ratios,
 O((N + Z) log Z) per target, never an N x Z comparison.
 """

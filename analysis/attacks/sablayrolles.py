@@ -6,7 +6,7 @@ class-conditional means: the Bayes threshold when IN and OUT losses have equal s
 ``"out"`` variant, Watson et al.'s difficulty calibration, uses the OUT mean only).
 
 Leave-one-out: the means come from running sums over all done shadows minus the target and one
-partner on the other side (:meth:`analysis.stats.GaussianSums.without_pair`), so every sample has
+partner on the other side (:meth:`analysis.kernels.stats.GaussianSums.without_pair`), so every sample has
 ``n_in - 1`` IN and ``n_out - 1`` OUT references whatever the target's membership. Where one side
 has no reference the other side's mean is used; where neither has, the score is 0 (neutral) and
 is counted.

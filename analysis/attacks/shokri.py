@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from analysis.kernels.logit_kernels import shokri_rows
+
 from ._common import AttackContext, AttackResult
 
 __all__ = ["run_shokri", "fit_shokri", "ShokriModel", "shokri_features", "shokri_folds"]
@@ -34,9 +36,7 @@ __all__ = ["run_shokri", "fit_shokri", "ShokriModel", "shokri_features", "shokri
 
 def shokri_features(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Features (..., C + 3) float32 from logits (..., C) and labels (...) (one compiled loop per
-    row: :func:`analysis.logit_kernels.shokri_rows`)."""
-    from ..logit_kernels import shokri_rows
-
+    row: :func:`analysis.kernels.logit_kernels.shokri_rows`)."""
     return shokri_rows(z, y)
 
 

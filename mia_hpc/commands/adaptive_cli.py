@@ -3,8 +3,8 @@
 ``register(subparsers)`` adds them to the main parser and returns ``{command: handler}``; a handler
 takes the parsed namespace and returns the exit code. Bad input raises
 :class:`~mia_hpc.contract.spec.SpecError` (one line, exit code 2 in the CLI), before anything is written.
-Thin wrappers over :mod:`mia_hpc.pipeline.adaptive`, :mod:`mia_hpc.pipeline.plan`, :mod:`analysis.adaptive_figure`
-and :mod:`analysis.dp_compare`.
+Thin wrappers over :mod:`mia_hpc.pipeline.adaptive`, :mod:`mia_hpc.pipeline.plan`, :mod:`analysis.output.adaptive_figure`
+and :mod:`analysis.studies.dp_compare`.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def cmd_adaptive_status(args: argparse.Namespace) -> int:
 
 
 def cmd_adaptive_figure(args: argparse.Namespace) -> int:
-    from analysis.adaptive_figure import adaptive_figure
+    from analysis.output.adaptive_figure import adaptive_figure
     from mia_hpc.contract.store import spec_of
     from mia_hpc.contract.spec import load_spec, spec_from_dict
     from mia_hpc.contract.store import open_store
@@ -139,7 +139,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                repeats=args.repeats)
     print("\n".join(rep.lines()))
     if args.json:
-        from analysis.atomic import write_text
+        from analysis.store_io.atomic import write_text
 
         doc = {"settings": rep.result.settings, "groups": rep.rows(),
                "rate": dataclasses.asdict(rep.rate) if rep.rate else None}
@@ -148,8 +148,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_compare_mem(args: argparse.Namespace) -> int:
-    from analysis.dp_compare import CompareError, compare_memorization
-    from analysis.report import format_table
+    from analysis.studies.dp_compare import CompareError, compare_memorization
+    from analysis.output.report import format_table
 
     try:
         res = compare_memorization(args.store_a, args.store_b, args.out, labels=args.labels)

@@ -17,7 +17,7 @@ from mia_hpc.contract.spec import SpecError
 
 
 def add_bench_analyze_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of the analysis benchmark (see :mod:`analysis.bench`)."""
+    """The options of the analysis benchmark (see :mod:`analysis.tools.analyze_bench`)."""
     p.add_argument("store", metavar="STORE", nargs="?", default=None,
                    help="analyse this existing store (default: write a synthetic one of the size below)")
     p.add_argument("--shadows", type=int, default=2000, help="synthetic store: shadows (even; default 2000)")
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
 
 
 def cmd_bench_analyze(args: argparse.Namespace) -> int:
-    from analysis.bench import bench_analyze, format_bench_analyze
+    from analysis.tools.analyze_bench import bench_analyze, format_bench_analyze
 
     if args.store is not None and not (Path(args.store) / "zarr.json").is_file():
         raise SpecError(f"{args.store}: not a store (no zarr.json)")
@@ -67,7 +67,7 @@ def cmd_bench_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.html_report import write_report
+    from analysis.output.html_report import write_report
 
     if not Path(args.out).is_dir():
         raise SpecError(f"{args.out}: not a folder")

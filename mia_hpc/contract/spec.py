@@ -173,7 +173,7 @@ class AdaptiveSpec:
     watch: list[str] = option(["lira-online/AUROC Under", "lira-online/TPR@0.1% Under"],
                               "quantities that must converge: 'ATTACK/METRIC GROUP' (METRIC 'AUROC' or 'TPR@<x>%'; "
                               "GROUP 'All', 'Under' (= 'random'), 'over', 'singletons', 'subpopulation', 'samples') "
-                              "or 'mem/mean GROUP'; see analysis/watch.py")
+                              "or 'mem/mean GROUP'; see analysis/studies/watch.py")
     tolerance: float = option(0.02, "stop when every watched value moved by at most this over the last doubling",
                               gt=0, le=1)
     samples: list[int] = option([], "store sample indices of the watch group 'samples' (train split)")

@@ -2,7 +2,7 @@
 
 The rule itself (why waves double, why changes count only from :data:`MIN_COUNTED` shadows) is
 described in :mod:`mia_hpc.pipeline.adaptive`; this module is what the analysis side's replay
-(``analysis/adaptive_figure.py``) needs of it, torch-free.
+(``analysis/output/adaptive_figure.py``) needs of it, torch-free.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def wave_sizes(spec: Spec) -> list[int]:
 def check_adaptive(spec: Spec, parse_watch: Callable[[str], Any]) -> None:
     """Refuse specs whose keep masks are not balanced for every wave prefix, or whose watch keys are bad.
 
-    ``parse_watch`` reads one watch key (``analysis.watch.parse_watch``; the key grammar is the
+    ``parse_watch`` reads one watch key (``analysis.studies.watch.parse_watch``; the key grammar is the
     analysis side's) and raises ``ValueError`` on a bad one.
     """
     if spec.selection.kind != "none":

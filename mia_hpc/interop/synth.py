@@ -1,6 +1,6 @@
 """``synth_store``: a synthetic store of any size, timed and measured (engine of ``mia-hpc synth-store``).
 
-A thin layer over :func:`analysis.synthetic.write_synthetic_store` (torch-free), which defines the
+A thin layer over :func:`analysis.tools.synthetic_store.write_synthetic_store` (torch-free), which defines the
 known IN/OUT distributions. Bad sizes raise :class:`~mia_hpc.contract.spec.SpecError` with one line.
 """
 
@@ -40,7 +40,7 @@ def synth_store(out: str | Path, *, shadows: int, samples: int, classes: int = 1
         (``shadows``, ``samples`` = train + test, ``classes``, ``queries``) and ``analytic_auroc``
         per group (the Bayes-optimal AUROC the attacks should approach).
     """
-    from analysis.synthetic import write_synthetic_store
+    from analysis.tools.synthetic_store import write_synthetic_store
 
     if shadows < 2 or shadows % 2:
         raise SpecError(f"--shadows: must be an even integer >= 2 (each sample IN for exactly M/2), got {shadows}")

@@ -6,7 +6,7 @@
   each task running :func:`mia_hpc.launch.worker.train_shard` through a submitit
   ``Checkpointable`` (:class:`ShardTask`): at Slurm's timeout/preemption signal the task is
   requeued and simply re-runs the shard, which skips the shadows already ``done`` in the store;
-* the analysis (``analysis.report.analyze``) as a second job with ``--dependency=afterok:<array>``,
+* the analysis (``analysis.output.report.analyze``) as a second job with ``--dependency=afterok:<array>``,
   so the user can log out.
 
 A re-submit of the same spec submits only the shards that are neither complete in the store nor
@@ -63,7 +63,7 @@ class ShardTask(_Checkpointable):
 
 def run_analysis(store: str, out: str) -> str:
     """The analysis job: analyse the finished store into ``out``; returns the summary's path."""
-    from analysis.report import analyze  # lazy: the analysis side is imported only in this job
+    from analysis import analyze  # lazy: the analysis side is imported only in this job
 
     analyze(store, out, progress=False)
     return str(Path(out) / "analysis.json")

@@ -7,7 +7,7 @@ shadows trained so far, and stops as soon as every one of them moved by at most
 some FPR on a chosen group of samples -- the whole train split (``All``), the under-represented
 group (``Under``, the paper's "random" challenge set), ``singletons``, the ``subpopulation``, an
 explicit ``samples`` list -- or the mean memorization estimate of such a group
-(:mod:`analysis.watch`). Each wave costs one pass over the prefix's logits, the watched attacks
+(:mod:`analysis.studies.watch`). Each wave costs one pass over the prefix's logits, the watched attacks
 and a bootstrap of the watched values (no full report); each value carries its bootstrap interval
 over targets and samples.
 
@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.watch import parse_watch
+from analysis.studies.watch import parse_watch
 from mia_hpc.contract.jsonfile import read_json_dict, write_json_atomic
 from mia_hpc.contract.spec import Spec, SpecError, load_spec, spec_from_dict
 from mia_hpc.contract.waves import MIN_COUNTED, check_adaptive, wave_sizes
@@ -137,7 +137,7 @@ class AdaptiveResult:
 
 
 def _f(v: float | None) -> str:
-    from analysis.numfmt import fmt  # the report's one number format
+    from analysis.store_io.numfmt import fmt  # the report's one number format
 
     return fmt(v)
 
@@ -158,7 +158,7 @@ def _settings(spec: Spec) -> dict[str, Any]:
 
 def evaluate_wave(spec: Spec, store: str | Path, size: int, previous: Wave | None = None) -> Wave:
     """The watched values of the store's first ``size`` shadows (all done), and their changes."""
-    from analysis.watch import watch_values
+    from analysis.studies.watch import watch_values
 
     res = watch_values(store, spec.adaptive.watch, shadow_limit=size, samples=spec.adaptive.samples)
     if res.n_shadows != size:
@@ -220,7 +220,7 @@ def finish(spec: Spec, out: str | Path, waves: list[Wave], stop: bool, *, analyz
     out = Path(out)
     used = waves[-1].shadows
     if analyze:
-        from analysis.report import analyze as _analyze
+        from analysis import analyze as _analyze
 
         _analyze(out / "store.zarr", out / "analysis", progress=progress, shadow_limit=used, extras=extras)
     status = "converged" if stop else "not converged"

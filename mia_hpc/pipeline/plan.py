@@ -1,6 +1,6 @@
 """``mia-hpc plan SPEC --pilot STORE``: shadows needed per challenge group, and what they cost here.
 
-The predictions come from :mod:`analysis.planner` (Corollary 1 calibrated on the pilot's own
+The predictions come from :mod:`analysis.studies.planner` (Corollary 1 calibrated on the pilot's own
 shadow-count sweep, and the pilot curve's 1/m extrapolation, each with a bootstrap interval). This
 module checks that the pilot is a pilot *of SPEC* (same data, model and training recipe; only the
 shadow count may differ), and turns shadow counts into time on the user's hardware:
@@ -122,7 +122,7 @@ class PlanReport:
     """What ``mia-hpc plan`` prints: the predictions and their cost."""
 
     spec: Spec
-    result: Any  # analysis.planner.PlanResult
+    result: Any  # analysis.studies.planner.PlanResult
     rate: Rate | None
 
     def rows(self) -> list[dict[str, Any]]:
@@ -216,8 +216,8 @@ def plan(spec: str | Path | Spec, pilot: str | Path, *, metric: str = "auroc", t
          attack: str = "lira-online", pilot_shadows: int | None = None, bench: str | Path | None = None,
          measure: bool = False, device: str = "auto", n_boot: int = 200, repeats: int = 10) -> PlanReport:
     """Predict the shadows each challenge group of ``spec`` needs from the ``pilot`` store; add their cost."""
-    from analysis.load import AnalysisError
-    from analysis.planner import PlanError, plan_from_pilot
+    from analysis.store_io.load import AnalysisError
+    from analysis.studies.planner import PlanError, plan_from_pilot
     from mia_hpc.contract.store import spec_of
     from mia_hpc.contract.store import StoreError, open_store
 

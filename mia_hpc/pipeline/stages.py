@@ -6,15 +6,15 @@ A spec with ``[selection] kind = "singletons" | "subpopulation"`` runs in stages
    D_U candidates (``selection.candidates``, default the spec's D_U), with ``selection.oracle_shadows``
    / ``oracle_epochs`` if set; it is trained into ``OUT/oracle/store.zarr`` by the normal machinery.
 2. **selection** -- :func:`select` reads the finished oracle store and keeps the candidates with
-   Feldman-Zhang memorization ``> selection.threshold`` (singletons: :func:`analysis.groups.singletons`)
+   Feldman-Zhang memorization ``> selection.threshold`` (singletons: :func:`analysis.studies.groups.singletons`)
    or those of the smallest cluster of the oracle's shadow-0 penultimate features
-   (:func:`analysis.groups.subpopulation`, PCA 10, 5 clusters, seed = spec seed). It writes
+   (:func:`analysis.studies.groups.subpopulation`, PCA 10, 5 clusters, seed = spec seed). It writes
    ``OUT/selection.json`` atomically: candidate indices (numbering of
    :mod:`mia_hpc.data.selection`), counts, every candidate's oracle memorization, and a hash.
 3. **attack** -- :func:`prepare_attack_store` creates ``OUT/store.zarr`` from the spec with the
    oracle store's samples, D_U restricted to the selection (attr ``selection`` of the store records
    the kind, indices and hash); then it is trained like any store.
-4. **analysis** -- ``analysis.report.analyze`` of ``OUT/store.zarr`` into ``OUT/analysis``.
+4. **analysis** -- ``analysis.output.report.analyze`` of ``OUT/store.zarr`` into ``OUT/analysis``.
 
 Locally :func:`run_staged` (``mia-hpc run``) runs the stages in order; each skips what is done (a
 finished oracle is not retrained, a matching ``selection.json`` is reused, the attack store is
@@ -102,9 +102,9 @@ def oracle_memorization(store: str | Path) -> dict[str, np.ndarray | None]:
     Returns ``{"mem", "mem_se", "group", "train", "features", "candidates"}``; ``candidates`` are the
     sample positions of the D_U candidates (:func:`mia_hpc.data.selection.candidate_positions`).
     """
-    from analysis.groups import store_features
-    from analysis.load import open_shadows
-    from analysis.memorization import memorization
+    from analysis.studies.groups import store_features
+    from analysis.store_io.load import open_shadows
+    from analysis.studies.memorization import memorization
     from mia_hpc.data.selection import candidate_positions
 
     data = open_shadows(store)
@@ -154,12 +154,12 @@ def select(spec: Spec, out: str | Path) -> dict[str, Any]:
     cand = o["candidates"]
     sel = spec.selection
     if sel.kind == "singletons":
-        from analysis.groups import singletons
+        from analysis.studies.groups import singletons
 
         mask = singletons(o["mem"], o["group"], sel.threshold, train=o["train"])
         extra: dict[str, Any] = {"threshold": sel.threshold}
     else:
-        from analysis.groups import subpopulation_clusters
+        from analysis.studies.groups import subpopulation_clusters
 
         if o["features"] is None:
             raise StageError(f"{ostore}: has no features (shadow 0 writes them); cannot cluster")
@@ -247,7 +247,7 @@ def run_staged(spec: Spec, out: str | Path, *, executor: str = "local", analyze:
     result: dict[str, Any] = {"store": store, "trained": sorted(trained), "analysis": None, "oracle": ostore,
                               "oracle_trained": sorted(oracle_trained), "selection": selection}
     if analyze:
-        from analysis.report import analyze as _analyze
+        from analysis import analyze as _analyze
 
         result["analysis"] = _analyze(store, out / "analysis", progress=progress, extras=extras)
     return result
