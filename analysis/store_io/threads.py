@@ -17,24 +17,19 @@ when given no ``threads`` and pass the number down; every function below them ta
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Iterable
+
+from mia_hpc.contract.settings import ANALYSIS_THREADS_ENV, analysis_threads_from_env
 
 __all__ = ["ENV", "n_threads", "thread_map"]
 
-ENV = "MIA_HPC_THREADS"
+ENV = ANALYSIS_THREADS_ENV
 
 
 def n_threads() -> int:
     """Threads for the analysis' parallel steps: ``MIA_HPC_THREADS``, else the usable CPUs."""
-    v = os.environ.get(ENV, "").strip()
-    if v:
-        try:
-            n = int(v)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ValueError(f"{ENV}: expected a positive integer (threads of the analysis), got {v!r}")
+    n = analysis_threads_from_env()
+    if n is not None:
         return n
     from dask.system import cpu_count
 

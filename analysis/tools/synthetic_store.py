@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from mia_hpc.contract.settings import SAMPLE_CHUNK
 from mia_hpc.contract.spec import spec_from_dict
 from mia_hpc.contract.store import SUBSETS, StaticData, create_store, open_store, write_shadow
 
@@ -98,7 +99,7 @@ def write_synthetic_store(path: str | Path, *, n_shadows: int, n_samples: int, n
                           n_queries: int = 1, separation: Mapping[str, float] | None = None,
                           frac_under: float = 0.2, sigma: float = 1.0, seed: int = 0, n_test: int = 0,
                           offset_mean: float = 2.0, offset_std: float = 2.0, n_done: int | None = None,
-                          sample_chunk: int = 8192, analysis: Mapping[str, Any] | None = None,
+                          sample_chunk: int = SAMPLE_CHUNK, analysis: Mapping[str, Any] | None = None,
                           progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Create a store at ``path`` whose logits follow the model in the module docstring.
 

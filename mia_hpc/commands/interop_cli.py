@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from mia_hpc.contract.settings import SAMPLE_CHUNK
+
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add ``import-lira``, ``export-lira`` and ``synth-store`` to ``subparsers``; return their handlers."""
@@ -23,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
     i.add_argument("--augs", default="generic", choices=["generic", "lira"],
                    help="generic: queries aug0.. with unknown geometry (default); lira: decode inference.py's order")
     i.add_argument("--skip-incomplete", action="store_true", help="skip experiments without logits")
-    i.add_argument("--sample-chunk", type=int, default=8192, help="samples per logits chunk (default 8192)")
+    i.add_argument("--sample-chunk", type=int, default=SAMPLE_CHUNK,
+                   help=f"samples per logits chunk (default {SAMPLE_CHUNK})")
 
     e = subparsers.add_parser("export-lira",
                               help="write a store's done shadows in the LiRA reference-code layout")
@@ -41,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argp
     s.add_argument("--separation-over", type=float, default=0.0, help="phi shift when IN, group 'over'")
     s.add_argument("--sigma", type=float, default=1.0, help="noise std of phi across shadows")
     s.add_argument("--test-samples", type=int, default=0, help="test-split samples (never IN)")
-    s.add_argument("--sample-chunk", type=int, default=8192, help="samples per logits chunk (default 8192)")
+    s.add_argument("--sample-chunk", type=int, default=SAMPLE_CHUNK,
+                   help=f"samples per logits chunk (default {SAMPLE_CHUNK})")
     s.add_argument("--seed", type=int, default=0,
                    help="seed of everything random in the store: labels, keep masks, logits (default 0)")
     return {"import-lira": cmd_import_lira, "export-lira": cmd_export_lira, "synth-store": cmd_synth_store}
