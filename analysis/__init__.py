@@ -2,10 +2,11 @@
 
 One folder per role (import the modules directly; this package imports nothing heavy on its own):
 
-``store_io/``  reading the store and writing outputs safely: ``load``, ``spill``, ``atomic``,
-               ``figures``, ``distributed`` (dask client), ``threads``, ``numfmt`` (number format)
-``kernels/``   compiled kernels and the one pass over the logits: ``logit_kernels``, ``passes``,
-               ``stats``, ``metrics``, ``roc_scan``, ``bootstrap``
+``kernels/``   compiled kernels and how they run in parallel: ``logit_kernels``, ``stats``,
+               ``metrics``, ``roc_scan``, ``bootstrap``, ``threads``
+``store_io/``  reading the store (``load``, the one pass over the logits ``passes``) and writing
+               outputs safely: ``spill``, ``atomic``, ``figures``, ``distributed`` (dask client),
+               ``numfmt`` (number format)
 ``attacks/``   membership attacks: LiRA (``lira``, ``lira_reference``), RMIA, Shokri, Song, Yeom, ...
 ``studies/``   the paper's studies: ``memorization``, ``privacy``, ``theory``, ``complexity``,
                ``sweep``, ``ood``, ``groups``, ``dp_compare``, ``planner``, ``watch``
@@ -13,7 +14,8 @@ One folder per role (import the modules directly; this package imports nothing h
                ``scores``, ``html_report``, ``adaptive_figure``
 ``tools/``     developer tools: ``analyze_bench``, ``synthetic_store``
 
-Imports go one way: store_io <- kernels <- attacks <- studies <- output <- tools.
+Imports go one way: kernels <- store_io <- attacks <- studies <- output <- tools
+(``tests/test_layers.py`` checks it).
 ``analysis.analyze`` is :func:`analysis.output.report.analyze` (imported on first use).
 """
 

@@ -33,7 +33,7 @@ from analysis.attacks.lira_reference import run_lira_reference  # noqa: E402
 from analysis.store_io.load import open_shadows  # noqa: E402
 from analysis.kernels.metrics import auroc  # noqa: E402
 from analysis.kernels.stats import gaussian_sums, partners  # noqa: E402
-from analysis.store_io.threads import n_threads  # noqa: E402
+from analysis.kernels.threads import n_threads  # noqa: E402
 
 BASE = {"refs": "pair", "center": "mean", "ddof": 1, "offline": "one-sided", "fixed": "pooled per side"}
 ABLATIONS = [("median (not mean)", {"center": "median"}), ("population std (ddof 0)", {"ddof": 0}),
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 def _sweep(data, train: np.ndarray, t_n: int) -> None:
     from analysis.attacks.lira import PER_SAMPLE_VARIANCE_MIN
     from analysis.studies.memorization import memorization_from_counts
-    from analysis.kernels.passes import reduce_over_shadows
+    from analysis.store_io.passes import reduce_over_shadows
     from analysis.studies.sweep import summarize_sweep, sweep_from_store
 
     threads = n_threads()

@@ -16,7 +16,7 @@ from analysis.attacks.lira import ATTACKS, lira_scores, resolve_targets, run_lir
 from analysis.store_io.load import AnalysisError, loss_from_logits, open_shadows, phi_from_logits
 from analysis.studies.memorization import memorization_counts
 from analysis.kernels.metrics import attack_metrics, auroc, roc, tpr_at_fpr
-from analysis.kernels.passes import reduce_over_shadows
+from analysis.store_io.passes import reduce_over_shadows
 from analysis.kernels.stats import gaussian_sums, partners
 from analysis.tools.synthetic_store import analytic_auroc, synthetic_keep, write_synthetic_store
 

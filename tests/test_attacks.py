@@ -317,7 +317,7 @@ def test_shokri_scored_in_the_pass_equals_read_back():
     # The report scores Shokri's targets inside the one pass over the logits; the scores equal
     # those of the attack reading the targets' logits itself.
     from analysis.attacks.shokri import fit_shokri
-    from analysis.kernels.passes import reduce_over_tasks
+    from analysis.store_io.passes import reduce_over_tasks
 
     z, keep, label, split = _random_case(m=10, n_train=50)
     train = split == "train"

@@ -102,3 +102,38 @@ def test_no_import_circle(package):
         graphlib.TopologicalSorter(g).prepare()
     except graphlib.CycleError as e:
         pytest.fail("import circle (module-level and function-level imports together): " + " -> ".join(e.args[1]))
+
+
+#: ``analysis/`` folders from the bottom up: each imports only its own and lower ones.
+ANALYSIS_ORDER = ("kernels", "store_io", "attacks", "studies", "output", "tools")
+
+
+def test_analysis_folders_import_downwards_only():
+    def rank(module: str) -> int:
+        parts = module.split(".")
+        return ANALYSIS_ORDER.index(parts[1]) if len(parts) > 1 else len(ANALYSIS_ORDER)  # the package root: top
+
+    bad = [f"{FILES[m].relative_to(ROOT)}:{line}: imports {name}"
+           for m in FILES if m.startswith("analysis.")
+           for name, line, ours in imports(m)
+           if ours and _resolve(name).startswith("analysis.") and rank(_resolve(name)) > rank(m)]
+    assert not bad, f"analysis/ imports against {' < '.join(ANALYSIS_ORDER)}:\n" + "\n".join(bad)
+
+
+
+def test_every_first_party_import_names_a_module_that_exists():
+    # a function-level import of a moved module fails only when its function runs; this finds it now
+    bad = []
+    for m, path in FILES.items():
+        package = m if path.name == "__init__.py" else m.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                if base.split(".")[0] in PACKAGES and base not in FILES:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {base} import ...")
+            elif isinstance(node, ast.Import):
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno}: import {a.name}" for a in node.names
+                        if a.name.split(".")[0] in PACKAGES and a.name not in FILES]
+    assert not bad, "imports of modules that do not exist:\n" + "\n".join(bad)

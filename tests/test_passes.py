@@ -1,4 +1,4 @@
-"""analysis.kernels.passes: the one reducer, checked against direct numpy recomputations over all shadows
+"""analysis.store_io.passes: the one reducer, checked against direct numpy recomputations over all shadows
 (sums, partners, counts, Song histograms, target signals, the theory's Gaussian fits, the OOD
 means, every shadow's phi), and its three views (one_pass, reduce_over_shadows, signal_sums)."""
 
@@ -12,7 +12,7 @@ from analysis.attacks._common import signals_from_logits, song_histogram
 from analysis.store_io.load import open_shadows
 from analysis.studies.memorization import memorization_counts
 from analysis.studies.ood import energy_score, msp_score
-from analysis.kernels.passes import one_pass, reduce_over_shadows
+from analysis.store_io.passes import one_pass, reduce_over_shadows
 from analysis.kernels.stats import gaussian_sums, partners
 from analysis.tools.synthetic_store import write_synthetic_store
 from analysis.studies.theory import gauss_fits

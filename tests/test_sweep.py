@@ -265,7 +265,7 @@ def test_relative_target_uses_each_curves_own_full_shadow_value():
 def test_theory_suite_end_to_end_on_a_synthetic_store(synth, tmp_path):
     from analysis.studies.complexity import theory_suite
     from analysis.studies.memorization import memorization_from_counts
-    from analysis.kernels.passes import reduce_over_shadows
+    from analysis.store_io.passes import reduce_over_shadows
 
     path, _ = synth
     data = open_shadows(path)
@@ -310,7 +310,7 @@ def test_theory_suite_end_to_end_on_a_synthetic_store(synth, tmp_path):
 def test_theory_suite_skips_the_sweep_with_too_few_shadows(tmp_path):
     from analysis.studies.complexity import theory_suite, theory_tables
     from analysis.studies.memorization import memorization_from_counts
-    from analysis.kernels.passes import reduce_over_shadows
+    from analysis.store_io.passes import reduce_over_shadows
 
     write_synthetic_store(tmp_path / "s", n_shadows=2, n_samples=50, seed=3)
     data = open_shadows(tmp_path / "s")

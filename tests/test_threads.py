@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis.store_io.threads import ENV, n_threads, thread_map
+from analysis.kernels.threads import ENV, n_threads, thread_map
 
 
 def test_n_threads_default_is_the_usable_cpus_and_env_overrides(monkeypatch):
@@ -112,7 +112,7 @@ def test_whole_analysis_with_one_and_three_threads_is_identical(tmp_path, monkey
 def test_the_pass_runs_on_the_analysis_threads(tmp_path, monkeypatch, threads):
     import threading
 
-    import analysis.kernels.passes as passes
+    import analysis.store_io.passes as passes
     from analysis.store_io.load import open_shadows
     from analysis.tools.synthetic_store import write_synthetic_store
 

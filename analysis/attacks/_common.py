@@ -13,7 +13,7 @@ attacks use one plain prediction:
 ``mentr``  Song & Mittal's modified prediction entropy (Song).
 
 Per-sample reference statistics come from running sums over all done shadows (one dask pass over
-the logits, :meth:`AttackContext.signal_sums`, i.e. :func:`analysis.kernels.passes.reduce_over_tasks`), minus each target's own contribution and, where
+the logits, :meth:`AttackContext.signal_sums`, i.e. :func:`analysis.store_io.passes.reduce_over_tasks`), minus each target's own contribution and, where
 counts would otherwise reveal membership, a partner on the other side (:mod:`analysis.kernels.stats`).
 """
 
@@ -29,9 +29,9 @@ import numpy as np
 
 from analysis.attacks.lira import LiraResult
 from analysis.kernels.logit_kernels import mentr_from_logits, signals_from_logits, song_bin
-from analysis.kernels.passes import reduce_over_tasks, shadows_per_task
+from analysis.store_io.passes import reduce_over_tasks, shadows_per_task
 from analysis.kernels.stats import GaussianSums, Partners
-from analysis.store_io.threads import thread_map
+from analysis.kernels.threads import thread_map
 
 __all__ = ["AttackContext", "AttackResult", "SIGNALS", "signals_from_logits", "mentr_from_logits"]
 
@@ -94,13 +94,13 @@ class AttackContext:
         Memory budget of a batch of target logits.
     signal_stats, target_signals : optional
         :meth:`signal_sums`'s result and the (T, N, 3) target signals if already computed
-        (:func:`analysis.kernels.passes.one_pass` computes both with everything else).
+        (:func:`analysis.store_io.passes.one_pass` computes both with everything else).
     precomputed : dict, optional
         Attack name -> what its entry point may reuse (``"shokri"``: a
         :class:`analysis.attacks.shokri.ShokriModel` and its (T, N_train) scores).
     threads : int
         Threads the batches of targets and the pass over the logits run on
-        (:mod:`analysis.store_io.threads`; no result depends on it).
+        (:mod:`analysis.kernels.threads`; no result depends on it).
     """
 
     def __init__(self, logits: Any, keep: np.ndarray, label: np.ndarray, split: np.ndarray, n_targets: int, *,

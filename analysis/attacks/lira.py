@@ -36,7 +36,7 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from analysis.kernels.stats import GaussianSums, Partners
-from analysis.store_io.threads import thread_map
+from analysis.kernels.threads import thread_map
 
 __all__ = ["ATTACKS", "LIRA_VARIANTS", "PER_SAMPLE_VARIANCE_MIN", "LiraResult", "lira_scores", "sd_floor", "run_lira",
            "resolve_targets"]

@@ -51,7 +51,7 @@ from typing import Callable
 import numpy as np
 
 from analysis.attacks.lira import ATTACKS, LiraResult
-from analysis.store_io.threads import thread_map
+from analysis.kernels.threads import thread_map
 
 __all__ = ["STD_EPS", "reference_target_scores", "run_lira_reference"]
 
@@ -155,7 +155,7 @@ def run_lira_reference(phi: np.ndarray, keep: np.ndarray, train: np.ndarray, n_t
     Parameters
     ----------
     phi : ndarray, shape (M, N, Q)
-        phi of every done shadow on every sample (e.g. :attr:`analysis.kernels.passes.PassResult.phi_all`).
+        phi of every done shadow on every sample (e.g. :attr:`analysis.store_io.passes.PassResult.phi_all`).
     keep : ndarray of bool, shape (M, N)
     train : ndarray of bool, shape (N,)
         Challenge points; ``in_size`` / ``out_size`` and the fixed std are taken over them only.

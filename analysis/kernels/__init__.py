@@ -1,8 +1,8 @@
-"""Compiled kernels and the one pass over the logits.
+"""Compiled kernels, and how they run in parallel.
 
 ``logit_kernels`` (per-row statistics of logits: phi, the attacks' signals, OOD scores, Shokri's
-features), ``passes`` (the single read of a store's logits and every per-sample sum of it),
-``stats`` (IN/OUT running sums, partners, leave-one-out moments, Gaussian fits from sums),
-``metrics`` and ``roc_scan`` (ROC, AUROC, TPR at fixed FPR), ``bootstrap`` (their confidence
-intervals). Nothing here imports the attacks, the studies or the output.
+features), ``stats`` (IN/OUT running sums, partners, leave-one-out moments, Gaussian fits from
+sums), ``metrics`` and ``roc_scan`` (ROC, AUROC, TPR at fixed FPR), ``bootstrap`` (their confidence
+intervals), ``threads`` (the analysis' thread count and its thread pool). Arrays in, arrays out:
+nothing here reads a store or imports another folder of ``analysis``.
 """

@@ -58,7 +58,7 @@ import numba
 import numpy as np
 
 from analysis.kernels.metrics import _order_keys, order32
-from analysis.store_io.threads import thread_map
+from analysis.kernels.threads import thread_map
 
 __all__ = ["BootstrapResult", "bootstrap_metrics", "weighted_roc_metrics", "metric_names", "EXACT_BUDGET"]
 
@@ -223,7 +223,7 @@ def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[f
         default :data:`EXACT_BUDGET`) take the fast path (:func:`_fast_shared`: linearised AUROC,
         exact TPR, exact class totals); smaller ones the exact weighted ROC of every replicate.
     threads : int
-        Threads the fast path runs on (:mod:`analysis.store_io.threads`; no result depends on it).
+        Threads the fast path runs on (:mod:`analysis.kernels.threads`; no result depends on it).
 
     Returns
     -------

@@ -2,7 +2,7 @@
 
 LiRA evaluates each target shadow against *all other* shadows. Recomputing the IN/OUT Gaussian
 fits per target would cost O(M^2 N); instead the sums ``n, sum x, sum x^2`` over every shadow are
-computed once (one pass over the store, :mod:`analysis.kernels.passes`; or lazily with :func:`gaussian_sums`
+computed once (one pass over the store, :mod:`analysis.store_io.passes`; or lazily with :func:`gaussian_sums`
 on dask input) and each target's own contribution is subtracted, which costs O(N Q) per target.
 
 Balanced leave-pair-out: with LiRA keep masks every sample is IN for exactly M/2 shadows, so after
@@ -326,7 +326,7 @@ def fits_from_sums(shift: np.ndarray, n_in: np.ndarray, s1_in: np.ndarray, s2_in
     """:class:`GaussFits` from sums of ``phi - shift`` over the IN and OUT shadows of each sample.
 
     ``shift`` (N, Q); ``n_*`` (N,); ``s1_*`` (N, Q) sums; ``s2_*`` (N, Q, Q) sums of outer products
-    (what :func:`gauss_fits` and :func:`analysis.kernels.passes.one_pass` accumulate).
+    (what :func:`gauss_fits` and :func:`analysis.store_io.passes.one_pass` accumulate).
     """
     n_in = np.asarray(n_in).astype(np.float64)
     n_out = np.asarray(n_out).astype(np.float64)

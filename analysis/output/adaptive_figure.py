@@ -189,7 +189,7 @@ def adaptive_figure(store: str | Path, out: str | Path, *, spec: Any = None, eve
     from mia_hpc.contract.store import done_mask, open_store, spec_of
     from mia_hpc.contract.waves import check_adaptive, wave_sizes
 
-    from .watch import parse_watch
+    from analysis.studies.watch import parse_watch
 
     root = open_store(store)
     own = spec_of(root)

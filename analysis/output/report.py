@@ -16,7 +16,7 @@ last, so its presence marks a finished analysis):
 * ``roc/roc.csv`` and ``plots/roc.png|pdf``: every attack's pooled ROC per column (:mod:`analysis.output.roc`);
 * ``analysis.json``: all numbers, with the store's spec hash and the wall seconds of each phase (``timings_s``).
 
-The logits are read once for the attacks (:func:`analysis.kernels.passes.one_pass`: every per-sample
+The logits are read once for the attacks (:func:`analysis.store_io.passes.one_pass`: every per-sample
 reduction over shadows and the targets' own phi and signals together); Shokri's classifier reads
 its training rows and the targets' full softmax again, and the paper extras read what they need.
 """
@@ -44,7 +44,7 @@ from analysis.attacks.lira_reference import run_lira_reference
 from analysis.store_io.load import ShadowData, open_shadows
 from analysis.studies.memorization import memorization_from_counts
 from analysis.kernels.metrics import attack_metrics, fpr_label, metric_columns
-from analysis.kernels.passes import one_pass
+from analysis.store_io.passes import one_pass
 from analysis.kernels.stats import MemCounts
 from analysis.studies.privacy import privacy_score_from_sums
 from analysis.output.roc import write_roc
@@ -58,7 +58,7 @@ from analysis.output.tables import accuracy_table, attack_table, format_accuracy
 from analysis.output.html_report import incomplete_line, write_report
 from analysis.output.scores import StoredScores, write_scores
 from analysis.store_io.spill import SpilledScores, release_freed_memory
-from analysis.store_io.threads import n_threads
+from analysis.kernels.threads import n_threads
 
 __all__ = ["analyze", "format_table", "to_markdown", "terminal_lines"]
 
@@ -291,7 +291,7 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         spec's ``analysis.lira_variant``.
     threads : int, optional
         Threads of every parallel step (the pass, LiRA, the attacks, metrics, bootstrap, sweep,
-        scores.zarr); no result depends on it. Default :func:`analysis.store_io.threads.n_threads`,
+        scores.zarr); no result depends on it. Default :func:`analysis.kernels.threads.n_threads`,
         read once here and passed down.
 
     Returns
@@ -591,7 +591,7 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
     with bootstrap intervals (Tables 2/3/5), Table 1/4, OOD scores and their correlations (Figs.
     1b, 5, 9, 10), Hellinger distances with the Eq. 8 check, the shadow-count sweep (Figs. 3, 7, 8)
     and the sample complexity against 1/mem and 1/H^2 (Corollary 1). ``fits``, ``ood`` and ``phi``
-    come from the report's one pass (:class:`analysis.kernels.passes.PassResult`); without them they are
+    come from the report's one pass (:class:`analysis.store_io.passes.PassResult`); without them they are
     read from the store.
     """
     under = group == "under"

@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from analysis.store_io.threads import thread_map
+from analysis.kernels.threads import thread_map
 
 __all__ = ["scores_dataset", "write_scores", "StoredScores"]
 

@@ -115,7 +115,7 @@ def phi_from_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
         cancels exactly from sums over shadows.
     """
     # one compiled loop per row (same formula). In the function: opening a store stays free of numba
-    # (the CLI's status and checks open stores), and store_io sits below kernels (the one import upward)
+    # (the CLI's status and checks open stores)
     from analysis.kernels.logit_kernels import phi_rows
 
     return phi_rows(z, y).astype(np.float32).astype(np.float64)

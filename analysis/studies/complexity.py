@@ -250,7 +250,7 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
         Cap on each challenge set's samples in the sweep (seeded subsample; default 5000), which
         bounds its memory on large stores; None: all. The theory columns use every train sample.
     fits, phi : optional
-        The one pass's Gaussian fits and every shadow's phi (:class:`analysis.kernels.passes.PassResult`),
+        The one pass's Gaussian fits and every shadow's phi (:class:`analysis.store_io.passes.PassResult`),
         so that nothing is read from the store again.
     figures : analysis.store_io.figures.FigureQueue, optional
         Draw the figures on this queue (they are written when it is waited on); default now.

@@ -49,7 +49,7 @@ import pandas as pd
 
 from analysis.kernels.metrics import fpr_label
 from analysis.store_io.load import open_shadows
-from analysis.store_io.threads import n_threads
+from analysis.kernels.threads import n_threads
 from analysis.studies.complexity import shadows_needed
 from analysis.studies.groups import random_under, singletons, store_features, subpopulation
 from analysis.studies.sweep import SWEEP_ATTACKS, default_m_grid, shadow_sweep, summarize_sweep, sweep_from_store
@@ -187,7 +187,7 @@ def plan_from_pilot(store: str | Path, *, metric: str = "auroc", target: float =
     min_set : int
         Sets with fewer samples are left out.
     threads : int, optional
-        Threads of the sweep; default :func:`analysis.store_io.threads.n_threads` (read once here).
+        Threads of the sweep; default :func:`analysis.kernels.threads.n_threads` (read once here).
 
     Returns
     -------
@@ -356,7 +356,7 @@ def full_sweep_summary(full_store: str | Path, masks: dict[str, np.ndarray], *, 
                        repeats: int = 10, seed: int = 0, n_targets: int | None = 64,
                        threads: int | None = None) -> pd.DataFrame:
     """The full run's summarized sweep on ``masks`` (AUROC, TPR at 0.1% and 1%), for :func:`compare_with_sweep`
-    (on ``threads``, default :func:`analysis.store_io.threads.n_threads`)."""
+    (on ``threads``, default :func:`analysis.kernels.threads.n_threads`)."""
     data = open_shadows(full_store)
     t_n = min(data.n_shadows, n_targets or data.n_shadows)
     sw, _ = sweep_from_store(data, masks, n_targets=t_n, repeats=repeats, seed=seed, fprs=(0.001, 0.01),

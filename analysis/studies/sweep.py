@@ -25,7 +25,7 @@ prefix sum m, or prefix sum m+1 minus the target's own value where the target si
 m of the sample's list: O(len(m) N Q) per target. The scores are :func:`analysis.attacks.lira.lira_scores`'
 formulas (the same floors, pooled-variance fall-back and neutral values as the full analysis; tested
 against it), evaluated by one compiled loop from the walk's sums without forming the per-target
-sums. Repeats run on the analysis' threads (:mod:`analysis.store_io.threads`). phi is held in memory for
+sums. Repeats run on the analysis' threads (:mod:`analysis.kernels.threads`). phi is held in memory for
 the challenge samples only (the union of the masks), (M, N_c, Q) float64.
 
 Variance: below :data:`analysis.attacks.lira.PER_SAMPLE_VARIANCE_MIN` references per side, ``lira-online``
@@ -478,7 +478,7 @@ def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set:
         Keep at most this many samples of each set, a seeded uniform subsample (``subsample_seed``);
         default: all.
     phi : ndarray (M, N, Q), optional
-        Every done shadow's phi if already in memory (:attr:`analysis.kernels.passes.PassResult.phi_all`);
+        Every done shadow's phi if already in memory (:attr:`analysis.store_io.passes.PassResult.phi_all`);
         default: read from the store.
     **kwargs
         Passed to :func:`shadow_sweep`.

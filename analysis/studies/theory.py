@@ -255,7 +255,7 @@ def theory_per_sample(phi: Any, keep: Any, counts: Any, *, sample_ids: np.ndarra
         phi of every done shadow (numpy, dask or xarray; see :func:`gauss_fits`).
     keep : array-like of bool, shape (M, N)
     counts : MemCounts
-        Correctness counts of the same shadows (:func:`analysis.kernels.passes.reduce_over_shadows`'s third
+        Correctness counts of the same shadows (:func:`analysis.store_io.passes.reduce_over_shadows`'s third
         output, or :func:`analysis.studies.memorization.memorization_counts`); fields of shape (N,).
     sample_ids : ndarray, optional
         Labels for the ``sample`` column (default 0..N-1), before ``samples`` selection.
@@ -267,7 +267,7 @@ def theory_per_sample(phi: Any, keep: Any, counts: Any, *, sample_ids: np.ndarra
         Noise threshold of the violation flags, in standard errors.
     fits : GaussFits, optional
         Already computed fits over *all* samples (``phi`` is then not read; e.g.
-        :attr:`analysis.kernels.passes.PassResult.fits`).
+        :attr:`analysis.store_io.passes.PassResult.fits`).
 
     Returns
     -------

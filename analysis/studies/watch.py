@@ -19,7 +19,7 @@ smallest feature cluster's under-represented samples, :func:`analysis.studies.gr
 ``samples`` (an explicit list of store sample indices, ``adaptive.samples``).
 
 Cost per wave: one pass over the prefix's logits for the per-sample sums
-(:func:`analysis.kernels.passes.reduce_over_shadows`), the watched attacks only
+(:func:`analysis.store_io.passes.reduce_over_shadows`), the watched attacks only
 (:func:`analysis.attacks.run_attacks`), and a bootstrap of the watched metrics -- no paper extras
 (OOD, theory, shadow-count sweep), tables or plots. The value of a key equals the report's number
 for the same shadows (tested), because the same functions compute it.
@@ -46,7 +46,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from analysis.store_io.threads import n_threads
+from analysis.kernels.threads import n_threads
 
 __all__ = ["WatchKey", "WatchValue", "WatchResult", "GROUPS", "parse_watch", "watch_values", "group_masks"]
 
@@ -249,7 +249,7 @@ def watch_values(store: str | Path, keys: Sequence[str | WatchKey], *, shadow_li
         Bootstrap replicates, seed (same seed: paired replicates across keys) and interval coverage.
     threads : int, optional
         Threads of the pass, the attacks and the bootstrap; default
-        :func:`analysis.store_io.threads.n_threads` (read once here).
+        :func:`analysis.kernels.threads.n_threads` (read once here).
 
     Returns
     -------
@@ -262,7 +262,7 @@ def watch_values(store: str | Path, keys: Sequence[str | WatchKey], *, shadow_li
     from analysis.attacks.lira import resolve_targets
     from analysis.store_io.load import open_shadows
     from analysis.studies.memorization import memorization_from_counts
-    from analysis.kernels.passes import reduce_over_shadows
+    from analysis.store_io.passes import reduce_over_shadows
 
     threads = n_threads() if threads is None else int(threads)
     parsed = [k if isinstance(k, WatchKey) else parse_watch(k) for k in keys]

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from analysis.store_io.threads import n_threads
+from analysis.kernels.threads import n_threads
 from analysis.tools.synthetic_store import write_synthetic_store
 
 __all__ = ["bench_analyze", "format_bench_analyze", "AIM_RATIO", "AIM_RSS_GIB"]
@@ -44,7 +44,7 @@ import json, resource, sys, time, warnings
 warnings.filterwarnings("ignore", message="Consolidated metadata")
 t0 = time.perf_counter()
 from analysis.store_io.load import open_shadows
-from analysis.kernels.passes import shadows_per_task
+from analysis.store_io.passes import shadows_per_task
 data = open_shadows(sys.argv[1])
 z = data.logits.data
 t1 = time.perf_counter()
@@ -122,7 +122,7 @@ def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, sampl
     extras : bool
         Time the whole analysis with the paper extras (default), or ``analyze --quick``.
     threads : int, optional
-        The analysis' threads; default :func:`analysis.store_io.threads.n_threads` (read once here).
+        The analysis' threads; default :func:`analysis.kernels.threads.n_threads` (read once here).
     log : callable
         Progress lines (``print`` by default; ``None`` for silence).
     """

@@ -25,7 +25,7 @@ ANALYSIS_THREADS_ENV = "MIA_HPC_THREADS"  # threads of the analysis' parallel st
 def analysis_threads_from_env(environ: Mapping[str, str] | None = None) -> int | None:
     """Threads the environment asks of the analysis (:data:`ANALYSIS_THREADS_ENV`); None when unset.
 
-    Read once, at an analysis entry point (``analysis.store_io.threads.n_threads``), and passed down
+    Read once, at an analysis entry point (``analysis.kernels.threads.n_threads``), and passed down
     as an int. ValueError names the variable on a bad value.
     """
     env = os.environ if environ is None else environ

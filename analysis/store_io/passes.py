@@ -316,7 +316,7 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
     progress : bool
         A tqdm bar over the dask tasks.
     threads : int
-        Dask threads the tasks run on (:mod:`analysis.store_io.threads`; no result depends on it).
+        Dask threads the tasks run on (:mod:`analysis.kernels.threads`; no result depends on it).
     """
     if extras and not phi:
         raise ValueError("extras need phi")
