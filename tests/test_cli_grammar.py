@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every command that writes files, and so takes --out. A new command must be added to one of the two
 # sets (the test below fails otherwise): deciding whether it writes is part of adding it.
 WRITERS = {"run", "analyze", "submit", "render-sbatch", "import-lira", "export-lira", "synth-store",
-           "adaptive-figure", "compare-mem", "bench analyze"}
+           "adaptive-figure", "compare-mem", "bench analyze", "report"}
 # Commands that only read (or write into the store or folder they are given: train-shard, status
-# --reset-broken, report; --json FILE of bench train and plan is an extra copy of what they print).
-READERS = {"status", "train-shard", "bench train", "spec", "stages", "report", "adaptive-status", "plan"}
+# --reset-broken; --json FILE of bench train and plan is an extra copy of what they print).
+READERS = {"status", "train-shard", "bench train", "spec", "stages", "adaptive-status", "plan"}
 
 RST = re.compile(r"``|:(func|mod|class|meth|attr|data|ref|doc|obj|exc):`|`[^`]+`_")
 
@@ -173,3 +173,19 @@ def test_spec_prints_non_ascii_as_text(tmp_path, capsys):
     out = capsys.readouterr().out
     assert name in out and "\\u" not in out
     assert json.loads(out.split("\n# spec hash")[0])["name"] == name
+
+
+def test_report_out_writes_elsewhere_with_links_back_into_the_analysis(tmp_path):
+    from analysis.tools.synthetic_store import write_synthetic_store
+    from mia_hpc.cli import main
+
+    store = tmp_path / "store.zarr"
+    write_synthetic_store(store, n_shadows=8, n_samples=60, n_classes=3, seed=0)
+    assert main(["analyze", str(store), "--out", str(tmp_path / "a"), "--quick"]) == 0
+    assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "elsewhere")]) == 0
+    page = (tmp_path / "elsewhere" / "index.html").read_text()
+    links = re.findall(r'<a href="([^"#][^"]*)"', page)
+    assert links, "the report links no files"
+    for link in links:  # every file link resolves from where the page was written
+        assert (tmp_path / "elsewhere" / link).resolve().is_file(), link
+    assert main(["report", str(tmp_path / "nowhere")]) == 2

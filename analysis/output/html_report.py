@@ -413,10 +413,12 @@ p.incomplete{margin:0;padding:10px 28px;background:#ffebe9;color:#82071e;font-we
 """
 
 
-def render_report(out: str | Path, *, store: str | Path | None = None, title: str | None = None) -> str:
-    """The report's HTML for the analysis folder ``out`` (see the module docstring)."""
+def render_report(out: str | Path, *, store: str | Path | None = None, title: str | None = None,
+                  report_dir: str | Path | None = None) -> str:
+    """The report's HTML for the analysis folder ``out`` (see the module docstring), its file links
+    relative to ``report_dir`` (default ``out/report``), the folder the page will be written to."""
     out = Path(out)
-    report_dir = out / "report"
+    report_dir = Path(report_dir) if report_dir is not None else out / "report"
     summary = _read_json(out / "analysis.json")
     store_path = Path(store) if store is not None else (Path(summary["store"]) if summary.get("store") else None)
     attrs = _store_attrs(store_path)
@@ -467,8 +469,10 @@ def render_report(out: str | Path, *, store: str | Path | None = None, title: st
     return "\n".join(parts) + "\n"
 
 
-def write_report(out: str | Path, *, store: str | Path | None = None, title: str | None = None) -> Path:
-    """Write ``out/report/index.html`` atomically (temporary name, then rename); return its path.
+def write_report(out: str | Path, *, store: str | Path | None = None, title: str | None = None,
+                 report_dir: str | Path | None = None) -> Path:
+    """Write ``report_dir/index.html`` (default ``out/report/index.html``) atomically (temporary
+    name, then rename); return its path.
 
     Parameters
     ----------
@@ -479,10 +483,14 @@ def write_report(out: str | Path, *, store: str | Path | None = None, title: str
         The store, for its spec; default: ``analysis.json``'s ``store`` entry.
     title : str, optional
         Page title; default "mia-hpc analysis: <spec name>".
+    report_dir : str or Path, optional
+        Where the page goes; its links to the analysis' files are relative to it, so the page works
+        wherever it is written on the same filesystem. Default ``out/report``.
     """
     out = Path(out)
-    text = render_report(out, store=store, title=title)
-    return write_text(out / "report" / "index.html", text)
+    report_dir = Path(report_dir) if report_dir is not None else out / "report"
+    text = render_report(out, store=store, title=title, report_dir=report_dir)
+    return write_text(report_dir / "index.html", text)
 
 
 def _main(argv: list[str] | None = None) -> int:  # python -m analysis.output.html_report OUT

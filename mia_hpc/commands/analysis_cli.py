@@ -37,9 +37,11 @@ def add_bench_analyze_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add ``report`` to ``subparsers``; return its handler (``bench analyze`` hangs under ``bench``)."""
-    r = subparsers.add_parser("report", help="(re)build ANALYSIS_DIR/report/index.html from an analysis folder")
-    r.add_argument("out", metavar="ANALYSIS_DIR",
-                   help="analysis folder (what 'mia-hpc analyze --out' wrote); the page goes to ANALYSIS_DIR/report/")
+    r = subparsers.add_parser("report", help="(re)build the HTML report of an analysis folder")
+    r.add_argument("analysis_dir", metavar="ANALYSIS_DIR",
+                   help="analysis folder (what 'mia-hpc analyze --out' wrote)")
+    r.add_argument("--out", default=None,
+                   help="folder for index.html (default ANALYSIS_DIR/report); its file links point back into ANALYSIS_DIR")
     return {"report": cmd_report}
 
 
@@ -69,7 +71,7 @@ def cmd_bench_analyze(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.output.html_report import write_report
 
-    if not Path(args.out).is_dir():
-        raise SpecError(f"{args.out}: not a folder")
-    print(write_report(args.out))
+    if not Path(args.analysis_dir).is_dir():
+        raise SpecError(f"ANALYSIS_DIR: {args.analysis_dir} is not a folder; give what 'mia-hpc analyze --out' wrote")
+    print(write_report(args.analysis_dir, report_dir=args.out))
     return 0
