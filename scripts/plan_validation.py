@@ -1,4 +1,4 @@
-"""Validate ``mia-hpc plan`` against a full run's shadow-count sweep (README figure).
+"""Validate ``mia-hpc plan`` against a full run's shadow-count sweep (the figure of docs/planning.md).
 
 Usage (the demo-adaptive store, whose wave prefixes are balanced, so its first P shadows are a
 legitimate P-shadow pilot of the same recipe)::

@@ -212,7 +212,7 @@ def adaptive_figure(store: str | Path, out: str | Path, *, spec: Any = None, eve
     out.mkdir(parents=True, exist_ok=True)
     figs: list[Path] = []
     for fam in dict.fromkeys(_family(k)[0] for k in spec.adaptive.watch):
-        # PNG only: these are README figures (small, committed)
+        # PNG only: these are docs/ figures (small, committed)
         figs += plot_curve(curve, waves, spec.adaptive.tolerance, out / f"adaptive_{_slug(fam)}", family=fam, total=m)
     table = stops_table(curve, m, first_waves=sorted(set(first_waves) | {spec.adaptive.first_wave}),
                         tolerances=sorted(set(tolerances) | {spec.adaptive.tolerance}), block=block)

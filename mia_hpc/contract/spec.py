@@ -483,7 +483,7 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def describe_fields(cls: type = Spec, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(key path, type, default, description) for every field: used by the README and ``mia-hpc spec``."""
+    """(key path, type, default, description) for every field: what ``mia-hpc spec`` prints (docs/spec.md)."""
     rows = []
     hints = typing.get_type_hints(cls)
     defaults = cls()

@@ -179,7 +179,7 @@ class PlanReport:
 
 PREDICTORS = ("cor1-mem", "cor1-h2", "fit")
 #: the predictor "shadows to train" uses, per metric; chosen by scripts/plan_validation.py on the demo
-#: (README): for AUROC the pilot curve's 1/m fit (median predicted/measured 1.05 from an 8-shadow
+#: (docs/planning.md): for AUROC the pilot curve's 1/m fit (median predicted/measured 1.05 from an 8-shadow
 #: pilot, 7 of 8 within 2x), for TPR targets, which the fit does not predict, Corollary 1's 1/mem
 #: (there a lower bound: it fell short by 2x in validation)
 PRIMARY = {"auroc": "fit", "tpr": "cor1-mem"}
