@@ -246,10 +246,11 @@ def test_more_queries_help(attack):
     assert want - 0.03 < a4 < want + 0.005, (a4, want)
 
 
-def test_synthetic_store_recovers_the_constructed_phi(tmp_path):
+@pytest.mark.parametrize("kind", ["realistic", "compressible"])
+def test_synthetic_store_recovers_the_constructed_phi(tmp_path, kind):
     # sigma = 0: phi must be exactly a_i + separation(group) * keep, recovered from real logits
     info = write_synthetic_store(tmp_path / "s", n_shadows=6, n_samples=50, n_test=10, n_queries=2, sigma=0.0,
-                                 separation={"over": 0.5, "under": 2.0}, frac_under=0.2, n_classes=7)
+                                 separation={"over": 0.5, "under": 2.0}, frac_under=0.2, n_classes=7, logits=kind)
     data = open_shadows(tmp_path / "s")
     keep = data.keep.values
     sep = np.where(data.group == "under", 2.0, 0.5)

@@ -276,6 +276,61 @@ def test_synth_store_cli_makes_the_asked_dims(tmp_path, capsys):
         synth_store(out, shadows=4, samples=50)
 
 
+# Compression of trained logits with the store's codecs (zstd level 1), uncompressed bytes / the logits
+# chunks' bytes on disk, measured 2025-06 on: the demo store (64 x 1850 x 5 x 10): 1.082; tiny runs
+# of jobs/paper/mnist-augmnist-random.toml and -singletons.toml: 1.090 and 1.085.
+TRAINED_LOGITS_RATIO = 1.08
+
+
+def _logits_ratio(store: Path) -> float:
+    import zarr
+
+    chunk = zarr.open_array(store / "logits", mode="r").chunks
+    files = [p for p in (store / "logits" / "c").rglob("*") if p.is_file()]
+    return len(files) * int(np.prod(chunk)) * 4 / sum(p.stat().st_size for p in files)
+
+
+def test_synth_store_logits_compress_like_trained_ones_unless_asked(tmp_path, capsys):
+    real, comp = tmp_path / "real.zarr", tmp_path / "comp.zarr"
+    args = ["--shadows", "2", "--samples", "2000", "--queries", "5", "--seed", "1"]
+    assert _cli(["synth-store", "--out", str(real), *args]) == 0
+    assert "realistic logits" in capsys.readouterr().out  # the default
+    assert _cli(["synth-store", "--out", str(comp), *args, "--logits", "compressible"]) == 0
+    text = capsys.readouterr().out
+    assert "compressible logits" in text and "compression" in text
+    assert _open(real).attrs["synthetic"]["logits"] == "realistic"
+    assert _open(comp).attrs["synthetic"] == {"logits": "compressible"}
+    r, c = _logits_ratio(real), _logits_ratio(comp)
+    assert abs(r / TRAINED_LOGITS_RATIO - 1) < 0.1, r  # within 10% of trained logits
+    assert c > 5, c  # nine zeros in ten values
+    with pytest.raises(SpecError, match="--logits"):
+        synth_store(tmp_path / "x.zarr", shadows=2, samples=50, logits="zeros")
+
+
+def test_synthetic_logits_kinds_carry_the_same_phi(tmp_path):
+    """The known IN/OUT distributions do not depend on the kind: phi (and the loss) are the same numbers
+    up to float32 rounding; only the other classes' logits differ (random in 'realistic')."""
+    from analysis.store_io.load import open_shadows
+    from analysis.tools.synthetic_store import write_synthetic_store
+
+    kw = dict(n_shadows=4, n_samples=300, n_test=40, n_queries=3, n_classes=6, seed=7, sample_chunk=64)
+    ir = write_synthetic_store(tmp_path / "r.zarr", **kw)
+    ic = write_synthetic_store(tmp_path / "c.zarr", logits="compressible", **kw)
+    assert (ir["logits"], ic["logits"]) == ("realistic", "compressible")
+    np.testing.assert_array_equal(ir["offsets"], ic["offsets"])
+    dr, dc = open_shadows(tmp_path / "r.zarr"), open_shadows(tmp_path / "c.zarr")
+    np.testing.assert_array_equal(dr.keep.values, dc.keep.values)
+    np.testing.assert_allclose(dr.phi().values, dc.phi().values, atol=2e-5)
+    np.testing.assert_allclose(_open(tmp_path / "r.zarr").train_loss.values,
+                               _open(tmp_path / "c.zarr").train_loss.values, rtol=1e-6)
+    z = _open(tmp_path / "r.zarr").logits.values
+    label = _open(tmp_path / "r.zarr").label.values
+    other = np.ones(z.shape, bool)
+    other[:, np.arange(z.shape[1]), :, label] = False
+    assert abs(z[other].mean() + 0.7) < 0.1 and abs(z[other].std() - 3.7) < 0.1
+    assert (_open(tmp_path / "c.zarr").logits.values[other] == 0).all()
+
+
 def test_register_adds_three_commands_and_no_torch():
     p = argparse.ArgumentParser()
     handlers = interop_cli.register(p.add_subparsers(dest="cmd"))

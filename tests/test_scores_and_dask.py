@@ -142,6 +142,8 @@ def test_bench_analyze_quick_times_the_analysis_without_extras(tmp_path):
 
     r = bench_analyze(shadows=8, samples=200, targets=4, extras=False, workdir=tmp_path, keep=True, log=None)
     assert r["extras"] is False and r["analyze_s"] > 0 and r["ratio"] > 0
+    # the synthetic store's logits are the realistic kind (compress like trained ones), and it says so
+    assert r["logits"] == "realistic" and 1.0 < r["logits_compression"] < 1.2
     # both reads timed; the ratio is against the analysis' own (block) reader
     assert r["ratio"] == r["analyze_s"] / r["read_s"] and r["ratio_xarray"] == r["analyze_s"] / r["read_xarray_s"]
     out = tmp_path / "analysis"

@@ -15,7 +15,10 @@ subprocess so that memory figures are the analysis' own:
 * ``peak_rss_gib``: the analysis process' peak resident memory (``getrusage(RUSAGE_SELF).ru_maxrss``
   reported by the child itself, cross-checked with ``RUSAGE_CHILDREN`` in the parent) (aim: <= 2 GiB).
 
-Also the synthetic store's write time and size. Torch-free.
+Also the synthetic store's write time and size, and which logits it holds (``logits``: the
+store's ``synthetic`` attribute, ``"realistic"`` by default, compressing like trained logits, or
+``"compressible"``; see :mod:`analysis.tools.synthetic_store`) with the logits' compression ratio
+(``logits_compression``: uncompressed bytes / the logits array's bytes on disk). Torch-free.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.kernels.threads import n_threads
-from analysis.tools.synthetic_store import write_synthetic_store
+from analysis.tools.synthetic_store import LOGITS_KINDS, write_synthetic_store
 
 __all__ = ["bench_analyze", "format_bench_analyze", "AIM_RATIO", "AIM_RSS_GIB"]
 
@@ -101,7 +104,7 @@ def _du(path: Path) -> int:
 def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, samples: int = 20000, classes: int = 10,
                   queries: int = 1, targets: int | None = None, workdir: str | Path | None = None,
                   keep: bool = False, scheduler: str | None = None, seed: int = 0, extras: bool = True,
-                  threads: int | None = None, log=print) -> dict[str, Any]:
+                  threads: int | None = None, log=print, logits: str = "realistic") -> dict[str, Any]:
     """Run the benchmark; return its figures (see the module docstring).
 
     Parameters
@@ -125,7 +128,11 @@ def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, sampl
         The analysis' threads; default :func:`analysis.kernels.threads.n_threads` (read once here).
     log : callable
         Progress lines (``print`` by default; ``None`` for silence).
+    logits : {"realistic", "compressible"}
+        The synthetic store's kind of logits (ignored with ``store``, whose own kind is reported).
     """
+    if logits not in LOGITS_KINDS:
+        raise ValueError(f"logits: one of {', '.join(LOGITS_KINDS)}, got {logits!r}")
     log = log or (lambda *_: None)
     threads = n_threads() if threads is None else int(threads)
     own_tmp = workdir is None
@@ -136,24 +143,31 @@ def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, sampl
                            "scheduler": scheduler or "threads", "extras": bool(extras)}
     try:
         if store is None:
-            store = work / f"store_{shadows}x{samples}x{classes}x{queries}.zarr"
+            store = work / f"store_{shadows}x{samples}x{classes}x{queries}_{logits}.zarr"
             if store.exists():
                 log(f"reusing {store}")
                 res["write_s"] = None
             else:
                 log(f"writing a synthetic store {shadows} shadows x {samples} samples x {classes} classes x "
-                    f"{queries} queries to {store} ({4 * shadows * samples * classes * queries / 1e9:.2f} GB of logits)")
+                    f"{queries} queries to {store} ({4 * shadows * samples * classes * queries / 1e9:.2f} GB of "
+                    f"{logits} logits)")
                 t = time.perf_counter()
                 write_synthetic_store(store, n_shadows=shadows, n_samples=samples, n_classes=classes,
-                                      n_queries=queries, seed=seed)
+                                      n_queries=queries, seed=seed, logits=logits)
                 res["write_s"] = time.perf_counter() - t
         store = Path(store)
         import xarray as xr
 
         ds = xr.open_zarr(store, consolidated=True)
+        kind = (ds.attrs.get("synthetic") or {}).get("logits")
+        logits_disk = _du(store / "logits")
         res.update({"store": str(store), "store_bytes_on_disk": _du(store),
                     "shape": {k: int(v) for k, v in ds["logits"].sizes.items()},
-                    "logits_bytes": int(ds["logits"].nbytes)})
+                    "logits_bytes": int(ds["logits"].nbytes), "logits_bytes_on_disk": logits_disk,
+                    "logits_compression": int(ds["logits"].nbytes) / max(logits_disk, 1),
+                    # a trained store, or a synthetic one written before the kinds: no 'synthetic' attribute
+                    "logits": kind or "not synthetic (or unrecorded)"})
+        log(f"logits: {res['logits']}, compression {res['logits_compression']:.2f}x")
         out = work / "analysis"
         shutil.rmtree(out, ignore_errors=True)
 
@@ -192,7 +206,8 @@ def format_bench_analyze(r: dict[str, Any]) -> str:
     ok = lambda b: "ok" if b else "MISSED"  # noqa: E731
     lines = [f"bench analyze: {sh.get('shadow')} shadows x {sh.get('sample')} samples x {sh.get('query')} queries x "
              f"{sh.get('class')} classes ({r['logits_bytes'] / 1e9:.2f} GB of logits, "
-             f"{r['store_bytes_on_disk'] / 1e9:.2f} GB on disk), {r['n_targets']} targets, "
+             f"{r['store_bytes_on_disk'] / 1e9:.2f} GB on disk; {r.get('logits', '?')} logits, "
+             f"compression {r.get('logits_compression', float('nan')):.2f}x), {r['n_targets']} targets, "
              f"{r['cpus']} CPUs, {r.get('threads', r['cpus'])} analysis threads, scheduler {r['scheduler']}, "
              + ("with the paper extras" if r.get("extras", True) else "analyze --quick (no paper extras)")]
     if r.get("write_s"):

@@ -6,8 +6,21 @@ The store is a real one (made by :func:`mia_hpc.contract.store.create_store` and
 * each sample i has a random offset ``a_i ~ N(offset_mean, offset_std^2)``: its "difficulty";
 * for shadow m and query q, ``phi = a_i + keep[m, i] * separation[group_i] + sigma * eps``,
   ``eps ~ N(0, 1)`` independent across shadows, samples and queries;
-* the true-class logit is ``phi + log(C - 1)`` and every other logit is 0, so that
-  ``z_y - logsumexp_{y' != y} z_{y'} = phi`` exactly.
+* the logits carry phi as ``z_y - logsumexp_{y' != y} z_{y'} = phi`` (up to float32 rounding of
+  ``z_y``), in one of two kinds (``logits=``, recorded in the store's ``synthetic`` attribute):
+
+  - ``"realistic"`` (default): every other logit is drawn afresh for each shadow, sample and query
+    from ``N(other_mean, other_std^2)`` (defaults -0.7 and 3.7: the trained demo store's non-true
+    logits) and ``z_y = phi + logsumexp_{y' != y} z_{y'}``. Every value has random low bits, so the
+    store compresses like a trained one (~1.08x with the store's zstd; measured on the demo store
+    and tiny ``jobs/paper`` runs) and read benchmarks on it are honest. The softmax over the other
+    classes, hence the argmax (accuracy, memorization), Shokri's sorted softmax, Song's modified
+    entropy and the OOD scores, is random; phi and what is a function of it alone (loss, p_y and the
+    attacks built on them: LiRA, Yeom, Sablayrolles, RMIA) are as in the compressible kind: phi is
+    drawn first from the same per-shadow generator, so it is the same numbers;
+  - ``"compressible"``: the true-class logit is ``phi + log(C - 1)`` and every other logit is 0
+    (then ``argmax == y`` exactly when ``phi > -log(C - 1)``). Nine in ten values are zero, so the
+    logits compress ~8x: fast to write, but flatters every read figure.
 
 Because the offsets differ per sample, a global threshold on phi is far from optimal and only
 per-sample calibration (LiRA) reaches the Bayes-optimal AUROC, which for one query and a group of
@@ -32,7 +45,10 @@ from mia_hpc.contract.settings import SAMPLE_CHUNK
 from mia_hpc.contract.spec import spec_from_dict
 from mia_hpc.contract.store import SUBSETS, StaticData, create_store, open_store, write_shadow
 
-__all__ = ["write_synthetic_store", "synthetic_keep", "analytic_auroc"]
+__all__ = ["write_synthetic_store", "synthetic_keep", "analytic_auroc", "LOGITS_KINDS"]
+
+#: the kinds of synthetic logits (see the module docstring); the first is the default
+LOGITS_KINDS = ("realistic", "compressible")
 
 
 def analytic_auroc(separation: float, sigma: float = 1.0, n_queries: int = 1) -> float:
@@ -100,7 +116,8 @@ def write_synthetic_store(path: str | Path, *, n_shadows: int, n_samples: int, n
                           frac_under: float = 0.2, sigma: float = 1.0, seed: int = 0, n_test: int = 0,
                           offset_mean: float = 2.0, offset_std: float = 2.0, n_done: int | None = None,
                           sample_chunk: int = SAMPLE_CHUNK, analysis: Mapping[str, Any] | None = None,
-                          progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                          progress: Callable[[int], None] | None = None, logits: str = "realistic",
+                          other_mean: float = -0.7, other_std: float = 3.7) -> dict[str, Any]:
     """Create a store at ``path`` whose logits follow the model in the module docstring.
 
     Parameters
@@ -134,18 +151,27 @@ def write_synthetic_store(path: str | Path, *, n_shadows: int, n_samples: int, n
         The spec's ``analysis`` table (targets, fpr, singleton_threshold).
     progress : callable, optional
         Called with 1 after each shadow is written.
+    logits : {"realistic", "compressible"}
+        How the other classes' logits are made (module docstring): ``"realistic"`` (default)
+        compresses like trained logits; ``"compressible"`` (zeros) ~8x better.
+    other_mean, other_std : float
+        Distribution of the other classes' logits (``"realistic"`` only).
 
     Returns
     -------
     dict
         ``path``, ``spec_hash``, ``n_train``, ``n_test``, ``offsets`` (a_i, shape (N,)),
-        ``separation`` and ``analytic_auroc`` per group.
+        ``separation``, ``analytic_auroc`` per group and ``logits`` (the kind).
     """
     sep = {"over": 0.0, "under": 3.0} if separation is None else dict(separation)
     if set(sep) - {"over", "under"}:
         raise ValueError(f"separation: groups are 'over' and 'under', got {sorted(sep)}")
     if n_classes < 2 or n_queries < 1:
         raise ValueError("need n_classes >= 2 and n_queries >= 1")
+    if logits not in LOGITS_KINDS:
+        raise ValueError(f"logits: one of {', '.join(LOGITS_KINDS)}, got {logits!r}")
+    if not (math.isfinite(other_mean) and math.isfinite(other_std) and other_std >= 0):
+        raise ValueError(f"need a finite other_mean and other_std >= 0, got {other_mean}, {other_std}")
     rng = np.random.default_rng([seed, 0])
     n_under = int(round(frac_under * n_samples))
     n_over = n_samples - n_under
@@ -167,29 +193,59 @@ def write_synthetic_store(path: str | Path, *, n_shadows: int, n_samples: int, n
     with warnings.catch_warnings():
         # create_store consolidates metadata, which zarr 3 flags as outside the v3 spec; harmless here.
         warnings.filterwarnings("ignore", message="Consolidated metadata")
-        create_store(path, spec.to_dict(), spec.hash(), data, keep, _queries(n_queries), sample_chunk)
+        create_store(path, spec.to_dict(), spec.hash(), data, keep, _queries(n_queries), sample_chunk,
+                     extra_attrs={"synthetic": _synthetic_attrs(logits, other_mean, other_std)})
     root = open_store(path)
 
     masks = {s: (split == s.split("/")[0]) & (group == s.split("/")[1]) for s in SUBSETS}
-    logits = np.zeros((n, n_queries, n_classes), dtype=np.float32)  # reused: only the true class changes
+    realistic = logits == "realistic"
+    out = np.zeros((n, n_queries, n_classes), dtype=np.float32)  # reused (compressible: only the true class changes)
     rows = np.arange(n)
     log_c1 = math.log(n_classes - 1)
     for m in range(n_shadows if n_done is None else min(n_done, n_shadows)):
         r = np.random.default_rng([seed, 1, m])  # per shadow: reproducible whatever n_done is
         phi = offsets[:, None] + (keep[m] * shift)[:, None] + sigma * r.standard_normal((n, n_queries))
-        logits[rows, :, label] = phi + log_c1
-        correct = phi[:, 0] > -log_c1  # true-class logit above the others' 0
+        if realistic:  # drawn after phi from the same generator: phi is the same numbers in both kinds
+            _realistic_logits(out, phi, label, r, other_mean, other_std)
+            correct = out[:, 0].argmax(-1) == label
+        else:
+            out[rows, :, label] = phi + log_c1
+            correct = phi[:, 0] > -log_c1  # true-class logit above the others' 0
         acc = np.array([_frac(correct, keep[m] & masks[s]) if s.startswith("train") else _frac(correct, masks[s])
                         for s in SUBSETS])
         # cross-entropy of the identity query on the shadow's training set: log(1 + (C-1) e^-(phi + log(C-1)))
         loss = float(np.mean(np.logaddexp(0.0, -phi[keep[m], 0]))) if keep[m].any() else float("nan")
-        write_shadow(root, m, logits, acc, loss)
+        write_shadow(root, m, out, acc, loss)
         if progress is not None:
             progress(1)
 
     return {"path": str(path), "spec_hash": spec.hash(), "n_train": n_samples, "n_test": n_test,
             "offsets": offsets, "separation": sep,
-            "analytic_auroc": {g: analytic_auroc(d, sigma, n_queries) for g, d in sep.items()}}
+            "analytic_auroc": {g: analytic_auroc(d, sigma, n_queries) for g, d in sep.items()}, "logits": logits}
+
+
+def _synthetic_attrs(kind: str, other_mean: float, other_std: float) -> dict[str, Any]:
+    """The store's ``synthetic`` attribute: which logits it holds."""
+    return {"logits": kind, **({"other_mean": other_mean, "other_std": other_std} if kind == "realistic" else {})}
+
+
+def _realistic_logits(out: np.ndarray, phi: np.ndarray, label: np.ndarray, r: np.random.Generator,
+                      other_mean: float, other_std: float) -> None:
+    """Fill ``out`` (N, Q, C) float32: other classes ~ N(other_mean, other_std^2), true class carries phi (N, Q).
+
+    ``z_y = phi + logsumexp_{j != y} z_j``, the log-sum-exp taken in float64 over the float32 values
+    written, so the reader's ``z_y - logsumexp_{j != y} z_j`` is phi up to the float32 rounding of z_y.
+    """
+    n = out.shape[0]
+    r.standard_normal(out=out, dtype=np.float32)
+    out *= np.float32(other_std)
+    out += np.float32(other_mean)
+    rows = np.arange(n)
+    o = out.astype(np.float64)
+    o[rows, :, label] = -np.inf
+    top = o.max(-1)
+    lse = top + np.log(np.exp(o - top[..., None]).sum(-1))
+    out[rows, :, label] = phi + lse
 
 
 def _frac(correct: np.ndarray, mask: np.ndarray) -> float:

@@ -24,6 +24,9 @@ def add_bench_analyze_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=20000, help="synthetic store: train samples (default 20000)")
     p.add_argument("--classes", type=int, default=10, help="synthetic store: classes (default 10)")
     p.add_argument("--queries", type=int, default=1, help="synthetic store: queries (default 1)")
+    p.add_argument("--logits", choices=("realistic", "compressible"), default="realistic",
+                   help="synthetic store: realistic (default; compresses like trained logits, ~1.08x) or "
+                        "compressible (zeros for the other classes, ~8x: flatters the read)")
     p.add_argument("--targets", type=int, default=None, help="target shadows (default: the spec's; 0 = all)")
     p.add_argument("--out", default=None,
                    help="keep the synthetic store and the analysis in this folder (reused when the same size is "
@@ -61,7 +64,8 @@ def cmd_bench_analyze(args: argparse.Namespace) -> int:
         raise SpecError(f"--classes: must be >= 2, got {args.classes}")
     r = bench_analyze(args.store, shadows=args.shadows, samples=args.samples, classes=args.classes,
                       queries=args.queries, targets=args.targets, workdir=args.out,
-                      keep=args.out is not None, scheduler=args.scheduler, extras=not args.quick)
+                      keep=args.out is not None, scheduler=args.scheduler, extras=not args.quick,
+                      logits=args.logits)
     print(format_bench_analyze(r))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
