@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="run on a dask cluster: a scheduler address or .json file, or 'local' (2 worker processes)")
     a.add_argument("--quick", action="store_true",
                    help="attacks, memorization and privacy only (no challenge sets, bootstrap, theory, sweep)")
+    a.add_argument("--memory-gb", default=None, metavar="GIB",
+                   help="memory budget of the analysis in GiB (default 3): what is per target waits on local "
+                        "disk under --out when it does not fit; no result depends on it")
 
     t = sub.add_parser("train-shard", help="train one shard of a store (one array task)")
     t.add_argument("store", metavar="STORE", help="the store to train into (made by 'mia-hpc run' or 'submit')")
@@ -254,6 +257,15 @@ def _cmd_analyze(args) -> int:
 
     from analysis.store_io.load import open_shadows
 
+    from mia_hpc.contract.settings import memory_budget_bytes
+
+    memory_gb = None
+    if args.memory_gb is not None:
+        try:
+            memory_budget_bytes(args.memory_gb, "--memory-gb")
+        except ValueError as err:
+            raise SpecError(str(err)) from None
+        memory_gb = float(args.memory_gb)
     _check_out_dir(args.out)
     open_shadows(args.store)  # refuse a store that cannot be analysed before --out is created
     created = not Path(args.out).exists()
@@ -262,7 +274,7 @@ def _cmd_analyze(args) -> int:
     with _removed_on_error(Path(args.out) if created else None), \
             client_for(args.scheduler) if args.scheduler else nullcontext():
         res = analyze(args.store, args.out, targets=args.targets, extras=not args.quick,
-                      lira_variant=args.lira_variant)
+                      lira_variant=args.lira_variant, memory_gb=memory_gb)
     print("\n".join(terminal_lines(res)))
     return 0
 

@@ -78,7 +78,8 @@ def _first_k(order: np.ndarray, t: int, k: int) -> np.ndarray:
 
 def reference_target_scores(phi: np.ndarray, keep: np.ndarray, t: int, *, attacks: tuple[str, ...] = ATTACKS,
                             order_in: np.ndarray | None = None, order_out: np.ndarray | None = None,
-                            block_bytes: int = 64 * 2**20) -> dict[str, np.ndarray]:
+                            block_bytes: int = 64 * 2**20, samples: np.ndarray | None = None
+                            ) -> dict[str, np.ndarray]:
     """The reference's scores of target ``t`` against every other shadow (float64, "higher = member").
 
     Parameters
@@ -95,13 +96,18 @@ def reference_target_scores(phi: np.ndarray, keep: np.ndarray, t: int, *, attack
         several targets.
     block_bytes : int
         Rough memory for one block of samples' gathered reference values.
+    samples : ndarray of int (N,), optional
+        The columns of ``phi`` that are the N samples (default all): ``phi`` (e.g. memory-mapped
+        from disk) is then read only where needed, never copied whole.
 
     Returns
     -------
     dict attack -> ndarray (N,); NaN where a side has no reference value.
     """
-    m, n, q = phi.shape
     keep = np.asarray(keep, dtype=bool)
+    m, q = phi.shape[0], phi.shape[2]
+    n = keep.shape[1]
+    cols_of = np.arange(n) if samples is None else np.asarray(samples)
     if order_in is None:
         order_in = np.argsort(~keep, axis=0, kind="stable")
     if order_out is None:
@@ -109,7 +115,7 @@ def reference_target_scores(phi: np.ndarray, keep: np.ndarray, t: int, *, attack
     n_in = keep.sum(0) - keep[t]
     n_out = (~keep).sum(0) - ~keep[t]
     in_size, out_size = int(n_in.min()), int(n_out.min())
-    x = np.asarray(phi[t], dtype=np.float64)
+    x = np.asarray(phi[t], dtype=np.float64) if samples is None else np.asarray(phi[t][cols_of], dtype=np.float64)
     idx_in = _first_k(order_in, t, in_size)
     idx_out = _first_k(order_out, t, out_size)
     mu_in, sd_in = np.full((n, q), np.nan), np.full((n, q), np.nan)
@@ -122,7 +128,7 @@ def reference_target_scores(phi: np.ndarray, keep: np.ndarray, t: int, *, attack
         for side, idx, mu, sd, k in (("in", idx_in, mu_in, sd_in, in_size), ("out", idx_out, mu_out, sd_out, out_size)):
             if k == 0:
                 continue
-            dat = np.asarray(phi[idx[:, cols], cols], dtype=np.float64)  # (k, block, Q)
+            dat = np.asarray(phi[idx[:, cols], cols_of[cols]], dtype=np.float64)  # (k, block, Q)
             mu[cols] = np.median(dat, axis=0)
             sd[cols] = dat.std(axis=0)
             cnt, mean, m2 = pooled[side]
@@ -177,14 +183,15 @@ def run_lira_reference(phi: np.ndarray, keep: np.ndarray, train: np.ndarray, n_t
     m, n = keep.shape
     train = np.asarray(train, dtype=bool)
     idx = np.flatnonzero(train)
-    x = phi[:, idx] if idx.size < n else phi
+    cols = idx if idx.size < n else None  # phi's train columns, read in place (no copy of phi)
     kp = keep[:, idx]
     order_in = np.argsort(~kp, axis=0, kind="stable")
     order_out = np.argsort(kp, axis=0, kind="stable")
     out = {a: np.empty((n_targets, idx.size), dtype=np.float32) for a in attacks}
 
     def one(t: int) -> dict[str, int]:
-        s = reference_target_scores(x, kp, t, attacks=attacks, order_in=order_in, order_out=order_out)
+        s = reference_target_scores(phi, kp, t, attacks=attacks, order_in=order_in, order_out=order_out,
+                                    samples=cols)
         nn = {}
         for a, v in s.items():
             bad = np.isnan(v)

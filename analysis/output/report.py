@@ -59,6 +59,7 @@ from analysis.output.html_report import incomplete_line, write_report
 from analysis.output.scores import StoredScores, write_scores
 from analysis.store_io.spill import SpilledScores, release_freed_memory
 from analysis.kernels.threads import n_threads
+from mia_hpc.contract.settings import ANALYSIS_MEMORY_GB, memory_budget_bytes
 
 __all__ = ["analyze", "format_table", "to_markdown", "terminal_lines"]
 
@@ -263,7 +264,8 @@ class _Phases:
 
 def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, fpr: list[float] | None = None,
             progress: bool = True, shadow_limit: int | None = None, extras: bool = True,
-            lira_variant: str | None = None, threads: int | None = None) -> dict[str, Any]:
+            lira_variant: str | None = None, threads: int | None = None,
+            memory_gb: float | None = None) -> dict[str, Any]:
     """Analyse a shadow store: LiRA attacks, memorization, privacy scores, accuracy; write reports.
 
     Parameters
@@ -293,6 +295,13 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         Threads of every parallel step (the pass, LiRA, the attacks, metrics, bootstrap, sweep,
         scores.zarr); no result depends on it. Default :func:`analysis.kernels.threads.n_threads`,
         read once here and passed down.
+    memory_gb : float, optional
+        Memory budget in GiB (default :data:`mia_hpc.contract.settings.ANALYSIS_MEMORY_GB`). The
+        block sizes follow from it: when the targets' per-query arrays (phi, signals, scores:
+        targets x samples x queries) exceed a quarter of it they are written to local disk under
+        ``out`` by the pass and read back a block of targets at a time; the batches of LiRA and the
+        attacks and the kept phi of every shadow (the sweep's input) are sized from it too. No
+        result depends on it (tests/test_memory_budget.py).
 
     Returns
     -------
@@ -305,6 +314,7 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     threads = n_threads() if threads is None else int(threads)
     if threads < 1:
         raise ValueError(f"threads: expected a positive integer, got {threads}")
+    budget = memory_budget_bytes(ANALYSIS_MEMORY_GB if memory_gb is None else memory_gb, "memory_gb")
     phase = _Phases()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -333,21 +343,30 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
     # one pass scores the targets as it reads them instead of a second read of the targets' logits.
     with phase("shokri_fit"):
         shokri = fit_shokri(data.logits.data, keep, data.label, train, n_targets)
-    # One pass over the logits: every reduction over shadows, and the targets' own phi and signals.
-    with phase("pass"):
-        # the reference variant scores from every shadow's phi (its medians need the values themselves)
-        budget = 1 << 62 if variant == "reference" else (512 << 20) if extras else 0
-        p = one_pass(data, n_targets, train=train, progress=progress, phi_budget=budget,
-                     scorers={"shokri": shokri.score_features}, threads=threads)
-    release_freed_memory()
-    sums, partner, counts = p.sums, p.partner, p.counts
-    mem, mem_se = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
-    priv = privacy_score_from_sums(sums)
     # Each attack's (T, N) scores go to disk as soon as they exist (one attack in memory at a time);
     # the targets' signals and Shokri scores wait there while LiRA runs on the targets' phi.
     spill = SpilledScores(out)
     try:
-        spill["_signals"], spill["_shokri"] = p.target_signals, p.target_scores["shokri"]
+        # One pass over the logits: every reduction over shadows, and the targets' own phi and signals.
+        with phase("pass"):
+            # the reference variant scores from every shadow's phi (its medians need the values themselves)
+            phi_budget = 1 << 62 if variant == "reference" else min(512 << 20, budget // 6) if extras else 0
+            m_all, n_all, q_all = data.logits.shape[:3]
+            kept_rows = m_all if variant == "reference" else n_targets
+            held = 4 * (kept_rows * n_all * q_all + n_targets * n_all * 3 + n_targets * int(train.sum()))
+            on_disk = held > budget // 4  # the targets' per-query arrays wait on disk, not in memory
+            p = one_pass(data, n_targets, train=train, progress=progress, phi_budget=phi_budget,
+                         scorers={"shokri": shokri.score_features}, threads=threads,
+                         spill_dir=spill.dir / "targets" if on_disk else None)
+        release_freed_memory()
+        sums, partner, counts = p.sums, p.partner, p.counts
+        mem, mem_se = memorization_from_counts(counts.n_in, counts.c_in, counts.n_out, counts.c_out)
+        priv = privacy_score_from_sums(sums)
+        if on_disk:  # read a block of targets at a time (the shokri scores: one attack's (T, N_train))
+            target_signals, shokri_scores = p.target_signals, p.target_scores["shokri"].mmap
+        else:
+            spill["_signals"], spill["_shokri"] = p.target_signals, p.target_scores["shokri"]
+            target_signals, shokri_scores = None, (lambda: spill.pop("_shokri"))
         p.target_signals = p.target_scores = None
 
         # Each target against the other shadows (balanced leave-pair-out from the sums), from memory.
@@ -359,13 +378,15 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         try:
             with phase("lira"):
                 if variant == "reference":
-                    lira = run_lira_reference(p.phi_all, keep, train, n_targets, shadow_ids=data.ds["shadow"].values,
+                    phi_all = p.phi_all.mmap() if on_disk else p.phi_all
+                    lira = run_lira_reference(phi_all, keep, train, n_targets, shadow_ids=data.ds["shadow"].values,
                                               sample_ids=data.ds["sample"].values,
                                               progress=bar.update if bar is not None else None, threads=threads)
                 else:
                     lira = run_lira(lambda sl: p.target_phi[sl], keep, sums, partner, train, n_targets,
                                     shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values,
-                                    batch_bytes=64 << 20, progress=bar.update if bar is not None else None,
+                                    batch_bytes=min(64 << 20, budget // 48),
+                                    progress=bar.update if bar is not None else None,
                                     threads=threads)
         finally:
             if bar is not None:
@@ -382,10 +403,14 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         try:
             ctx = AttackContext.from_shadows(data, n_targets, phi_sums=sums, phi_partner=partner, lira=lira,
                                              signal_stats=(p.sig_sums, p.sig_partner, p.hist, p.edges),
-                                             target_signals=spill.pop("_signals"),
-                                             precomputed={"shokri": (shokri, lambda: spill.pop("_shokri"))},
-                                             threads=threads)
-            extra_inputs = {"fits": p.fits, "ood": p.ood, "phi": p.phi_all}
+                                             target_signals=spill.pop("_signals") if target_signals is None
+                                             else target_signals,
+                                             precomputed={"shokri": (shokri, shokri_scores)},
+                                             batch_bytes=min(128 << 20, budget // 24), threads=threads)
+            phi_all = p.phi_all
+            if on_disk and phi_all is not None:  # the sweep's input in memory only when it fits its share
+                phi_all = phi_all[:] if 4 * np.prod(phi_all.shape) <= min(512 << 20, budget // 6) else None
+            extra_inputs = {"fits": p.fits, "ood": p.ood, "phi": phi_all}
             del p
             with phase("attacks"):
                 lira = run_attacks(ctx, progress=(lambda _name: bar.update(1)) if bar is not None else None,

@@ -36,7 +36,7 @@ import numpy as np
 from analysis.kernels.logit_kernels import row_stats, signals_from_logits, song_bin
 from analysis.kernels.stats import MemCounts, fits_from_sums
 from analysis.store_io.load import ShadowData, phi_from_logits
-from analysis.store_io.spill import release_freed_memory
+from analysis.store_io.spill import DiskRows, release_freed_memory
 from analysis.kernels.stats import GaussianSums, Partners
 
 __all__ = ["reduce_over_shadows", "reduce_over_tasks", "one_pass", "PassResult", "TaskSums", "shadows_per_task"]
@@ -225,9 +225,11 @@ class TaskSums:
 def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, train: np.ndarray,
                  shift_phi: np.ndarray | None, shift_sig: np.ndarray | None, first_in: np.ndarray,
                  first_out: np.ndarray, edges: np.ndarray | None, n_targets: int, what: frozenset,
-                 keep_all_phi: bool, scorers: dict | None = None) -> TaskSums:
+                 keep_all_phi: bool, scorers: dict | None = None, sinks: dict | None = None) -> TaskSums:
     """Partial sums of shadows ``s0 .. s0 + len(z)`` (added with ``+``), with ``targets``:
-    [(s0, phi, signals, scores)] of the targets among them (phi of every shadow when ``keep_all_phi``)."""
+    [(s0, phi, signals, scores)] of the targets among them (phi of every shadow when ``keep_all_phi``),
+    or, with ``sinks`` ({"phi", "signals", scorer name} -> :class:`DiskRows`), those rows written
+    to disk and ``targets`` empty."""
     z = np.asarray(z)
     s, n = z.shape[0], z.shape[1]
     sidx = np.arange(s0, s0 + s)
@@ -268,8 +270,13 @@ def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, tr
     if scorers and t.any():  # attacks that need only each target's own features (Shokri's classifiers)
         ft = on_t["features"][:, train]
         scored = {name: fn(ft, sidx[t]) for name, fn in scorers.items()}
-    out.targets = [(s0, None if phi is None else phi[rows].astype(np.float32),
-                    None if sig is None else sig[t].astype(np.float32), scored)] if rows.any() else []
+    piece = (None if phi is None else phi[rows].astype(np.float32), None if sig is None else sig[t].astype(np.float32))
+    if sinks is not None:  # the targets' rows wait on disk (the targets come first: rows from s0 on)
+        for key, v in (("phi", piece[0]), ("signals", piece[1]), *scored.items()):
+            if key in sinks and v is not None:
+                sinks[key].write(s0, v)
+        return out
+    out.targets = [(s0, *piece, scored)] if rows.any() else []
     return out
 
 
@@ -288,7 +295,7 @@ def _add(a: TaskSums, b: TaskSums) -> TaskSums:
 def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: np.ndarray, n_targets: int = 0, *,
                       phi: bool = True, signals: bool = True, extras: bool = True, song_bins: int = 512,
                       phi_budget: int = 0, scorers: dict | None = None, progress: bool = False,
-                      threads: int = 1) -> PassResult:
+                      threads: int = 1, spill_dir: Any = None) -> PassResult:
     """The one reducer (see the module docstring): what is asked for, from one read of ``logits``.
 
     Parameters
@@ -317,6 +324,11 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
         A tqdm bar over the dask tasks.
     threads : int
         Dask threads the tasks run on (:mod:`analysis.kernels.threads`; no result depends on it).
+    spill_dir : path, optional
+        Where the targets' phi (every shadow's, when kept), signals and scores are written as the
+        tasks compute them (:class:`analysis.store_io.spill.DiskRows`, ``.npy`` files the caller
+        removes) instead of being held: the result's ``target_phi``, ``phi_all``, ``target_signals``
+        and ``target_scores`` are then :class:`DiskRows` (same values, read a block of rows at a time).
     """
     if extras and not phi:
         raise ValueError("extras need phi")
@@ -345,7 +357,21 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
     task = dask.delayed(_chunk_stats, pure=False)
     starts = np.cumsum((0,) + logits.chunks[0][:-1])
     scorers_d = dask.delayed(scorers, pure=False) if scorers else None
-    parts = [task(blk, int(s0), *consts, n_targets, what, keep_all, scorers_d)
+    sinks = None
+    if spill_dir is not None:
+        from pathlib import Path
+
+        d = Path(spill_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        sinks = {}
+        if phi:
+            sinks["phi"] = DiskRows(d / "target_phi.npy", (m if keep_all else n_targets, n, q))
+        if signals:
+            sinks["signals"] = DiskRows(d / "target_signals.npy", (n_targets, n, 3))
+        for name in scorers or {}:
+            sinks[name] = DiskRows(d / f"target_scores_{name}.npy", (n_targets, int(train.sum())))
+    sinks_d = dask.delayed(sinks, pure=False) if sinks is not None else None
+    parts = [task(blk, int(s0), *consts, n_targets, what, keep_all, scorers_d, sinks_d)
              for blk, s0 in zip(logits.to_delayed().ravel(), starts)]
     add = dask.delayed(_add, pure=False)
     while len(parts) > 1:
@@ -374,15 +400,26 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
                              s2_out=s2_out),
                 Partners(first_in=first_in, first_out=first_out, x_in=x_in, x_out=x_out))
 
-    if phi:
+    if sinks is not None:  # the targets' arrays are on disk already
+        if phi:
+            r.sums, r.partner = side(tot.phi, shift_phi)
+            r.target_phi, r.phi_all = sinks["phi"], (sinks["phi"] if keep_all else None)
+        if signals:
+            r.sig_sums, r.sig_partner = side(tot.sig, shift_sig)
+            r.hist, r.edges = tot.hist, edges
+            r.target_signals = sinks["signals"]
+        if scorers:
+            r.target_scores = {name: sinks[name] for name in scorers}
+        tot.targets = []
+    if sinks is None and phi:
         r.sums, r.partner = side(tot.phi, shift_phi)
         kept = np.empty((m if keep_all else n_targets, n, q), dtype=np.float32)
         r.target_phi, r.phi_all = kept[:n_targets], (kept if keep_all else None)
-    if signals:
+    if sinks is None and signals:
         r.sig_sums, r.sig_partner = side(tot.sig, shift_sig)
         r.hist, r.edges = tot.hist, edges
         r.target_signals = np.empty((n_targets, n, 3), dtype=np.float32)
-    if scorers:
+    if sinks is None and scorers:
         r.target_scores = {name: np.empty((n_targets, int(train.sum())), dtype=np.float32) for name in scorers}
     pieces, tot.targets = tot.targets, []
     while pieces:  # each task's piece is released once copied: no second copy of the targets' arrays
@@ -406,18 +443,20 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
 
 def one_pass(data: ShadowData, n_targets: int, *, train: np.ndarray | None = None, song_bins: int = 512,
              phi_budget: int = 512 * 2**20, scorers: dict | None = None, progress: bool = False,
-             threads: int = 1) -> PassResult:
+             threads: int = 1, spill_dir: Any = None) -> PassResult:
     """Everything :func:`analysis.output.report.analyze` needs from a store's logits, from one read.
 
     Every field of :class:`PassResult`: the phi and signal sums with partners, correctness counts,
     Song's histograms, the theory's Gaussian fits, the targets' OOD means, the targets' phi and
     signals (float32, T x N x (Q + 3) x 4 bytes: no attack reads the targets' logits again), and
-    every shadow's phi when it fits ``phi_budget`` bytes (the shadow-count sweep then reads nothing).
+    every shadow's phi when it fits ``phi_budget`` bytes (the shadow-count sweep then reads nothing);
+    with ``spill_dir`` the targets' arrays are written there instead (:func:`reduce_over_tasks`).
     """
     train = (np.asarray(data.split) == "train") if train is None else train
     logits = data.logits_blocks(shadows_per_task(data.logits.shape))  # one zarr read per task
     return reduce_over_tasks(logits, data.keep.values, data.label, train, n_targets, song_bins=song_bins,
-                             phi_budget=phi_budget, scorers=scorers, progress=progress, threads=threads)
+                             phi_budget=phi_budget, scorers=scorers, progress=progress, threads=threads,
+                             spill_dir=spill_dir)
 
 
 def reduce_over_shadows(data: ShadowData, *, progress: bool = False, threads: int = 1

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["SpilledScores", "release_freed_memory"]
+__all__ = ["SpilledScores", "DiskRows", "release_freed_memory"]
 
 
 class SpilledScores(MutableMapping):
@@ -76,6 +76,67 @@ class SpilledScores(MutableMapping):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class DiskRows:
+    """A (R, ...) array on local disk (one ``.npy`` file) written and read a block of rows at a time.
+
+    For what scales with targets x samples x queries (the targets' phi, signals, scores) when it
+    does not fit the analysis' memory budget: the pass' tasks write their rows as they compute them
+    (disjoint rows, from any thread) and the attacks read blocks of rows back. Each access maps the
+    file only for its rows' copy and unmaps it, so the process holds no more than the block (a
+    mapping kept open would count every page ever touched in its resident size).
+
+    Parameters
+    ----------
+    path : path
+        The ``.npy`` file to create (removed by :meth:`close`).
+    shape : tuple of int
+    dtype : str
+    """
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype: str = "float32") -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(x) for x in shape)
+        self.dtype = np.dtype(dtype)
+        mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=self.shape)
+        del mm  # the file exists, sparse, with its header
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Write ``rows`` at rows ``start .. start + len(rows)``."""
+        if len(rows) == 0:
+            return
+        mm = np.load(self.path, mmap_mode="r+", allow_pickle=False)
+        mm[start:start + len(rows)] = rows
+        mm.flush()
+        del mm
+
+    def __getitem__(self, key) -> np.ndarray:
+        """A fresh in-memory copy of ``self[key]`` (a slice of rows, or any numpy index)."""
+        mm = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        try:
+            return np.array(mm[key])
+        finally:
+            del mm
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
+
+    def mmap(self) -> np.ndarray:
+        """The whole array, memory-mapped read-only (for readers that index it freely)."""
+        return np.load(self.path, mmap_mode="r", allow_pickle=False)
+
+    def close(self) -> None:
+        """Remove the file."""
+        self.path.unlink(missing_ok=True)
 
 
 def release_freed_memory() -> None:

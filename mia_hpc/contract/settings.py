@@ -39,3 +39,22 @@ def analysis_threads_from_env(environ: Mapping[str, str] | None = None) -> int |
     if n < 1:
         raise ValueError(f"{ANALYSIS_THREADS_ENV}: expected a positive integer (threads of the analysis), got {v!r}")
     return n
+
+
+#: The analysis' memory budget in GiB when none is given (``mia-hpc analyze --memory-gb``).
+ANALYSIS_MEMORY_GB = 3.0
+
+
+def memory_budget_bytes(gb: float | str, option: str = "memory_gb") -> int:
+    """The analysis' memory budget ``gb`` (GiB) in bytes; ValueError naming ``option`` on a bad value.
+
+    The analysis derives its block sizes from it (which per-target arrays wait on disk, how many
+    targets a batch scores); no result depends on it.
+    """
+    try:
+        v = float(gb)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (0 < v < float("inf")):
+        raise ValueError(f"{option}: expected a positive number of GiB (the analysis' memory budget), got {gb!r}")
+    return int(v * 2**30)

@@ -1,0 +1,62 @@
+"""The analysis' memory budget (``analyze --memory-gb``, issue #18): a budget so small that every
+per-target array waits on disk and LiRA and the attacks score a target or two per batch gives the
+same tables, byte for byte, as the default budget; a bad budget is refused in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis import analyze
+from analysis.store_io.spill import DiskRows
+from analysis.tools.synthetic_store import write_synthetic_store
+from mia_hpc.cli import main
+from mia_hpc.contract.settings import memory_budget_bytes
+
+TABLES = ("attacks.csv", "attacks.md", "attacks_per_target.csv", "attacks_per_target.md", "memorization.csv",
+          "memorization.md", "accuracy.csv")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("budget") / "store.zarr"
+    write_synthetic_store(path, n_shadows=8, n_samples=200, n_test=40, n_queries=3, seed=3)
+    return path
+
+
+@pytest.mark.parametrize("variant", ["ours", "reference"])
+def test_tiny_budget_same_tables(store, tmp_path, variant):
+    big = analyze(store, tmp_path / "big", targets=0, extras=False, progress=False, lira_variant=variant, threads=2)
+    # 1 KiB: the targets' phi, signals and scores go to disk, one target per LiRA/attack batch
+    small = analyze(store, tmp_path / "small", targets=0, extras=False, progress=False, lira_variant=variant,
+                    threads=2, memory_gb=2**-20)
+    for name in TABLES:
+        assert (tmp_path / "small" / "tables" / name).read_bytes() == (tmp_path / "big" / "tables" / name).read_bytes(), name
+    assert (tmp_path / "small" / "per_sample.csv").read_bytes() == (tmp_path / "big" / "per_sample.csv").read_bytes()
+    for a in big["lira"].scores:
+        np.testing.assert_array_equal(np.asarray(small["lira"].scores[a]), np.asarray(big["lira"].scores[a]))
+    assert not list((tmp_path / "small").glob(".scores-spill-*"))  # the disk spill is removed
+
+
+def test_disk_rows_round_trip(tmp_path):
+    d = DiskRows(tmp_path / "a.npy", (5, 3, 2))
+    x = np.arange(30, dtype=np.float32).reshape(5, 3, 2)
+    d.write(3, x[3:])
+    d.write(0, x[:3])
+    np.testing.assert_array_equal(d[1:4], x[1:4])
+    np.testing.assert_array_equal(np.asarray(d), x)
+    np.testing.assert_array_equal(d.mmap()[[0, 4]], x[[0, 4]])
+    d.close()
+    assert not (tmp_path / "a.npy").exists()
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf", "lots"])
+def test_bad_budget_one_line(store, tmp_path, capsys, bad):
+    assert main(["analyze", str(store), "--out", str(tmp_path / "o"), "--memory-gb", bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("mia-hpc: error: --memory-gb: "), err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match=r"^memory_gb: "):
+        memory_budget_bytes(bad)
+    with pytest.raises(ValueError, match=r"^memory_gb: "):
+        analyze(store, tmp_path / "o2", memory_gb=bad, progress=False)
