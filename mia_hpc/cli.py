@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
                         "analysis.lira_variant; see docs/lira-variants.md)")
     a.add_argument("--scheduler", default=None,
                    help="run on a dask cluster: a scheduler address or .json file, or 'local' (2 worker processes)")
+    a.add_argument("--cluster", default=None, metavar="PROFILE",
+                   help="start a dask cluster of Slurm worker jobs from this profile (slurm/profiles/NAME.toml; "
+                        "each job gets the profile's partition, account, cores, memory, time, container), run "
+                        "the analysis on it and cancel the jobs at the end; the store must be on a shared filesystem")
+    a.add_argument("--workers", type=int, default=2,
+                   help="with --cluster: worker jobs to start (default 2)")
     a.add_argument("--quick", action="store_true",
                    help="attacks, memorization and privacy only (no challenge sets, bootstrap, theory, sweep)")
     a.add_argument("--memory-gb", default=None, metavar="GIB",
@@ -267,12 +273,28 @@ def _cmd_analyze(args) -> int:
             raise SpecError(str(err)) from None
         memory_gb = float(args.memory_gb)
     _check_out_dir(args.out)
+    if args.cluster and args.scheduler:
+        raise SpecError("--cluster and --scheduler: give one (a cluster to start, or the address of a running one)")
+    if args.workers < 1:
+        raise SpecError(f"--workers: must be >= 1, got {args.workers}")
+    if args.cluster:
+        from mia_hpc.launch.profile import load_profile
+
+        profile = load_profile(args.cluster)  # a bad profile fails before anything is submitted
     open_shadows(args.store)  # refuse a store that cannot be analysed before --out is created
     created = not Path(args.out).exists()
-    if args.scheduler:
+    if args.cluster:
+        from mia_hpc.launch.dask_slurm import slurm_dask_client
+
+        out = Path(args.out).resolve()
+        dask_ctx = slurm_dask_client(profile, workers=args.workers, log_dir=out.parent / f"{out.name}.dask-workers")
+    elif args.scheduler:
         from analysis.store_io.distributed import client_for
-    with _removed_on_error(Path(args.out) if created else None), \
-            client_for(args.scheduler) if args.scheduler else nullcontext():
+
+        dask_ctx = client_for(args.scheduler)
+    else:
+        dask_ctx = nullcontext()
+    with _removed_on_error(Path(args.out) if created else None), dask_ctx:
         res = analyze(args.store, args.out, targets=args.targets, extras=not args.quick,
                       lira_variant=args.lira_variant, memory_gb=memory_gb)
     print("\n".join(terminal_lines(res)))
