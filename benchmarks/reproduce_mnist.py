@@ -356,16 +356,32 @@ def claim_eq8(res: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
 # --- the document --------------------------------------------------------------------------------
 
 def stability_lines(docs: Path) -> list[str]:
-    summ = docs / "reproduction" / "stability_summary.csv"
-    if not summ.is_file():
+    """Every recipe-stability run under ``docs/reproduction`` (the folder itself and each subfolder
+    holding a ``stability_summary.csv``), one subsection each."""
+    base = docs / "reproduction"
+    runs = [d for d in [base, *sorted(p for p in base.glob("*") if p.is_dir())] if (d / "stability_summary.csv").is_file()]
+    if not runs:
         return ["Not measured in this document's run: `benchmarks/recipe_stability.py` has not written "
                 "`docs/reproduction/stability_summary.csv`."]
-    df = pd.read_csv(summ)
-    meta = docs / "reproduction" / "stability_meta.json"
+    lines: list[str] = []
+    for d in runs:
+        lines += stability_run_lines(d, d.relative_to(docs).as_posix()) + [""]
+    return lines
+
+
+def stability_run_lines(folder: Path, rel: str) -> list[str]:
+    """One ``benchmarks/recipe_stability.py --out FOLDER`` run: command, per-variant summary, per seed."""
+    df = pd.read_csv(folder / "stability_summary.csv")
+    meta = folder / "stability_meta.json"
     lines = []
     if meta.is_file():
         m = json.loads(meta.read_text())
-        lines.append(f"Command: `{m.get('command', '')}` ({m.get('date', '')}, {m.get('machine', '')}).")
+        secs = sum(m.get("seconds", {}).values())
+        lines.append(f"### `{rel}`: {df['seed'].nunique()} seeds, {int(df['steps'].max())} of "
+                     f"{int(df['of_steps'].max())} steps")
+        lines.append("")
+        lines.append(f"Command: `{m.get('command', '')}` ({m.get('date', '')}, {m.get('machine', '')}; "
+                     f"{_f(secs / 60, 0)} min of training).")
         lines.append("")
     lines += ["Per variant (lr / warm-up / clip): seeds; diverged (a non-finite loss or one above 10 at any "
               "step); failed (diverged, or D_O test accuracy at chance, <= 20%, after the run); D_O test "
@@ -382,8 +398,8 @@ def stability_lines(docs: Path) -> list[str]:
     lines += ["", "Per seed:", "", "| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     for _, r in df.iterrows():
         lines.append("| " + " | ".join(_f(v, 3) if isinstance(v, float) else str(v) for v in r) + " |")
-    lines += ["", "![loss and gradient norm per seed](reproduction/stability.png)", "",
-              "Every step of every seed: `docs/reproduction/stability_curves.csv`."]
+    lines += ["", f"![loss and gradient norm per seed]({rel}/stability.png)", "",
+              f"Every step of every seed: `docs/{rel}/stability_curves.csv`."]
     return lines
 
 
@@ -472,13 +488,17 @@ def write_doc(args: argparse.Namespace, record: dict[str, Any]) -> Path:
         lines += [f"### {title}: **{verdict}**", ""] + [d if d.startswith("|") else f"* {d}" for d in detail] + [""]
     lines += ["## Why a claim may not hold here", "", *reasons(res, scale), "",
               "## §4: recipe stability on real digits", "", *stability_lines(ROOT / "docs"), "",
-              "Not verified on this machine (2 shared CPU cores, no GPU, no SVHN / CIFAR files): the issue's "
-              "32-seed stability check and the full-length (15-epoch) CNN32 accuracy at full width (one such "
-              "shadow takes about 40 minutes here); the SVHN and CIFAR-10 mixtures (CNN32 / CNN64 on 32x32 "
-              "RGB) with the fixed `mnist-cnn` recipe; the `cifar10-resnet` recipe (BatchNorm ResNets with a "
-              "20% warm-up, unchanged) and the DP recipe (per-sample clipping) on any real data. The first "
-              "GPU run of a paper spec should run `benchmarks/recipe_stability.py --device cuda --seeds 0-31` (and "
-              "without `--max-steps` for the full-length accuracy) first.", ""]
+              "What the runs above show, and what they do not (2 shared CPU cores, no GPU, no SVHN / CIFAR "
+              "files): the committed `mnist-cnn` recipe (lr 0.02, 5% warm-up, clipping at 1.0) did not diverge "
+              "in any of 16 seeds over the first 100 steps (the warm-up and the steps at peak learning rate, "
+              "where lr 0.04 unclipped failed), with gradient norms up to ~70 before clipping; one full-length "
+              "seed (495 steps, 15 epochs of a 4,200-digit shadow training set) reached the D_O test accuracy in "
+              "its table, just under the issue's 97% median target, on 1/7 of the paper's training set. Not "
+              "verified: the 32-seed check and the full-length median over several seeds (a full-length "
+              "CNN32 shadow takes 18-40 minutes on these cores); the SVHN and CIFAR-10 mixtures (CNN32 / "
+              "CNN64 on 32x32 RGB) with `mnist-cnn`; the `cifar10-resnet` recipe (BatchNorm ResNets, 20% "
+              "warm-up) and the DP recipe on any real data. On a GPU: `benchmarks/recipe_stability.py "
+              "--device cuda --seeds 0-31` without `--max-steps`.", ""]
     doc = Path(args.doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
     tmp = doc.with_suffix(".md.tmp")
