@@ -57,7 +57,7 @@ from analysis.studies.ood import ood_correlations, ood_scores_from_store, plot_m
 from analysis.output.tables import accuracy_table, attack_table, format_accuracy_table, format_attack_table, write_table
 from analysis.output.html_report import incomplete_line, write_report
 from analysis.output.scores import StoredScores, write_scores
-from analysis.store_io.spill import SpilledScores, release_freed_memory
+from analysis.store_io.spill import SpilledScores, peak_rss_gib, release_freed_memory
 from analysis.kernels.threads import n_threads
 from mia_hpc.contract.settings import ANALYSIS_MEMORY_GB, memory_budget_bytes
 
@@ -252,6 +252,9 @@ class _Phases:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        #: the process' peak RSS (GiB) when each phase ended (``analysis.json``: ``peak_rss_gib``):
+        #: the peak only grows, so the first phase whose figure jumps is where the memory went
+        self.peak_rss_gib: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, name: str):
@@ -260,6 +263,7 @@ class _Phases:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t, 3)
+            self.peak_rss_gib[name] = round(peak_rss_gib(), 3)
 
 
 def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, fpr: list[float] | None = None,
@@ -596,6 +600,7 @@ def _tabulate(inputs: ReportInputs, *, figures: FigureQueue, phase: _Phases) -> 
     with phase("figures_wait"):  # the figures still being drawn when everything else is done
         figures.wait()  # every figure written before analysis.json marks the analysis finished
     summary["timings_s"] = {**phase.seconds, "total": round(time.perf_counter() - t_start, 3)}
+    summary["peak_rss_gib"] = {**phase.peak_rss_gib, "total": round(peak_rss_gib(), 3)}
     summary["threads"] = threads  # of the timings (no result depends on it: tests/test_threads.py)
     write_text(out / "analysis.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
     report = write_report(out, store=store)  # reads analysis.json for its header

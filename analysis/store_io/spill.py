@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["SpilledScores", "DiskRows", "release_freed_memory"]
+__all__ = ["SpilledScores", "DiskRows", "release_freed_memory", "peak_rss_gib"]
 
 
 class SpilledScores(MutableMapping):
@@ -154,3 +154,10 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def peak_rss_gib() -> float:
+    """This process' peak resident memory so far, in GiB (``getrusage``; Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
