@@ -114,3 +114,44 @@ def test_logits_blocks_read_the_done_shadows_like_xarray(tmp_path, holes):
             assert blocks.chunks[0][0] == min(per, data.n_shadows)
             np.testing.assert_array_equal(blocks.compute(), want)
     assert data.positions.tolist() == ([1, 2, 3, 6] if holes else list(range(7)))
+
+
+def _fields(p):
+    """Every array a pass returns, by name (the targets' arrays read whole, from memory or disk)."""
+    out = {"hist": p.hist, "edges": p.edges, "ood_msp": p.ood["msp"], "ood_energy": p.ood["energy"]}
+    for name, obj in (("sums", p.sums), ("partner", p.partner), ("counts", p.counts), ("sig_sums", p.sig_sums),
+                      ("sig_partner", p.sig_partner), ("fits", p.fits)):
+        for f, v in vars(obj).items():
+            out[f"{name}.{f}"] = v
+    out["target_phi"], out["target_signals"] = np.asarray(p.target_phi[:]), np.asarray(p.target_signals[:])
+    out["phi_all"] = None if p.phi_all is None else np.asarray(p.phi_all[:])
+    for k, v in (p.target_scores or {}).items():
+        out[f"scores.{k}"] = np.asarray(v[:])
+    return out
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_sample_blocks_and_threads_change_no_bit_of_the_pass(data, monkeypatch, tmp_path, spill):
+    """The pass folds each sample block's tiles in shadow order: how many blocks (here 1 vs 256 vs
+    7 samples per block, every block boundary inside the store's chunks too), the threads and
+    whether the targets' arrays wait on disk change no bit of any result."""
+    import analysis.store_io.passes as passes
+
+    train = np.asarray(data.split) == "train"
+    scorer = {"mean_feature": lambda f, pos: f.mean(-1).astype(np.float32) + pos[:, None].astype(np.float32)}
+    runs = []
+    for block, threads in ((10**6, 1), (256, 2), (7, 3)):
+        monkeypatch.setattr(passes, "PASS_SAMPLES", block)
+        spill_dir = tmp_path / f"spill-{block}" if spill else None
+        runs.append(_fields(one_pass(data, 4, train=train, phi_budget=2**30, scorers=scorer, threads=threads,
+                                     spill_dir=spill_dir)))
+    for other in runs[1:]:
+        assert other.keys() == runs[0].keys()
+        for k, v in runs[0].items():
+            if v is None:
+                assert other[k] is None, k
+            else:
+                np.testing.assert_array_equal(np.asarray(other[k]), np.asarray(v), err_msg=k)
+    # the scorer saw each target's own train columns, in place
+    feats = np.asarray(runs[0]["scores.mean_feature"])
+    assert feats.shape == (4, int(train.sum())) and np.isfinite(feats).all()

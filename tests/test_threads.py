@@ -76,7 +76,7 @@ def test_metrics_and_bootstrap_equal_one_thread_bit_for_bit(threads):
 def _results(out: Path) -> dict:
     tables = {p.name: p.read_bytes() for p in sorted((out / "tables").glob("*.csv"))}
     summary = json.loads((out / "analysis.json").read_text().replace(str(out), "OUT"))
-    for k in ("timings_s", "wall_s", "threads"):  # wall-clock seconds, and the threads that took them
+    for k in ("timings_s", "peak_rss_gib", "wall_s", "threads"):  # wall-clock seconds and memory, and the threads
         summary.pop(k)
     summary["theory"].pop("sweep_s")
     score = xr.open_zarr(out / "scores.zarr").score.values
@@ -119,12 +119,12 @@ def test_the_pass_runs_on_the_analysis_threads(tmp_path, monkeypatch, threads):
     write_synthetic_store(tmp_path / "s.zarr", n_shadows=48, n_samples=50_000, n_test=0, seed=1)
     data = open_shadows(tmp_path / "s.zarr")
     assert data.n_shadows // passes.shadows_per_task(data.logits.shape) >= 3  # tasks enough for 3 threads
-    seen, task = set(), passes._chunk_stats
+    seen, task = set(), passes._fold
 
     def spy(*args, **kwargs):
         seen.add(threading.get_ident())
         return task(*args, **kwargs)
 
-    monkeypatch.setattr(passes, "_chunk_stats", spy)
+    monkeypatch.setattr(passes, "_fold", spy)
     passes.one_pass(data, 4, threads=threads)
     assert 1 <= len(seen) <= threads and (threads == 1 or len(seen) > 1)

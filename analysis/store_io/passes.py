@@ -6,9 +6,11 @@ Mentr), the partners' values (balanced leave-pair-out), the correctness counts (
 Song's histograms, the Q x Q moments of the theory's Gaussian fits and the targets' OOD scores.
 Composing them as separate lazy xarray/dask expressions lets the scheduler keep every chunk alive
 until its last consumer has run (measured ~0.6 GB for a 256 x 22,000 x 9 store, growing with the
-store). Here one task per logits chunk turns the chunk into a few small per-sample partial sums and
-a binary tree of additions merges them, so memory stays at a few chunks' partials whatever the
-number of shadows, and the logits are read exactly once.
+store). Here the logits are cut into tiles (a few whole shadows x a fixed block of samples,
+:data:`PASS_SAMPLES`) and each sample block is one chain of tasks that folds its tiles, in shadow
+order, into one running set of per-sample sums: the blocks run in parallel, memory holds the
+blocks' sums (the size of the result) plus the tiles in flight whatever the number of shadows, and
+the logits are read exactly once.
 
 :func:`reduce_over_tasks` is the one reducer; its switches say what to compute:
 :func:`one_pass` (the report: everything, plus the targets' own phi and signals kept as float32),
@@ -222,18 +224,24 @@ class TaskSums:
                     none3 if not cross else self.cross_in, none3 if not cross else self.cross_out)
 
 
-def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, train: np.ndarray,
-                 shift_phi: np.ndarray | None, shift_sig: np.ndarray | None, first_in: np.ndarray,
-                 first_out: np.ndarray, edges: np.ndarray | None, n_targets: int, what: frozenset,
-                 keep_all_phi: bool, scorers: dict | None = None, sinks: dict | None = None) -> TaskSums:
-    """Partial sums of shadows ``s0 .. s0 + len(z)`` (added with ``+``), with ``targets``:
-    [(s0, phi, signals, scores)] of the targets among them (phi of every shadow when ``keep_all_phi``),
-    or, with ``sinks`` ({"phi", "signals", scorer name} -> :class:`DiskRows`), those rows written
-    to disk and ``targets`` empty."""
+def _fold(acc: TaskSums | None, z: np.ndarray, s0: int, j0: int, keep: np.ndarray, label: np.ndarray,
+          train: np.ndarray, shift_phi: np.ndarray | None, shift_sig: np.ndarray | None, first_in: np.ndarray,
+          first_out: np.ndarray, edges: np.ndarray | None, n_targets: int, what: frozenset,
+          keep_all_phi: bool, scorers: dict | None = None, sinks: dict | None = None) -> TaskSums:
+    """Add the tile ``z`` (shadows ``s0 .. s0 + len(z)``, samples ``j0 .. j0 + z.shape[1]``) to the
+    sample block's running sums ``acc`` (None: the block's first tile) in place and return it.
+
+    The per-sample arrays (``keep`` (M, N), ``label``, ``train``, shifts, partners) are whole; the
+    tile's samples are sliced here. ``acc.targets`` gains [(s0, j0, phi, signals, scores)] of the
+    targets among the tile's shadows (phi of every shadow when ``keep_all_phi``), or, with ``sinks``
+    ({"phi", "signals", scorer name} -> :class:`DiskRows`), those values are written to disk at
+    their rows and columns instead."""
     z = np.asarray(z)
     s, n = z.shape[0], z.shape[1]
+    j1 = j0 + n
     sidx = np.arange(s0, s0 + s)
-    kp = np.ascontiguousarray(keep[s0:s0 + s], dtype=bool)
+    kp = np.ascontiguousarray(keep[s0:s0 + s, j0:j1], dtype=bool)
+    label, tr = label[j0:j1], train[j0:j1]
     t = sidx < n_targets
     # every per-row statistic of the identity query from one compiled loop per row (the functions
     # phi_from_logits, signals_from_logits, ood_rows and shokri_rows use the same loop); the OOD
@@ -256,40 +264,65 @@ def _chunk_stats(z: np.ndarray, s0: int, keep: np.ndarray, label: np.ndarray, tr
             phi = np.concatenate([phi, phi_from_logits(z[:, :, 1:, :], label[None, :, None])], axis=2)
     if "signals" in what:
         sig = both("signals")  # (s, n, 3)
-    # every per-sample sum over this task's shadows in one compiled loop (no (s, n) temporaries)
+    # every per-sample sum over this tile's shadows in one compiled loop (no (s, n) temporaries),
+    # added to the block's running sums: each sample's sums run over the shadows in order
     # (the theory's multivariate Gaussian fits need the full Q x Q cross sums: ``cross``)
     cross = "extras" in what
-    out = TaskSums.zeros(n, q, z.shape[-1], 0 if sig is None else len(edges) - 1, phi=phi is not None,
-                         signals=sig is not None, cross=cross)
-    out.accumulate(np.ascontiguousarray(z[:, :, 0, :]), label, kp, sidx, first_in, first_out, phi, shift_phi,
-                   sig, shift_sig, edges, train)
-    if cross:  # the OOD detectors' scores of the target models (identity query), summed over targets
-        out.ood = on_t["ood"].sum(0) if t.any() else np.zeros((n, 2))  # (MSP, Energy)
+    if acc is None:
+        acc = TaskSums.zeros(n, q, z.shape[-1], 0 if sig is None else len(edges) - 1, phi=phi is not None,
+                             signals=sig is not None, cross=cross)
+        if cross:
+            acc.ood = np.zeros((n, 2))
+    acc.accumulate(np.ascontiguousarray(z[:, :, 0, :]), label, kp, sidx, first_in[j0:j1], first_out[j0:j1], phi,
+                   None if shift_phi is None else shift_phi[j0:j1], sig,
+                   None if shift_sig is None else shift_sig[j0:j1], edges, tr)
+    if cross and t.any():  # the OOD detectors' scores of the target models (identity query), summed over targets
+        acc.ood += on_t["ood"].sum(0)  # (MSP, Energy)
     rows = np.ones(s, dtype=bool) if keep_all_phi else t
     scored = {}
     if scorers and t.any():  # attacks that need only each target's own features (Shokri's classifiers)
-        ft = on_t["features"][:, train]
+        ft = on_t["features"][:, tr]
         scored = {name: fn(ft, sidx[t]) for name, fn in scorers.items()}
     piece = (None if phi is None else phi[rows].astype(np.float32), None if sig is None else sig[t].astype(np.float32))
+    c0 = int(np.count_nonzero(train[:j0]))  # the tile's first train sample among the scores' columns
     if sinks is not None:  # the targets' rows wait on disk (the targets come first: rows from s0 on)
         for key, v in (("phi", piece[0]), ("signals", piece[1]), *scored.items()):
             if key in sinks and v is not None:
-                sinks[key].write(s0, v)
-        return out
-    out.targets = [(s0, *piece, scored)] if rows.any() else []
-    return out
+                sinks[key].write(s0, v, col=j0 if key in ("phi", "signals") else c0)
+        return acc
+    if rows.any():
+        acc.targets.append((s0, j0, c0, *piece, scored))
+    return acc
 
 
 def shadows_per_task(shape: tuple[int, ...]) -> int:
     """Shadows per task of the pass: ~16 MB of logits (shape (M, N, Q, C) float32). The per-row
-    loops are compiled, so the cost per task is numpy call overhead and the tree of partial-sum
-    additions, both per task."""
+    loops are compiled, so the cost per task is numpy call overhead, per task. Tiles of the pass
+    are these shadows x :data:`PASS_SAMPLES` samples."""
     m, rest = shape[0], int(np.prod(shape[1:]))
     return max(1, min(m, (16 << 20) // max(1, rest * 4)))
 
 
-def _add(a: TaskSums, b: TaskSums) -> TaskSums:
-    return a + b  # arrays add, the target lists concatenate
+#: Samples per block of the pass. Every per-sample sum is a sum over shadows only, so the blocks
+#: are independent and each block's sums are one running total over the shadows in order: memory
+#: holds each block's sums plus the tiles in flight, however many shadows there are. Fixed, not
+#: derived from the memory budget or the threads, so no float rounding can depend on them (the
+#: Shokri scorers' matrix products see the same row blocks whatever the settings).
+PASS_SAMPLES = 8192
+
+
+def _concat_blocks(blocks: list[TaskSums]) -> TaskSums:
+    """The per-block sums of consecutive sample blocks as one (N, ...) :class:`TaskSums`."""
+    cat = lambda name, axis: (None if getattr(blocks[0], name) is None  # noqa: E731
+                              else np.concatenate([getattr(b, name) for b in blocks], axis=axis))
+    hist = None
+    if blocks[0].hist is not None:  # counts of the train samples per bin: the blocks' add exactly
+        hist = blocks[0].hist.copy()
+        for b in blocks[1:]:
+            hist += b.hist
+    return TaskSums(counts=cat("counts", 0), phi=cat("phi", 1), sig=cat("sig", 1), hist=hist,
+                    cross_in=cat("cross_in", 0), cross_out=cat("cross_out", 0), ood=cat("ood", 0),
+                    targets=[p for b in blocks for p in b.targets])
 
 
 def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: np.ndarray, n_targets: int = 0, *,
@@ -333,7 +366,8 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
     if extras and not phi:
         raise ValueError("extras need phi")
     m, n, q, c = logits.shape
-    logits = logits.rechunk({0: shadows_per_task(logits.shape), 1: -1, 2: -1, 3: -1})  # no-op when blocked so
+    # tiles of ~16 MB of whole shadows, split into fixed sample blocks (see PASS_SAMPLES)
+    logits = logits.rechunk({0: shadows_per_task(logits.shape), 1: PASS_SAMPLES, 2: -1, 3: -1})
     keep = np.asarray(keep, dtype=bool)
     label = np.asarray(label, dtype=np.int64)
     train = np.asarray(train, dtype=bool)
@@ -341,6 +375,7 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
     z0 = np.asarray(logits[0].compute())
     shift_phi = phi_from_logits(z0, label[:, None]) if phi else None
     shift_sig = signals_from_logits(z0[:, 0, :], label) if signals else None
+    del z0
     edges = None
     if signals:
         e = np.unique(np.quantile(shift_sig[train, 2], np.linspace(0, 1, song_bins + 1))) if train.any() \
@@ -354,8 +389,9 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
     # Constants enter the graph once each (not hashed and embedded per task).
     consts = [dask.delayed(a, pure=False) for a in (keep, label, train, shift_phi, shift_sig, first_in, first_out,
                                                      edges)]
-    task = dask.delayed(_chunk_stats, pure=False)
+    fold = dask.delayed(_fold, pure=False)
     starts = np.cumsum((0,) + logits.chunks[0][:-1])
+    j_starts = np.cumsum((0,) + logits.chunks[1][:-1])
     scorers_d = dask.delayed(scorers, pure=False) if scorers else None
     sinks = None
     if spill_dir is not None:
@@ -371,11 +407,18 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
         for name in scorers or {}:
             sinks[name] = DiskRows(d / f"target_scores_{name}.npy", (n_targets, int(train.sum())))
     sinks_d = dask.delayed(sinks, pure=False) if sinks is not None else None
-    parts = [task(blk, int(s0), *consts, n_targets, what, keep_all, scorers_d, sinks_d)
-             for blk, s0 in zip(logits.to_delayed().ravel(), starts)]
-    add = dask.delayed(_add, pure=False)
-    while len(parts) > 1:
-        parts = [add(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    # One chain per sample block, folding its tiles in shadow order into one running TaskSums: the
+    # blocks run in parallel, and only the blocks' sums and the tiles in flight are held (a tree
+    # of partial sums over shadow tasks held several full-size partials at once: ~0.3 GB each at
+    # the paper's 51,000 x 18 queries with the theory's cross sums).
+    tiles = logits.to_delayed()
+    chains = []
+    for b, j0 in enumerate(j_starts):
+        acc = None
+        for g, s0 in enumerate(starts):
+            acc = fold(acc, tiles[g, b, 0, 0], int(s0), int(j0), *consts, n_targets, what, keep_all, scorers_d,
+                       sinks_d)
+        chains.append(acc)
     from threadpoolctl import threadpool_limits
 
     # the tasks run in parallel already: a multi-threaded BLAS inside each (the scorers' matrix
@@ -385,9 +428,11 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
             from tqdm.dask import TqdmCallback
 
             with TqdmCallback(desc="one pass over the logits"):
-                (tot,) = dask.compute(parts[0])
+                (blocks,) = dask.compute(chains)
         else:
-            (tot,) = dask.compute(parts[0])
+            (blocks,) = dask.compute(chains)
+    tot = _concat_blocks(list(blocks))
+    del blocks
 
     as_int = lambda a: np.rint(a).astype(np.int64)  # noqa: E731  (exact: small integer sums in float64)
     cnt = tot.counts
@@ -422,16 +467,16 @@ def reduce_over_tasks(logits: Any, keep: np.ndarray, label: np.ndarray, train: n
     if sinks is None and scorers:
         r.target_scores = {name: np.empty((n_targets, int(train.sum())), dtype=np.float32) for name in scorers}
     pieces, tot.targets = tot.targets, []
-    while pieces:  # each task's piece is released once copied: no second copy of the targets' arrays
+    while pieces:  # each tile's piece is released once copied: no second copy of the targets' arrays
         if len(pieces) % 16 == 0:
             release_freed_memory()  # the pieces came from the worker threads' heaps
-        s0, ph, sg, sc = pieces.pop()
+        s0, j0, c0, ph, sg, sc = pieces.pop()
         if phi:
-            kept[s0:s0 + len(ph)] = ph
+            kept[s0:s0 + len(ph), j0:j0 + ph.shape[1]] = ph
         if signals:
-            r.target_signals[s0:s0 + len(sg)] = sg
+            r.target_signals[s0:s0 + len(sg), j0:j0 + sg.shape[1]] = sg
         for name, v in sc.items():
-            r.target_scores[name][s0:s0 + len(v)] = v
+            r.target_scores[name][s0:s0 + len(v), c0:c0 + v.shape[1]] = v
         del ph, sg, sc
     if extras:
         r.fits = fits_from_sums(shift_phi, n_in, r.sums.s1_in, tot.cross_in, n_out, r.sums.s1_out,

@@ -109,12 +109,15 @@ class DiskRows:
     def ndim(self) -> int:
         return len(self.shape)
 
-    def write(self, start: int, rows: np.ndarray) -> None:
-        """Write ``rows`` at rows ``start .. start + len(rows)``."""
+    def write(self, start: int, rows: np.ndarray, col: int = 0) -> None:
+        """Write ``rows`` at rows ``start .. start + len(rows)``, columns (axis 1) from ``col`` on."""
         if len(rows) == 0:
             return
         mm = np.load(self.path, mmap_mode="r+", allow_pickle=False)
-        mm[start:start + len(rows)] = rows
+        if rows.ndim > 1:
+            mm[start:start + len(rows), col:col + rows.shape[1]] = rows
+        else:
+            mm[start:start + len(rows)] = rows
         mm.flush()
         del mm
 
