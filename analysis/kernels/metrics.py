@@ -13,10 +13,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping
 
-import numba
 import numpy as np
 from sklearn.metrics import auc, roc_auc_score, roc_curve
 
+from analysis.kernels.keys import _keys32, _keys64, _order_keys, order32  # noqa: F401 (their old home)
+from analysis.kernels.pooled import DEFAULT_BLOCK_BYTES, fits_whole, pooled_metrics
 from analysis.kernels.roc_scan import roc_scan
 
 
@@ -68,56 +69,6 @@ def _one(member: np.ndarray, score: np.ndarray, fprs: list[float]) -> list[float
     return [float(auc(f, t))] + [tpr_at_fpr(f, t, x) for x in fprs]
 
 
-@numba.njit(cache=True, nogil=True)
-def order32(u):  # pragma: no cover - compiled
-    """The bits ``u`` of a float32 as a uint32 whose unsigned order is the float order (-0.0 is +0.0)."""
-    top = np.uint32(1 << 31)
-    if u == top:
-        u = np.uint32(0)
-    return u ^ (np.uint32(0xFFFFFFFF) if u & top else top)
-
-
-@numba.njit(cache=True, nogil=True)
-def _keys32(bits, flag, out):  # pragma: no cover - compiled
-    """float32 bits -> order-preserving uint32 in the high half, ``flag`` (0/1) in bit 0."""
-    for i in range(bits.size):
-        out[i] = (np.uint64(order32(bits[i])) << np.uint64(32)) | np.uint64(flag[i])
-
-
-@numba.njit(cache=True, nogil=True)
-def _keys64(bits, flag, use_flag, out):  # pragma: no cover - compiled
-    """float64 bits -> order-preserving uint64, bit 0 replaced by ``flag`` (0/1) if ``use_flag``."""
-    top = np.uint64(1) << np.uint64(63)
-    for i in range(bits.size):
-        u = bits[i]
-        if u == top:
-            u = np.uint64(0)
-        u = u ^ (~np.uint64(0) if u & top else top)
-        out[i] = ((u & ~np.uint64(1)) | np.uint64(flag[i])) if use_flag else u
-
-
-def _order_keys(s: np.ndarray, flag: np.ndarray | None = None) -> np.ndarray:
-    """uint64 keys whose unsigned order is the float order of ``s`` (-0.0 and +0.0 equal).
-
-    float32 scores keep their own 32 bits (in the high half: the low bits stay free for flags and
-    no float64 copy is made); other floats are keyed on their float64 bits. With ``flag`` (bool,
-    the shape of ``s``), bit 0 of each key holds it instead (a float64 key then drops its lowest
-    bit). One compiled pass; numpy took ~8 passes over the keys.
-    """
-    s = np.asarray(s)
-    if s.dtype != np.float32:
-        s = np.asarray(s, dtype=np.float64)
-    flat = np.ascontiguousarray(s).reshape(-1)
-    f = np.zeros(flat.size, dtype=np.uint8) if flag is None else \
-        np.ascontiguousarray(np.broadcast_to(flag, s.shape)).reshape(-1).view(np.uint8)
-    out = np.empty(flat.size, dtype=np.uint64)
-    if s.dtype == np.float32:
-        _keys32(flat.view(np.uint32), f, out)
-    else:
-        _keys64(flat.view(np.uint64), f, flag is not None, out)
-    return out.reshape(s.shape)
-
-
 def per_target_metrics(member: np.ndarray, score: np.ndarray, fprs: list[float],
                        mask: np.ndarray | None = None, *, block_elems: int = 1 << 22) -> np.ndarray:
     """[AUROC, TPR@f for f in fprs] of every row (target) at once: an array (T, 1 + len(fprs)).
@@ -165,7 +116,7 @@ def _sorted_rows(s: np.ndarray, mb: np.ndarray, fprs: list[float]) -> np.ndarray
 
 
 def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np.ndarray],
-                   fprs: list[float], *, threads: int = 1
+                   fprs: list[float], *, threads: int = 1, block_bytes: int | None = None
                    ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Pooled and per-target metrics of one attack.
 
@@ -179,6 +130,12 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
         FPRs for TPR columns.
     threads : int
         Threads the pooled and per-target computations run on (no result depends on it).
+    block_bytes : int, optional
+        Byte budget of the pooled computations together (default
+        :data:`analysis.kernels.pooled.DEFAULT_BLOCK_BYTES`). A column group whose pooled row fits
+        its share sorts it whole as before; a larger one runs
+        :func:`analysis.kernels.pooled.pooled_metrics` in about its share of memory (the same
+        numbers, bit for bit; ``member`` and ``score`` may then be read-only memmaps).
 
     Returns
     -------
@@ -195,8 +152,14 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
     std: dict[str, float] = {}
     masks = {g: np.asarray(m, dtype=bool) for g, m in masks.items()}
 
+    # the pooled computations of the column groups may run at once: each gets a share of the budget
+    share = max(1, int(DEFAULT_BLOCK_BYTES if block_bytes is None else block_bytes)
+                // max(1, min(len(masks), int(threads))))
+
     def pooled_of(mask: np.ndarray) -> np.ndarray:
         # all (target, sample) pairs as one row of the same exact, sort-based computation
+        if not fits_whole(member.shape[0] * int(mask.sum()), share):  # bounded memory, same numbers
+            return pooled_metrics(member, score, fprs, mask, block_bytes=share)
         if mask.all():  # a view, not a copy
             return per_target_metrics(member.reshape(1, -1), score.reshape(1, -1), fprs)[0]
         return per_target_metrics(member[:, mask].reshape(1, -1), score[:, mask].reshape(1, -1), fprs)[0]
