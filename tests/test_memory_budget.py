@@ -25,9 +25,15 @@ def store(tmp_path_factory):
 
 
 @pytest.mark.parametrize("variant", ["ours", "reference"])
-def test_tiny_budget_same_tables(store, tmp_path, variant):
+def test_tiny_budget_same_tables(store, tmp_path, variant, monkeypatch):
+    import analysis.kernels.metrics as metrics
+
+    bounded = []
+    real = metrics.pooled_metrics
+    monkeypatch.setattr(metrics, "pooled_metrics", lambda *a, **k: bounded.append(k["block_bytes"]) or real(*a, **k))
     big = analyze(store, tmp_path / "big", targets=0, extras=False, progress=False, lira_variant=variant, threads=2)
-    # 1 KiB: the targets' phi, signals and scores go to disk, one target per LiRA/attack batch
+    # 1 KiB: the targets' phi, signals and scores go to disk, one target per LiRA/attack batch, and
+    # the pooled metrics sort 4 KiB of keys at a time (analysis.kernels.pooled: several groups)
     small = analyze(store, tmp_path / "small", targets=0, extras=False, progress=False, lira_variant=variant,
                     threads=2, memory_gb=2**-20)
     for name in TABLES:
@@ -36,6 +42,7 @@ def test_tiny_budget_same_tables(store, tmp_path, variant):
     for a in big["lira"].scores:
         np.testing.assert_array_equal(np.asarray(small["lira"].scores[a]), np.asarray(big["lira"].scores[a]))
     assert not list((tmp_path / "small").glob(".scores-spill-*"))  # the disk spill is removed
+    assert bounded and max(bounded) <= 4 << 10  # only the small budget took the bounded pooled metrics
 
 
 def test_disk_rows_round_trip(tmp_path):

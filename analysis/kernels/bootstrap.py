@@ -57,7 +57,7 @@ from typing import Mapping, Sequence
 import numba
 import numpy as np
 
-from analysis.kernels.metrics import _order_keys, order32
+from analysis.kernels.keys import _order_keys, order32
 from analysis.kernels.threads import thread_map
 
 __all__ = ["BootstrapResult", "bootstrap_metrics", "weighted_roc_metrics", "metric_names", "EXACT_BUDGET"]

@@ -111,13 +111,13 @@ def _jsonable(v: Any) -> Any:
 
 # --- tables -----------------------------------------------------------------------------------
 
-def _attack_tables(lira: LiraResult, group_tr: np.ndarray, fprs: list[float], threads: int = 1
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _attack_tables(lira: LiraResult, group_tr: np.ndarray, fprs: list[float], threads: int = 1,
+                   block_bytes: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     masks = {"All": np.ones(group_tr.size, dtype=bool), "Under": group_tr == "under"}
     cols = metric_columns(fprs)
     pooled, per = {}, {}
     for a in lira.scores:  # every attack run (analysis.attacks.ATTACKS order)
-        p, mu, sd = attack_metrics(lira.member, lira.scores[a], masks, fprs, threads=threads)
+        p, mu, sd = attack_metrics(lira.member, lira.scores[a], masks, fprs, threads=threads, block_bytes=block_bytes)
         release_freed_memory()
         pooled[a] = [p[c] for c in cols]
         per[a] = [x for c in cols for x in (mu[c], sd[c])]
@@ -433,7 +433,7 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
             inputs = ReportInputs(data=data, lira=lira, out=out, store=store, train=train, group=group, label=label,
                                   split=split, mem=mem, mem_se=mem_se, priv=priv, counts=counts, thr=thr, fprs=fprs,
                                   n_targets=n_targets, extras=extras, extra_inputs=extra_inputs, progress=progress,
-                                  t_start=t_start, lira_variant=variant, threads=threads)
+                                  t_start=t_start, lira_variant=variant, threads=threads, budget=budget)
             return _tabulate(inputs, figures=figures, phase=phase)
     finally:
         spill.close()
@@ -475,6 +475,9 @@ class ReportInputs:
         "ours" or "reference".
     threads : int
         The analysis' threads (passed down; ``summary["threads"]``).
+    budget : int, optional
+        The memory budget in bytes; the pooled metrics sort at most a twelfth of it (4 KiB at least) at a time
+        (:func:`analysis.kernels.metrics.attack_metrics`'s ``block_bytes``; no result depends on it).
     """
 
     data: ShadowData
@@ -498,6 +501,7 @@ class ReportInputs:
     t_start: float
     lira_variant: str = "ours"
     threads: int = 1
+    budget: int | None = None
 
 
 def _tabulate(inputs: ReportInputs, *, figures: FigureQueue, phase: _Phases) -> dict[str, Any]:
@@ -517,7 +521,8 @@ def _tabulate(inputs: ReportInputs, *, figures: FigureQueue, phase: _Phases) -> 
     figures.submit(_plot_privacy_hist, out / "plots" / "privacy_score_hist.png", group_tr, priv[train])
     figures.submit(_plot_mem_vs_privacy, out / "plots" / "mem_vs_privacy.png", group_tr, mem[train], priv[train], rho)
     with phase("metrics"):
-        attacks, per_target = _attack_tables(lira, group_tr, fprs, threads)
+        attacks, per_target = _attack_tables(lira, group_tr, fprs, threads,
+                                             None if inputs.budget is None else max(inputs.budget // 12, 4 << 10))
     accuracy = _accuracy_table(np.asarray(data.accuracy().values, dtype=np.float64))
     memo = _memorization_table(group_tr, mem[train], priv[train], thr)
     per_sample = pd.DataFrame({"sample": data.ds["sample"].values, "group": group, "split": split,
