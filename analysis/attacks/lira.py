@@ -29,7 +29,8 @@ neutral value (0 for likelihood ratios, log 1/2 for offline) and is counted in `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import numba
 import numpy as np
@@ -37,6 +38,7 @@ from scipy.special import log_ndtr
 
 from analysis.kernels.stats import GaussianSums, Partners
 from analysis.kernels.threads import thread_map
+from analysis.store_io.spill import DiskRows
 
 __all__ = ["ATTACKS", "LIRA_VARIANTS", "PER_SAMPLE_VARIANCE_MIN", "LiraResult", "lira_scores", "sd_floor", "run_lira",
            "resolve_targets"]
@@ -220,7 +222,7 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
              train: np.ndarray, n_targets: int, *, shadow_ids: np.ndarray | None = None,
              sample_ids: np.ndarray | None = None, attacks: tuple[str, ...] = ATTACKS,
              batch_bytes: int = 256 * 2**20, progress: Callable[[int], None] | None = None,
-             threads: int = 1) -> LiraResult:
+             threads: int = 1, spill_dir: Any = None) -> LiraResult:
     """Attack the first ``n_targets`` shadows, each against the others (less one partner per sample).
 
     Parameters
@@ -248,6 +250,11 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
         Called with the number of targets finished after each batch.
     threads : int
         Threads the batches run on (no result depends on it).
+    spill_dir : path, optional
+        Write each attack's (T, N_train) scores to an ``.npy`` file there as the batches finish
+        (:class:`analysis.store_io.spill.DiskRows`, adopted by a
+        :class:`analysis.store_io.spill.SpilledScores` without a copy) instead of holding them:
+        at 2000 targets x 50,000 samples they are 0.4 GB per attack.
 
     Returns
     -------
@@ -266,7 +273,12 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
     per_target = max(1, int(train.sum()) * q * 8 * 24)  # ~24 float64 (N, Q) temporaries per target
     b = max(1, min(n_targets, batch_bytes // per_target))
     # float32 results (the store's precision), filled in place: no list of parts to concatenate
-    out = {a: np.empty((n_targets, int(train.sum())), dtype=np.float32) for a in attacks}
+    shape = (n_targets, int(train.sum()))
+    if spill_dir is None:
+        out = {a: np.empty(shape, dtype=np.float32) for a in attacks}
+    else:
+        Path(spill_dir).mkdir(parents=True, exist_ok=True)
+        out = {a: DiskRows(Path(spill_dir) / f"{a}.npy", shape) for a in attacks}
     neutral = {a: 0 for a in attacks}
 
     def batch(sl: slice) -> dict[str, int]:
@@ -274,7 +286,10 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
         loo = ref.without_pair(x, keep_tr[sl], part)
         s, nn = lira_scores(x, loo, floor=floor, attacks=attacks)
         for a in attacks:
-            out[a][sl] = s[a]
+            if spill_dir is None:
+                out[a][sl] = s[a]
+            else:
+                out[a].write(sl.start, s[a])
         if progress is not None:
             progress(sl.stop - sl.start)
         return nn

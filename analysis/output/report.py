@@ -391,7 +391,10 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
                                     shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values,
                                     batch_bytes=min(64 << 20, budget // 48),
                                     progress=bar.update if bar is not None else None,
-                                    threads=threads)
+                                    threads=threads,
+                                    # its three (T, N_train) score arrays go to disk as they are made
+                                    spill_dir=spill.dir / "lira" if 3 * 4 * n_targets * int(train.sum())
+                                    > budget // 8 else None)
         finally:
             if bar is not None:
                 bar.close()

@@ -9,6 +9,7 @@ file as it is set and maps it back on each access, so consumers that go one atta
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import MutableMapping
@@ -44,7 +45,11 @@ class SpilledScores(MutableMapping):
         if path is None:
             path = self.dir / f"{self._count}.npy"
             self._count += 1
-        np.save(path, np.asarray(value, dtype=self.dtype), allow_pickle=False)
+        if isinstance(value, DiskRows) and value.dtype == self.dtype:  # already a file: adopted, not copied
+            os.replace(value.path, path)
+            value.path = path
+        else:
+            np.save(path, np.asarray(value, dtype=self.dtype), allow_pickle=False)
         self._files[name] = path
 
     def __getitem__(self, name: str) -> np.ndarray:
