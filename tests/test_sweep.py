@@ -321,3 +321,18 @@ def test_theory_suite_skips_the_sweep_with_too_few_shadows(tmp_path):
     assert r["skipped"] and r["sweep"].empty and r["figures"] == []
     assert len(r["theory"]) == 50 and r["theory"]["H2_gauss_uni"].isna().all()  # one shadow per side: no fit
     assert set(theory_tables(r)) == {"theory"}
+
+
+def test_overwrite_phi_changes_no_result_and_only_then_the_input():
+    """The sweep shifts its phi in place only when told the array is its own; the results are the same."""
+    rng = np.random.default_rng(4)
+    m, n, q = 30, 120, 3
+    keep = rng.random((m, n)) < 0.5
+    phi = rng.normal(size=(m, n, q)) + keep[..., None]
+    masks = {"All": np.ones(n, dtype=bool), "half": rng.random(n) < 0.5}
+    before = phi.copy()
+    kept = shadow_sweep(phi, keep, masks, n_targets=5, repeats=2)
+    np.testing.assert_array_equal(phi, before)  # the caller's array is left alone by default
+    own = shadow_sweep(phi, keep, masks, n_targets=5, repeats=2, overwrite_phi=True)
+    pd.testing.assert_frame_equal(own, kept)
+    assert not np.array_equal(phi, before)  # it was used as the sweep's working array

@@ -124,7 +124,8 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
                  seed: int = 0, fprs: Sequence[float] = (0.001, 0.01), attacks: Sequence[str] = SWEEP_ATTACKS,
                  progress: Callable[[int], None] | None = None,
                  orders: Sequence[np.ndarray] | None = None,
-                 per_sample_min: int = PER_SAMPLE_VARIANCE_MIN, threads: int = 1) -> pd.DataFrame:
+                 per_sample_min: int = PER_SAMPLE_VARIANCE_MIN, threads: int = 1,
+                 overwrite_phi: bool = False) -> pd.DataFrame:
     """Run the sweep on in-memory phi.
 
     Parameters
@@ -160,6 +161,9 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
         (default :data:`analysis.attacks.lira.PER_SAMPLE_VARIANCE_MIN`), the pooled variance below it.
     threads : int
         Threads the repeats run on (no result depends on it).
+    overwrite_phi : bool
+        ``phi`` (float64, C-contiguous, every sample scored) may be shifted in place: the caller's
+        own copy, so the sweep holds no second one.
 
     Returns
     -------
@@ -178,7 +182,8 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
     if not scored.any():
         raise ValueError("the challenge sets are all empty")
     idx = np.flatnonzero(scored)
-    x = np.asarray(phi[:, idx], dtype=np.float64)  # one float64 copy, of the scored samples only
+    # one float64 copy, of the scored samples only (none more when the caller's array is that already)
+    x = np.asarray(phi, dtype=np.float64) if idx.size == n else np.asarray(phi[:, idx], dtype=np.float64)
     kp = keep[:, idx]
     sub = {k: v[idx] for k, v in masks.items()}
     n_in = kp.sum(0)
@@ -198,15 +203,20 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
     names = ["auroc"] + [f"tpr@{fpr_label(f)}" for f in fprs]
     member = kp[:t_n]  # (T, Nc)
     kp = np.ascontiguousarray(kp)
-    shifted = np.ascontiguousarray(x - shift, dtype=np.float64)  # once for every repeat
+    # x - shift once for every repeat, in place when x is this function's own copy: the sweep then
+    # holds one (M, Nc, Q) float64 array (2000 x 15,000 x 18 is 4.3 GB), not two
+    own = x.flags.c_contiguous and x.flags.writeable and (overwrite_phi or x is not phi) and (
+        overwrite_phi or not np.shares_memory(x, phi))
+    shifted = np.subtract(x, shift, out=x) if own else np.ascontiguousarray(x - shift, dtype=np.float64)
+    del x
 
     def one_repeat(r: int) -> list[list[Any]]:
         if orders is not None:
             order = np.asarray(orders[r], dtype=np.int64)
         else:
             order = np.random.default_rng([seed, r]).permutation(m_tot)
-        scores = sweep_scores(x, kp, ms, order, t_n, shift=shift, floor=floor, attacks=attacks, shifted=shifted,
-                              per_sample_min=per_sample_min)
+        scores = sweep_scores(shifted, kp, ms, order, t_n, shift=shift, floor=floor, attacks=attacks,
+                              shifted=shifted, per_sample_min=per_sample_min)
         out = []
         for name, mask in sub.items():
             # one row per m: the pooled (target, sample in the set) pairs, all m in one call
@@ -282,11 +292,22 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
             raise ValueError(f"unknown attack {a!r}; choose from lira-online, lira-fixed-variance, lira-offline")
     t_n = n_targets
     online, fixed = np.empty((n_l, t_n, nc)), np.empty((n_l, t_n, nc))  # (L, T, N): each m's rows contiguous
-    z_off = np.empty((n_l, t_n, nc, q) if "lira-offline" in attacks else (0, 0, 0, 0))
-    _sweep_rows(d_all, np.ascontiguousarray(keep[:t_n], dtype=np.bool_), pos_t[:t_n], ms, a1, b1, a2, b2,
-                np.ascontiguousarray(shift, dtype=np.float64), np.asarray(floor, dtype=np.float64),
-                np.ascontiguousarray(ms < per_sample_min), "lira-online" in attacks, "lira-fixed-variance" in attacks,
-                online, fixed, z_off)
+    want_off = "lira-offline" in attacks
+    # the offline z-scores (T, N, Q) one grid point at a time: all L at once would be L x T x N x Q
+    # float64 (10 x 64 x 15,000 x 18 = 1.4 GB); the compiled walk is per grid point anyway
+    z_off = np.empty((1, t_n, nc, q) if want_off else (0, 0, 0, 0))
+    offline = np.empty((n_l, t_n, nc)) if want_off else None
+    keep_t = np.ascontiguousarray(keep[:t_n], dtype=np.bool_)
+    shift64 = np.ascontiguousarray(shift, dtype=np.float64)
+    floor64 = np.asarray(floor, dtype=np.float64)
+    pooled_m = np.ascontiguousarray(ms < per_sample_min)
+    for li in range(n_l):
+        one = slice(li, li + 1)
+        _sweep_rows(d_all, keep_t, pos_t[:t_n], ms[one], a1[:, one], b1[:, one], a2[:, one], b2[:, one], shift64,
+                    floor64, pooled_m[one], "lira-online" in attacks, "lira-fixed-variance" in attacks, online[one],
+                    fixed[one], z_off)
+        if want_off:
+            offline[li] = log_ndtr(z_off[0]).mean(axis=-1)
     out = {}
     for a in attacks:
         if a == "lira-online":
@@ -294,7 +315,7 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
         elif a == "lira-fixed-variance":
             v = fixed
         else:
-            v = log_ndtr(z_off).mean(axis=-1)
+            v = offline
         # non-finite scores get lira_scores' neutral values
         v = np.where(np.isfinite(v), v, float(np.log(0.5)) if a == "lira-offline" else 0.0)
         out[a] = np.moveaxis(v, 0, 1)  # (T, L, N)
@@ -506,5 +527,5 @@ def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set:
     idx = np.flatnonzero(union)
     phi = np.asarray(data.phi().isel(sample=idx).values if phi is None else phi[:, idx], dtype=np.float64)
     keep = np.asarray(data.keep.values, dtype=bool)[:, idx]
-    df = shadow_sweep(phi, keep, {k: v[idx] for k, v in masks.items()}, **kwargs)
+    df = shadow_sweep(phi, keep, {k: v[idx] for k, v in masks.items()}, overwrite_phi=True, **kwargs)
     return df, time.perf_counter() - t0
