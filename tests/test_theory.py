@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import integrate
 from scipy.stats import multivariate_normal, norm
@@ -166,3 +167,22 @@ def test_null_h2_matches_known_small_sample_behaviour():
     assert null_h2(32, 32, 5) == pytest.approx(0.16, abs=0.02)
     assert null_h2(256, 256, 1) < null_h2(32, 32, 1) / 4
     assert np.isnan(null_h2(1, 10, 1))
+
+
+def test_blocks_of_the_multivariate_distances_change_no_bit(monkeypatch):
+    """H2_gauss_multi is computed a block of samples at a time (bounded temporaries): any block size
+    gives the same frame, bit for bit."""
+    import analysis.studies.theory as theory
+    from analysis.kernels.stats import MemCounts
+
+    rng = np.random.default_rng(2)
+    m, n, q = 24, 500, 3
+    keep = rng.random((m, n)) < 0.5
+    phi = rng.normal(size=(m, n, q)) + keep[..., None] * rng.random((1, n, 1))
+    phi[:, 7, :] = 1.0  # a degenerate sample (NaN fits) inside a block
+    ok = rng.random((m, n)) < 0.7
+    counts = MemCounts(n_in=keep.sum(0), c_in=(keep & ok).sum(0), n_out=(~keep).sum(0), c_out=(~keep & ok).sum(0))
+    whole = theory.theory_per_sample(phi, keep, counts)
+    monkeypatch.setattr(theory, "THEORY_BLOCK", 7)
+    pd.testing.assert_frame_equal(theory.theory_per_sample(phi, keep, counts), whole)
+    assert np.isfinite(whole["H2_gauss_multi"]).sum() > n // 2
