@@ -67,3 +67,23 @@ def test_bad_budget_one_line(store, tmp_path, capsys, bad):
         memory_budget_bytes(bad)
     with pytest.raises(ValueError, match=r"^memory_gb: "):
         analyze(store, tmp_path / "o2", memory_gb=bad, progress=False)
+
+
+def test_tiny_budget_with_the_paper_extras_same_tables(store, tmp_path, monkeypatch):
+    """With the extras (challenge sets, bootstrap, theory, the shadow-count sweep) a tiny budget also
+    puts every shadow's phi on disk and the sweep reads it a block of samples at a time: every table
+    and the per-sample frame are byte-identical to the default budget's."""
+    import analysis.studies.sweep as sweep
+
+    blocks = []
+    real = sweep.shadow_sweep
+    monkeypatch.setattr(sweep, "shadow_sweep", lambda *a, **k: blocks.append(k.get("block_samples")) or real(*a, **k))
+    analyze(store, tmp_path / "big", targets=0, progress=False, threads=2)
+    analyze(store, tmp_path / "small", targets=0, progress=False, threads=2, memory_gb=2**-20)
+    assert blocks[0] is None and blocks[1] is not None and blocks[1] >= 1  # only the tiny budget read in blocks
+    names = sorted(p.name for p in (tmp_path / "big" / "tables").glob("*.csv"))
+    assert "sweep_raw.csv" in names and "theory.csv" in names
+    for name in names:
+        assert (tmp_path / "small" / "tables" / name).read_bytes() == (tmp_path / "big" / "tables" / name).read_bytes(), name
+    assert (tmp_path / "small" / "per_sample.csv").read_bytes() == (tmp_path / "big" / "per_sample.csv").read_bytes()
+    assert not list((tmp_path / "small").glob(".scores-spill-*"))

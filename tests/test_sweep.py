@@ -336,3 +336,23 @@ def test_overwrite_phi_changes_no_result_and_only_then_the_input():
     own = shadow_sweep(phi, keep, masks, n_targets=5, repeats=2, overwrite_phi=True)
     pd.testing.assert_frame_equal(own, kept)
     assert not np.array_equal(phi, before)  # it was used as the sweep's working array
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_sweep_in_blocks_of_samples_equals_the_whole(tmp_path, block):
+    """``block_samples`` reads phi a block of scored samples at a time (here from a DiskRows file on
+    disk, as the analysis does on large stores): the sweep's frame is the same, bit for bit."""
+    from analysis.store_io.spill import DiskRows
+
+    rng = np.random.default_rng(5)
+    m, n, q = 26, 150, 2
+    keep = rng.random((m, n)) < 0.5
+    phi = (rng.normal(size=(m, n, q)) + keep[..., None] * rng.random((1, n, 1))).astype(np.float32)
+    masks = {"All": rng.random(n) < 0.6, "few": rng.random(n) < 0.2}
+    whole = shadow_sweep(phi, keep, masks, n_targets=6, repeats=3, threads=2,
+                         attacks=("lira-online", "lira-fixed-variance", "lira-offline"))
+    rows = DiskRows(tmp_path / "phi.npy", phi.shape)
+    rows.write(0, phi)
+    blocked = shadow_sweep(rows, keep, masks, n_targets=6, repeats=3, threads=2, block_samples=block,
+                           attacks=("lira-online", "lira-fixed-variance", "lira-offline"))
+    pd.testing.assert_frame_equal(blocked, whole)

@@ -358,7 +358,13 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
             m_all, n_all, q_all = data.logits.shape[:3]
             kept_rows = m_all if variant == "reference" else n_targets
             held = 4 * (kept_rows * n_all * q_all + n_targets * n_all * 3 + n_targets * int(train.sum()))
-            on_disk = held > budget // 4  # the targets' per-query arrays wait on disk, not in memory
+            # the targets' per-query arrays wait on disk, not in memory, when they exceed a quarter of
+            # the budget, or when every shadow's phi (the sweep's input) does not fit its share: then
+            # that waits on disk too and the sweep reads it a block of samples at a time
+            phi_fits = 4 * m_all * n_all * q_all <= phi_budget
+            on_disk = held > budget // 4 or (extras and not phi_fits)
+            if on_disk and extras:
+                phi_budget = 1 << 62
             p = one_pass(data, n_targets, train=train, progress=progress, phi_budget=phi_budget,
                          scorers={"shokri": shokri.score_features}, threads=threads,
                          spill_dir=spill.dir / "targets" if on_disk else None)
@@ -415,9 +421,9 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
                                              precomputed={"shokri": (shokri, shokri_scores)},
                                              batch_bytes=min(128 << 20, budget // 24), threads=threads)
             phi_all = p.phi_all
-            if on_disk and phi_all is not None:  # the sweep's input in memory only when it fits its share
-                phi_all = phi_all[:] if 4 * np.prod(phi_all.shape) <= min(512 << 20, budget // 6) else None
-            extra_inputs = {"fits": p.fits, "ood": p.ood, "phi": phi_all}
+            if on_disk and phi_all is not None and 4 * np.prod(phi_all.shape) <= min(512 << 20, budget // 6):
+                phi_all = phi_all[:]  # the sweep's input in memory when it fits its share, else read in blocks
+            extra_inputs = {"fits": p.fits, "ood": p.ood, "phi": phi_all, "memory_bytes": budget // 4}
             del p
             with phase("attacks"):
                 lira = run_attacks(ctx, progress=(lambda _name: bar.update(1)) if bar is not None else None,
@@ -622,7 +628,7 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
                   fits: Any = None, ood: dict[str, np.ndarray] | None = None,
                   phi: np.ndarray | None = None, figures: FigureQueue | None = None,
                   phase: _Phases | None = None, lira_how: str = "LiRA: lira_variant 'ours'",
-                  threads: int = 1) -> dict[str, Any]:
+                  threads: int = 1, memory_bytes: int | None = None) -> dict[str, Any]:
     """The paper's further outputs; writes its tables and figures and returns their data.
 
     Challenge sets (random under-represented, subpopulation from shadow 0's features, singletons)
@@ -654,7 +660,7 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
     with phase("paper_extras/theory"):
         theory = theory_suite(data, counts, train=train, mem=mem, group=group, threshold=thr, plots=out / "plots",
                               fprs=fprs, n_targets=min(n_targets, 64), progress=progress, extra_masks=subpop,
-                              fits=fits, phi=phi, figures=figures, threads=threads)
+                              fits=fits, phi=phi, figures=figures, threads=threads, memory_bytes=memory_bytes)
 
     write_table(out / "tables", "paper_attacks", paper, format_attack_table(paper),
                 caption=f"Pooled AUROC and TPR@0.1% FPR over {n_targets} targets with 95% bootstrap intervals "

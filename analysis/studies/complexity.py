@@ -221,7 +221,7 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
                  extra_masks: Mapping[str, np.ndarray] | None = None,
                  auroc_target: float = 0.9, tpr_target: float = 0.5, ridge: float = 1e-3, z: float = 2.0,
                  progress: bool = False, fits: Any = None, phi: np.ndarray | None = None,
-                 figures: Any = None, threads: int = 1) -> dict:
+                 figures: Any = None, threads: int = 1, memory_bytes: int | None = None) -> dict:
     """Everything of §5 in one call, for :func:`analysis.output.report.analyze`.
 
     Parameters
@@ -256,6 +256,8 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
         Draw the figures on this queue (they are written when it is waited on); default now.
     threads : int
         Threads the sweep's repeats run on (no result depends on it).
+    memory_bytes : int, optional
+        The sweep's share of the memory budget (:func:`analysis.studies.sweep.sweep_from_store`).
 
     Returns
     -------
@@ -290,6 +292,7 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
         t_n = min(data.n_shadows, 64) if n_targets is None or n_targets == 0 else n_targets
         sw, secs = sweep_from_store(data, masks, phi=phi, n_targets=t_n, repeats=repeats, seed=seed, fprs=tuple(fprs),
                                     max_per_set=max_per_set, subsample_seed=seed, threads=threads,
+                                    memory_bytes=memory_bytes,
                                     progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:

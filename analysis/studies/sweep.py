@@ -56,7 +56,7 @@ from scipy.special import log_ndtr
 from analysis.store_io.figures import save_figure
 from analysis.attacks.lira import PER_SAMPLE_VARIANCE_MIN, lira_terms, sd_floor
 from analysis.kernels.metrics import fpr_label, per_target_metrics
-from analysis.kernels.stats import gaussian_sums
+from analysis.kernels.stats import GaussianSums, gaussian_sums
 
 __all__ = ["default_m_grid", "shadow_sweep", "sweep_scores", "summarize_sweep", "plot_sweep", "sweep_figure",
            "sweep_from_store", "SWEEP_ATTACKS"]
@@ -119,13 +119,20 @@ def _reference_sums(d, keep, perm, rec_a, rec_b, n_targets, a1, b1, a2, b2, pos)
     return cnt
 
 
+def _concat_sums(parts: list[GaussianSums]) -> GaussianSums:
+    """Per-sample sums of consecutive blocks of samples as one :class:`GaussianSums`."""
+    cat = lambda name, axis: np.concatenate([getattr(p, name) for p in parts], axis=axis)  # noqa: E731
+    return GaussianSums(shift=cat("shift", 0), n_in=cat("n_in", -1), s1_in=cat("s1_in", -2), s2_in=cat("s2_in", -2),
+                        n_out=cat("n_out", -1), s1_out=cat("s1_out", -2), s2_out=cat("s2_out", -2))
+
+
 def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarray], *,
                  n_targets: int | None = None, m_grid: Sequence[int] | None = None, repeats: int = 10,
                  seed: int = 0, fprs: Sequence[float] = (0.001, 0.01), attacks: Sequence[str] = SWEEP_ATTACKS,
                  progress: Callable[[int], None] | None = None,
                  orders: Sequence[np.ndarray] | None = None,
                  per_sample_min: int = PER_SAMPLE_VARIANCE_MIN, threads: int = 1,
-                 overwrite_phi: bool = False) -> pd.DataFrame:
+                 overwrite_phi: bool = False, block_samples: int | None = None) -> pd.DataFrame:
     """Run the sweep on in-memory phi.
 
     Parameters
@@ -164,15 +171,23 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
     overwrite_phi : bool
         ``phi`` (float64, C-contiguous, every sample scored) may be shifted in place: the caller's
         own copy, so the sweep holds no second one.
+    block_samples : int, optional
+        Read ``phi`` (then any (M, N, Q) array-like whose ``phi[:, idx]`` gives a fresh array, e.g. an
+        :class:`analysis.store_io.spill.DiskRows` on local disk) this many scored samples at a time,
+        once for the shifts and floors and once per repeat, holding only the targets' rows and
+        each side's reference sums whole (memory independent of M). Samples are independent
+        except for the pooled variances, which are formed from the whole sums as before: no result
+        depends on it (tests/test_sweep.py). Default: all scored samples at once.
 
     Returns
     -------
     DataFrame (tidy): set, attack, m, n_shadows (= 2 m), repeat, n_samples, variance ("fixed" or
     "per-sample"), auroc, ``tpr@0.1%``, ...
     """
-    phi = np.asarray(phi)
-    if phi.ndim == 2:
-        phi = phi[..., None]
+    if block_samples is None:
+        phi = np.asarray(phi)
+        if phi.ndim == 2:
+            phi = phi[..., None]
     keep = np.asarray(keep, dtype=bool)
     m_tot, n, q = phi.shape
     masks = {k: np.asarray(v, dtype=bool) for k, v in masks.items()}
@@ -182,8 +197,12 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
     if not scored.any():
         raise ValueError("the challenge sets are all empty")
     idx = np.flatnonzero(scored)
-    # one float64 copy, of the scored samples only (none more when the caller's array is that already)
-    x = np.asarray(phi, dtype=np.float64) if idx.size == n else np.asarray(phi[:, idx], dtype=np.float64)
+    blocks = None if block_samples is None or int(block_samples) >= idx.size else \
+        [slice(lo, min(lo + int(block_samples), idx.size)) for lo in range(0, idx.size, max(1, int(block_samples)))]
+    x = None
+    if blocks is None:
+        # one float64 copy, of the scored samples only (none more when the caller's array is that already)
+        x = np.asarray(phi, dtype=np.float64) if idx.size == n else np.asarray(phi[:, idx], dtype=np.float64)
     kp = keep[:, idx]
     sub = {k: v[idx] for k, v in masks.items()}
     n_in = kp.sum(0)
@@ -197,18 +216,36 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
         raise ValueError(f"no m in the grid is within 1..{k_max}")
     t_n = m_tot if n_targets is None or n_targets == 0 else min(int(n_targets), m_tot)
     ms = np.asarray(grid)
-    shift = x.mean(axis=0)  # (Nc, Q): close to each sample's mean; all statistics are shift-invariant
-    # std floor from the full reference sums (all shadows), as run_lira's from its sums
-    floor = sd_floor(gaussian_sums(x, kp, shift))
     names = ["auroc"] + [f"tpr@{fpr_label(f)}" for f in fprs]
     member = kp[:t_n]  # (T, Nc)
     kp = np.ascontiguousarray(kp)
-    # x - shift once for every repeat, in place when x is this function's own copy: the sweep then
-    # holds one (M, Nc, Q) float64 array (2000 x 15,000 x 18 is 4.3 GB), not two
-    own = x.flags.c_contiguous and x.flags.writeable and (overwrite_phi or x is not phi) and (
-        overwrite_phi or not np.shares_memory(x, phi))
-    shifted = np.subtract(x, shift, out=x) if own else np.ascontiguousarray(x - shift, dtype=np.float64)
-    del x
+    if blocks is None:
+        shift = x.mean(axis=0)  # (Nc, Q): close to each sample's mean; all statistics are shift-invariant
+        # std floor from the full reference sums (all shadows), as run_lira's from its sums
+        floor = sd_floor(gaussian_sums(x, kp, shift))
+        # x - shift once for every repeat, in place when x is this function's own copy: the sweep then
+        # holds one (M, Nc, Q) float64 array (2000 x 15,000 x 18 is 4.3 GB), not two
+        own = x.flags.c_contiguous and x.flags.writeable and (overwrite_phi or x is not phi) and (
+            overwrite_phi or not isinstance(phi, np.ndarray) or not np.shares_memory(x, phi))
+        shifted = np.subtract(x, shift, out=x) if own else np.ascontiguousarray(x - shift, dtype=np.float64)
+        del x
+        read_shifted = None
+    else:  # the same statistics, a block of samples at a time (each is per sample)
+        shift = np.empty((idx.size, q))
+        shifted = np.empty((t_n, idx.size, q))  # the targets' rows only: all _sweep_rows reads
+        parts = []
+        for sl in blocks:
+            xb = np.asarray(phi[:, idx[sl]], dtype=np.float64)
+            shift[sl] = xb.mean(axis=0)
+            parts.append(gaussian_sums(xb, kp[:, sl], shift[sl]))
+            shifted[:, sl] = xb[:t_n] - shift[sl]
+            del xb
+        floor = sd_floor(_concat_sums(parts))
+        del parts
+
+        def read_shifted(sl: slice) -> np.ndarray:
+            xb = np.asarray(phi[:, idx[sl]], dtype=np.float64)
+            return np.subtract(xb, shift[sl], out=xb)
 
     def one_repeat(r: int) -> list[list[Any]]:
         if orders is not None:
@@ -216,7 +253,8 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
         else:
             order = np.random.default_rng([seed, r]).permutation(m_tot)
         scores = sweep_scores(shifted, kp, ms, order, t_n, shift=shift, floor=floor, attacks=attacks,
-                              shifted=shifted, per_sample_min=per_sample_min)
+                              shifted=shifted, per_sample_min=per_sample_min,
+                              blocks=None if blocks is None else (blocks, read_shifted, m_tot))
         out = []
         for name, mask in sub.items():
             # one row per m: the pooled (target, sample in the set) pairs, all m in one call
@@ -242,7 +280,7 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
 def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndarray, n_targets: int, *,
                  shift: np.ndarray, floor: np.ndarray, attacks: Sequence[str] = SWEEP_ATTACKS,
                  shifted: np.ndarray | None = None,
-                 per_sample_min: int = PER_SAMPLE_VARIANCE_MIN) -> dict[str, np.ndarray]:
+                 per_sample_min: int = PER_SAMPLE_VARIANCE_MIN, blocks: Any = None) -> dict[str, np.ndarray]:
     """Scores of the first ``n_targets`` shadows with m IN + m OUT references, for every m in ``ms``.
 
     Parameters
@@ -265,12 +303,17 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
     per_sample_min : int
         For m below it, ``lira-online`` and ``lira-offline`` use the pooled variance of each side
         (``lira-online`` then equals ``lira-fixed-variance``); 0 or 1: per-sample variances at every m.
+    blocks : (list of slice, callable, int), optional
+        ``(slices, read, M)``: ``x``/``shifted`` hold the targets' rows only, and ``read(slice)``
+        gives every shadow's shifted phi of those samples (:func:`shadow_sweep`'s ``block_samples``).
 
     Returns
     -------
     dict attack -> ndarray (T, L, N)
     """
     m_tot, nc, q = x.shape
+    if blocks is not None:
+        m_tot = blocks[2]
     ms = np.asarray(ms, dtype=np.int64)
     n_l = ms.size
     k1 = int(ms.max()) + 1
@@ -283,8 +326,16 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
     a1, b1, a2, b2 = (np.zeros((2, n_l, nc, q)) for _ in range(4))
     pos_t = np.empty((max(1, n_targets), nc), dtype=np.int64)
     d_all = np.ascontiguousarray(x - shift, dtype=np.float64) if shifted is None else shifted
-    cnt = _reference_sums(d_all, keep if keep.flags.c_contiguous else np.ascontiguousarray(keep), np.asarray(order, dtype=np.int64), rec_a, rec_b,
-                          n_targets, a1, b1, a2, b2, pos_t)
+    order = np.asarray(order, dtype=np.int64)
+    if blocks is None:
+        cnt = _reference_sums(d_all, keep if keep.flags.c_contiguous else np.ascontiguousarray(keep), order, rec_a,
+                              rec_b, n_targets, a1, b1, a2, b2, pos_t)
+    else:  # each sample's walk is its own: the blocks fill their columns of the same sums
+        cnt = np.empty((2, nc), dtype=np.int64)
+        for sl in blocks[0]:
+            cnt[:, sl] = _reference_sums(blocks[1](sl), np.ascontiguousarray(keep[:, sl]), order, rec_a, rec_b,
+                                         n_targets, a1[:, :, sl], b1[:, :, sl], a2[:, :, sl], b2[:, :, sl],
+                                         pos_t[:, sl])
     if (cnt < k1).any():
         raise ValueError(f"every sample needs >= {k1} shadows on each side")
     for a in attacks:
@@ -484,7 +535,7 @@ def sweep_figure(summary: pd.DataFrame, *, metric: str = "auroc", attacks: Seque
 
 def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set: int | None = None,
                      subsample_seed: int = 0, phi: np.ndarray | None = None,
-                     **kwargs: Any) -> tuple[pd.DataFrame, float]:
+                     memory_bytes: int | None = None, **kwargs: Any) -> tuple[pd.DataFrame, float]:
     """Read phi of the challenge samples of an opened store once and run :func:`shadow_sweep`.
 
     Memory: phi of the union of the challenge sets, (M, N_c, Q) float64, plus per repeat the
@@ -498,9 +549,13 @@ def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set:
     max_per_set : int, optional
         Keep at most this many samples of each set, a seeded uniform subsample (``subsample_seed``);
         default: all.
-    phi : ndarray (M, N, Q), optional
-        Every done shadow's phi if already in memory (:attr:`analysis.store_io.passes.PassResult.phi_all`);
-        default: read from the store.
+    phi : ndarray (M, N, Q) or DiskRows, optional
+        Every done shadow's phi if the pass kept it (:attr:`analysis.store_io.passes.PassResult.phi_all`,
+        in memory or on local disk); default: read from the store.
+    memory_bytes : int, optional
+        When ``phi`` is given and the scored samples' float64 copy (x 3 for the temporaries) is
+        larger, the sweep reads it a block of samples at a time (:func:`shadow_sweep`'s
+        ``block_samples``; same frame).
     **kwargs
         Passed to :func:`shadow_sweep`.
 
@@ -525,7 +580,14 @@ def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set:
     for v in masks.values():
         union |= v
     idx = np.flatnonzero(union)
+    keep = np.asarray(data.keep.values, dtype=bool)
+    m_tot = keep.shape[0]
+    q = int(phi.shape[2]) if phi is not None else int(data.logits.shape[2])
+    if phi is not None and memory_bytes is not None and 3 * 8 * m_tot * idx.size * q > memory_bytes:
+        # every shadow's phi of the scored samples does not fit: read it a block of samples at a time
+        block = max(1, int(memory_bytes) // (3 * 8 * m_tot * q))
+        df = shadow_sweep(phi, keep, masks, block_samples=block, **kwargs)
+        return df, time.perf_counter() - t0
     phi = np.asarray(data.phi().isel(sample=idx).values if phi is None else phi[:, idx], dtype=np.float64)
-    keep = np.asarray(data.keep.values, dtype=bool)[:, idx]
-    df = shadow_sweep(phi, keep, {k: v[idx] for k, v in masks.items()}, overwrite_phi=True, **kwargs)
+    df = shadow_sweep(phi, keep[:, idx], {k: v[idx] for k, v in masks.items()}, overwrite_phi=True, **kwargs)
     return df, time.perf_counter() - t0
