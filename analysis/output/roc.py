@@ -461,8 +461,9 @@ def _count_members(member: np.ndarray, mask: np.ndarray, block_bytes: int) -> in
 def _bounded_curve(member: np.ndarray, score: np.ndarray, mask: np.ndarray, fprs: Sequence[float], *, dense: float,
                    area_tol: float, per_decade: int, block_bytes: int):
     """The whole-curve path's ``(fpr, tpr, threshold, auroc, tpr_at, n_full)`` in about ``block_bytes`` of memory."""
-    # pooled_roc_points holds a group of keys, its recorded points and their float copies (~4 of its budget)
-    share = max(4096, int(block_bytes) // 4)
+    # pooled_roc_points' peak is a few times its own budget (a group of keys, its recorded points and
+    # their float copies): at 2000 x 50,000 with a quarter, this call took ~1.2 x block_bytes + 0.1 GiB
+    share = max(4096, int(block_bytes) // 5)
     down = _StreamDown(dense, area_tol, per_decade, fprs, spill_limit=share)
     try:
         _, _, _, n_full = pooled_roc_points(member, score, list(fprs), down.feed, mask, block_bytes=share)
