@@ -20,12 +20,23 @@ A pooled curve has up to T*N points. What is written (:func:`downsample`):
   Collinear points (no area change) always go;
 * the last point (1, 1).
 
+A column whose pairs do not fit ``block_bytes`` (float32 scores, the attacks' precision) is computed
+in bounded memory (:func:`_bounded_curve`): :func:`analysis.kernels.pooled.pooled_roc_points` streams
+the full curve's points chunk by chunk, and :class:`_StreamDown` makes :func:`downsample`'s choices
+on them as they come (the same prefix sums in the same order; a chord end is chosen once the
+``_MAX_SCAN`` points after its start, or the end of its FPR step, have arrived), sums the AUROC as
+``np.trapezoid`` does (numpy's pairwise summation, replayed once the number of points is known; the
+trapezoid terms wait on disk beyond a quarter of the budget) and takes TPR@f as
+:func:`analysis.kernels.metrics.tpr_at_fpr`: every field of the :class:`RocCurve` is the one the
+whole curve gives, bit for bit, whatever ``block_bytes`` (tests/test_roc_bounded.py).
+
 ``roc/roc.csv`` is tidy: ``attack, column, fpr, tpr, threshold`` (threshold: the score at or above
 which a pair is called a member; ``inf`` for the (0, 0) point), full float64 precision.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -37,8 +48,9 @@ import pandas as pd
 from analysis.store_io.atomic import write_text
 from analysis.store_io.figures import save_figure
 from analysis.kernels.metrics import fpr_label, roc, tpr_at_fpr
+from analysis.kernels.pooled import DEFAULT_BLOCK_BYTES, pooled_roc_points
 
-__all__ = ["RocCurve", "downsample", "pooled_curve", "roc_curves", "curves_frame", "write_roc_csv",
+__all__ = ["RocCurve", "downsample", "pooled_curve", "fits_whole_curve", "roc_curves", "curves_frame", "write_roc_csv",
            "plot_roc", "write_roc", "COLUMN_TITLES", "ROC_CSV"]
 
 #: Panel titles of the columns; a challenge set not listed is titled by its own name.
@@ -150,9 +162,322 @@ def pooled_curve(member: np.ndarray, score: np.ndarray, mask: np.ndarray | None 
     return roc(member.reshape(-1), score.reshape(-1))
 
 
+# --- bounded memory: the same curve, fed chunk by chunk ---------------------------------------
+
+_PW_BLOCK = 128  # numpy's PW_BLOCKSIZE: the leaves of its pairwise summation
+_SUB = 1 << 16  # points handled at a time by the streaming downsampler
+#: Peak bytes per pair of the whole-curve path (sklearn's roc_curve on float64 copies: the scores,
+#: their argsort, the sorted labels and scores, the cumulative counts, the mask's copies).
+WHOLE_BYTES_PER_PAIR = 48
+
+
+def fits_whole_curve(n_pairs: int, block_bytes: int) -> bool:
+    """Whether the whole-curve path (:func:`pooled_curve`, ~48 bytes per pair) fits ``block_bytes``."""
+    return int(n_pairs) * WHOLE_BYTES_PER_PAIR <= int(block_bytes)
+
+
+@numba.njit(cache=True)
+def _cum_terms(fpr, tpr, f0, t0, c0, cum, terms):  # pragma: no cover - compiled
+    """:func:`_greedy`'s prefix areas continued from the point ``(f0, t0)`` whose prefix is ``c0``.
+
+    ``terms[i]`` is the trapezoid between point i and the one before, as ``np.trapezoid`` has it
+    (``(dx * (y1 + y0)) / 2``, the same value as ``* 0.5``); ``cum[i] = cum[i - 1] + terms[i]``.
+    """
+    pf, pt, pc = f0, t0, c0
+    for i in range(fpr.size):
+        d = (fpr[i] - pf) * (tpr[i] + pt) * 0.5
+        pc = pc + d
+        cum[i] = pc
+        terms[i] = d
+        pf = fpr[i]
+        pt = tpr[i]
+
+
+@numba.njit(cache=True)
+def _greedy_part(fpr, tpr, cum, a, drift, area_tol, step_ratio, final, keep):  # pragma: no cover - compiled
+    """:func:`_greedy`'s loop on a window of the curve, from its point ``a``, while its choices are settled.
+
+    ``cum`` holds the prefix areas of the WHOLE curve (from its first point), so every difference
+    is the one :func:`_greedy` takes. Unless ``final`` (the window ends the curve), a chord start
+    whose look-ahead runs into the window's end waits (a later point may still be its end).
+    Returns ``(a, drift)`` to continue from.
+    """
+    n = fpr.size
+    while a < n - 1:
+        j = a + 1
+        j_err = 0.0
+        c = a + 2
+        while c < n and c - a <= _MAX_SCAN and fpr[c] <= fpr[a] * step_ratio:
+            err = (fpr[c] - fpr[a]) * (tpr[c] + tpr[a]) * 0.5 - (cum[c] - cum[a])
+            if abs(drift + err) <= area_tol:
+                j, j_err = c, err
+            c += 1
+        if not final and c == n and c - a <= _MAX_SCAN:
+            break
+        drift += j_err
+        keep[j] = True
+        a = j
+    return a, drift
+
+
+@numba.njit(cache=True)
+def _pw_leaf(a, lo, n):  # pragma: no cover - compiled
+    """numpy's pairwise_sum of ``a[lo:lo + n]`` for ``n <= 128`` (8 accumulators, then the rest)."""
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += a[lo + i]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    while i < n - (n % 8):
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@numba.njit(cache=True)
+def _pw_sizes(n, out, k):  # pragma: no cover - compiled
+    """Write the leaf lengths of numpy's pairwise summation of ``n`` values to ``out[k:]``, in order."""
+    if n <= _PW_BLOCK:
+        out[k] = n
+        return k + 1
+    n2 = n // 2
+    n2 -= n2 % 8
+    k = _pw_sizes(n2, out, k)
+    return _pw_sizes(n - n2, out, k)
+
+
+@numba.njit(cache=True)
+def _pw_tree(n, leaves, k):  # pragma: no cover - compiled
+    """Combine the leaf sums as numpy's pairwise summation of ``n`` values does; returns (sum, next leaf)."""
+    if n <= _PW_BLOCK:
+        return leaves[k], k + 1
+    n2 = n // 2
+    n2 -= n2 % 8
+    left, k = _pw_tree(n2, leaves, k)
+    right, k = _pw_tree(n - n2, leaves, k)
+    return left + right, k
+
+
+@numba.njit(cache=True)
+def _pw_leaf_sums(a, sizes, k, sums):  # pragma: no cover - compiled
+    """Sum the leaves ``k, k+1, ...`` that lie whole in ``a`` (which starts at leaf k); returns (next leaf, used)."""
+    lo = 0
+    while k < sizes.size and lo + sizes[k] <= a.size:
+        sums[k] = _pw_leaf(a, lo, sizes[k])
+        lo += sizes[k]
+        k += 1
+    return k, lo
+
+
+class _Terms:
+    """The trapezoid terms in order, summed at the end exactly as ``np.add.reduce`` sums them all at once.
+
+    numpy's pairwise summation splits by the total count, unknown until the last point: the terms
+    wait (in memory up to ``limit`` bytes, then in an anonymous temporary file) and are read back
+    once, in order.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = max(1, int(limit))
+        self.parts: list[np.ndarray] = []
+        self.held = 0
+        self.n = 0
+        self.file = None
+
+    def add(self, terms: np.ndarray) -> None:
+        self.n += terms.size
+        if self.file is None and self.held + terms.nbytes > self.limit:
+            self.file = tempfile.TemporaryFile(prefix="roc-terms-")
+            for x in self.parts:
+                self.file.write(memoryview(x))
+            self.parts, self.held = [], 0
+        if self.file is not None:
+            self.file.write(memoryview(np.ascontiguousarray(terms)))
+        else:
+            self.parts.append(terms.copy())
+            self.held += terms.nbytes
+
+    def _chunks(self):
+        if self.file is None:
+            yield from self.parts
+            return
+        self.file.flush()
+        self.file.seek(0)
+        step = max(_PW_BLOCK, self.limit // 8)
+        left = self.n
+        while left:
+            buf = np.empty(min(step, left))
+            got = self.file.readinto(buf)
+            if got != buf.nbytes:
+                raise OSError("roc: the spilled trapezoid terms were cut short")
+            left -= buf.size
+            yield buf
+
+    def total(self) -> float:
+        """``np.add.reduce`` of every term (numpy's pairwise summation, leaves of 128)."""
+        try:
+            if self.n == 0:
+                return 0.0
+            sizes = np.empty(self.n // 64 + 2, dtype=np.int64)
+            sizes = sizes[:_pw_sizes(self.n, sizes, 0)]
+            sums = np.empty(sizes.size)
+            k = 0
+            carry = np.empty(0)
+            for part in self._chunks():
+                a = np.concatenate([carry, part]) if carry.size else part
+                k, used = _pw_leaf_sums(a, sizes, k, sums)
+                carry = a[used:].copy()
+            assert k == sizes.size and carry.size == 0
+            return float(_pw_tree(self.n, sums, 0)[0])
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        self.parts = []
+
+
+class _StreamDown:
+    """:func:`downsample` (and the whole curve's AUROC, TPR@f and size) on a curve fed chunk by chunk.
+
+    It keeps the points from the last chosen chord start on (at most ``_MAX_SCAN`` + 1 of them
+    between feeds), with their prefix areas over the whole curve: :func:`_greedy_part` makes
+    :func:`_greedy`'s choices, in its order and with its arithmetic, as soon as they are settled.
+    """
+
+    def __init__(self, dense_fpr: float, area_tol: float, per_decade: int, fprs: Sequence[float], spill_limit: int):
+        self.dense = float(dense_fpr)
+        self.tol = float(area_tol)
+        self.ratio = float(10 ** (1.0 / per_decade))
+        self.fprs = [float(x) for x in fprs]
+        self.best = [None] * len(self.fprs)
+        self.terms = _Terms(spill_limit)
+        self.f = self.t = self.thr = self.cum = np.empty(0)
+        self.a = -1  # the chord start in the window; -1 while the points are still within dense_fpr
+        self.drift = 0.0
+        self.prev = None  # (fpr, tpr, prefix) of the last point fed
+        self.n = 0
+        self.out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def feed(self, f: np.ndarray, t: np.ndarray, thr: np.ndarray) -> None:
+        for i in range(0, f.size, _SUB):
+            self._feed(np.ascontiguousarray(f[i:i + _SUB], dtype=np.float64),
+                       np.ascontiguousarray(t[i:i + _SUB], dtype=np.float64), np.asarray(thr[i:i + _SUB]))
+
+    def _emit(self, idx) -> None:
+        self.out.append((self.f[idx].copy(), self.t[idx].copy(), self.thr[idx].copy()))
+
+    def _feed(self, f, t, thr) -> None:
+        if f.size == 0:
+            return
+        for k, x in enumerate(self.fprs):  # tpr_at_fpr: the largest TPR at FPR <= x
+            ok = f <= x
+            if ok.any():
+                m = float(np.max(t[ok]))
+                self.best[k] = m if self.best[k] is None else max(self.best[k], m)
+        cum = np.empty(f.size)
+        terms = np.empty(f.size)
+        if self.prev is None:  # the curve's first point: prefix 0, no trapezoid before it
+            cum[0] = 0.0
+            _cum_terms(f[1:], t[1:], f[0], t[0], 0.0, cum[1:], terms[1:])
+            self.terms.add(terms[1:])
+        else:
+            _cum_terms(f, t, *self.prev, cum, terms)
+            self.terms.add(terms)
+        self.prev = (float(f[-1]), float(t[-1]), float(cum[-1]))
+        first = self.n == 0
+        self.n += f.size
+        self.f = np.concatenate([self.f, f])
+        self.t = np.concatenate([self.t, t])
+        self.thr = np.concatenate([self.thr, thr.astype(np.float64)])
+        self.cum = np.concatenate([self.cum, cum])
+        if self.a < 0:
+            d = int(np.searchsorted(self.f, self.dense, side="right"))
+            if first:
+                d = max(d, 1)  # the first point is always kept
+            if d == self.f.size:  # all within dense_fpr: all kept; the last may still be the greedy's start
+                self._emit(slice(0, d - 1))
+                self._cut(d - 1)
+                return
+            self._emit(slice(0, d - 1))
+            self._cut(d - 1)
+            self.a = 0
+        self._greedy(final=False)
+
+    def _cut(self, a: int) -> None:
+        self.f, self.t, self.thr, self.cum = self.f[a:], self.t[a:], self.thr[a:], self.cum[a:]
+
+    def _greedy(self, final: bool) -> None:
+        keep = np.zeros(self.f.size, dtype=bool)
+        keep[0] = True  # the window starts at the chord start, a kept point
+        a, self.drift = _greedy_part(self.f, self.t, self.cum, self.a, self.drift, self.tol, self.ratio, final, keep)
+        if final:
+            keep[-1] = True
+            self._emit(np.flatnonzero(keep))
+            self._cut(self.f.size)
+            return
+        self._emit(np.flatnonzero(keep[:a]))
+        self._cut(a)
+        self.a = 0
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, dict[float, float], int]:
+        """``(fpr, tpr, threshold)`` kept, the AUROC, TPR@f and the number of points of the whole curve."""
+        if self.f.size:
+            self.a = max(self.a, 0)
+            self._greedy(final=True)
+        f, t, thr = (np.concatenate([o[i] for o in self.out]) if self.out else np.empty(0) for i in range(3))
+        auroc = self.terms.total()
+        tpr_at = {x: (0.0 if b is None else b) for x, b in zip(self.fprs, self.best)}
+        return f, t, thr, auroc, tpr_at, self.n
+
+
+def _count_members(member: np.ndarray, mask: np.ndarray, block_bytes: int) -> int:
+    """``member[:, mask].sum()`` one block of rows at a time (no (T, N_mask) copy)."""
+    rows = max(1, int(block_bytes) // max(1, member.shape[1]))
+    cols = None if mask.all() else mask
+    n = 0
+    for r0 in range(0, member.shape[0], rows):
+        blk = np.asarray(member[r0:r0 + rows], dtype=bool)
+        n += int(np.count_nonzero(blk if cols is None else blk[:, cols]))
+    return n
+
+
+def _bounded_curve(member: np.ndarray, score: np.ndarray, mask: np.ndarray, fprs: Sequence[float], *, dense: float,
+                   area_tol: float, per_decade: int, block_bytes: int):
+    """The whole-curve path's ``(fpr, tpr, threshold, auroc, tpr_at, n_full)`` in about ``block_bytes`` of memory."""
+    # pooled_roc_points' peak is a few times its own budget (a group of keys, its recorded points and
+    # their float copies): at 2000 x 50,000 with a quarter, this call took ~1.2 x block_bytes + 0.1 GiB
+    share = max(4096, int(block_bytes) // 5)
+    down = _StreamDown(dense, area_tol, per_decade, fprs, spill_limit=share)
+    try:
+        _, _, _, n_full = pooled_roc_points(member, score, list(fprs), down.feed, mask, block_bytes=share)
+        f, t, thr, auroc, tpr_at, n = down.finish()
+    finally:
+        down.terms.close()
+    if n != n_full:  # pragma: no cover - a broken stream
+        raise RuntimeError(f"roc: {n} points streamed, the scan kept {n_full}")
+    return f, t, thr, auroc, tpr_at, n_full
+
+
 def roc_curves(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], masks: Mapping[str, np.ndarray],
                fprs: Sequence[float], *, dense_fpr: float = 1e-2, area_tol: float = 1e-9,
-               per_decade: int = 200) -> list[RocCurve]:
+               per_decade: int = 200, block_bytes: int | None = None) -> list[RocCurve]:
     """Every attack's pooled, downsampled ROC on every column.
 
     Parameters
@@ -166,6 +491,10 @@ def roc_curves(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], masks: Mappin
         FPRs at which :attr:`RocCurve.tpr_at` is taken; ``dense_fpr`` is raised to the largest.
     dense_fpr, area_tol, per_decade
         :func:`downsample`'s settings.
+    block_bytes : int, optional
+        Memory budget of one column (default :data:`analysis.kernels.pooled.DEFAULT_BLOCK_BYTES`):
+        a column of float32 scores whose pairs do not fit it (:func:`fits_whole_curve`) is computed in
+        about this much memory (:func:`_bounded_curve`), with the same result, bit for bit.
 
     Returns
     -------
@@ -173,13 +502,28 @@ def roc_curves(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], masks: Mappin
         Attack-major, columns in ``masks`` order; a column without both classes has no curve.
     """
     dense = max([float(dense_fpr), *map(float, fprs)])
+    budget = int(DEFAULT_BLOCK_BYTES if block_bytes is None else block_bytes)
     curves = []
     for attack in pairs:
         member, score = pairs[attack]
         for column, mask in masks.items():
-            m = np.asarray(member, dtype=bool)[:, np.asarray(mask, dtype=bool)]
+            mask = np.asarray(mask, dtype=bool)
+            n_pairs = int(np.shape(member)[0]) * int(mask.sum())
+            if getattr(score, "dtype", None) == np.float32 and not fits_whole_curve(n_pairs, budget):
+                n_pos = _count_members(member, mask, budget)
+                n_neg = n_pairs - n_pos
+                if n_pos == 0 or n_neg == 0:
+                    continue
+                f, t, thr, auroc, tpr_at, n_full = _bounded_curve(
+                    member, score, mask, fprs, dense=dense, area_tol=area_tol, per_decade=per_decade,
+                    block_bytes=budget)
+                curves.append(RocCurve(attack=str(attack), column=str(column), fpr=f, tpr=t, threshold=thr,
+                                       auroc=auroc, tpr_at=tpr_at, n_pos=n_pos, n_neg=n_neg, n_full=n_full))
+                continue
+            m = np.asarray(member, dtype=bool)[:, mask]
             n_pos = int(m.sum())
             n_neg = int(m.size - n_pos)
+            del m
             if n_pos == 0 or n_neg == 0:
                 continue
             f, t, thr = pooled_curve(member, score, mask)
@@ -270,13 +614,14 @@ def plot_roc(curves: Sequence[RocCurve], path: str | Path, *, fprs: Sequence[flo
 
 
 def write_roc(out: str | Path, pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], masks: Mapping[str, np.ndarray],
-              fprs: Sequence[float]) -> list[RocCurve]:
+              fprs: Sequence[float], *, block_bytes: int | None = None) -> list[RocCurve]:
     """Compute every curve, write ``OUT/roc/roc.csv`` and draw ``OUT/plots/roc.png|pdf``.
 
     Runs on an analysis' :class:`analysis.store_io.figures.FigureQueue` (it draws with matplotlib).
+    ``block_bytes``: :func:`roc_curves`' memory budget per column.
     """
     out = Path(out)
-    curves = roc_curves(pairs, masks, fprs)
+    curves = roc_curves(pairs, masks, fprs, block_bytes=block_bytes)
     write_roc_csv(curves, out / ROC_CSV)
     plot_roc(curves, out / "plots" / "roc.png", fprs=fprs)
     return curves
