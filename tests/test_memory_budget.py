@@ -31,6 +31,11 @@ def test_tiny_budget_same_tables(store, tmp_path, variant, monkeypatch):
     bounded = []
     real = metrics.pooled_metrics
     monkeypatch.setattr(metrics, "pooled_metrics", lambda *a, **k: bounded.append(k["block_bytes"]) or real(*a, **k))
+    import analysis.output.roc as roc
+
+    streamed = []
+    real_roc = roc.pooled_roc_points
+    monkeypatch.setattr(roc, "pooled_roc_points", lambda *a, **k: streamed.append(1) or real_roc(*a, **k))
     big = analyze(store, tmp_path / "big", targets=0, extras=False, progress=False, lira_variant=variant, threads=2)
     # 1 KiB: the targets' phi, signals and scores go to disk, one target per LiRA/attack batch, and
     # the pooled metrics sort 4 KiB of keys at a time (analysis.kernels.pooled: several groups)
@@ -39,10 +44,13 @@ def test_tiny_budget_same_tables(store, tmp_path, variant, monkeypatch):
     for name in TABLES:
         assert (tmp_path / "small" / "tables" / name).read_bytes() == (tmp_path / "big" / "tables" / name).read_bytes(), name
     assert (tmp_path / "small" / "per_sample.csv").read_bytes() == (tmp_path / "big" / "per_sample.csv").read_bytes()
+    # the pooled ROC curves were streamed in 4 KiB blocks (analysis.output.roc): the same points
+    assert (tmp_path / "small" / "roc" / "roc.csv").read_bytes() == (tmp_path / "big" / "roc" / "roc.csv").read_bytes()
     for a in big["lira"].scores:
         np.testing.assert_array_equal(np.asarray(small["lira"].scores[a]), np.asarray(big["lira"].scores[a]))
     assert not list((tmp_path / "small").glob(".scores-spill-*"))  # the disk spill is removed
     assert bounded and max(bounded) <= 4 << 10  # only the small budget took the bounded pooled metrics
+    assert streamed  # and the streamed ROC curves
 
 
 def test_disk_rows_round_trip(tmp_path):

@@ -485,8 +485,9 @@ class ReportInputs:
     threads : int
         The analysis' threads (passed down; ``summary["threads"]``).
     budget : int, optional
-        The memory budget in bytes; the pooled metrics sort at most a twelfth of it (4 KiB at least) at a time
-        (:func:`analysis.kernels.metrics.attack_metrics`'s ``block_bytes``; no result depends on it).
+        The memory budget in bytes; the pooled metrics and ROC curves sort at most a twelfth of it
+        (4 KiB at least) at a time (``block_bytes`` of :func:`analysis.kernels.metrics.attack_metrics`
+        and :func:`analysis.output.roc.write_roc`; no result depends on it).
     """
 
     data: ShadowData
@@ -530,8 +531,9 @@ def _tabulate(inputs: ReportInputs, *, figures: FigureQueue, phase: _Phases) -> 
     figures.submit(_plot_privacy_hist, out / "plots" / "privacy_score_hist.png", group_tr, priv[train])
     figures.submit(_plot_mem_vs_privacy, out / "plots" / "mem_vs_privacy.png", group_tr, mem[train], priv[train], rho)
     with phase("metrics"):
-        attacks, per_target = _attack_tables(lira, group_tr, fprs, threads,
-                                             None if inputs.budget is None else max(inputs.budget // 12, 4 << 10))
+        # the pooled metrics and the pooled ROC curves sort a twelfth of the budget at a time
+        block_bytes = None if inputs.budget is None else max(inputs.budget // 12, 4 << 10)
+        attacks, per_target = _attack_tables(lira, group_tr, fprs, threads, block_bytes)
     accuracy = _accuracy_table(np.asarray(data.accuracy().values, dtype=np.float64))
     memo = _memorization_table(group_tr, mem[train], priv[train], thr)
     per_sample = pd.DataFrame({"sample": data.ds["sample"].values, "group": group, "split": split,
@@ -553,7 +555,8 @@ def _tabulate(inputs: ReportInputs, *, figures: FigureQueue, phase: _Phases) -> 
     sets_tr = {k: np.asarray(v, dtype=bool)[train] for k, v in extra.get("challenge_sets", {}).items()}
     roc_masks = {"All": np.ones(group_tr.size, dtype=bool),
                  **({} if "random" in sets_tr else {"Under": group_tr == "under"}), **sets_tr}
-    figures.submit(write_roc, out, {a: (lira.member, lira.scores[a]) for a in lira.scores}, roc_masks, fprs)
+    figures.submit(write_roc, out, {a: (lira.member, lira.scores[a]) for a in lira.scores}, roc_masks, fprs,
+                   block_bytes=block_bytes)
 
     # --- write ---------------------------------------------------------------------------------
     n_pairs = lira.member.size
