@@ -170,6 +170,9 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
     w = max(1, int(threads))
     t_rows = member.shape[0]
     step = max(1, -(-t_rows // w))  # ceil: w blocks of rows at most
+    # and rows enough to fit the share: a row's keys, sort and masked copies are ~48 bytes a pair
+    # (1000 rows x 50,000 samples were 1.6 GB per thread at the paper's shape)
+    step = min(step, max(1, share // (48 * max(1, member.shape[1]))))
     blocks = [(r0, min(r0 + step, t_rows)) for r0 in range(0, t_rows, step)]
     with ThreadPoolExecutor(max_workers=w) as ex:
         jobs = {g: (ex.submit(pooled_of, m),
