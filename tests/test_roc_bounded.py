@@ -114,3 +114,27 @@ def test_terms_sum_as_numpy(n):
         for i in range(0, n, 333):
             terms.add(a[i:i + 333])
         assert terms.total() == float(np.add.reduce(a))
+
+
+def test_dense_region_is_capped_in_false_positives(monkeypatch):
+    """Every point is kept up to dense_fpr or DENSE_NEGATIVES false positives, whichever is first:
+    the kept points there are the full curve's, fewer points are kept overall, the exact numbers
+    (auroc, tpr_at, counts) do not change, and the bounded path still equals the whole one."""
+    from sklearn.metrics import roc_curve
+
+    m, s, masks = _data(decimals=None, t=60, n=500)
+    masks = {"All": masks["All"]}
+    full = roc_curves({"a": (m, s)}, masks, FPRS)[0]
+    monkeypatch.setattr(roc_mod, "DENSE_NEGATIVES", 40)
+    capped = roc_curves({"a": (m, s)}, masks, FPRS)[0]
+    assert capped.fpr.size < full.fpr.size
+    assert capped.auroc == full.auroc and capped.tpr_at == full.tpr_at
+    assert (capped.n_pos, capped.n_neg, capped.n_full) == (full.n_pos, full.n_neg, full.n_full)
+    f, t, _ = roc_curve(m.ravel(), s.ravel().astype(np.float64))
+    fp_max = 40 / capped.n_neg
+    low = f <= fp_max
+    # every point of the full curve up to 40 false positives is kept, and every kept point is a vertex
+    assert np.array_equal(capped.fpr[capped.fpr <= fp_max], f[low])
+    assert set(zip(capped.fpr.tolist(), capped.tpr.tolist())) <= set(zip(f.tolist(), t.tolist()))
+    monkeypatch.setattr(roc_mod, "_SUB", 97)
+    _same([capped], roc_curves({"a": (m, s)}, masks, FPRS, block_bytes=4096))
