@@ -137,6 +137,15 @@ def test_timings_name_every_phase_and_add_up(result):
     assert sum(t[k] for k in top) <= t["total"] + 1e-6
     assert t["paper_extras/bootstrap_tables"] + t["paper_extras/theory"] <= t["paper_extras"] + 1e-6
     assert t["total"] >= res["summary"]["wall_s"] - 1e-6
+    # and its memory: the cumulative peak at each phase's end (non-decreasing in phase order) and
+    # each phase's own peak, for the same phases
+    summary = json.loads((out / "analysis.json").read_text())
+    peak, own = summary["peak_rss_gib"], summary["phase_rss_gib"]
+    assert set(peak) == set(t) and set(own) == set(t) - {"total"}
+    order = [k for k in ("open", "shokri_fit", "pass", "lira", "attacks", "metrics", "paper_extras",
+                         "scores_zarr", "figures_wait")]
+    assert all(peak[a] <= peak[b] for a, b in zip(order, order[1:])) and peak["total"] >= peak["figures_wait"]
+    assert all(0 < own[k] <= peak["total"] + 0.01 for k in own)
 
 
 def test_overrides_and_format_table(store, tmp_path):

@@ -95,3 +95,25 @@ def test_tiny_budget_with_the_paper_extras_same_tables(store, tmp_path, monkeypa
         assert (tmp_path / "small" / "tables" / name).read_bytes() == (tmp_path / "big" / "tables" / name).read_bytes(), name
     assert (tmp_path / "small" / "per_sample.csv").read_bytes() == (tmp_path / "big" / "per_sample.csv").read_bytes()
     assert not list((tmp_path / "small").glob(".scores-spill-*"))
+
+
+def test_phase_memory_is_each_phase_own_peak():
+    """``phase_rss_gib`` is the largest RSS seen while each phase ran: a phase after a big one shows
+    its own (lower) figure, where the cumulative ``peak_rss_gib`` keeps the earlier peak."""
+    import time
+
+    from analysis.output.report import _Phases
+
+    phases = _Phases(sample_s=0.01)
+    try:
+        with phases("big"):
+            block = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+            time.sleep(0.2)
+            del block
+        with phases("small"):
+            time.sleep(0.2)
+    finally:
+        phases.close()
+    assert phases.phase_rss_gib["big"] - phases.phase_rss_gib["small"] > 0.2
+    assert phases.peak_rss_gib["small"] >= phases.peak_rss_gib["big"] >= phases.phase_rss_gib["big"] - 0.01
+    assert set(phases.seconds) == {"big", "small"}

@@ -76,7 +76,7 @@ def test_metrics_and_bootstrap_equal_one_thread_bit_for_bit(threads):
 def _results(out: Path) -> dict:
     tables = {p.name: p.read_bytes() for p in sorted((out / "tables").glob("*.csv"))}
     summary = json.loads((out / "analysis.json").read_text().replace(str(out), "OUT"))
-    for k in ("timings_s", "peak_rss_gib", "wall_s", "threads"):  # wall-clock seconds and memory, and the threads
+    for k in ("timings_s", "peak_rss_gib", "phase_rss_gib", "wall_s", "threads"):  # wall-clock seconds and memory, and the threads
         summary.pop(k)
     summary["theory"].pop("sweep_s")
     score = xr.open_zarr(out / "scores.zarr").score.values

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +59,7 @@ from analysis.studies.ood import ood_correlations, ood_scores_from_store, plot_m
 from analysis.output.tables import accuracy_table, attack_table, format_accuracy_table, format_attack_table, write_table
 from analysis.output.html_report import incomplete_line, write_report
 from analysis.output.scores import StoredScores, write_scores
-from analysis.store_io.spill import SpilledScores, peak_rss_gib, release_freed_memory
+from analysis.store_io.spill import SpilledScores, current_rss_bytes, peak_rss_gib, release_freed_memory
 from analysis.kernels.threads import n_threads
 from mia_hpc.contract.settings import ANALYSIS_MEMORY_GB, memory_budget_bytes
 
@@ -246,24 +248,60 @@ def _plot_mem_vs_privacy(path: Path, group_tr: np.ndarray, mem_tr: np.ndarray, p
 # --- entry point ------------------------------------------------------------------------------
 
 class _Phases:
-    """Wall seconds of the analysis' phases (``analysis.json``: ``timings_s``; printed by ``mia-hpc
-    bench analyze``): where a run's time went, measured in that run. Names with a ``/`` are parts of
-    the phase before the ``/``; the other phases do not overlap."""
+    """Wall seconds and memory of the analysis' phases (``analysis.json``: ``timings_s``,
+    ``peak_rss_gib``, ``phase_rss_gib``; printed by ``mia-hpc bench analyze``): where a run's time
+    and memory went, measured in that run. Names with a ``/`` are parts of the phase before the
+    ``/``; the other phases do not overlap.
 
-    def __init__(self) -> None:
+    ``peak_rss_gib`` is the process' peak RSS when each phase ended (``getrusage``: it only grows,
+    and is what ``/usr/bin/time`` reports). ``phase_rss_gib`` is the largest RSS seen while each
+    phase ran (sampled every 50 ms on a background thread; a spike shorter than that can be
+    missed), so each phase's own peak shows even after an earlier phase's higher one.
+    """
+
+    def __init__(self, sample_s: float = 0.05) -> None:
         self.seconds: dict[str, float] = {}
-        #: the process' peak RSS (GiB) when each phase ended (``analysis.json``: ``peak_rss_gib``):
-        #: the peak only grows, so the first phase whose figure jumps is where the memory went
         self.peak_rss_gib: dict[str, float] = {}
+        self.phase_rss_gib: dict[str, float] = {}
+        self._open: dict[str, int] = {}  # phase -> the largest RSS (bytes) seen while it is open
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        # the thread holds only a weak reference: it ends with close() or when the phases are gone
+        self._sampler = threading.Thread(target=_Phases._sample, args=(weakref.ref(self), self._stop, sample_s),
+                                         name="rss-sampler", daemon=True)
+        self._sampler.start()
+
+    @staticmethod
+    def _sample(ref: "weakref.ref[_Phases]", stop: threading.Event, every: float) -> None:
+        while not stop.wait(every):
+            phases = ref()
+            if phases is None:
+                return
+            rss = current_rss_bytes()
+            with phases._lock:
+                for k, v in phases._open.items():
+                    if rss > v:
+                        phases._open[k] = rss
+            del phases
+
+    def close(self) -> None:
+        """Stop the sampler."""
+        self._stop.set()
 
     @contextmanager
     def __call__(self, name: str):
         t = time.perf_counter()
+        with self._lock:
+            self._open[name] = current_rss_bytes()
         try:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t, 3)
             self.peak_rss_gib[name] = round(peak_rss_gib(), 3)
+            rss = current_rss_bytes()
+            with self._lock:
+                seen = max(self._open.pop(name, 0), rss) / 2**30
+            self.phase_rss_gib[name] = round(max(self.phase_rss_gib.get(name, 0.0), seen), 3)
 
 
 def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, fpr: list[float] | None = None,
@@ -435,6 +473,7 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
                 bar.close()
     except BaseException:
         spill.close()
+        phase.close()
         raise
     try:
         # every figure is drawn on one background thread while the tables are computed
@@ -446,6 +485,7 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
             return _tabulate(inputs, figures=figures, phase=phase)
     finally:
         spill.close()
+        phase.close()
 
 
 @dataclass
@@ -618,6 +658,7 @@ def _tabulate(inputs: ReportInputs, *, figures: FigureQueue, phase: _Phases) -> 
         figures.wait()  # every figure written before analysis.json marks the analysis finished
     summary["timings_s"] = {**phase.seconds, "total": round(time.perf_counter() - t_start, 3)}
     summary["peak_rss_gib"] = {**phase.peak_rss_gib, "total": round(peak_rss_gib(), 3)}
+    summary["phase_rss_gib"] = dict(phase.phase_rss_gib)
     summary["threads"] = threads  # of the timings (no result depends on it: tests/test_threads.py)
     write_text(out / "analysis.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
     report = write_report(out, store=store)  # reads analysis.json for its header

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["SpilledScores", "DiskRows", "release_freed_memory", "peak_rss_gib"]
+__all__ = ["SpilledScores", "DiskRows", "release_freed_memory", "peak_rss_gib", "current_rss_bytes"]
 
 
 class SpilledScores(MutableMapping):
@@ -169,3 +169,12 @@ def peak_rss_gib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def current_rss_bytes() -> int:
+    """This process' resident memory now, in bytes (``/proc/self/statm``; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -191,6 +191,7 @@ def bench_analyze(store: str | Path | None = None, *, shadows: int = 2000, sampl
                     "ratio": a["analyze_s"] / read_s, "peak_rss_gib": a["maxrss_gib"],
                     "n_targets": summary.get("n_targets"), "n_shadows_done": summary.get("n_shadows_done"),
                     "timings_s": summary.get("timings_s", {}),
+                    "phase_rss_gib": summary.get("phase_rss_gib", {}),
                     "analysis_out": str(out) if keep or not own_tmp else None})
         res["meets_ratio"] = res["ratio"] <= AIM_RATIO
         res["meets_rss"] = res["peak_rss_gib"] <= AIM_RSS_GIB
@@ -224,6 +225,9 @@ def format_bench_analyze(r: dict[str, Any]) -> str:
     t = r.get("timings_s") or {}
     if t:  # measured inside the analysis (analysis.json: timings_s); "a/b" is a part of phase a
         lines.append("  where the time goes (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total"))
+    m = r.get("phase_rss_gib") or {}
+    if m:  # each phase's own peak RSS (analysis.json: phase_rss_gib)
+        lines.append("  each phase's peak RSS (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in m.items()))
     if r.get("analysis_out"):
         lines.append(f"  analysis kept in {r['analysis_out']}")
     return "\n".join(lines)
