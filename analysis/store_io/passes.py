@@ -157,7 +157,7 @@ def _accumulate(z0, label, keep, sidx, first_in, first_out, phi, shift_phi, sig,
 
 @dataclass
 class TaskSums:
-    """The per-sample partial sums of one task of the pass (or of several, added with ``+``).
+    """The per-sample running sums of one sample block of the pass (blocks joined by :func:`_concat_blocks`).
 
     Every field not asked for is None; :meth:`accumulate` hands the compiled loop
     (:func:`_accumulate`) 0-row arrays in their place, which it reads as "not asked for".
@@ -176,8 +176,9 @@ class TaskSums:
         The shifted phi's cross products over IN / OUT shadows (the theory's Gaussian fits).
     ood : ndarray (N, 2), optional
         MSP and Energy of the targets among the task's shadows, summed (with ``cross_*``).
-    targets : list of (s0, phi, signals, scores)
-        The task's targets' own values (every shadow's phi when kept): concatenated by ``+``.
+    targets : list of (s0, j0, c0, phi, signals, scores)
+        The block's targets' own values (every shadow's phi when kept), per tile: first shadow,
+        first sample, first train-sample column.
     """
 
     counts: np.ndarray
@@ -197,14 +198,6 @@ class TaskSums:
                    sig=np.zeros((6, n, 3)) if signals else None,
                    hist=np.zeros(n_classes * 2 * n_bins) if signals else None,
                    cross_in=np.zeros((n, q, q)) if cross else None, cross_out=np.zeros((n, q, q)) if cross else None)
-
-    def __add__(self, other: "TaskSums") -> "TaskSums":
-        """Field by field: arrays add, None stays None, the target lists concatenate."""
-        add = lambda a, b: None if a is None else a + b  # noqa: E731
-        return TaskSums(counts=self.counts + other.counts, phi=add(self.phi, other.phi), sig=add(self.sig, other.sig),
-                        hist=add(self.hist, other.hist), cross_in=add(self.cross_in, other.cross_in),
-                        cross_out=add(self.cross_out, other.cross_out), ood=add(self.ood, other.ood),
-                        targets=self.targets + other.targets)
 
     def accumulate(self, z0: np.ndarray, label: np.ndarray, keep: np.ndarray, sidx: np.ndarray,
                    first_in: np.ndarray, first_out: np.ndarray, phi: np.ndarray | None, shift_phi: np.ndarray | None,
