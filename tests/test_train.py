@@ -85,3 +85,20 @@ def test_learnable_task_is_learned(tiny_spec_dict, random_train_data):
     for r in res:
         assert r.accuracy[0] > 0.8  # train/over
         assert r.accuracy[2] > 0.6  # test/over
+
+
+def test_query_views_per_chunk_are_the_whole_views_bits():
+    # query_views shifts eval_batch images at a time (not all N at once, ~3 GB at CIFAR-10's shape):
+    # each image is shifted and mirrored on its own, so the chunks joined are the whole view, bit for bit
+    from mia_hpc.contract.queries import make_queries
+    from mia_hpc.train.batched import query_views
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(37, 3, 8, 8, generator=gen)
+    queries = make_queries(2, True)
+    pad = max(max(abs(dx), abs(dy)) for _, dx, dy, _ in queries)
+    for (_, dx, dy, mirror), views in zip(queries, query_views(images, queries, 5), strict=True):
+        chunks = list(views)
+        assert [len(c) for c in chunks] == [5] * 7 + [2]
+        whole = shifted(images, torch.tensor(dx), torch.tensor(dy), pad, torch.tensor(mirror) if mirror else None)
+        assert torch.equal(torch.cat(chunks), whole), (dx, dy, mirror)

@@ -465,13 +465,18 @@ def _train_dp(spec: Spec, data: TrainData, shadows: Sequence[int], base, params,
     return (loss_sum / min(spe, total)).cpu().numpy()
 
 
-def query_views(images: torch.Tensor, queries) -> Iterator[torch.Tensor]:
-    """Each query's view of all images, in query order."""
+def query_views(images: torch.Tensor, queries, eval_batch: int) -> Iterator[Iterator[torch.Tensor]]:
+    """Each query's view of the images, in query order, ``eval_batch`` images at a time.
+
+    A view is made per chunk, when it is asked for, not for all N images at once: at CIFAR-10's
+    shape a whole view (padding, mirror, gather) held ~3 GB beside the images; per chunk it is a
+    few MB. Every image is shifted on its own, so the views, and the logits, are the same bits.
+    """
     pad = max([max(abs(dx), abs(dy)) for _, dx, dy, _ in queries] + [0])
     dev = images.device
     for _, dx, dy, mirror in queries:
-        yield shifted(images, torch.tensor(dx, device=dev), torch.tensor(dy, device=dev), pad,
-                      torch.tensor(mirror, device=dev) if mirror else None)
+        yield (shifted(xb, torch.tensor(dx, device=dev), torch.tensor(dy, device=dev), pad,
+                       torch.tensor(mirror, device=dev) if mirror else None) for xb in images.split(eval_batch))
 
 
 @torch.no_grad()
@@ -483,9 +488,8 @@ def query_logits(batched, params, buffers, images: torch.Tensor, queries, eval_b
     """
     k = next(iter(params.values())).shape[0]
     out: np.ndarray | None = None
-    for q, view in enumerate(query_views(images, queries)):
-        chunks = [batched(params, buffers, xb.expand(k, *xb.shape)).float()
-                  for xb in view.split(eval_batch)]
+    for q, views in enumerate(query_views(images, queries, eval_batch)):
+        chunks = [batched(params, buffers, xb.expand(k, *xb.shape)).float() for xb in views]
         logits = torch.cat(chunks, dim=1).cpu().numpy()  # (K, N, C)
         if out is None:  # filled in place: the host holds one (K, N, Q, C) array, not two
             out = np.empty((k, logits.shape[1], len(queries), logits.shape[2]), dtype=np.float32)

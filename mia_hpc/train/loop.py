@@ -76,7 +76,7 @@ def train_one(spec: Spec, data: TrainData, shadow: int, *, device: str | torch.d
 
 @torch.no_grad()
 def _query_logits(model, images, queries, eval_batch) -> np.ndarray:
-    out = [torch.cat([model(xb) for xb in view.split(eval_batch)]) for view in query_views(images, queries)]
+    out = [torch.cat([model(xb) for xb in views]) for views in query_views(images, queries, eval_batch)]
     return torch.stack(out, dim=1).float().cpu().numpy()
 
 
