@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["order32", "_order_keys"]
+__all__ = ["order32", "key32", "key64", "_order_keys"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -21,23 +21,34 @@ def order32(u):  # pragma: no cover - compiled
     return u ^ (np.uint32(0xFFFFFFFF) if u & top else top)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def key32(u, flag):  # pragma: no cover - compiled
+    """One float32's bits ``u`` -> its order-preserving uint32 in the high half, ``flag`` (0/1) in bit 0."""
+    return (np.uint64(order32(u)) << np.uint64(32)) | np.uint64(flag)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def key64(u, flag, use_flag):  # pragma: no cover - compiled
+    """One float64's bits ``u`` -> order-preserving uint64, bit 0 replaced by ``flag`` if ``use_flag``."""
+    top = np.uint64(1) << np.uint64(63)
+    if u == top:
+        u = np.uint64(0)
+    u = u ^ (~np.uint64(0) if u & top else top)
+    return ((u & ~np.uint64(1)) | np.uint64(flag)) if use_flag else u
+
+
 @numba.njit(cache=True, nogil=True)
 def _keys32(bits, flag, out):  # pragma: no cover - compiled
     """float32 bits -> order-preserving uint32 in the high half, ``flag`` (0/1) in bit 0."""
     for i in range(bits.size):
-        out[i] = (np.uint64(order32(bits[i])) << np.uint64(32)) | np.uint64(flag[i])
+        out[i] = key32(bits[i], flag[i])
 
 
 @numba.njit(cache=True, nogil=True)
 def _keys64(bits, flag, use_flag, out):  # pragma: no cover - compiled
     """float64 bits -> order-preserving uint64, bit 0 replaced by ``flag`` (0/1) if ``use_flag``."""
-    top = np.uint64(1) << np.uint64(63)
     for i in range(bits.size):
-        u = bits[i]
-        if u == top:
-            u = np.uint64(0)
-        u = u ^ (~np.uint64(0) if u & top else top)
-        out[i] = ((u & ~np.uint64(1)) | np.uint64(flag[i])) if use_flag else u
+        out[i] = key64(bits[i], flag[i], use_flag)
 
 
 def _order_keys(s: np.ndarray, flag: np.ndarray | None = None) -> np.ndarray:

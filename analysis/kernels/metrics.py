@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.metrics import auc, roc_auc_score, roc_curve
 
 from analysis.kernels.keys import _keys32, _keys64, _order_keys, order32  # noqa: F401 (their old home)
+from analysis.kernels.pages import drop_mapped_pages
 from analysis.kernels.pooled import DEFAULT_BLOCK_BYTES, fits_whole, pooled_metrics
 from analysis.kernels.roc_scan import roc_scan
 
@@ -131,11 +132,13 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
     threads : int
         Threads the pooled and per-target computations run on (no result depends on it).
     block_bytes : int, optional
-        Byte budget of the pooled computations together (default
-        :data:`analysis.kernels.pooled.DEFAULT_BLOCK_BYTES`). A column group whose pooled row fits
-        its share sorts it whole as before; a larger one runs
-        :func:`analysis.kernels.pooled.pooled_metrics` in about its share of memory (the same
-        numbers, bit for bit; ``member`` and ``score`` may then be read-only memmaps).
+        Byte budget of the computations together (default
+        :data:`analysis.kernels.pooled.DEFAULT_BLOCK_BYTES`); each of the ``threads`` jobs that may
+        run at once gets ``block_bytes // threads``. A column group whose pooled row fits that share
+        sorts it whole as before; a larger one runs :func:`analysis.kernels.pooled.pooled_metrics`
+        in about its share of memory (the same numbers, bit for bit). ``member`` and ``score`` may be
+        memmaps: a read-only one (``mmap_mode="r"``) is read a block of rows at a time and the pages
+        of each block are given back once it is done (:func:`analysis.kernels.pages.drop_mapped_pages`).
 
     Returns
     -------
@@ -152,9 +155,10 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
     std: dict[str, float] = {}
     masks = {g: np.asarray(m, dtype=bool) for g, m in masks.items()}
 
-    # the pooled computations of the column groups may run at once: each gets a share of the budget
-    share = max(1, int(DEFAULT_BLOCK_BYTES if block_bytes is None else block_bytes)
-                // max(1, min(len(masks), int(threads))))
+    # every job on the pool (a pooled row, a block of per-target rows) may run at once with the
+    # others: each gets an equal share of the budget, so together they stay within it
+    w = max(1, int(threads))
+    share = max(1, int(DEFAULT_BLOCK_BYTES if block_bytes is None else block_bytes) // w)
 
     def pooled_of(mask: np.ndarray) -> np.ndarray:
         # all (target, sample) pairs as one row of the same exact, sort-based computation
@@ -164,10 +168,16 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
             return per_target_metrics(member.reshape(1, -1), score.reshape(1, -1), fprs)[0]
         return per_target_metrics(member[:, mask].reshape(1, -1), score[:, mask].reshape(1, -1), fprs)[0]
 
+    def per_target_of(a: int, b: int, mask: np.ndarray) -> np.ndarray:
+        try:
+            return per_target_metrics(member[a:b], score[a:b], fprs, mask)
+        finally:  # a memmap's rows read so far would otherwise all stay resident
+            drop_mapped_pages(score[a:b])
+            drop_mapped_pages(member[a:b])
+
     # The pooled and the per-target computations of every column group are independent, and the
     # per-target rows split into blocks: all of them on the analysis' threads (sorts, the compiled
     # scan and most numpy steps release the GIL). Rows are independent: the split changes nothing.
-    w = max(1, int(threads))
     t_rows = member.shape[0]
     step = max(1, -(-t_rows // w))  # ceil: w blocks of rows at most
     # and rows enough to fit the share: a row's keys, sort and masked copies are ~48 bytes a pair
@@ -176,7 +186,7 @@ def attack_metrics(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np
     blocks = [(r0, min(r0 + step, t_rows)) for r0 in range(0, t_rows, step)]
     with ThreadPoolExecutor(max_workers=w) as ex:
         jobs = {g: (ex.submit(pooled_of, m),
-                    [ex.submit(per_target_metrics, member[a:b], score[a:b], fprs, m) for a, b in blocks])
+                    [ex.submit(per_target_of, a, b, m) for a, b in blocks])
                 for g, m in masks.items()}
         for g, (job_pooled, job_per) in jobs.items():
             vals = job_pooled.result()

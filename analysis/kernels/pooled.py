@@ -34,7 +34,8 @@ from typing import Callable, Sequence
 import numba
 import numpy as np
 
-from analysis.kernels.keys import _order_keys
+from analysis.kernels.keys import key32, key64
+from analysis.kernels.pages import drop_mapped_pages
 
 __all__ = ["DEFAULT_BLOCK_BYTES", "pooled_metrics", "pooled_roc_points", "fits_whole", "scan_sorted",
            "scan_finish", "key_to_score"]
@@ -170,57 +171,90 @@ def scan_finish(st, best, fprs, pf, qf, pts, record, out):  # pragma: no cover -
 
 
 @numba.njit(cache=True, nogil=True)
-def _hist(keys, prefix, shift, hist):  # pragma: no cover - compiled
-    """Count keys with ``key >> shift == prefix`` (all if shift == 64) per their next 16 bits."""
-    sub = np.uint64(shift - 16)
-    sh = np.uint64(shift if shift < 64 else 0)
-    m = np.uint64(0xFFFF)
-    for i in range(keys.size):
-        k = keys[i]
-        if shift == 64 or (k >> sh) == prefix:
-            hist[np.int64((k >> sub) & m)] += 1
+def _pair_key(bits, member, r, c, is32):  # pragma: no cover - compiled
+    """:func:`analysis.kernels.keys._order_keys`'s key of pair (r, c) (the member flag in bit 0)."""
+    f = np.uint8(1) if member[r, c] else np.uint8(0)
+    if is32:
+        return key32(np.uint32(bits[r, c]), f)
+    return key64(np.uint64(bits[r, c]), f, True)
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather(keys, prefix, shift, lo, hi, out, pos):  # pragma: no cover - compiled
+def _hist(bits, member, cols, is32, prefix, shift, hist):  # pragma: no cover - compiled
+    """Count the pairs' keys with ``key >> shift == prefix`` (all if shift == 64) per their next 16 bits.
+
+    The pairs are rows ``bits`` (the scores' bits, uint32 or uint64) x columns ``cols`` and their
+    keys are made on the fly (no key array). Returns (members, non-finite scores) among all of them.
+    """
+    sub = np.uint64(shift - 16)
+    sh = np.uint64(shift if shift < 64 else 0)
+    m = np.uint64(0xFFFF)
+    e32 = np.uint32(0x7F800000)
+    e64 = np.uint64(0x7FF0000000000000)
+    n_member = 0
+    n_bad = 0
+    for r in range(bits.shape[0]):
+        for j in range(cols.size):
+            c = cols[j]
+            if member[r, c]:
+                n_member += 1
+            if is32:
+                n_bad += (np.uint32(bits[r, c]) & e32) == e32
+            else:
+                n_bad += (np.uint64(bits[r, c]) & e64) == e64
+            k = _pair_key(bits, member, r, c, is32)
+            if shift == 64 or (k >> sh) == prefix:
+                hist[np.int64((k >> sub) & m)] += 1
+    return n_member, n_bad
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather(bits, member, cols, is32, prefix, shift, lo, hi, out, pos):  # pragma: no cover - compiled
     """Append to ``out`` the keys of :func:`_hist`'s buckets ``lo..hi``; returns the new length."""
     sub = np.uint64(shift - 16)
     sh = np.uint64(shift if shift < 64 else 0)
     m = np.uint64(0xFFFF)
-    for i in range(keys.size):
-        k = keys[i]
-        if shift == 64 or (k >> sh) == prefix:
-            b = np.int64((k >> sub) & m)
-            if lo <= b and b <= hi:
-                out[pos] = k
-                pos += 1
+    for r in range(bits.shape[0]):
+        for j in range(cols.size):
+            k = _pair_key(bits, member, r, cols[j], is32)
+            if shift == 64 or (k >> sh) == prefix:
+                b = np.int64((k >> sub) & m)
+                if lo <= b and b <= hi:
+                    out[pos] = k
+                    pos += 1
     return pos
 
 
 class _Pairs:
-    """The pairs ``member[:, mask]``, ``score[:, mask]`` as blocks of keys, re-read on every pass."""
+    """The pairs ``member[:, mask]``, ``score[:, mask]``, re-read a block of rows at a time on every pass.
 
-    def __init__(self, member, score, mask, block_bytes):
+    A block is a view of the rows (no masked copy, no key array: the compiled passes make each key
+    as they read it), and the pages of a read-only memmap it touched are given back after it
+    (:func:`analysis.store_io.spill.drop_mapped_pages`), so a pass over a file holds one block of it.
+    """
+
+    def __init__(self, member, score, mask, block_bytes, record=False):
         self.member = member
         self.score = score
-        self.mask = None if mask is None or mask.all() else mask
-        t_rows, n_cols = score.shape
-        self.n_cols = n_cols if self.mask is None else int(self.mask.sum())
-        self.n = t_rows * self.n_cols
-        self.step = max(1, (int(block_bytes) // 32) // max(1, self.n_cols))
-        self.cap = max(1, int(block_bytes) // 16)  # keys of one group
         self.is32 = score.dtype == np.float32
+        t_rows, n_all = score.shape
+        self.cols = np.arange(n_all, dtype=np.int64) if mask is None else np.flatnonzero(mask).astype(np.int64)
+        self.n_cols = self.cols.size
+        self.n = t_rows * self.n_cols
+        # an eighth of the budget for the rows being read (scores and flags), the rest for a group
+        # of keys: 8 bytes a key, plus 24 for its ROC point when the points are recorded
+        self.step = max(1, (int(block_bytes) // 8) // max(1, n_all * (score.dtype.itemsize + 1)))
+        self.cap = max(1, (int(block_bytes) - int(block_bytes) // 8) // (32 if record else 8))
 
-    def blocks(self, check=False):
-        t_rows = self.score.shape[0]
-        for r0 in range(0, t_rows, self.step):
-            s = np.asarray(self.score[r0:r0 + self.step])
-            mb = np.asarray(self.member[r0:r0 + self.step])
-            if self.mask is not None:
-                s, mb = s[:, self.mask], mb[:, self.mask]
-            if check and not np.isfinite(s).all():
-                raise ValueError("per_target_metrics: scores contain NaN or infinity")  # as sklearn's roc_curve
-            yield _order_keys(s, mb).reshape(-1), mb
+    def blocks(self):
+        """``(bits, member)`` of each block of rows: the scores' bits (uint32/uint64) and the flags."""
+        bits_dtype = np.uint32 if self.is32 else np.uint64
+        for r0 in range(0, self.score.shape[0], self.step):
+            s = self.score[r0:r0 + self.step]
+            mb = self.member[r0:r0 + self.step]
+            yield np.ascontiguousarray(s).view(bits_dtype), np.ascontiguousarray(mb)
+            drop_mapped_pages(s)
+            drop_mapped_pages(mb)
 
 
 def _run(pairs: _Pairs, fprs: np.ndarray, record: bool,
@@ -229,9 +263,12 @@ def _run(pairs: _Pairs, fprs: np.ndarray, record: bool,
     out = np.full(1 + fprs.size, np.nan)
     hist0 = np.zeros(_NB, dtype=np.int64)
     p = 0
-    for keys, mb in pairs.blocks(check=True):
-        _hist(keys, np.uint64(0), 64, hist0)
-        p += int(np.count_nonzero(mb))
+    bad = 0
+    for bits, mb in pairs.blocks():
+        n_member, n_bad = _hist(bits, mb, pairs.cols, pairs.is32, np.uint64(0), 64, hist0)
+        p, bad = p + n_member, bad + n_bad
+    if bad:
+        raise ValueError("per_target_metrics: scores contain NaN or infinity")  # as sklearn's roc_curve
     q = pairs.n - p
     if pairs.n == 0 or p == 0 or q == 0:
         return out, p, q, 0
@@ -257,8 +294,8 @@ def _run(pairs: _Pairs, fprs: np.ndarray, record: bool,
             child = (prefix << _BITS) | b
             if c > pairs.cap:  # split the bucket by its next bits (one more counting pass)
                 h = np.zeros(_NB, dtype=np.int64)
-                for keys, _ in pairs.blocks():
-                    _hist(keys, np.uint64(child), sub, h)
+                for bits, mb in pairs.blocks():
+                    _hist(bits, mb, pairs.cols, pairs.is32, np.uint64(child), sub, h)
                 walk(child, sub, h)
                 i += 1
                 continue
@@ -269,8 +306,8 @@ def _run(pairs: _Pairs, fprs: np.ndarray, record: bool,
                 i += 1
             buf = np.empty(tot, dtype=np.uint64)
             pos = 0
-            for keys, _ in pairs.blocks():
-                pos = _gather(keys, np.uint64(prefix), shift, b + 1, hi, buf, pos)
+            for bits, mb in pairs.blocks():
+                pos = _gather(bits, mb, pairs.cols, pairs.is32, np.uint64(prefix), shift, b + 1, hi, buf, pos)
             buf.sort()
             pts = np.empty((tot + 2 if record else 0, 3), dtype=np.int64)
             emit(pts, scan_sorted(buf, st, best, fprs, pf, qf, pts, record))
@@ -292,6 +329,10 @@ def _prepare(member, score, mask):
     return member, score, mask
 
 
+def _no_all(mask: np.ndarray | None) -> np.ndarray | None:
+    return None if mask is None or mask.all() else mask
+
+
 def pooled_metrics(member: np.ndarray, score: np.ndarray, fprs: Sequence[float], mask: np.ndarray | None = None,
                    *, block_bytes: int = DEFAULT_BLOCK_BYTES) -> np.ndarray:
     """``[AUROC, TPR@f...]`` of the pairs ``member[:, mask]``, ``score[:, mask]`` pooled as one row.
@@ -301,7 +342,8 @@ def pooled_metrics(member: np.ndarray, score: np.ndarray, fprs: Sequence[float],
     ``score`` (T, N) may be read-only memmaps: they are read one block of rows at a time.
     """
     member, score, mask = _prepare(member, score, mask)
-    out, _, _, _ = _run(_Pairs(member, score, mask, block_bytes), np.asarray(fprs, dtype=np.float64), False, None)
+    out, _, _, _ = _run(_Pairs(member, score, _no_all(mask), block_bytes), np.asarray(fprs, dtype=np.float64),
+                        False, None)
     return out
 
 
@@ -335,7 +377,7 @@ def pooled_roc_points(member: np.ndarray, score: np.ndarray, fprs: Sequence[floa
     (``n_full``). Nothing is called if the pairs lack either class (``out`` is NaN).
     """
     member, score, mask = _prepare(member, score, mask)
-    pairs = _Pairs(member, score, mask, block_bytes)
+    pairs = _Pairs(member, score, _no_all(mask), block_bytes, record=True)
     started = []
 
     def on_raw(pts: np.ndarray, p: int, q: int) -> None:
