@@ -93,3 +93,50 @@ def test_streamed_points_are_sklearns(dtype):
         assert np.array_equal(gthr, thr)
     assert abs(out[0] - roc_auc_score(mm, sm)) < 1e-12
     assert [tpr_at_fpr(f, t, x) for x in FPRS] == list(out[1:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("budget", [4096, 1 << 14])
+def test_block_boundaries_lose_or_double_no_pair(tmp_path, dtype, budget):
+    # rows of 1,031 samples (not a whole number of pages) read from a read-only memmap a row or two
+    # at a time, whose pages are given back after each block; ~60 distinct scores, so every tied
+    # run spans every block of rows and the largest ones are bigger than a group
+    rng = np.random.default_rng(7)
+    s = np.round(rng.normal(size=(12, 1031)), 1).astype(dtype)
+    m = rng.random(s.shape) < 0.5 + 0.2 * np.tanh(s)
+    mask = rng.random(s.shape[1]) < 0.7
+    np.save(tmp_path / "s.npy", s)
+    np.save(tmp_path / "m.npy", m)
+    sm = np.load(tmp_path / "s.npy", mmap_mode="r")
+    mm = np.load(tmp_path / "m.npy", mmap_mode="r")
+    for mk in (None, mask):
+        ms = m if mk is None else m[:, mk]
+        last = []
+        out, p, q, _ = pooled_roc_points(mm, sm, FPRS, lambda f, t, thr: last.append((f[-1], t[-1])), mk,
+                                         block_bytes=budget)
+        assert (p, q) == (int(ms.sum()), int((~ms).sum()))
+        assert last[-1] == (1.0, 1.0)  # the scan met every pair once: a lost or doubled one moves the end
+        assert np.array_equal(out, _today(m, s, mk))
+        assert np.array_equal(pooled_metrics(mm, sm, FPRS, mk, block_bytes=budget), _today(m, s, mk))
+
+
+def test_mapped_pages_given_back_only_where_nothing_is_lost(tmp_path):
+    from analysis.kernels.pages import drop_mapped_pages
+    from analysis.store_io.spill import current_rss_bytes
+
+    a = np.arange(4 << 20, dtype=np.float32).reshape(64, -1)  # 16 MiB
+    np.save(tmp_path / "a.npy", a)
+    r = np.asarray(np.load(tmp_path / "a.npy", mmap_mode="r"))
+    before = current_rss_bytes()
+    assert float(r.sum(dtype=np.float64)) == float(a.sum(dtype=np.float64))
+    touched = current_rss_bytes()
+    drop_mapped_pages(r[:32])
+    drop_mapped_pages(r[32:, 5:9])  # a strided view: its pages, from its first byte to its last
+    assert touched - before > 12 << 20
+    assert current_rss_bytes() - before < 2 << 20
+    assert np.array_equal(r, a)  # read again from the page cache
+    c = np.load(tmp_path / "a.npy", mmap_mode="c")  # copy-on-write: a change lives only in its pages
+    c[0, 0] = -1
+    drop_mapped_pages(c)
+    assert c[0, 0] == -1
+    drop_mapped_pages(a)  # in memory: nothing to give back
