@@ -4,11 +4,12 @@ Today's pooled metrics (:func:`analysis.kernels.metrics.per_target_metrics` on t
 build a uint64 key per pair and sort them all: ~8-13 bytes per pair, several GB at the paper's shape
 (2000 x 50,000). The ROC only depends on, per distinct score, how many members and non-members have
 it, walked from the highest score down. So, with the SAME keys (:func:`analysis.kernels.keys._order_keys`:
-order-preserving score bits, the member flag in bit 0), built one block of rows at a time:
+order-preserving score bits, the member flag in bit 0), made one at a time by compiled passes that
+read the scores and flags a block of rows at a time (no key array, no masked copy):
 
 1. one streaming pass counts the keys per bucket of their top 16 bits (65,536 buckets) and the
    members, and checks the scores are finite;
-2. buckets are grouped from the top down into groups of at most ``block_bytes // 16`` keys; one
+2. buckets are grouped from the top down into groups of at most ``7/8 * block_bytes // 8`` keys; one
    streaming pass per group gathers its keys, sorts them, and a STATEFUL version of
    :func:`analysis.kernels.roc_scan.roc_scan` (:func:`scan_sorted`, state carried from group to group:
    the cumulative counts, the run being read, the point waiting for its drop_intermediate decision,
@@ -18,13 +19,15 @@ order-preserving score bits, the member flag in bit 0), built one block of rows 
 
 Every arithmetic step is the stateless scan's, in the same order: the AUROC and TPR@f are
 bit-identical to today's pooled row, whatever the budget (tests/test_pooled_bounded.py). Peak extra
-memory: one block of keys (block_bytes // 32 pairs, with its score/flag copies) plus one group
-(block_bytes // 16 keys, sorted in place), i.e. about ``block_bytes``. Cost: 1 + (groups) passes
-over the scores (each rebuilds the keys); a row longer than a block is still read whole.
+memory: one group of keys (sorted in place) and the block of rows being read (an eighth of
+``block_bytes``: of a read-only memmap, its pages are given back after each block by
+:func:`analysis.kernels.pages.drop_mapped_pages`), i.e. about ``block_bytes``. Cost: 1 + (groups)
+passes over the scores (each remakes the keys); a row longer than a block is still read whole.
 
 With ``record=True`` the scan also gives every ROC point sklearn's ``roc_curve``
 (``drop_intermediate=True``) keeps, in FPR order, chunk by chunk (:func:`pooled_roc_points`), for
-:mod:`analysis.output.roc`'s streaming downsampling.
+:mod:`analysis.output.roc`'s streaming downsampling; its groups stay ``block_bytes // 16`` keys
+(each key with 24 bytes of points).
 """
 
 from __future__ import annotations
@@ -242,9 +245,10 @@ class _Pairs:
         self.n_cols = self.cols.size
         self.n = t_rows * self.n_cols
         # an eighth of the budget for the rows being read (scores and flags), the rest for a group
-        # of keys: 8 bytes a key, plus 24 for its ROC point when the points are recorded
+        # of keys (8 bytes a key); recording the ROC points (24 bytes a key more) keeps the groups
+        # analysis.output.roc sized its share for
         self.step = max(1, (int(block_bytes) // 8) // max(1, n_all * (score.dtype.itemsize + 1)))
-        self.cap = max(1, (int(block_bytes) - int(block_bytes) // 8) // (32 if record else 8))
+        self.cap = max(1, int(block_bytes) // 16 if record else (int(block_bytes) - int(block_bytes) // 8) // 8)
 
     def blocks(self):
         """``(bits, member)`` of each block of rows: the scores' bits (uint32/uint64) and the flags."""
