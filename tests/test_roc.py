@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from analysis.kernels.metrics import attack_metrics, tpr_at_fpr
-from analysis.output.roc import ROC_CSV, downsample, plot_roc, pooled_curve, roc_curves, write_roc_csv
+from analysis.output.roc import ROC_CSV, corners, downsample, plot_roc, pooled_curve, roc_curves, write_roc_csv
 
 
 def test_pooled_curve_known_answer():
@@ -75,8 +75,9 @@ def test_curves_match_the_tables_metrics(scored):
         assert c.auroc == pytest.approx(pooled[f"AUROC {c.column}"], abs=1e-12)
         for f in fprs:
             assert tpr_at_fpr(c.fpr, c.tpr, f) == pooled[f"TPR@{100 * f:g}% {c.column}"], (c.attack, c.column, f)
-        # every point of the low-FPR end is written, and every written point is a point of the full curve
-        low = full_f <= 0.01
+        # every corner of the low-FPR end is written (the interior points of straight vertical and
+        # horizontal runs go), and every written point is a point of the full curve
+        low = (full_f <= 0.01) & corners(full_f, full_t)
         np.testing.assert_array_equal(c.fpr[c.fpr <= 0.01], full_f[low])
         np.testing.assert_array_equal(c.tpr[c.fpr <= 0.01], full_t[low])
         assert set(zip(c.fpr.tolist(), c.tpr.tolist())) <= set(zip(full_f.tolist(), full_t.tolist()))

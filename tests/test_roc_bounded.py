@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from analysis.output import roc as roc_mod
-from analysis.output.roc import _StreamDown, _Terms, downsample, roc_curves
+from analysis.output.roc import _StreamDown, _Terms, corners, downsample, roc_curves
 
 FPRS = [0.001, 0.01, 0.1]
 
@@ -117,8 +117,8 @@ def test_terms_sum_as_numpy(n):
 
 
 def test_dense_region_is_capped_in_false_positives(monkeypatch):
-    """Every point is kept up to dense_fpr or DENSE_NEGATIVES false positives, whichever is first:
-    the kept points there are the full curve's, fewer points are kept overall, the exact numbers
+    """Every corner is kept up to dense_fpr or DENSE_NEGATIVES false positives, whichever is first:
+    the kept points there are the full curve's corners, fewer points are kept overall, the exact numbers
     (auroc, tpr_at, counts) do not change, and the bounded path still equals the whole one."""
     from sklearn.metrics import roc_curve
 
@@ -132,9 +132,10 @@ def test_dense_region_is_capped_in_false_positives(monkeypatch):
     assert (capped.n_pos, capped.n_neg, capped.n_full) == (full.n_pos, full.n_neg, full.n_full)
     f, t, _ = roc_curve(m.ravel(), s.ravel().astype(np.float64))
     fp_max = 40 / capped.n_neg
-    low = f <= fp_max
-    # every point of the full curve up to 40 false positives is kept, and every kept point is a vertex
+    low = (f <= fp_max) & corners(f, t)
+    # every corner of the full curve up to 40 false positives is kept, and every kept point is a vertex
     assert np.array_equal(capped.fpr[capped.fpr <= fp_max], f[low])
+    assert np.array_equal(capped.tpr[capped.fpr <= fp_max], t[low])
     assert set(zip(capped.fpr.tolist(), capped.tpr.tolist())) <= set(zip(f.tolist(), t.tolist()))
     monkeypatch.setattr(roc_mod, "_SUB", 97)
     _same([capped], roc_curves({"a": (m, s)}, masks, FPRS, block_bytes=4096))

@@ -50,7 +50,7 @@ from analysis.store_io.figures import save_figure
 from analysis.kernels.metrics import fpr_label, roc, tpr_at_fpr
 from analysis.kernels.pooled import DEFAULT_BLOCK_BYTES, pooled_roc_points
 
-__all__ = ["RocCurve", "downsample", "pooled_curve", "fits_whole_curve", "roc_curves", "curves_frame", "write_roc_csv",
+__all__ = ["RocCurve", "corners", "downsample", "pooled_curve", "fits_whole_curve", "roc_curves", "curves_frame", "write_roc_csv",
            "plot_roc", "write_roc", "COLUMN_TITLES", "ROC_CSV"]
 
 #: Panel titles of the columns; a challenge set not listed is titled by its own name.
@@ -121,9 +121,29 @@ def _greedy(fpr, tpr, start, area_tol, step_ratio, keep):  # pragma: no cover - 
     keep[n - 1] = True
 
 
+def corners(fpr: np.ndarray, tpr: np.ndarray) -> np.ndarray:
+    """Which points are not inside a straight vertical or horizontal run (bool (K,)).
+
+    A point whose neighbours on both sides share its FPR (a run of tied scores held by members
+    only, whose counts differ from step to step so ``drop_intermediate`` keeps every step) or its
+    TPR (non-members only) lies on the segment between the run's ends: it adds no trapezoid area,
+    and the largest TPR at FPR <= f is a run's top end, which stays. The first and last points
+    always stay. A local rule, so a curve fed in chunks is thinned the same (:class:`_Thin`).
+    """
+    keep = np.ones(fpr.size, dtype=bool)
+    if fpr.size > 2:
+        f, t = fpr, tpr
+        inner = ((f[:-2] == f[1:-1]) & (f[1:-1] == f[2:])) | ((t[:-2] == t[1:-1]) & (t[1:-1] == t[2:]))
+        keep[1:-1] = ~inner
+    return keep
+
+
 def downsample(fpr: np.ndarray, tpr: np.ndarray, *, dense_fpr: float = 1e-2, area_tol: float = 1e-9,
                per_decade: int = 200) -> np.ndarray:
     """Indices of the ROC points to keep (see the module docstring for the guarantee).
+
+    The interior points of straight vertical and horizontal runs go first (:func:`corners`); the
+    rest is chosen among the remaining points.
 
     Parameters
     ----------
@@ -143,12 +163,14 @@ def downsample(fpr: np.ndarray, tpr: np.ndarray, *, dense_fpr: float = 1e-2, are
     """
     fpr = np.ascontiguousarray(fpr, dtype=np.float64)
     tpr = np.ascontiguousarray(tpr, dtype=np.float64)
+    idx = np.flatnonzero(corners(fpr, tpr))
+    fpr, tpr = fpr[idx], tpr[idx]
     keep = fpr <= dense_fpr
     keep[0] = True
     if fpr.size > 1:
         start = int(np.flatnonzero(keep)[-1])
         _greedy(fpr, tpr, start, float(area_tol), float(10 ** (1.0 / per_decade)), keep)
-    return np.flatnonzero(keep)
+    return idx[keep]
 
 
 def pooled_curve(member: np.ndarray, score: np.ndarray, mask: np.ndarray | None = None
@@ -353,6 +375,33 @@ class _Terms:
         self.parts = []
 
 
+class _Thin:
+    """:func:`corners` on a curve fed in chunks: a point is decided once the point after it has come.
+
+    It holds the last two points fed: the one decided last (the next point's left neighbour) and
+    the one waiting for its right neighbour.
+    """
+
+    def __init__(self):
+        self.f = self.t = self.thr = np.empty(0)
+
+    def feed(self, f: np.ndarray, t: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The points of ``f, t, thr`` (and of the waiting one) that stay, decided so far."""
+        if f.size == 0:
+            return f, t, thr
+        lo = max(0, self.f.size - 1)  # the held left neighbour was decided (and given) before
+        f = np.concatenate([self.f, f])
+        t = np.concatenate([self.t, t])
+        thr = np.concatenate([self.thr, thr])
+        idx = lo + np.flatnonzero(corners(f, t)[lo:-1])  # the last point waits for its successor
+        self.f, self.t, self.thr = f[-2:], t[-2:], thr[-2:]
+        return f[idx], t[idx], thr[idx]
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The last point (the curve's end always stays)."""
+        return self.f[-1:], self.t[-1:], self.thr[-1:]
+
+
 class _StreamDown:
     """:func:`downsample` (and the whole curve's AUROC, TPR@f and size) on a curve fed chunk by chunk.
 
@@ -371,8 +420,11 @@ class _StreamDown:
         self.f = self.t = self.thr = self.cum = np.empty(0)
         self.a = -1  # the chord start in the window; -1 while the points are still within dense_fpr
         self.drift = 0.0
-        self.prev = None  # (fpr, tpr, prefix) of the last point fed
-        self.n = 0
+        self.thin = _Thin()
+        self.prev_exact = None  # (fpr, tpr) of the last point fed
+        self.prev = None  # (fpr, tpr, prefix) of the last point through the thinning
+        self.n = 0  # points fed (the whole curve's)
+        self.n_down = 0  # points through the thinning
         self.out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def feed(self, f: np.ndarray, t: np.ndarray, thr: np.ndarray) -> None:
@@ -386,6 +438,11 @@ class _StreamDown:
     def _feed(self, f, t, thr) -> None:
         if f.size == 0:
             return
+        self._exact(f, t)
+        self._down(*self.thin.feed(f, t, thr))
+
+    def _exact(self, f, t) -> None:
+        """The whole curve's TPR@f, trapezoid terms and size, on every point fed."""
         for k, x in enumerate(self.fprs):  # tpr_at_fpr: the largest TPR at FPR <= x
             ok = f <= x
             if ok.any():
@@ -393,16 +450,29 @@ class _StreamDown:
                 self.best[k] = m if self.best[k] is None else max(self.best[k], m)
         cum = np.empty(f.size)
         terms = np.empty(f.size)
-        if self.prev is None:  # the curve's first point: prefix 0, no trapezoid before it
-            cum[0] = 0.0
+        if self.prev_exact is None:  # the curve's first point: no trapezoid before it
             _cum_terms(f[1:], t[1:], f[0], t[0], 0.0, cum[1:], terms[1:])
             self.terms.add(terms[1:])
         else:
-            _cum_terms(f, t, *self.prev, cum, terms)
+            _cum_terms(f, t, *self.prev_exact, 0.0, cum, terms)
             self.terms.add(terms)
-        self.prev = (float(f[-1]), float(t[-1]), float(cum[-1]))
-        first = self.n == 0
+        self.prev_exact = (float(f[-1]), float(t[-1]))
         self.n += f.size
+
+    def _down(self, f, t, thr) -> None:
+        """:func:`downsample`'s choices among the points :class:`_Thin` let through."""
+        if f.size == 0:
+            return
+        cum = np.empty(f.size)
+        scratch = np.empty(f.size)
+        if self.prev is None:  # the first point: prefix 0
+            cum[0] = 0.0
+            _cum_terms(f[1:], t[1:], f[0], t[0], 0.0, cum[1:], scratch[1:])
+        else:
+            _cum_terms(f, t, *self.prev, cum, scratch)
+        self.prev = (float(f[-1]), float(t[-1]), float(cum[-1]))
+        first = self.n_down == 0
+        self.n_down += f.size
         self.f = np.concatenate([self.f, f])
         self.t = np.concatenate([self.t, t])
         self.thr = np.concatenate([self.thr, thr.astype(np.float64)])
@@ -438,6 +508,8 @@ class _StreamDown:
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, dict[float, float], int]:
         """``(fpr, tpr, threshold)`` kept, the AUROC, TPR@f and the number of points of the whole curve."""
+        if self.n:
+            self._down(*self.thin.finish())
         if self.f.size:
             self.a = max(self.a, 0)
             self._greedy(final=True)
