@@ -139,3 +139,20 @@ def test_dense_region_is_capped_in_false_positives(monkeypatch):
     assert set(zip(capped.fpr.tolist(), capped.tpr.tolist())) <= set(zip(f.tolist(), t.tolist()))
     monkeypatch.setattr(roc_mod, "_SUB", 97)
     _same([capped], roc_curves({"a": (m, s)}, masks, FPRS, block_bytes=4096))
+
+
+@pytest.mark.parametrize("kw", [{}, {"dense_fpr": 1.0}, {"per_decade": 1, "area_tol": 1e-3}])
+def test_bounded_thins_the_runs_as_the_whole_path(monkeypatch, kw):
+    # member-only and non-member-only ties of varying counts: straight runs whose interior points
+    # go, in chunks of 97 points and 4 KiB of keys that cut runs anywhere
+    rng = np.random.default_rng(11)
+    m = rng.random((60, 500)) < 0.5
+    s = np.round(rng.normal(size=m.shape) + np.where(m, 1.5, 0.0), 2).astype(np.float32)
+    masks = {"All": np.ones(500, dtype=bool), "x": rng.random(500) < 0.3}
+    ref = roc_curves({"a": (m, s)}, masks, FPRS, **kw)
+    assert all(c.fpr.size < c.n_full for c in ref)
+    calls = _bounded_taken(monkeypatch)
+    monkeypatch.setattr(roc_mod, "_SUB", 97)
+    got = roc_curves({"a": (m, s)}, masks, FPRS, block_bytes=4096, **kw)
+    assert len(calls) == 2
+    _same(ref, got)

@@ -45,7 +45,7 @@ import numba
 import numpy as np
 import pandas as pd
 
-from analysis.store_io.atomic import write_text
+from analysis.store_io.atomic import atomic_write
 from analysis.store_io.figures import save_figure
 from analysis.kernels.metrics import fpr_label, roc, tpr_at_fpr
 from analysis.kernels.pooled import DEFAULT_BLOCK_BYTES, pooled_roc_points
@@ -623,18 +623,34 @@ def roc_curves(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], masks: Mappin
     return curves
 
 
+_CSV_COLUMNS = ["attack", "column", "fpr", "tpr", "threshold"]
+
+
+def _curve_frame(c: RocCurve) -> pd.DataFrame:
+    return pd.DataFrame({"attack": c.attack, "column": c.column, "fpr": c.fpr, "tpr": c.tpr, "threshold": c.threshold})
+
+
 def curves_frame(curves: Sequence[RocCurve]) -> pd.DataFrame:
     """The curves as one tidy DataFrame: ``attack, column, fpr, tpr, threshold``."""
-    parts = [pd.DataFrame({"attack": c.attack, "column": c.column, "fpr": c.fpr, "tpr": c.tpr,
-                           "threshold": c.threshold}) for c in curves]
+    parts = [_curve_frame(c) for c in curves]
     if not parts:
-        return pd.DataFrame(columns=["attack", "column", "fpr", "tpr", "threshold"])
+        return pd.DataFrame(columns=_CSV_COLUMNS)
     return pd.concat(parts, ignore_index=True)
 
 
 def write_roc_csv(curves: Sequence[RocCurve], path: str | Path) -> Path:
-    """Write :func:`curves_frame` as CSV (full precision: float64 values round-trip exactly)."""
-    return write_text(Path(path), curves_frame(curves).to_csv(index=False, float_format="%.17g"))
+    """Write the curves as :func:`curves_frame`'s CSV, one curve at a time, atomically.
+
+    The bytes are those of ``curves_frame(curves).to_csv(index=False, float_format="%.17g")`` (full
+    precision: float64 values round-trip exactly) without the frame of all curves or its text.
+    """
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            pd.DataFrame(columns=_CSV_COLUMNS).to_csv(fh, index=False)
+            for c in curves:
+                _curve_frame(c).to_csv(fh, index=False, header=False, float_format="%.17g")
+
+    return atomic_write(Path(path), write)
 
 
 def _title(column: str) -> str:
