@@ -9,8 +9,14 @@ each challenge set of the run (``random``, ``subpopulation``, ``singletons``: :m
 
 A pooled curve has up to T*N points. What is written (:func:`downsample`):
 
-* every point with FPR <= ``dense_fpr`` (1e-2, or the largest table FPR if that is larger): the
-  low-FPR end is kept whole, so the TPR at each table FPR is read from the file exactly;
+* never the interior points of a straight vertical or horizontal run (:func:`corners`): tied
+  member-only (or non-member-only) scores whose counts differ from step to step are each a point
+  ``drop_intermediate`` keeps, on a line between the run's ends that adds no area. At 2000 x 50,000
+  pairs the low-FPR end of a LiRA-like curve had ~1.3 million of them; its corners are ~2 per false
+  positive;
+* every other point with FPR <= ``dense_fpr`` (1e-2, or the largest table FPR if that is larger,
+  but not past :data:`DENSE_NEGATIVES` false positives): the low-FPR end is kept to its corners,
+  so the TPR at each table FPR is read from the file exactly;
 * above it, each written chord runs from the last written point to the furthest later point (at
   most 1/``per_decade`` of a decade of FPR away, so the curve stays smooth on log axes) for which
   the running sum of every chord's area change (chord area minus the exact trapezoid area of the
@@ -22,8 +28,9 @@ A pooled curve has up to T*N points. What is written (:func:`downsample`):
 
 A column whose pairs do not fit ``block_bytes`` (float32 scores, the attacks' precision) is computed
 in bounded memory (:func:`_bounded_curve`): :func:`analysis.kernels.pooled.pooled_roc_points` streams
-the full curve's points chunk by chunk, and :class:`_StreamDown` makes :func:`downsample`'s choices
-on them as they come (the same prefix sums in the same order; a chord end is chosen once the
+the full curve's points chunk by chunk, :class:`_Thin` drops the runs' interiors as they come (a
+point is decided once its successor has come) and :class:`_StreamDown` makes :func:`downsample`'s
+choices on the rest (the same prefix sums in the same order; a chord end is chosen once the
 ``_MAX_SCAN`` points after its start, or the end of its FPR step, have arrived), sums the AUROC as
 ``np.trapezoid`` does (numpy's pairwise summation, replayed once the number of points is known; the
 trapezoid terms wait on disk beyond a quarter of the budget) and takes TPR@f as
@@ -31,7 +38,8 @@ trapezoid terms wait on disk beyond a quarter of the budget) and takes TPR@f as
 whole curve gives, bit for bit, whatever ``block_bytes`` (tests/test_roc_bounded.py).
 
 ``roc/roc.csv`` is tidy: ``attack, column, fpr, tpr, threshold`` (threshold: the score at or above
-which a pair is called a member; ``inf`` for the (0, 0) point), full float64 precision.
+which a pair is called a member; ``inf`` for the (0, 0) point), full float64 precision, written a
+curve at a time (:func:`write_roc_csv`).
 """
 
 from __future__ import annotations
@@ -405,8 +413,9 @@ class _Thin:
 class _StreamDown:
     """:func:`downsample` (and the whole curve's AUROC, TPR@f and size) on a curve fed chunk by chunk.
 
-    It keeps the points from the last chosen chord start on (at most ``_MAX_SCAN`` + 1 of them
-    between feeds), with their prefix areas over the whole curve: :func:`_greedy_part` makes
+    The AUROC, TPR@f and size are taken on every point fed; the rest on the points :class:`_Thin`
+    lets through. It keeps those from the last chosen chord start on (at most ``_MAX_SCAN`` + 1 of
+    them between feeds), with their prefix areas over the whole thinned curve: :func:`_greedy_part` makes
     :func:`_greedy`'s choices, in its order and with its arithmetic, as soon as they are settled.
     """
 
