@@ -156,3 +156,20 @@ def test_bounded_thins_the_runs_as_the_whole_path(monkeypatch, kw):
     got = roc_curves({"a": (m, s)}, masks, FPRS, block_bytes=4096, **kw)
     assert len(calls) == 2
     _same(ref, got)
+
+
+def test_table_fprs_past_the_dense_end_are_read_exactly(monkeypatch):
+    # the dense end stops at the first false positive, below every table FPR: no chord may skip the point
+    # that gives the TPR there, in the whole and the streamed path alike
+    from analysis.kernels.metrics import tpr_at_fpr
+
+    m, s, masks = _data(decimals=2, t=60, n=500)
+    masks = {"All": masks["All"], "x": masks["x"]}
+    monkeypatch.setattr(roc_mod, "DENSE_NEGATIVES", 1)
+    ref = roc_curves({"a": (m, s)}, masks, FPRS, per_decade=1, area_tol=1e-3)
+    for c in ref:
+        assert 1 / c.n_neg < min(FPRS)
+        for x in FPRS:
+            assert tpr_at_fpr(c.fpr, c.tpr, x) == c.tpr_at[x], (c.column, x)
+    monkeypatch.setattr(roc_mod, "_SUB", 97)
+    _same(ref, roc_curves({"a": (m, s)}, masks, FPRS, per_decade=1, area_tol=1e-3, block_bytes=4096))

@@ -15,8 +15,10 @@ A pooled curve has up to T*N points. What is written (:func:`downsample`):
   pairs the low-FPR end of a LiRA-like curve had ~1.3 million of them; its corners are ~2 per false
   positive;
 * every other point with FPR <= ``dense_fpr`` (1e-2, or the largest table FPR if that is larger,
-  but not past :data:`DENSE_NEGATIVES` false positives): the low-FPR end is kept to its corners,
-  so the TPR at each table FPR is read from the file exactly;
+  but not past :data:`DENSE_NEGATIVES` false positives): the low-FPR end is kept to its corners;
+* the last point at or below each table FPR (no chord skips it), so the TPR at each table FPR is
+  read from the file exactly, also where the table FPR lies past the dense end (at 2000 x 50,000,
+  10,000 false positives are FPR 2e-4, below the tables' 0.1%);
 * above it, each written chord runs from the last written point to the furthest later point (at
   most 1/``per_decade`` of a decade of FPR away, so the curve stays smooth on log axes) for which
   the running sum of every chord's area change (chord area minus the exact trapezoid area of the
@@ -102,7 +104,17 @@ class RocCurve:
 
 
 @numba.njit(cache=True)
-def _greedy(fpr, tpr, start, area_tol, step_ratio, keep):  # pragma: no cover - compiled
+def _limit(fpr, a, lims):  # pragma: no cover - compiled
+    """The smallest of ``lims`` (ascending) at or past the FPR of point ``a + 1``: a chord from ``a``
+    that ends past it would skip the last point at or below it, whose TPR is the TPR there."""
+    for x in lims:
+        if x >= fpr[a + 1]:
+            return x
+    return np.inf
+
+
+@numba.njit(cache=True)
+def _greedy(fpr, tpr, start, area_tol, step_ratio, lims, keep):  # pragma: no cover - compiled
     """Mark in ``keep`` the chord ends chosen from index ``start`` on (see :func:`downsample`)."""
     n = fpr.size
     # prefix trapezoid areas: the exact area between points a and c is cum[c] - cum[a]
@@ -116,9 +128,10 @@ def _greedy(fpr, tpr, start, area_tol, step_ratio, keep):  # pragma: no cover - 
         j = a + 1  # the next point is always a valid chord end (no error)
         j_err = 0.0
         c = a + 2
+        lim = _limit(fpr, a, lims)
         # a bounded look-ahead: linear time on curves of millions of points (a chord that ends
         # earlier only keeps more points; the area budget holds either way)
-        while c < n and c - a <= _MAX_SCAN and fpr[c] <= fpr[a] * step_ratio:
+        while c < n and c - a <= _MAX_SCAN and fpr[c] <= fpr[a] * step_ratio and fpr[c] <= lim:
             err = (fpr[c] - fpr[a]) * (tpr[c] + tpr[a]) * 0.5 - (cum[c] - cum[a])
             if abs(drift + err) <= area_tol:
                 j, j_err = c, err  # the furthest end that keeps the total error within the budget
@@ -147,7 +160,7 @@ def corners(fpr: np.ndarray, tpr: np.ndarray) -> np.ndarray:
 
 
 def downsample(fpr: np.ndarray, tpr: np.ndarray, *, dense_fpr: float = 1e-2, area_tol: float = 1e-9,
-               per_decade: int = 200) -> np.ndarray:
+               per_decade: int = 200, fprs: Sequence[float] = ()) -> np.ndarray:
     """Indices of the ROC points to keep (see the module docstring for the guarantee).
 
     The interior points of straight vertical and horizontal runs go first (:func:`corners`); the
@@ -164,6 +177,9 @@ def downsample(fpr: np.ndarray, tpr: np.ndarray, *, dense_fpr: float = 1e-2, are
         running sum of the chords' signed area changes is kept within it).
     per_decade : int
         A chord spans at most 1/per_decade of a decade of FPR.
+    fprs : sequence of float
+        No chord skips the last point at or below one of these FPRs: the written curve's TPR there
+        is the full curve's, also past ``dense_fpr``.
 
     Returns
     -------
@@ -177,8 +193,12 @@ def downsample(fpr: np.ndarray, tpr: np.ndarray, *, dense_fpr: float = 1e-2, are
     keep[0] = True
     if fpr.size > 1:
         start = int(np.flatnonzero(keep)[-1])
-        _greedy(fpr, tpr, start, float(area_tol), float(10 ** (1.0 / per_decade)), keep)
+        _greedy(fpr, tpr, start, float(area_tol), float(10 ** (1.0 / per_decade)), _lims(fprs), keep)
     return idx[keep]
+
+
+def _lims(fprs: Sequence[float]) -> np.ndarray:
+    return np.sort(np.asarray([float(x) for x in fprs], dtype=np.float64))
 
 
 def pooled_curve(member: np.ndarray, score: np.ndarray, mask: np.ndarray | None = None
@@ -224,7 +244,7 @@ def _cum_terms(fpr, tpr, f0, t0, c0, cum, terms):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
-def _greedy_part(fpr, tpr, cum, a, drift, area_tol, step_ratio, final, keep):  # pragma: no cover - compiled
+def _greedy_part(fpr, tpr, cum, a, drift, area_tol, step_ratio, lims, final, keep):  # pragma: no cover - compiled
     """:func:`_greedy`'s loop on a window of the curve, from its point ``a``, while its choices are settled.
 
     ``cum`` holds the prefix areas of the WHOLE curve (from its first point), so every difference
@@ -237,7 +257,8 @@ def _greedy_part(fpr, tpr, cum, a, drift, area_tol, step_ratio, final, keep):  #
         j = a + 1
         j_err = 0.0
         c = a + 2
-        while c < n and c - a <= _MAX_SCAN and fpr[c] <= fpr[a] * step_ratio:
+        lim = _limit(fpr, a, lims)
+        while c < n and c - a <= _MAX_SCAN and fpr[c] <= fpr[a] * step_ratio and fpr[c] <= lim:
             err = (fpr[c] - fpr[a]) * (tpr[c] + tpr[a]) * 0.5 - (cum[c] - cum[a])
             if abs(drift + err) <= area_tol:
                 j, j_err = c, err
@@ -424,6 +445,7 @@ class _StreamDown:
         self.tol = float(area_tol)
         self.ratio = float(10 ** (1.0 / per_decade))
         self.fprs = [float(x) for x in fprs]
+        self.lims = _lims(fprs)
         self.best = [None] * len(self.fprs)
         self.terms = _Terms(spill_limit)
         self.f = self.t = self.thr = self.cum = np.empty(0)
@@ -505,7 +527,8 @@ class _StreamDown:
     def _greedy(self, final: bool) -> None:
         keep = np.zeros(self.f.size, dtype=bool)
         keep[0] = True  # the window starts at the chord start, a kept point
-        a, self.drift = _greedy_part(self.f, self.t, self.cum, self.a, self.drift, self.tol, self.ratio, final, keep)
+        a, self.drift = _greedy_part(self.f, self.t, self.cum, self.a, self.drift, self.tol, self.ratio, self.lims,
+                                      final, keep)
         if final:
             keep[-1] = True
             self._emit(np.flatnonzero(keep))
@@ -624,7 +647,7 @@ def roc_curves(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], masks: Mappin
                 continue
             f, t, thr = pooled_curve(member, score, mask)
             keep = downsample(f, t, dense_fpr=_dense_limit(dense_all, n_neg), area_tol=area_tol,
-                              per_decade=per_decade)
+                              per_decade=per_decade, fprs=fprs)
             curves.append(RocCurve(attack=str(attack), column=str(column), fpr=f[keep], tpr=t[keep],
                                    threshold=thr[keep], auroc=float(np.trapezoid(t, f)),
                                    tpr_at={float(x): tpr_at_fpr(f, t, float(x)) for x in fprs},
