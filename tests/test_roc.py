@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from analysis.kernels.metrics import attack_metrics, tpr_at_fpr
-from analysis.output.roc import ROC_CSV, downsample, plot_roc, pooled_curve, roc_curves, write_roc_csv
+from analysis.output.roc import ROC_CSV, corners, curves_frame, downsample, plot_roc, pooled_curve, roc_curves, write_roc_csv
 
 
 def test_pooled_curve_known_answer():
@@ -75,8 +75,9 @@ def test_curves_match_the_tables_metrics(scored):
         assert c.auroc == pytest.approx(pooled[f"AUROC {c.column}"], abs=1e-12)
         for f in fprs:
             assert tpr_at_fpr(c.fpr, c.tpr, f) == pooled[f"TPR@{100 * f:g}% {c.column}"], (c.attack, c.column, f)
-        # every point of the low-FPR end is written, and every written point is a point of the full curve
-        low = full_f <= 0.01
+        # every corner of the low-FPR end is written (the interior points of straight vertical and
+        # horizontal runs go), and every written point is a point of the full curve
+        low = (full_f <= 0.01) & corners(full_f, full_t)
         np.testing.assert_array_equal(c.fpr[c.fpr <= 0.01], full_f[low])
         np.testing.assert_array_equal(c.tpr[c.fpr <= 0.01], full_t[low])
         assert set(zip(c.fpr.tolist(), c.tpr.tolist())) <= set(zip(full_f.tolist(), full_t.tolist()))
@@ -136,3 +137,72 @@ def test_analysis_writes_curves_equal_to_its_tables(analysed):
         checked += 1
     assert checked >= len(attacks) * 3
     assert (out / "plots" / "roc.png").stat().st_size > 10_000 and (out / "plots" / "roc.pdf").is_file()
+
+
+def test_corners_known_answer():
+    # up 3 (tied member runs of 1, 2, 1 pairs: sklearn keeps each step), across 3, up 2, across 1:
+    # only the runs' ends stay, and the first and last points
+    f = np.array([0, 0, 0, 0, 1, 2, 3, 3, 3, 4], dtype=float) / 4
+    t = np.array([0, 1, 3, 4, 4, 4, 4, 5, 6, 6], dtype=float) / 6
+    np.testing.assert_array_equal(np.flatnonzero(corners(f, t)), [0, 3, 6, 8, 9])
+    np.testing.assert_array_equal(downsample(f, t, dense_fpr=1.0), [0, 3, 6, 8, 9])
+    assert corners(f[:2], t[:2]).all() and corners(f[:0], t[:0]).size == 0
+    # a diagonal step between two vertical runs is no straight run: its ends stay
+    f2 = np.array([0, 0, 0, 0.5, 0.5, 1])
+    t2 = np.array([0, 0.2, 0.4, 0.6, 0.8, 1])
+    np.testing.assert_array_equal(np.flatnonzero(corners(f2, t2)), [0, 2, 3, 4, 5])
+
+
+def _tied_runs(seed=5, t=60, n=500):
+    """Pairs whose top scores are member-only ties of varying counts (vertical runs that
+    drop_intermediate keeps step by step) and whose bottom ones are non-member-only ties."""
+    rng = np.random.default_rng(seed)
+    member = rng.random((t, n)) < 0.5
+    score = rng.normal(size=(t, n)) + np.where(member, 1.5, 0.0)
+    score = np.round(score, 2).astype(np.float32)
+    return member, score
+
+
+def assert_on_polyline(full_f, full_t, f, t, upto):
+    """Every point of the full curve with FPR <= upto lies on a vertical or horizontal segment of the
+    written curve (f, t): only the interiors of straight runs were left out, never a corner."""
+    where = {p: i for i, p in enumerate(zip(full_f.tolist(), full_t.tolist()))}
+    idx = [where[p] for p in zip(f.tolist(), t.tolist())]  # every written point is a full-curve point
+    assert idx == sorted(idx) and idx[0] == 0
+    for a, b in zip(idx, idx[1:]):
+        if full_f[b] > upto:
+            break
+        mid = slice(a + 1, b)
+        vertical = np.all(full_f[mid] == full_f[a]) and full_f[b] == full_f[a]
+        horizontal = np.all(full_t[mid] == full_t[a]) and full_t[b] == full_t[a]
+        assert b == a + 1 or vertical or horizontal, (a, b, full_f[a:b + 1], full_t[a:b + 1])
+
+
+@pytest.mark.parametrize("dense_fpr", [0.01, 1.0])
+def test_ties_keep_every_corner(dense_fpr):
+    from analysis.output.roc import DENSE_NEGATIVES
+
+    member, score = _tied_runs()
+    masks = {"All": np.ones(score.shape[1], dtype=bool)}
+    full_f, full_t, _ = pooled_curve(member, score)
+    (c,) = roc_curves({"a": (member, score)}, masks, [0.001, 0.01], dense_fpr=dense_fpr)
+    upto = min(dense_fpr, DENSE_NEGATIVES / c.n_neg)  # every corner is kept up to here
+    inner = ~corners(full_f, full_t)
+    assert inner[full_f <= upto].sum() > 50  # the data has long straight runs to thin
+    assert c.fpr.size <= full_f.size - inner.sum()
+    assert_on_polyline(full_f, full_t, c.fpr, c.tpr, upto)
+    # no area and no TPR@f lost to the thinning, at every FPR the full curve reaches in the dense end
+    assert abs(np.trapezoid(c.tpr, c.fpr) - c.auroc) <= 1e-9
+    for x in np.unique(full_f[full_f <= upto]):
+        assert tpr_at_fpr(c.fpr, c.tpr, x) == tpr_at_fpr(full_f, full_t, x), x
+
+
+def test_csv_is_the_one_frame_bytes(scored, tmp_path):
+    # written a curve at a time, the file is the one DataFrame of all curves, byte for byte
+    pairs, masks = scored
+    curves = roc_curves(pairs, masks, [0.001])
+    for some in (curves, curves[:1], []):
+        path = write_roc_csv(some, tmp_path / "x" / "roc.csv")
+        frame = curves_frame(some).to_csv(index=False, float_format="%.17g")
+        assert path.read_bytes() == frame.encode("utf-8")
+    assert not [p for p in (tmp_path / "x").iterdir() if p.name != "roc.csv"]  # no temporary left

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from analysis.output import roc as roc_mod
-from analysis.output.roc import _StreamDown, _Terms, downsample, roc_curves
+from analysis.output.roc import _StreamDown, _Terms, corners, downsample, roc_curves
 
 FPRS = [0.001, 0.01, 0.1]
 
@@ -117,8 +117,8 @@ def test_terms_sum_as_numpy(n):
 
 
 def test_dense_region_is_capped_in_false_positives(monkeypatch):
-    """Every point is kept up to dense_fpr or DENSE_NEGATIVES false positives, whichever is first:
-    the kept points there are the full curve's, fewer points are kept overall, the exact numbers
+    """Every corner is kept up to dense_fpr or DENSE_NEGATIVES false positives, whichever is first:
+    the kept points there are the full curve's corners, fewer points are kept overall, the exact numbers
     (auroc, tpr_at, counts) do not change, and the bounded path still equals the whole one."""
     from sklearn.metrics import roc_curve
 
@@ -132,9 +132,44 @@ def test_dense_region_is_capped_in_false_positives(monkeypatch):
     assert (capped.n_pos, capped.n_neg, capped.n_full) == (full.n_pos, full.n_neg, full.n_full)
     f, t, _ = roc_curve(m.ravel(), s.ravel().astype(np.float64))
     fp_max = 40 / capped.n_neg
-    low = f <= fp_max
-    # every point of the full curve up to 40 false positives is kept, and every kept point is a vertex
+    low = (f <= fp_max) & corners(f, t)
+    # every corner of the full curve up to 40 false positives is kept, and every kept point is a vertex
     assert np.array_equal(capped.fpr[capped.fpr <= fp_max], f[low])
+    assert np.array_equal(capped.tpr[capped.fpr <= fp_max], t[low])
     assert set(zip(capped.fpr.tolist(), capped.tpr.tolist())) <= set(zip(f.tolist(), t.tolist()))
     monkeypatch.setattr(roc_mod, "_SUB", 97)
     _same([capped], roc_curves({"a": (m, s)}, masks, FPRS, block_bytes=4096))
+
+
+@pytest.mark.parametrize("kw", [{}, {"dense_fpr": 1.0}, {"per_decade": 1, "area_tol": 1e-3}])
+def test_bounded_thins_the_runs_as_the_whole_path(monkeypatch, kw):
+    # member-only and non-member-only ties of varying counts: straight runs whose interior points
+    # go, in chunks of 97 points and 4 KiB of keys that cut runs anywhere
+    rng = np.random.default_rng(11)
+    m = rng.random((60, 500)) < 0.5
+    s = np.round(rng.normal(size=m.shape) + np.where(m, 1.5, 0.0), 2).astype(np.float32)
+    masks = {"All": np.ones(500, dtype=bool), "x": rng.random(500) < 0.3}
+    ref = roc_curves({"a": (m, s)}, masks, FPRS, **kw)
+    assert all(c.fpr.size < c.n_full for c in ref)
+    calls = _bounded_taken(monkeypatch)
+    monkeypatch.setattr(roc_mod, "_SUB", 97)
+    got = roc_curves({"a": (m, s)}, masks, FPRS, block_bytes=4096, **kw)
+    assert len(calls) == 2
+    _same(ref, got)
+
+
+def test_table_fprs_past_the_dense_end_are_read_exactly(monkeypatch):
+    # the dense end stops at the first false positive, below every table FPR: no chord may skip the point
+    # that gives the TPR there, in the whole and the streamed path alike
+    from analysis.kernels.metrics import tpr_at_fpr
+
+    m, s, masks = _data(decimals=2, t=60, n=500)
+    masks = {"All": masks["All"], "x": masks["x"]}
+    monkeypatch.setattr(roc_mod, "DENSE_NEGATIVES", 1)
+    ref = roc_curves({"a": (m, s)}, masks, FPRS, per_decade=1, area_tol=1e-3)
+    for c in ref:
+        assert 1 / c.n_neg < min(FPRS)
+        for x in FPRS:
+            assert tpr_at_fpr(c.fpr, c.tpr, x) == c.tpr_at[x], (c.column, x)
+    monkeypatch.setattr(roc_mod, "_SUB", 97)
+    _same(ref, roc_curves({"a": (m, s)}, masks, FPRS, per_decade=1, area_tol=1e-3, block_bytes=4096))

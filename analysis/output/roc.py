@@ -9,8 +9,16 @@ each challenge set of the run (``random``, ``subpopulation``, ``singletons``: :m
 
 A pooled curve has up to T*N points. What is written (:func:`downsample`):
 
-* every point with FPR <= ``dense_fpr`` (1e-2, or the largest table FPR if that is larger): the
-  low-FPR end is kept whole, so the TPR at each table FPR is read from the file exactly;
+* never the interior points of a straight vertical or horizontal run (:func:`corners`): tied
+  member-only (or non-member-only) scores whose counts differ from step to step are each a point
+  ``drop_intermediate`` keeps, on a line between the run's ends that adds no area. At 2000 x 50,000
+  pairs the low-FPR end of a LiRA-like curve had ~1.3 million of them; its corners are ~2 per false
+  positive;
+* every other point with FPR <= ``dense_fpr`` (1e-2, or the largest table FPR if that is larger,
+  but not past :data:`DENSE_NEGATIVES` false positives): the low-FPR end is kept to its corners;
+* the last point at or below each table FPR (no chord skips it), so the TPR at each table FPR is
+  read from the file exactly, also where the table FPR lies past the dense end (at 2000 x 50,000,
+  10,000 false positives are FPR 2e-4, below the tables' 0.1%);
 * above it, each written chord runs from the last written point to the furthest later point (at
   most 1/``per_decade`` of a decade of FPR away, so the curve stays smooth on log axes) for which
   the running sum of every chord's area change (chord area minus the exact trapezoid area of the
@@ -22,8 +30,9 @@ A pooled curve has up to T*N points. What is written (:func:`downsample`):
 
 A column whose pairs do not fit ``block_bytes`` (float32 scores, the attacks' precision) is computed
 in bounded memory (:func:`_bounded_curve`): :func:`analysis.kernels.pooled.pooled_roc_points` streams
-the full curve's points chunk by chunk, and :class:`_StreamDown` makes :func:`downsample`'s choices
-on them as they come (the same prefix sums in the same order; a chord end is chosen once the
+the full curve's points chunk by chunk, :class:`_Thin` drops the runs' interiors as they come (a
+point is decided once its successor has come) and :class:`_StreamDown` makes :func:`downsample`'s
+choices on the rest (the same prefix sums in the same order; a chord end is chosen once the
 ``_MAX_SCAN`` points after its start, or the end of its FPR step, have arrived), sums the AUROC as
 ``np.trapezoid`` does (numpy's pairwise summation, replayed once the number of points is known; the
 trapezoid terms wait on disk beyond a quarter of the budget) and takes TPR@f as
@@ -31,7 +40,8 @@ trapezoid terms wait on disk beyond a quarter of the budget) and takes TPR@f as
 whole curve gives, bit for bit, whatever ``block_bytes`` (tests/test_roc_bounded.py).
 
 ``roc/roc.csv`` is tidy: ``attack, column, fpr, tpr, threshold`` (threshold: the score at or above
-which a pair is called a member; ``inf`` for the (0, 0) point), full float64 precision.
+which a pair is called a member; ``inf`` for the (0, 0) point), full float64 precision, written a
+curve at a time (:func:`write_roc_csv`).
 """
 
 from __future__ import annotations
@@ -45,12 +55,12 @@ import numba
 import numpy as np
 import pandas as pd
 
-from analysis.store_io.atomic import write_text
+from analysis.store_io.atomic import atomic_write
 from analysis.store_io.figures import save_figure
 from analysis.kernels.metrics import fpr_label, roc, tpr_at_fpr
 from analysis.kernels.pooled import DEFAULT_BLOCK_BYTES, pooled_roc_points
 
-__all__ = ["RocCurve", "downsample", "pooled_curve", "fits_whole_curve", "roc_curves", "curves_frame", "write_roc_csv",
+__all__ = ["RocCurve", "corners", "downsample", "pooled_curve", "fits_whole_curve", "roc_curves", "curves_frame", "write_roc_csv",
            "plot_roc", "write_roc", "COLUMN_TITLES", "ROC_CSV"]
 
 #: Panel titles of the columns; a challenge set not listed is titled by its own name.
@@ -94,7 +104,17 @@ class RocCurve:
 
 
 @numba.njit(cache=True)
-def _greedy(fpr, tpr, start, area_tol, step_ratio, keep):  # pragma: no cover - compiled
+def _limit(fpr, a, lims):  # pragma: no cover - compiled
+    """The smallest of ``lims`` (ascending) at or past the FPR of point ``a + 1``: a chord from ``a``
+    that ends past it would skip the last point at or below it, whose TPR is the TPR there."""
+    for x in lims:
+        if x >= fpr[a + 1]:
+            return x
+    return np.inf
+
+
+@numba.njit(cache=True)
+def _greedy(fpr, tpr, start, area_tol, step_ratio, lims, keep):  # pragma: no cover - compiled
     """Mark in ``keep`` the chord ends chosen from index ``start`` on (see :func:`downsample`)."""
     n = fpr.size
     # prefix trapezoid areas: the exact area between points a and c is cum[c] - cum[a]
@@ -108,9 +128,10 @@ def _greedy(fpr, tpr, start, area_tol, step_ratio, keep):  # pragma: no cover - 
         j = a + 1  # the next point is always a valid chord end (no error)
         j_err = 0.0
         c = a + 2
+        lim = _limit(fpr, a, lims)
         # a bounded look-ahead: linear time on curves of millions of points (a chord that ends
         # earlier only keeps more points; the area budget holds either way)
-        while c < n and c - a <= _MAX_SCAN and fpr[c] <= fpr[a] * step_ratio:
+        while c < n and c - a <= _MAX_SCAN and fpr[c] <= fpr[a] * step_ratio and fpr[c] <= lim:
             err = (fpr[c] - fpr[a]) * (tpr[c] + tpr[a]) * 0.5 - (cum[c] - cum[a])
             if abs(drift + err) <= area_tol:
                 j, j_err = c, err  # the furthest end that keeps the total error within the budget
@@ -121,9 +142,29 @@ def _greedy(fpr, tpr, start, area_tol, step_ratio, keep):  # pragma: no cover - 
     keep[n - 1] = True
 
 
+def corners(fpr: np.ndarray, tpr: np.ndarray) -> np.ndarray:
+    """Which points are not inside a straight vertical or horizontal run (bool (K,)).
+
+    A point whose neighbours on both sides share its FPR (a run of tied scores held by members
+    only, whose counts differ from step to step so ``drop_intermediate`` keeps every step) or its
+    TPR (non-members only) lies on the segment between the run's ends: it adds no trapezoid area,
+    and the largest TPR at FPR <= f is a run's top end, which stays. The first and last points
+    always stay. A local rule, so a curve fed in chunks is thinned the same (:class:`_Thin`).
+    """
+    keep = np.ones(fpr.size, dtype=bool)
+    if fpr.size > 2:
+        f, t = fpr, tpr
+        inner = ((f[:-2] == f[1:-1]) & (f[1:-1] == f[2:])) | ((t[:-2] == t[1:-1]) & (t[1:-1] == t[2:]))
+        keep[1:-1] = ~inner
+    return keep
+
+
 def downsample(fpr: np.ndarray, tpr: np.ndarray, *, dense_fpr: float = 1e-2, area_tol: float = 1e-9,
-               per_decade: int = 200) -> np.ndarray:
+               per_decade: int = 200, fprs: Sequence[float] = ()) -> np.ndarray:
     """Indices of the ROC points to keep (see the module docstring for the guarantee).
+
+    The interior points of straight vertical and horizontal runs go first (:func:`corners`); the
+    rest is chosen among the remaining points.
 
     Parameters
     ----------
@@ -136,6 +177,9 @@ def downsample(fpr: np.ndarray, tpr: np.ndarray, *, dense_fpr: float = 1e-2, are
         running sum of the chords' signed area changes is kept within it).
     per_decade : int
         A chord spans at most 1/per_decade of a decade of FPR.
+    fprs : sequence of float
+        No chord skips the last point at or below one of these FPRs: the written curve's TPR there
+        is the full curve's, also past ``dense_fpr``.
 
     Returns
     -------
@@ -143,12 +187,18 @@ def downsample(fpr: np.ndarray, tpr: np.ndarray, *, dense_fpr: float = 1e-2, are
     """
     fpr = np.ascontiguousarray(fpr, dtype=np.float64)
     tpr = np.ascontiguousarray(tpr, dtype=np.float64)
+    idx = np.flatnonzero(corners(fpr, tpr))
+    fpr, tpr = fpr[idx], tpr[idx]
     keep = fpr <= dense_fpr
     keep[0] = True
     if fpr.size > 1:
         start = int(np.flatnonzero(keep)[-1])
-        _greedy(fpr, tpr, start, float(area_tol), float(10 ** (1.0 / per_decade)), keep)
-    return np.flatnonzero(keep)
+        _greedy(fpr, tpr, start, float(area_tol), float(10 ** (1.0 / per_decade)), _lims(fprs), keep)
+    return idx[keep]
+
+
+def _lims(fprs: Sequence[float]) -> np.ndarray:
+    return np.sort(np.asarray([float(x) for x in fprs], dtype=np.float64))
 
 
 def pooled_curve(member: np.ndarray, score: np.ndarray, mask: np.ndarray | None = None
@@ -194,7 +244,7 @@ def _cum_terms(fpr, tpr, f0, t0, c0, cum, terms):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
-def _greedy_part(fpr, tpr, cum, a, drift, area_tol, step_ratio, final, keep):  # pragma: no cover - compiled
+def _greedy_part(fpr, tpr, cum, a, drift, area_tol, step_ratio, lims, final, keep):  # pragma: no cover - compiled
     """:func:`_greedy`'s loop on a window of the curve, from its point ``a``, while its choices are settled.
 
     ``cum`` holds the prefix areas of the WHOLE curve (from its first point), so every difference
@@ -207,7 +257,8 @@ def _greedy_part(fpr, tpr, cum, a, drift, area_tol, step_ratio, final, keep):  #
         j = a + 1
         j_err = 0.0
         c = a + 2
-        while c < n and c - a <= _MAX_SCAN and fpr[c] <= fpr[a] * step_ratio:
+        lim = _limit(fpr, a, lims)
+        while c < n and c - a <= _MAX_SCAN and fpr[c] <= fpr[a] * step_ratio and fpr[c] <= lim:
             err = (fpr[c] - fpr[a]) * (tpr[c] + tpr[a]) * 0.5 - (cum[c] - cum[a])
             if abs(drift + err) <= area_tol:
                 j, j_err = c, err
@@ -353,11 +404,39 @@ class _Terms:
         self.parts = []
 
 
+class _Thin:
+    """:func:`corners` on a curve fed in chunks: a point is decided once the point after it has come.
+
+    It holds the last two points fed: the one decided last (the next point's left neighbour) and
+    the one waiting for its right neighbour.
+    """
+
+    def __init__(self):
+        self.f = self.t = self.thr = np.empty(0)
+
+    def feed(self, f: np.ndarray, t: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The points of ``f, t, thr`` (and of the waiting one) that stay, decided so far."""
+        if f.size == 0:
+            return f, t, thr
+        lo = max(0, self.f.size - 1)  # the held left neighbour was decided (and given) before
+        f = np.concatenate([self.f, f])
+        t = np.concatenate([self.t, t])
+        thr = np.concatenate([self.thr, thr])
+        idx = lo + np.flatnonzero(corners(f, t)[lo:-1])  # the last point waits for its successor
+        self.f, self.t, self.thr = f[-2:], t[-2:], thr[-2:]
+        return f[idx], t[idx], thr[idx]
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The last point (the curve's end always stays)."""
+        return self.f[-1:], self.t[-1:], self.thr[-1:]
+
+
 class _StreamDown:
     """:func:`downsample` (and the whole curve's AUROC, TPR@f and size) on a curve fed chunk by chunk.
 
-    It keeps the points from the last chosen chord start on (at most ``_MAX_SCAN`` + 1 of them
-    between feeds), with their prefix areas over the whole curve: :func:`_greedy_part` makes
+    The AUROC, TPR@f and size are taken on every point fed; the rest on the points :class:`_Thin`
+    lets through. It keeps those from the last chosen chord start on (at most ``_MAX_SCAN`` + 1 of
+    them between feeds), with their prefix areas over the whole thinned curve: :func:`_greedy_part` makes
     :func:`_greedy`'s choices, in its order and with its arithmetic, as soon as they are settled.
     """
 
@@ -366,13 +445,17 @@ class _StreamDown:
         self.tol = float(area_tol)
         self.ratio = float(10 ** (1.0 / per_decade))
         self.fprs = [float(x) for x in fprs]
+        self.lims = _lims(fprs)
         self.best = [None] * len(self.fprs)
         self.terms = _Terms(spill_limit)
         self.f = self.t = self.thr = self.cum = np.empty(0)
         self.a = -1  # the chord start in the window; -1 while the points are still within dense_fpr
         self.drift = 0.0
-        self.prev = None  # (fpr, tpr, prefix) of the last point fed
-        self.n = 0
+        self.thin = _Thin()
+        self.prev_exact = None  # (fpr, tpr) of the last point fed
+        self.prev = None  # (fpr, tpr, prefix) of the last point through the thinning
+        self.n = 0  # points fed (the whole curve's)
+        self.n_down = 0  # points through the thinning
         self.out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def feed(self, f: np.ndarray, t: np.ndarray, thr: np.ndarray) -> None:
@@ -386,6 +469,11 @@ class _StreamDown:
     def _feed(self, f, t, thr) -> None:
         if f.size == 0:
             return
+        self._exact(f, t)
+        self._down(*self.thin.feed(f, t, thr))
+
+    def _exact(self, f, t) -> None:
+        """The whole curve's TPR@f, trapezoid terms and size, on every point fed."""
         for k, x in enumerate(self.fprs):  # tpr_at_fpr: the largest TPR at FPR <= x
             ok = f <= x
             if ok.any():
@@ -393,16 +481,29 @@ class _StreamDown:
                 self.best[k] = m if self.best[k] is None else max(self.best[k], m)
         cum = np.empty(f.size)
         terms = np.empty(f.size)
-        if self.prev is None:  # the curve's first point: prefix 0, no trapezoid before it
-            cum[0] = 0.0
+        if self.prev_exact is None:  # the curve's first point: no trapezoid before it
             _cum_terms(f[1:], t[1:], f[0], t[0], 0.0, cum[1:], terms[1:])
             self.terms.add(terms[1:])
         else:
-            _cum_terms(f, t, *self.prev, cum, terms)
+            _cum_terms(f, t, *self.prev_exact, 0.0, cum, terms)
             self.terms.add(terms)
-        self.prev = (float(f[-1]), float(t[-1]), float(cum[-1]))
-        first = self.n == 0
+        self.prev_exact = (float(f[-1]), float(t[-1]))
         self.n += f.size
+
+    def _down(self, f, t, thr) -> None:
+        """:func:`downsample`'s choices among the points :class:`_Thin` let through."""
+        if f.size == 0:
+            return
+        cum = np.empty(f.size)
+        scratch = np.empty(f.size)
+        if self.prev is None:  # the first point: prefix 0
+            cum[0] = 0.0
+            _cum_terms(f[1:], t[1:], f[0], t[0], 0.0, cum[1:], scratch[1:])
+        else:
+            _cum_terms(f, t, *self.prev, cum, scratch)
+        self.prev = (float(f[-1]), float(t[-1]), float(cum[-1]))
+        first = self.n_down == 0
+        self.n_down += f.size
         self.f = np.concatenate([self.f, f])
         self.t = np.concatenate([self.t, t])
         self.thr = np.concatenate([self.thr, thr.astype(np.float64)])
@@ -426,7 +527,8 @@ class _StreamDown:
     def _greedy(self, final: bool) -> None:
         keep = np.zeros(self.f.size, dtype=bool)
         keep[0] = True  # the window starts at the chord start, a kept point
-        a, self.drift = _greedy_part(self.f, self.t, self.cum, self.a, self.drift, self.tol, self.ratio, final, keep)
+        a, self.drift = _greedy_part(self.f, self.t, self.cum, self.a, self.drift, self.tol, self.ratio, self.lims,
+                                      final, keep)
         if final:
             keep[-1] = True
             self._emit(np.flatnonzero(keep))
@@ -438,6 +540,8 @@ class _StreamDown:
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, dict[float, float], int]:
         """``(fpr, tpr, threshold)`` kept, the AUROC, TPR@f and the number of points of the whole curve."""
+        if self.n:
+            self._down(*self.thin.finish())
         if self.f.size:
             self.a = max(self.a, 0)
             self._greedy(final=True)
@@ -543,7 +647,7 @@ def roc_curves(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], masks: Mappin
                 continue
             f, t, thr = pooled_curve(member, score, mask)
             keep = downsample(f, t, dense_fpr=_dense_limit(dense_all, n_neg), area_tol=area_tol,
-                              per_decade=per_decade)
+                              per_decade=per_decade, fprs=fprs)
             curves.append(RocCurve(attack=str(attack), column=str(column), fpr=f[keep], tpr=t[keep],
                                    threshold=thr[keep], auroc=float(np.trapezoid(t, f)),
                                    tpr_at={float(x): tpr_at_fpr(f, t, float(x)) for x in fprs},
@@ -551,18 +655,34 @@ def roc_curves(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], masks: Mappin
     return curves
 
 
+_CSV_COLUMNS = ["attack", "column", "fpr", "tpr", "threshold"]
+
+
+def _curve_frame(c: RocCurve) -> pd.DataFrame:
+    return pd.DataFrame({"attack": c.attack, "column": c.column, "fpr": c.fpr, "tpr": c.tpr, "threshold": c.threshold})
+
+
 def curves_frame(curves: Sequence[RocCurve]) -> pd.DataFrame:
     """The curves as one tidy DataFrame: ``attack, column, fpr, tpr, threshold``."""
-    parts = [pd.DataFrame({"attack": c.attack, "column": c.column, "fpr": c.fpr, "tpr": c.tpr,
-                           "threshold": c.threshold}) for c in curves]
+    parts = [_curve_frame(c) for c in curves]
     if not parts:
-        return pd.DataFrame(columns=["attack", "column", "fpr", "tpr", "threshold"])
+        return pd.DataFrame(columns=_CSV_COLUMNS)
     return pd.concat(parts, ignore_index=True)
 
 
 def write_roc_csv(curves: Sequence[RocCurve], path: str | Path) -> Path:
-    """Write :func:`curves_frame` as CSV (full precision: float64 values round-trip exactly)."""
-    return write_text(Path(path), curves_frame(curves).to_csv(index=False, float_format="%.17g"))
+    """Write the curves as :func:`curves_frame`'s CSV, one curve at a time, atomically.
+
+    The bytes are those of ``curves_frame(curves).to_csv(index=False, float_format="%.17g")`` (full
+    precision: float64 values round-trip exactly) without the frame of all curves or its text.
+    """
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            pd.DataFrame(columns=_CSV_COLUMNS).to_csv(fh, index=False)
+            for c in curves:
+                _curve_frame(c).to_csv(fh, index=False, header=False, float_format="%.17g")
+
+    return atomic_write(Path(path), write)
 
 
 def _title(column: str) -> str:
