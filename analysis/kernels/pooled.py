@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import numba
 import numpy as np
 
+from analysis.kernels.buckets import bucket_gather, bucket_hist
 from analysis.kernels.keys import _order_keys
 
 __all__ = ["DEFAULT_BLOCK_BYTES", "pooled_metrics", "pooled_roc_points", "fits_whole", "scan_sorted",
@@ -169,34 +170,6 @@ def scan_finish(st, best, fprs, pf, qf, pts, record, out):  # pragma: no cover -
     return npts
 
 
-@numba.njit(cache=True, nogil=True)
-def _hist(keys, prefix, shift, hist):  # pragma: no cover - compiled
-    """Count keys with ``key >> shift == prefix`` (all if shift == 64) per their next 16 bits."""
-    sub = np.uint64(shift - 16)
-    sh = np.uint64(shift if shift < 64 else 0)
-    m = np.uint64(0xFFFF)
-    for i in range(keys.size):
-        k = keys[i]
-        if shift == 64 or (k >> sh) == prefix:
-            hist[np.int64((k >> sub) & m)] += 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _gather(keys, prefix, shift, lo, hi, out, pos):  # pragma: no cover - compiled
-    """Append to ``out`` the keys of :func:`_hist`'s buckets ``lo..hi``; returns the new length."""
-    sub = np.uint64(shift - 16)
-    sh = np.uint64(shift if shift < 64 else 0)
-    m = np.uint64(0xFFFF)
-    for i in range(keys.size):
-        k = keys[i]
-        if shift == 64 or (k >> sh) == prefix:
-            b = np.int64((k >> sub) & m)
-            if lo <= b and b <= hi:
-                out[pos] = k
-                pos += 1
-    return pos
-
-
 class _Pairs:
     """The pairs ``member[:, mask]``, ``score[:, mask]`` as blocks of keys, re-read on every pass."""
 
@@ -230,7 +203,7 @@ def _run(pairs: _Pairs, fprs: np.ndarray, record: bool,
     hist0 = np.zeros(_NB, dtype=np.int64)
     p = 0
     for keys, mb in pairs.blocks(check=True):
-        _hist(keys, np.uint64(0), 64, hist0)
+        bucket_hist(keys, np.uint64(0), 64, hist0)
         p += int(np.count_nonzero(mb))
     q = pairs.n - p
     if pairs.n == 0 or p == 0 or q == 0:
@@ -258,7 +231,7 @@ def _run(pairs: _Pairs, fprs: np.ndarray, record: bool,
             if c > pairs.cap:  # split the bucket by its next bits (one more counting pass)
                 h = np.zeros(_NB, dtype=np.int64)
                 for keys, _ in pairs.blocks():
-                    _hist(keys, np.uint64(child), sub, h)
+                    bucket_hist(keys, np.uint64(child), sub, h)
                 walk(child, sub, h)
                 i += 1
                 continue
@@ -270,7 +243,7 @@ def _run(pairs: _Pairs, fprs: np.ndarray, record: bool,
             buf = np.empty(tot, dtype=np.uint64)
             pos = 0
             for keys, _ in pairs.blocks():
-                pos = _gather(keys, np.uint64(prefix), shift, b + 1, hi, buf, pos)
+                pos = bucket_gather(keys, np.uint64(prefix), shift, b + 1, hi, buf, pos)
             buf.sort()
             pts = np.empty((tot + 2 if record else 0, 3), dtype=np.int64)
             emit(pts, scan_sorted(buf, st, best, fprs, pf, qf, pts, record))
