@@ -51,6 +51,7 @@ Notes on interpretation
 
 from __future__ import annotations
 
+import mmap
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,6 +316,20 @@ def _columns(member, score, masks, fprs, n_boot, seed, level, samples, max_bytes
     return out
 
 
+def _read_rows(a: np.ndarray, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0:r1`` of ``a`` in memory. A read-only memmap's pages are then handed back to the page
+    cache: they count in the process' RSS while mapped, and the bounded path reads every row many
+    times (they are read again from the cache, or the disk, when next needed)."""
+    out = np.array(a[r0:r1])
+    m = a
+    while isinstance(m, np.ndarray) and not isinstance(m, np.memmap):  # np.asarray's views hide the memmap
+        m = m.base
+    mm = getattr(m, "_mmap", None)
+    if isinstance(m, np.memmap) and m.mode == "r" and mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
+    return out
+
+
 def _count_members(member: np.ndarray, mask: np.ndarray | None, rows: int | None) -> int:
     """Members among ``member[:, mask]``, a block of rows at a time when ``rows`` pairs are given."""
     if rows is None:
@@ -322,7 +337,7 @@ def _count_members(member: np.ndarray, mask: np.ndarray | None, rows: int | None
     step = max(1, rows // max(1, member.shape[1]))
     total = 0
     for r0 in range(0, member.shape[0], step):
-        mb = np.asarray(member[r0:r0 + step], dtype=bool)
+        mb = _read_rows(member, r0, r0 + step).astype(bool, copy=False)
         total += int(np.count_nonzero(mb if mask is None else mb[:, mask]))
     return total
 
@@ -692,7 +707,7 @@ def _fast_shared(pool: "_SortedPool | _DiskPool", member: np.ndarray, mask: np.n
     km = np.zeros((n_boot, n), dtype=np.float32)
     rows = max(1, (32 << 20) // (4 * n))
     for r0 in range(0, t, rows):  # k @ member in row blocks: no float copy of the whole member
-        mb = np.asarray(member[r0:r0 + rows], dtype=bool)
+        mb = _read_rows(member, r0, r0 + rows).astype(bool, copy=False)
         km += k[:, r0:r0 + rows] @ (mb if mask is None else mb[:, mask]).astype(np.float32)
     pos_b = np.einsum("bn,bn->b", km.astype(np.float64), c)  # exact: small integers
     neg_b = float(t) * float(n) - pos_b
@@ -846,8 +861,8 @@ class _DiskPool:
 
         def blocks():
             for r0 in range(0, t, step):
-                s = np.asarray(score[r0:r0 + step])
-                yield _block_keys(np.asarray(member[r0:r0 + step]), s if s.dtype == np.float32 else
+                s = _read_rows(score, r0, r0 + step)
+                yield _block_keys(_read_rows(member, r0, r0 + step), s if s.dtype == np.float32 else
                                   s.astype(np.float64), r0 * n, sh)
 
         pool = cls(directory / "pool.u64", t, n, sh, max(1, block_bytes // 32), block_bytes)
