@@ -30,6 +30,17 @@ on a top prefix of the sorted pairs, and the draws are the exact path's, so the 
 (tested: identical TPR replicates, AUROC replicates within a few % of the interval width at
 T = 40; the neglected terms shrink as 1/T + 1/N).
 
+In bounded memory (``block_bytes``, issue #18): the fast path's pool (~16 bytes per pair: the sorted
+keys and the AUROC influence values, 1.6 GB at 2000 x 50,000) waits on disk instead
+(:class:`_DiskPool`): the keys are sorted a group of buckets at a time into a file (the passes of
+:mod:`analysis.kernels.buckets`), the counts and influence values are walked from it a read at a
+time (a tie group cut by a read is carried over), the influence values wait in one file per block
+of samples until the block is multiplied by the target draws, and the TPR's top prefix is read
+from the file's end. The keys are the in-memory pool's, so every number is too
+(tests/test_bootstrap_bounded.py); ``k @ G`` is one product per aligned :data:`_KG_COLS`-column
+block in both paths (one BLAS product over all columns gave other last bits, and other ones again
+with another BLAS thread count).
+
 Replicates with no positive or no negative pair (possible for tiny inputs) are NaN and ignored by
 the percentiles; their number is reported as ``n_degenerate``.
 
