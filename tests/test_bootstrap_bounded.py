@@ -40,6 +40,7 @@ def _same(a, b):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("block_bytes", [512, 40_000])
 def test_tiny_block_same_bits_as_the_pool_in_memory(dtype, block_bytes, tmp_path, monkeypatch):
+    monkeypatch.setattr(bs, "_KG_COLS", 128)  # both paths multiply 128 columns at a time: four blocks of samples
     member, score = _pairs(dtype)
     masks = _masks(member.shape[1])
     kw = dict(fprs=FPRS, n_boot=40, seed=3, exact_budget=0)

@@ -557,7 +557,7 @@ def _influence_range(key, lo, hi, sh, neg_below, pos_below, n_pos, n_neg, auc, g
 #: Columns of one ``k @ G`` product: both paths multiply the same aligned column blocks, so the
 #: bounded one (a few blocks in memory at a time) gives the whole one's bits (a BLAS product's last
 #: bits depend on its shape).
-_KG_COLS = 128
+_KG_COLS = 2048
 
 
 def _kg_into(k: np.ndarray, g: np.ndarray, out: np.ndarray, j0: int) -> None:
