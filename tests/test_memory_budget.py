@@ -80,17 +80,27 @@ def test_bad_budget_one_line(store, tmp_path, capsys, bad):
 def test_tiny_budget_with_the_paper_extras_same_tables(store, tmp_path, monkeypatch):
     """With the extras (challenge sets, bootstrap, theory, the shadow-count sweep) a tiny budget also
     puts every shadow's phi on disk and the sweep reads it a block of samples at a time: every table
-    and the per-sample frame are byte-identical to the default budget's."""
+    and the per-sample frame are byte-identical to the default budget's. The bootstrap tables take
+    their large-input path here (as at the paper's shape), whose sorted pairs wait on disk under the
+    tiny budget."""
+    import analysis.kernels.bootstrap as bs
     import analysis.studies.sweep as sweep
 
     blocks = []
     real = sweep.shadow_sweep
     monkeypatch.setattr(sweep, "shadow_sweep", lambda *a, **k: blocks.append(k.get("block_samples")) or real(*a, **k))
+    monkeypatch.setattr(bs, "EXACT_BUDGET", 0)
+    pools = []
+    real_pool = bs._DiskPool.build
+    monkeypatch.setattr(bs._DiskPool, "build", lambda *a, **k: pools.append(a[2]) or real_pool(*a, **k))
     analyze(store, tmp_path / "big", targets=0, progress=False, threads=2)
+    assert not pools
     analyze(store, tmp_path / "small", targets=0, progress=False, threads=2, memory_gb=2**-20)
     assert blocks[0] is None and blocks[1] is not None and blocks[1] >= 1  # only the tiny budget read in blocks
+    assert pools and max(pools) <= 4 << 10  # every attack's bootstrap pool waited on disk
+    assert not list((tmp_path / "small").glob("bootstrap-*"))
     names = sorted(p.name for p in (tmp_path / "big" / "tables").glob("*.csv"))
-    assert "sweep_raw.csv" in names and "theory.csv" in names
+    assert "sweep_raw.csv" in names and "theory.csv" in names and "paper_attacks.csv" in names
     for name in names:
         assert (tmp_path / "small" / "tables" / name).read_bytes() == (tmp_path / "big" / "tables" / name).read_bytes(), name
     assert (tmp_path / "small" / "per_sample.csv").read_bytes() == (tmp_path / "big" / "per_sample.csv").read_bytes()

@@ -30,6 +30,17 @@ on a top prefix of the sorted pairs, and the draws are the exact path's, so the 
 (tested: identical TPR replicates, AUROC replicates within a few % of the interval width at
 T = 40; the neglected terms shrink as 1/T + 1/N).
 
+In bounded memory (``block_bytes``, issue #18): the fast path's pool (~16 bytes per pair: the sorted
+keys and the AUROC influence values, 1.6 GB at 2000 x 50,000) waits on disk instead
+(:class:`_DiskPool`): the keys are sorted a group of buckets at a time into a file (the passes of
+:mod:`analysis.kernels.buckets`), the counts and influence values are walked from it a read at a
+time (a tie group cut by a read is carried over), the influence values wait in one file per block
+of samples until the block is multiplied by the target draws, and the TPR's top prefix is read
+from the file's end. The keys are the in-memory pool's, so every number is too
+(tests/test_bootstrap_bounded.py); ``k @ G`` is one product per aligned :data:`_KG_COLS`-column
+block in both paths (one BLAS product over all columns gave other last bits, and other ones again
+with another BLAS thread count).
+
 Replicates with no positive or no negative pair (possible for tiny inputs) are NaN and ignored by
 the percentiles; their number is reported as ``n_degenerate``.
 
@@ -51,12 +62,16 @@ Notes on interpretation
 
 from __future__ import annotations
 
+import mmap
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numba
 import numpy as np
 
+from analysis.kernels.buckets import BUCKET_BITS, bucket_gather, bucket_hist
 from analysis.kernels.keys import _order_keys, order32
 from analysis.kernels.threads import thread_map
 
@@ -194,7 +209,8 @@ def _pairs(member: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[float] = (0.001,),
                       n_boot: int = 200, seed: int = 0, level: float = 0.95, samples: str = "shared",
                       mask: np.ndarray | None = None, max_bytes: int = 16 * 2**20,
-                      exact_budget: int | None = None, threads: int = 1) -> BootstrapResult:
+                      exact_budget: int | None = None, threads: int = 1, block_bytes: int | None = None,
+                      spill_dir: str | Path | None = None) -> BootstrapResult:
     """Pooled AUROC and TPR@FPR with bootstrap percentile intervals over targets and samples.
 
     Parameters
@@ -224,19 +240,26 @@ def bootstrap_metrics(member: np.ndarray, score: np.ndarray, *, fprs: Sequence[f
         exact TPR, exact class totals); smaller ones the exact weighted ROC of every replicate.
     threads : int
         Threads the fast path runs on (:mod:`analysis.kernels.threads`; no result depends on it).
+    block_bytes : int, optional
+        Memory share of the fast path's pool: when its keys and influence values (~16 bytes per
+        pair) exceed it, they are sorted a bucket group at a time into files under ``spill_dir``
+        (default: the system's temporary folder), removed before returning (:class:`_DiskPool`).
+        No result depends on it. ``member`` and ``score`` may then be read-only memmaps.
 
     Returns
     -------
     BootstrapResult
     """
     return bootstrap_columns(member, score, {"": mask}, fprs=fprs, n_boot=n_boot, seed=seed, level=level,
-                             samples=samples, max_bytes=max_bytes, exact_budget=exact_budget, threads=threads)[""]
+                             samples=samples, max_bytes=max_bytes, exact_budget=exact_budget, threads=threads,
+                             block_bytes=block_bytes, spill_dir=spill_dir)[""]
 
 
 def bootstrap_columns(member: np.ndarray, score: np.ndarray, masks: Mapping[str, np.ndarray | None], *,
                       fprs: Sequence[float] = (0.001,), n_boot: int = 200, seed: int = 0, level: float = 0.95,
                       samples: str = "shared", max_bytes: int = 16 * 2**20,
-                      exact_budget: int | None = None, threads: int = 1) -> dict[str, BootstrapResult]:
+                      exact_budget: int | None = None, threads: int = 1, block_bytes: int | None = None,
+                      spill_dir: str | Path | None = None) -> dict[str, BootstrapResult]:
     """:func:`bootstrap_metrics` of one attack's pairs for several columns (sample masks) at once.
 
     The pooled pairs are sorted once; each column on the fast path takes its pairs from that order
@@ -244,7 +267,6 @@ def bootstrap_columns(member: np.ndarray, score: np.ndarray, masks: Mapping[str,
     whole pool keeps: all of a float32 score). ``masks`` maps a column name to a bool (N,) mask
     (None: every sample). Other parameters: :func:`bootstrap_metrics`.
     """
-    member, score = _pairs(member, score)
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     if n_boot < 1:
@@ -253,8 +275,27 @@ def bootstrap_columns(member: np.ndarray, score: np.ndarray, masks: Mapping[str,
         raise ValueError(f"samples must be 'within' or 'shared', got {samples!r}")
     fprs = [float(f) for f in fprs]
     exact_budget = EXACT_BUDGET if exact_budget is None else int(exact_budget)
+    if block_bytes is None or np.size(member) * 16 <= int(block_bytes):
+        member, score = _pairs(member, score)
+        return _columns(member, score, masks, fprs, n_boot, seed, level, samples, max_bytes, exact_budget, threads,
+                        lambda: _SortedPool(member, score), lambda pool, mask, _: pool.subset(mask))
+    if np.ndim(member) == 1:
+        member, score = np.asarray(member)[None], np.asarray(score)[None]
+    if np.ndim(member) != 2 or np.shape(member) != np.shape(score):
+        raise ValueError(f"member and score must both be (T, N), got {np.shape(member)} and {np.shape(score)}")
+    with tempfile.TemporaryDirectory(prefix="bootstrap-", dir=spill_dir) as tmp:
+        return _columns(member, score, masks, fprs, n_boot, seed, level, samples, max_bytes, exact_budget, threads,
+                        lambda: _DiskPool.build(member, score, int(block_bytes), Path(tmp)),
+                        lambda pool, mask, _: pool.subset(mask, Path(tmp)), rows=max(1, int(block_bytes) // 32))
+
+
+def _columns(member, score, masks, fprs, n_boot, seed, level, samples, max_bytes, exact_budget, threads,
+             make_pool, make_subset, rows: int | None = None) -> dict[str, BootstrapResult]:
+    """:func:`bootstrap_columns` once validated; ``make_pool()`` sorts the attack's pairs (at most
+    once), ``make_subset(pool, mask, None)`` takes a column's from them; ``rows`` (bounded memory):
+    count members ``rows`` pairs' worth of rows at a time instead of slicing whole columns."""
     t, n_all = member.shape
-    pool: _SortedPool | None = None
+    pool = None
     out = {}
     for name, mask in masks.items():
         every = mask is None
@@ -263,24 +304,53 @@ def bootstrap_columns(member: np.ndarray, score: np.ndarray, masks: Mapping[str,
             if mask.shape != (n_all,):
                 raise ValueError(f"mask {name!r} has shape {mask.shape}, expected ({n_all},)")
             every = bool(mask.all())
-        m_sub = member if every else member[:, mask]
-        n = m_sub.shape[1]
-        n_pos = int(np.count_nonzero(m_sub))
+        n = n_all if every else int(mask.sum())
+        n_pos = _count_members(member, None if every else mask, rows)
         if samples == "shared" and t * n * n_boot > exact_budget and 0 < n_pos < t * n:
             if pool is None:
-                pool = _SortedPool(member, score)
-            sub = pool if every else pool.subset(mask)
-            point, reps = _fast_shared(sub, m_sub, fprs, n_boot, seed, max_bytes, threads)
+                pool = make_pool()
+            sub = pool if every else make_subset(pool, mask, None)
+            point, reps = _fast_shared(sub, member, None if every else mask, fprs, n_boot, seed, max_bytes, threads)
             method = "linearised AUROC, exact TPR (large input)"
+            if sub is not pool and isinstance(sub, _DiskPool):
+                sub.path.unlink()
             del sub
         else:
-            point, reps = _exact(m_sub, score if every else score[:, mask], fprs, n_boot, seed, samples,
-                                 max_bytes)
+            # small by the exact budget: the column's pairs are sliced whole
+            m_sub, s_sub = _pairs(member if every else member[:, mask], score if every else score[:, mask])
+            point, reps = _exact(m_sub, s_sub, fprs, n_boot, seed, samples, max_bytes)
             method = "exact weighted ROC"
+            del m_sub, s_sub
         out[name] = _result(point, reps, fprs, level, n_boot, t, n, n_pos,
                             {"n_boot": n_boot, "seed": seed, "level": level, "samples": samples, "fprs": fprs,
                              "method": method})
     return out
+
+
+def _read_rows(a: np.ndarray, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0:r1`` of ``a`` in memory. A read-only memmap's pages are then handed back to the page
+    cache: they count in the process' RSS while mapped, and the bounded path reads every row many
+    times (they are read again from the cache, or the disk, when next needed)."""
+    out = np.array(a[r0:r1])
+    m = a
+    while isinstance(m, np.ndarray) and not isinstance(m, np.memmap):  # np.asarray's views hide the memmap
+        m = m.base
+    mm = getattr(m, "_mmap", None)
+    if isinstance(m, np.memmap) and m.mode == "r" and mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
+    return out
+
+
+def _count_members(member: np.ndarray, mask: np.ndarray | None, rows: int | None) -> int:
+    """Members among ``member[:, mask]``, a block of rows at a time when ``rows`` pairs are given."""
+    if rows is None:
+        return int(np.count_nonzero(member if mask is None else member[:, mask]))
+    step = max(1, rows // max(1, member.shape[1]))
+    total = 0
+    for r0 in range(0, member.shape[0], step):
+        mb = _read_rows(member, r0, r0 + step).astype(bool, copy=False)
+        total += int(np.count_nonzero(mb if mask is None else mb[:, mask]))
+    return total
 
 
 def _exact(member: np.ndarray, score: np.ndarray, fprs: list[float], n_boot: int, seed: int, samples: str,
@@ -329,23 +399,24 @@ EXACT_BUDGET = 50_000_000
 
 
 @numba.njit(cache=True, nogil=True)
-def _pack_f32(bits, member, key):  # pragma: no cover - compiled
+def _pack_f32(bits, member, key, off):  # pragma: no cover - compiled
     """``key[i]``: the order-preserving bits of float32 score ``i`` (``bits``: its uint32 view) in the
-    high 32 bits, ``i`` shifted left by one from bit 1, the membership in bit 0. Returns False on a NaN."""
+    high 32 bits, the pair index ``off + i`` shifted left by one from bit 1, the membership in bit 0.
+    Returns False on a NaN."""
     for i in range(bits.size):
         u = bits[i]
         if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
             return False
-        key[i] = (np.uint64(order32(u)) << np.uint64(32)) | (np.uint64(i) << np.uint64(1)) | np.uint64(member[i])
+        key[i] = (np.uint64(order32(u)) << np.uint64(32)) | (np.uint64(off + i) << np.uint64(1)) | np.uint64(member[i])
     return True
 
 
 @numba.njit(cache=True, nogil=True)
-def _pack_keys(key, member, sh):  # pragma: no cover - compiled
-    """Float64 order keys ``key`` (in place): the bits above ``sh`` kept, ``i << 1 | member[i]`` below."""
+def _pack_keys(key, member, sh, off):  # pragma: no cover - compiled
+    """Float64 order keys ``key`` (in place): the bits above ``sh`` kept, ``(off + i) << 1 | member[i]`` below."""
     high = ~((np.uint64(1) << np.uint64(sh)) - np.uint64(1))
     for i in range(key.size):
-        key[i] = (key[i] & high) | (np.uint64(i) << np.uint64(1)) | np.uint64(member[i])
+        key[i] = (key[i] & high) | (np.uint64(off + i) << np.uint64(1)) | np.uint64(member[i])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -365,6 +436,21 @@ def _subset_keys(key, sh, n, pos, n_sub, out):  # pragma: no cover - compiled
     return j
 
 
+def _block_keys(member: np.ndarray, score: np.ndarray, off: int, sh: int) -> np.ndarray:
+    """The (unsorted) pool keys of rows of pairs whose first pair has index ``off`` (see :class:`_SortedPool`)."""
+    flat_m = np.ascontiguousarray(member, dtype=bool).reshape(-1).view(np.uint8)
+    if score.dtype == np.float32 and sh <= 32:
+        key = np.empty(flat_m.size, dtype=np.uint64)
+        ok = _pack_f32(np.ascontiguousarray(score).reshape(-1).view(np.uint32), flat_m, key, off)
+    else:
+        ok = not np.isnan(score).any()
+        key = _order_keys(score.reshape(-1))
+        _pack_keys(key, flat_m, sh, off)
+    if not ok:
+        raise ValueError("scores contain NaN; score every pair (e.g. a neutral value) before the bootstrap")
+    return key
+
+
 class _SortedPool:
     """One attack's pairs sorted ascending as uint64 keys: the score's order-preserving bits above
     bit ``sh``, the pair index ``t * n + i`` from bit 1, the membership in bit 0.
@@ -379,16 +465,7 @@ class _SortedPool:
         self.t, self.n = member.shape
         p = member.size
         self.sh = max(1, int(p - 1).bit_length()) + 1
-        flat_m = np.ascontiguousarray(member).reshape(-1).view(np.uint8)
-        if score.dtype == np.float32 and self.sh <= 32:
-            self.key = np.empty(p, dtype=np.uint64)
-            ok = _pack_f32(np.ascontiguousarray(score).reshape(-1).view(np.uint32), flat_m, self.key)
-        else:
-            ok = not np.isnan(score).any()
-            self.key = _order_keys(score.reshape(-1))
-            _pack_keys(self.key, flat_m, self.sh)
-        if not ok:
-            raise ValueError("scores contain NaN; score every pair (e.g. a neutral value) before the bootstrap")
+        self.key = _block_keys(member, score, 0, self.sh)
         self.key.sort()
 
     def subset(self, mask: np.ndarray) -> "_SortedPool":
@@ -402,6 +479,29 @@ class _SortedPool:
         sub = object.__new__(_SortedPool)
         sub.t, sub.n, sub.sh, sub.key = self.t, n_sub, self.sh, out
         return sub
+
+    def auroc_terms(self, k: np.ndarray, threads: int) -> tuple[float, int, int, np.ndarray]:
+        """AUROC, positives, negatives and ``k @ G`` (B, n) float32, ``G`` the pairs' influence values."""
+        g = np.empty(self.t * self.n, dtype=np.float32)
+        auc, n_pos, n_neg = _placements(self, g, threads)
+        kg = np.empty((k.shape[0], self.n), dtype=np.float32)
+        _kg_into(k, g.reshape(self.t, self.n), kg, 0)
+        return auc, n_pos, n_neg, kg
+
+    def top_length(self, need: int) -> int:
+        """Pairs from the top of the order down to and including the ``need``-th negative."""
+        return int(_top_length(self.key, need))
+
+    def group_start(self, lo: int) -> int:
+        """First index of the tie group holding ``key[lo]``."""
+        key, s = self.key, np.uint64(self.sh)
+        v0 = key[lo] >> s
+        while lo > 0 and (key[lo - 1] >> s) == v0:
+            lo -= 1
+        return lo
+
+    def keys(self, a: int, b: int) -> np.ndarray:
+        return self.key[a:b]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -452,6 +552,20 @@ def _influence_range(key, lo, hi, sh, neg_below, pos_below, n_pos, n_neg, auc, g
         neg_below += gn
         pos_below += gp
         i = j
+
+
+#: Columns of one ``k @ G`` product: both paths multiply the same aligned column blocks, so the
+#: bounded one (a few blocks in memory at a time) gives the whole one's bits (a BLAS product's last
+#: bits depend on its shape).
+_KG_COLS = 2048
+
+
+def _kg_into(k: np.ndarray, g: np.ndarray, out: np.ndarray, j0: int) -> None:
+    """``out[:, j0:j0 + w] = k @ g`` (g (T, w)), one :data:`_KG_COLS`-column product at a time;
+    ``j0`` is a multiple of :data:`_KG_COLS` (the blocks are the same whatever ``w``)."""
+    for c0 in range(0, g.shape[1], _KG_COLS):
+        blk = np.ascontiguousarray(g[:, c0:c0 + _KG_COLS])
+        out[:, j0 + c0:j0 + c0 + blk.shape[1]] = k @ blk
 
 
 def _placements(pool: _SortedPool, g: np.ndarray, threads: int = 1) -> tuple[float, int, int]:
@@ -573,9 +687,12 @@ def _shared_draws(t: int, n: int, n_boot: int, seed: int, max_bytes: int) -> tup
     return _DRAWS[key]
 
 
-def _fast_shared(pool: _SortedPool, member: np.ndarray, fprs: list[float], n_boot: int, seed: int,
-                 max_bytes: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def _fast_shared(pool: "_SortedPool | _DiskPool", member: np.ndarray, mask: np.ndarray | None, fprs: list[float],
+                 n_boot: int, seed: int, max_bytes: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Point estimates (K,) and replicates (B, K) for the shared-sample design on large inputs.
+
+    ``pool``: the sorted pairs of ``member[:, mask]`` (``mask`` None: every sample), in memory or
+    on disk (:class:`_DiskPool`, the same keys: the same numbers).
 
     With shared samples a replicate's pair weight factorises, ``w_tj = k_t c_j`` (target and sample
     draw counts), so the bootstrap never needs per-pair weights over all T*N pairs:
@@ -591,37 +708,34 @@ def _fast_shared(pool: _SortedPool, member: np.ndarray, fprs: list[float], n_boo
       replicate's negative weight (widened until it does).
     * The class totals ``k^T M c`` are exact.
     """
-    t, n = member.shape
+    t, n = pool.t, pool.n
     p_tot = t * n
-    g = np.empty(p_tot, dtype=np.float32)
-    auc, n_pos, n_neg = _placements(pool, g, threads)
-    n_pos, n_neg = float(n_pos), float(n_neg)
     k, c = _shared_draws(t, n, n_boot, seed, max_bytes)
-    auc_b = auc + np.einsum("bn,bn->b", (k @ g.reshape(t, n)).astype(np.float64), c)
-    del g
+    auc, n_pos, n_neg, kg = pool.auroc_terms(k, threads)
+    n_pos, n_neg = float(n_pos), float(n_neg)
+    auc_b = auc + np.einsum("bn,bn->b", kg.astype(np.float64), c)
+    del kg
     km = np.zeros((n_boot, n), dtype=np.float32)
     rows = max(1, (32 << 20) // (4 * n))
     for r0 in range(0, t, rows):  # k @ member in row blocks: no float copy of the whole member
-        km += k[:, r0:r0 + rows] @ member[r0:r0 + rows].astype(np.float32)
+        mb = _read_rows(member, r0, r0 + rows).astype(bool, copy=False)
+        km += k[:, r0:r0 + rows] @ (mb if mask is None else mb[:, mask]).astype(np.float32)
     pos_b = np.einsum("bn,bn->b", km.astype(np.float64), c)  # exact: small integers
     neg_b = float(t) * float(n) - pos_b
     del km
 
     # TPR: walk the top of the (descending) order; start with 1.5x the negatives the largest FPR needs
     f_max = max(fprs) if fprs else 0.0
-    key, sh = pool.key, pool.sh
-    length = int(_top_length(key, int(min(n_neg, 1.5 * f_max * n_neg + 1000))))
+    sh = pool.sh
+    length = pool.top_length(int(min(n_neg, 1.5 * f_max * n_neg + 1000)))
     low, s = np.uint64((1 << (sh - 1)) - 1), np.uint64(sh)
     kt, ct = _compact(k), _compact(c)  # (T, B), (N, B): a pair's replicate weights contiguous
     thr = np.asarray(fprs, dtype=np.float64)[:, None] * neg_b[None, :]  # (F, B)
     w = max(1, min(int(threads), n_boot))
     parts = [(n_boot * k // w, n_boot * (k + 1) // w) for k in range(w)]  # replicates per thread
     while True:
-        lo = p_tot - length
-        v0 = key[lo] >> s
-        while lo > 0 and (key[lo - 1] >> s) == v0:  # the whole lowest tie group
-            lo -= 1
-        top = key[lo:][::-1]
+        lo = pool.group_start(p_tot - length)  # the whole lowest tie group
+        top = pool.keys(lo, p_tot)[::-1]
         pair = ((top >> np.uint64(1)) & low).astype(np.int64)
         ti, si, mi, gi = pair // n, pair % n, (top & np.uint64(1)).astype(np.bool_), top >> s
         end = np.append(gi[1:] != gi[:-1], True)
@@ -641,3 +755,284 @@ def _fast_shared(pool: _SortedPool, member: np.ndarray, fprs: list[float], n_boo
     reps = np.column_stack([auc_b, tpr_b])
     reps[(pos_b == 0) | (neg_b == 0)] = np.nan  # a replicate without one class (tiny inputs only)
     return point, reps
+
+
+# --- the fast path in bounded memory: the sorted pool on disk ------------------------------------
+
+@numba.njit(cache=True, nogil=True)
+def _count_carry(key, sh, st, cur, u):  # pragma: no cover - compiled
+    """Continue the pool's counts over ``key`` (the next sorted keys): ``st`` = [open group, its
+    negatives, its positives, negatives below it, positives below it], ``cur[0]`` its value, ``u[0]``
+    the Mann-Whitney sum of the closed groups (negatives below each positive, ties one half). A tie
+    group is closed when a different value comes, so a group cut between two reads counts once."""
+    s = np.uint64(sh)
+    for i in range(key.size):
+        v = key[i] >> s
+        if st[0] == 0 or v != cur[0]:
+            _close_group(st, u)
+            st[0] = 1
+            cur[0] = v
+        if key[i] & np.uint64(1):
+            st[2] += 1
+        else:
+            st[1] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _close_group(st, u):  # pragma: no cover - compiled
+    if st[0] != 0:
+        u[0] += st[2] * (st[3] + 0.5 * st[1])
+        st[3] += st[1]
+        st[4] += st[2]
+        st[0] = st[1] = st[2] = 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _last_group_start(key, sh):  # pragma: no cover - compiled
+    """First index of the last tie group of ``key`` (sorted)."""
+    s = np.uint64(sh)
+    i = key.size - 1
+    while i > 0 and (key[i - 1] >> s) == (key[key.size - 1] >> s):
+        i -= 1
+    return i
+
+
+@numba.njit(cache=True, nogil=True)
+def _influence_sorted(key, hi, sh, neg_below, pos_below, n_pos, n_neg, auc, g):  # pragma: no cover
+    """:func:`_influence_range` over the whole tie groups of ``key[:hi]``, ``g`` written in key order
+    (``g[i]`` for ``key[i]``); returns the negatives and positives below ``hi``."""
+    i = 0
+    while i < hi:
+        j, gp = _tie_group(key, i, hi, sh)
+        gn = (j - i) - gp
+        g_pos = ((neg_below + 0.5 * gn) / n_neg - auc) / n_pos
+        g_neg = (((n_pos - pos_below - gp) + 0.5 * gp) / n_pos - auc) / n_neg
+        for k in range(i, j):
+            g[k] = g_pos if key[k] & np.uint64(1) else g_neg
+        neg_below += gn
+        pos_below += gp
+        i = j
+    return neg_below, pos_below
+
+
+@numba.njit(cache=True, nogil=True)
+def _one_group(key, gp, gn, neg_below, pos_below, n_pos, n_neg, auc, g):  # pragma: no cover - compiled
+    """:func:`_influence_sorted` for part of a tie group of ``gp`` positives and ``gn`` negatives."""
+    g_pos = ((neg_below + 0.5 * gn) / n_neg - auc) / n_pos
+    g_neg = (((n_pos - pos_below - gp) + 0.5 * gp) / n_pos - auc) / n_neg
+    for k in range(key.size):
+        g[k] = g_pos if key[k] & np.uint64(1) else g_neg
+
+
+@numba.njit(cache=True, nogil=True)
+def _by_column_block(key, gbits, sh, n, width, out):  # pragma: no cover - compiled
+    """The pairs of ``key`` (their influence values' bits ``gbits``) grouped by block of ``width``
+    samples, in ``out`` as ``local index << 32 | bits``, the local index ``t * w + (i - i0)`` in the
+    block's own (T, w) array; returns the blocks' starts in ``out`` (n_blocks + 1)."""
+    low = (np.uint64(1) << np.uint64(sh - 1)) - np.uint64(1)
+    nblk = (n + width - 1) // width
+    start = np.zeros(nblk + 1, dtype=np.int64)
+    for i in range(key.size):
+        pair = np.int64((key[i] >> np.uint64(1)) & low)
+        start[(pair % n) // width + 1] += 1
+    for b in range(nblk):
+        start[b + 1] += start[b]
+    fill = start[:-1].copy()
+    for i in range(key.size):
+        pair = np.int64((key[i] >> np.uint64(1)) & low)
+        t = pair // n
+        j = pair - t * n
+        b = j // width
+        w = min(width, n - b * width)
+        out[fill[b]] = (np.uint64(t * w + (j - b * width)) << np.uint64(32)) | np.uint64(gbits[i])
+        fill[b] += 1
+    return start
+
+
+class _DiskPool:
+    """:class:`_SortedPool`'s keys in a file, sorted, read ``chunk`` keys at a time.
+
+    Built a group of key buckets at a time (:mod:`analysis.kernels.buckets`: a counting pass, then a
+    pass over the pairs per group gathering its keys, each group sorted and appended), so the keys
+    are the in-memory pool's and so is every number drawn from them. The AUROC's influence values
+    wait on disk by block of samples (:meth:`auroc_terms`) until each block is multiplied.
+    """
+
+    def __init__(self, path: Path, t: int, n: int, sh: int, chunk: int, block_bytes: int) -> None:
+        self.path, self.t, self.n, self.sh, self.chunk, self.block_bytes = path, t, n, sh, chunk, block_bytes
+        self.size = t * n
+
+    @classmethod
+    def build(cls, member: np.ndarray, score: np.ndarray, block_bytes: int, directory: Path) -> "_DiskPool":
+        """The pool of ``member``, ``score`` (T, N, memmaps welcome: read a block of rows at a time)."""
+        t, n = member.shape
+        sh = max(1, int(t * n - 1).bit_length()) + 1
+        step = max(1, (block_bytes // 32) // max(1, n))  # rows whose keys and inputs fit a share
+        cap = max(1, block_bytes // 16)  # keys sorted at once
+
+        def blocks():
+            for r0 in range(0, t, step):
+                s = _read_rows(score, r0, r0 + step)
+                yield _block_keys(_read_rows(member, r0, r0 + step), s if s.dtype == np.float32 else
+                                  s.astype(np.float64), r0 * n, sh)
+
+        pool = cls(directory / "pool.u64", t, n, sh, max(1, block_bytes // 32), block_bytes)
+        hist = np.zeros(1 << BUCKET_BITS, dtype=np.int64)
+        for keys in blocks():
+            bucket_hist(keys, np.uint64(0), 64, hist)
+        with open(pool.path, "wb") as f:
+            _write_sorted(blocks, 0, 64, hist, cap, f)
+        return pool
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        return np.fromfile(self.path, dtype=np.uint64, count=max(0, b - a), offset=8 * a)
+
+    keys = read
+
+    def subset(self, mask: np.ndarray, directory: Path) -> "_DiskPool":
+        """The pool of the samples in ``mask``, from this order in one pass (as :meth:`_SortedPool.subset`)."""
+        n_sub = int(mask.sum())
+        pos = np.full(self.n, -1, dtype=np.int64)
+        pos[mask] = np.arange(n_sub)
+        sub = _DiskPool(directory / f"subset{id(mask)}.u64", self.t, n_sub, self.sh, self.chunk, self.block_bytes)
+        done = 0
+        with open(sub.path, "wb") as f:
+            for a in range(0, self.size, self.chunk):
+                key = self.read(a, a + self.chunk)
+                out = np.empty(key.size, dtype=np.uint64)
+                j = _subset_keys(key, self.sh, self.n, pos, n_sub, out)
+                out[:j].tofile(f)
+                done += j
+        assert done == sub.size
+        return sub
+
+    def top_length(self, need: int) -> int:
+        """Pairs from the top of the order down to and including the ``need``-th negative."""
+        seen, b = 0, self.size
+        while b > 0:
+            a = max(0, b - self.chunk)
+            neg = np.flatnonzero((self.read(a, b) & np.uint64(1)) == 0)
+            if seen + neg.size >= need:
+                return self.size - (a + int(neg[neg.size - (need - seen)]))
+            seen, b = seen + neg.size, a
+        return self.size
+
+    def group_start(self, lo: int) -> int:
+        """First index of the tie group holding key ``lo``."""
+        s = np.uint64(self.sh)
+        v0 = self.read(lo, lo + 1)[0] >> s
+        while lo > 0:
+            a = max(0, lo - self.chunk)
+            other = np.flatnonzero((self.read(a, lo) >> s) != v0)
+            if other.size:
+                return a + int(other[-1]) + 1
+            lo = a
+        return lo
+
+    def _counts(self) -> tuple[float, int, int]:
+        """AUROC, positives, negatives: one pass over the order."""
+        st, cur, u = np.zeros(5, dtype=np.int64), np.zeros(1, dtype=np.uint64), np.zeros(1)
+        for a in range(0, self.size, self.chunk):
+            _count_carry(self.read(a, a + self.chunk), self.sh, st, cur, u)
+        _close_group(st, u)
+        n_pos, n_neg = int(st[4]), int(st[3])
+        if n_pos == 0 or n_neg == 0:
+            return np.nan, n_pos, n_neg
+        return float(u[0]) / (float(n_pos) * float(n_neg)), n_pos, n_neg
+
+    def _influence(self, auc: float, n_pos: int, n_neg: int, emit) -> None:
+        """``emit(keys, g)`` for every pair, in order, ``g`` its AUROC influence value (float32)."""
+        s = np.uint64(self.sh)
+        nb = pb = 0  # negatives, positives below
+        a = 0
+        while a < self.size:
+            key = self.read(a, a + self.chunk)
+            cut = key.size if a + key.size == self.size else int(_last_group_start(key, self.sh))
+            if cut > 0:  # whole tie groups; the last one may go on in the next read
+                g = np.empty(cut, dtype=np.float32)
+                nb, pb = _influence_sorted(key, cut, self.sh, nb, pb, n_pos, n_neg, auc, g)
+                emit(key[:cut], g)
+                a += cut
+                continue
+            # one tie group longer than a read: count it, then give its pairs their value a read at a time
+            v, e, gp = key[0] >> s, a, 0
+            while e < self.size:
+                part = self.read(e, e + self.chunk)
+                same = part[(part >> s) == v]
+                gp, e = gp + int(np.count_nonzero(same & np.uint64(1))), e + same.size
+                if same.size < part.size:
+                    break
+            gn = (e - a) - gp
+            for a0 in range(a, e, self.chunk):
+                part = self.read(a0, min(e, a0 + self.chunk))
+                g = np.empty(part.size, dtype=np.float32)
+                _one_group(part, gp, gn, nb, pb, n_pos, n_neg, auc, g)
+                emit(part, g)
+            nb, pb, a = nb + gn, pb + gp, e
+
+    def auroc_terms(self, k: np.ndarray, threads: int) -> tuple[float, int, int, np.ndarray]:
+        """As :meth:`_SortedPool.auroc_terms`: the influence values are written by block of samples
+        (``width`` columns, a multiple of :data:`_KG_COLS`) as the order is walked, then each block
+        is read back whole and multiplied."""
+        auc, n_pos, n_neg = self._counts()
+        t, n = self.t, self.n
+        kg = np.empty((k.shape[0], n), dtype=np.float32)
+        if np.isnan(auc):
+            kg[:] = np.nan
+            return auc, n_pos, n_neg, kg
+        width = max(1, self.block_bytes // (32 * t * _KG_COLS)) * _KG_COLS  # a block, its records, their temporaries
+        nblk = -(-n // width)
+        files = [self.path.with_suffix(f".g{b}") for b in range(nblk)]
+        for f in files:
+            f.write_bytes(b"")
+
+        def emit(key: np.ndarray, g: np.ndarray) -> None:
+            out = np.empty(key.size, dtype=np.uint64)
+            start = _by_column_block(key, g.view(np.uint32), self.sh, n, width, out)
+            for b in np.flatnonzero(np.diff(start)):
+                with open(files[b], "ab") as f:
+                    out[start[b]:start[b + 1]].tofile(f)
+
+        self._influence(auc, n_pos, n_neg, emit)
+        for b, f in enumerate(files):
+            rec = np.fromfile(f, dtype=np.uint64)
+            f.unlink()
+            w = min(width, n - b * width)
+            assert rec.size == t * w
+            dense = np.empty(t * w, dtype=np.float32)
+            dense[(rec >> np.uint64(32)).astype(np.int64)] = (rec & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)
+            del rec
+            _kg_into(k, dense.reshape(t, w), kg, b * width)
+        return auc, n_pos, n_neg, kg
+
+
+def _write_sorted(blocks, prefix: int, shift: int, hist: np.ndarray, cap: int, f) -> None:
+    """Append to ``f``, ascending, the keys of ``blocks()`` under ``prefix`` (bits above ``shift``),
+    ``hist`` their counts per next 16 bits: consecutive buckets up to ``cap`` keys gathered and sorted
+    at once, a larger bucket counted again by its next bits (keys are distinct: a bucket of the last
+    16 bits holds one)."""
+    sub = shift - BUCKET_BITS
+    nz = np.flatnonzero(hist)
+    i = 0
+    while i < nz.size:
+        lo = int(nz[i])
+        if int(hist[lo]) > cap:
+            child = (prefix << BUCKET_BITS) | lo
+            h = np.zeros(1 << BUCKET_BITS, dtype=np.int64)
+            for keys in blocks():
+                bucket_hist(keys, np.uint64(child), sub, h)
+            _write_sorted(blocks, child, sub, h, cap, f)
+            i += 1
+            continue
+        hi, tot = lo, 0
+        while i < nz.size and int(hist[nz[i]]) <= cap - tot:
+            tot += int(hist[nz[i]])
+            hi = int(nz[i])
+            i += 1
+        buf = np.empty(tot, dtype=np.uint64)
+        pos = 0
+        for keys in blocks():
+            pos = bucket_gather(keys, np.uint64(prefix), shift, lo, hi, buf, pos)
+        assert pos == tot
+        buf.sort()
+        buf.tofile(f)

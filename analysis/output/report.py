@@ -525,9 +525,10 @@ class ReportInputs:
     threads : int
         The analysis' threads (passed down; ``summary["threads"]``).
     budget : int, optional
-        The memory budget in bytes; the pooled metrics and ROC curves sort at most a twelfth of it
-        (4 KiB at least) at a time (``block_bytes`` of :func:`analysis.kernels.metrics.attack_metrics`
-        and :func:`analysis.output.roc.write_roc`; no result depends on it).
+        The memory budget in bytes; the pooled metrics, ROC curves and bootstrap tables sort at most
+        a twelfth of it (4 KiB at least) at a time (``block_bytes`` of
+        :func:`analysis.kernels.metrics.attack_metrics`, :func:`analysis.output.roc.write_roc` and
+        :func:`analysis.output.tables.attack_table`; no result depends on it).
     """
 
     data: ShadowData
@@ -571,7 +572,7 @@ def _tabulate(inputs: ReportInputs, *, figures: FigureQueue, phase: _Phases) -> 
     figures.submit(_plot_privacy_hist, out / "plots" / "privacy_score_hist.png", group_tr, priv[train])
     figures.submit(_plot_mem_vs_privacy, out / "plots" / "mem_vs_privacy.png", group_tr, mem[train], priv[train], rho)
     with phase("metrics"):
-        # the pooled metrics and the pooled ROC curves sort a twelfth of the budget at a time
+        # the pooled metrics, ROC curves and bootstrap tables sort a twelfth of the budget at a time
         block_bytes = None if inputs.budget is None else max(inputs.budget // 12, 4 << 10)
         attacks, per_target = _attack_tables(lira, group_tr, fprs, threads, block_bytes)
     accuracy = _accuracy_table(np.asarray(data.accuracy().values, dtype=np.float64))
@@ -585,7 +586,7 @@ def _tabulate(inputs: ReportInputs, *, figures: FigureQueue, phase: _Phases) -> 
             extra = _paper_extras(data, counts, lira, out, train=train, group=group, mem=mem, priv=priv, thr=thr,
                                   lira_how=lira_how,
                                   fprs=fprs, n_targets=n_targets, progress=progress, figures=figures, phase=phase,
-                                  threads=threads, **extra_inputs)
+                                  threads=threads, block_bytes=block_bytes, **extra_inputs)
         per_sample = per_sample.merge(extra.pop("per_sample"), on="sample", how="left")
     extra_inputs.clear()  # every shadow's phi (the sweep's input) is not needed any more
     release_freed_memory()
@@ -672,7 +673,8 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
                   fits: Any = None, ood: dict[str, np.ndarray] | None = None,
                   phi: np.ndarray | None = None, figures: FigureQueue | None = None,
                   phase: _Phases | None = None, lira_how: str = "LiRA: lira_variant 'ours'",
-                  threads: int = 1, memory_bytes: int | None = None) -> dict[str, Any]:
+                  threads: int = 1, memory_bytes: int | None = None,
+                  block_bytes: int | None = None) -> dict[str, Any]:
     """The paper's further outputs; writes its tables and figures and returns their data.
 
     Challenge sets (random under-represented, subpopulation from shadow 0's features, singletons)
@@ -680,7 +682,8 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
     1b, 5, 9, 10), Hellinger distances with the Eq. 8 check, the shadow-count sweep (Figs. 3, 7, 8)
     and the sample complexity against 1/mem and 1/H^2 (Corollary 1). ``fits``, ``ood`` and ``phi``
     come from the report's one pass (:class:`analysis.store_io.passes.PassResult`); without them they are
-    read from the store.
+    read from the store. ``block_bytes``: the bootstrap tables' memory share (their sorted pairs
+    wait in a scratch folder under ``out`` when larger; None: in memory).
     """
     under = group == "under"
     group_tr = group[train]
@@ -697,7 +700,7 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
     phase = phase or _Phases()
     with phase("paper_extras/bootstrap_tables"):
         paper = attack_table(_LazyPairs(lira), {k: v[train] for k, v in sets.items()}, fpr=0.001, n_boot=200, seed=0,
-                             threads=threads)
+                             threads=threads, block_bytes=block_bytes, spill_dir=out)
     table1 = accuracy_table(data.accuracy(), dataset=str(data.spec.get("name", "store")),
                             n_over=int((train & ~under).sum()), n_under=int((train & under).sum()))
     subpop = {"subpopulation": sets["subpopulation"]} if "subpopulation" in sets else {}

@@ -121,7 +121,8 @@ def format_accuracy_table(df: pd.DataFrame, *, subsets: Sequence[str] = SUBSETS,
 def attack_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]], challenge: Mapping[str, np.ndarray], *,
                  all_mask: np.ndarray | None = None, fpr: float = 0.001, n_boot: int = 200, seed: int = 0,
                  level: float = 0.95, samples: str = "shared", dataset: str | None = None,
-                 threads: int = 1) -> pd.DataFrame:
+                 threads: int = 1, block_bytes: int | None = None,
+                 spill_dir: str | Path | None = None) -> pd.DataFrame:
     """Pooled AUROC and TPR@``fpr`` with bootstrap intervals, per attack x challenge set.
 
     Parameters
@@ -144,6 +145,9 @@ def attack_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]], challenge
         Prepended as an index level (to concatenate several stores' tables).
     threads : int
         Threads of the bootstrap (no result depends on it).
+    block_bytes, spill_dir : optional
+        The bootstrap's memory share and where its sorted pairs wait when they exceed it
+        (:func:`analysis.kernels.bootstrap.bootstrap_metrics`; no result depends on them).
 
     Returns
     -------
@@ -168,7 +172,8 @@ def attack_table(results: Mapping[str, tuple[np.ndarray, np.ndarray]], challenge
                 raise ValueError(f"challenge set {cname!r} has shape {np.shape(cmask)}, expected ({n},)")
         # one sort of the attack's pairs serves the "All" column and every challenge set
         cols = bootstrap_columns(member, score, {"\0all": am, **challenge}, fprs=[fpr], n_boot=n_boot, seed=seed,
-                                 level=level, samples=samples, threads=threads)
+                                 level=level, samples=samples, threads=threads, block_bytes=block_bytes,
+                                 spill_dir=spill_dir)
         release_freed_memory()
         b_all = cols.pop("\0all")  # the same for every challenge set
         for cname, b_u in cols.items():
