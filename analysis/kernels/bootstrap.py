@@ -62,7 +62,6 @@ Notes on interpretation
 
 from __future__ import annotations
 
-import mmap
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +72,7 @@ import numpy as np
 
 from analysis.kernels.buckets import BUCKET_BITS, bucket_gather, bucket_hist
 from analysis.kernels.keys import _order_keys, order32
+from analysis.kernels.pages import drop_mapped_pages
 from analysis.kernels.threads import thread_map
 
 __all__ = ["BootstrapResult", "bootstrap_metrics", "weighted_roc_metrics", "metric_names", "EXACT_BUDGET"]
@@ -328,16 +328,11 @@ def _columns(member, score, masks, fprs, n_boot, seed, level, samples, max_bytes
 
 
 def _read_rows(a: np.ndarray, r0: int, r1: int) -> np.ndarray:
-    """Rows ``r0:r1`` of ``a`` in memory. A read-only memmap's pages are then handed back to the page
-    cache: they count in the process' RSS while mapped, and the bounded path reads every row many
-    times (they are read again from the cache, or the disk, when next needed)."""
-    out = np.array(a[r0:r1])
-    m = a
-    while isinstance(m, np.ndarray) and not isinstance(m, np.memmap):  # np.asarray's views hide the memmap
-        m = m.base
-    mm = getattr(m, "_mmap", None)
-    if isinstance(m, np.memmap) and m.mode == "r" and mm is not None and hasattr(mmap, "MADV_DONTNEED"):
-        mm.madvise(mmap.MADV_DONTNEED)
+    """Rows ``r0:r1`` of ``a`` in memory; a read-only memmap's pages of them are then given back
+    (:func:`analysis.kernels.pages.drop_mapped_pages`): the bounded path reads every row many times."""
+    rows = a[r0:r1]
+    out = np.array(rows)
+    drop_mapped_pages(rows)
     return out
 
 

@@ -1,8 +1,8 @@
 """Giving back the pages of a read-only memory-mapped array once they are read.
 
-:mod:`analysis.kernels.pooled` and :mod:`analysis.kernels.metrics` read the attacks' (T, N) scores,
-memory-mapped from local disk (:class:`analysis.store_io.spill.SpilledScores`), one block of rows at
-a time; this keeps what they have read from staying in the process' resident size.
+:mod:`analysis.kernels.pooled`, :mod:`analysis.kernels.metrics` and
+:mod:`analysis.kernels.bootstrap` read the attacks' (T, N) scores, memory-mapped from local disk
+(:class:`analysis.store_io.spill.SpilledScores`), one block of rows at a time; this keeps what they have read from staying in the process' resident size.
 """
 
 from __future__ import annotations
