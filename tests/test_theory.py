@@ -169,6 +169,37 @@ def test_null_h2_matches_known_small_sample_behaviour():
     assert np.isnan(null_h2(1, 10, 1))
 
 
+def _null_h2_all_at_once(n_in, n_out, q, ridge=1e-3, reps=2000, seed=0):
+    """null_h2 as it was before its draws were blocked: every replicate drawn and fitted at once."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((reps, n_in, q))
+    b = rng.standard_normal((reps, n_out, q))
+
+    def fit(x):
+        mu = x.mean(axis=1)
+        d = x - mu[:, None]
+        return mu, np.einsum("rnq,rnp->rqp", d, d) / (x.shape[1] - 1)
+
+    ma, ca = fit(a)
+    mb, cb = fit(b)
+    if q == 1:
+        return float(hellinger2_gauss_uni(ma[:, 0], ca[:, 0, 0], mb[:, 0], cb[:, 0, 0]).mean())
+    lam = ridge * (np.trace(ca, axis1=1, axis2=2) + np.trace(cb, axis1=1, axis2=2)) / (2 * q)
+    eye = np.eye(q)
+    return float(np.nanmean(hellinger2_gauss_multi(ma, ca + lam[:, None, None] * eye, mb, cb + lam[:, None, None] * eye)))
+
+
+@pytest.mark.parametrize("n_in,n_out,q", [(32, 32, 1), (32, 29, 5), (7, 40, 18)])
+@pytest.mark.parametrize("block_bytes", [1, 8 * 32 * 5 * 3 + 17, 64 << 20])
+def test_null_h2_in_blocks_of_replicates_changes_no_bit(n_in, n_out, q, block_bytes):
+    """The null's draws are made and fitted a block of replicates at a time (bounded memory at 2000
+    shadows): one replicate per block, blocks that do not divide the replicates, or one block give
+    the value of drawing every replicate at once, bit for bit (a block boundary that skipped or
+    re-drew a replicate, or mixed the two sides' draws, would change it)."""
+    want = _null_h2_all_at_once(n_in, n_out, q, reps=301, seed=3)
+    assert null_h2(n_in, n_out, q, reps=301, seed=3, block_bytes=block_bytes) == want
+
+
 def test_blocks_of_the_multivariate_distances_change_no_bit(monkeypatch):
     """H2_gauss_multi is computed a block of samples at a time (bounded temporaries): any block size
     gives the same frame, bit for bit."""

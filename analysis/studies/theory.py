@@ -154,26 +154,34 @@ def bernoulli_check(n_in: Any, c_in: Any, n_out: Any, c_out: Any, *, z: float = 
                          "se_smooth": se, "violation": viol})
 
 
-def null_h2(n_in: int, n_out: int, q: int, *, ridge: float = 1e-3, reps: int = 2000, seed: int = 0) -> float:
+def null_h2(n_in: int, n_out: int, q: int, *, ridge: float = 1e-3, reps: int = 2000, seed: int = 0,
+            block_bytes: int = 64 << 20) -> float:
     """Mean H^2 between Gaussians fitted (as :func:`theory_per_sample` does) to ``n_in`` and ``n_out``
     draws of one and the same Q-dimensional Gaussian: the estimation-noise floor of H2_gauss_*.
 
     Monte Carlo with ``reps`` replicates (standard error ~ 0.002 at the default); the variance
     floor is ignored (it is far below the unit scale simulated here).
+
+    The draws are made and fitted a block of replicates at a time, about ``block_bytes`` of draws
+    each: the stream is the same as one draw of all of them, and each replicate's fit is its own,
+    so no result depends on it (at 2000 shadows all draws at once were ~0.9 GB).
     """
     if n_in < 2 or n_out < 2 or q < 1:
         return float("nan")
     rng = np.random.default_rng(seed)
-    a = rng.standard_normal((reps, n_in, q))
-    b = rng.standard_normal((reps, n_out, q))
 
     def fit(x):
         mu = x.mean(axis=1)
         d = x - mu[:, None]
         return mu, np.einsum("rnq,rnp->rqp", d, d) / (x.shape[1] - 1)
 
-    ma, ca = fit(a)
-    mb, cb = fit(b)
+    def fits(n):  # all of one side's draws (those of ``a``, then those of ``b``), in blocks of replicates
+        step = max(1, int(block_bytes) // (8 * n * q))
+        parts = [fit(rng.standard_normal((min(step, reps - lo), n, q))) for lo in range(0, reps, step)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    ma, ca = fits(n_in)
+    mb, cb = fits(n_out)
     if q == 1:
         return float(hellinger2_gauss_uni(ma[:, 0], ca[:, 0, 0], mb[:, 0], cb[:, 0, 0]).mean())
     lam = ridge * (np.trace(ca, axis1=1, axis2=2) + np.trace(cb, axis1=1, axis2=2)) / (2 * q)
