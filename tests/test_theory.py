@@ -217,3 +217,33 @@ def test_blocks_of_the_multivariate_distances_change_no_bit(monkeypatch):
     monkeypatch.setattr(theory, "THEORY_BLOCK", 7)
     pd.testing.assert_frame_equal(theory.theory_per_sample(phi, keep, counts), whole)
     assert np.isfinite(whole["H2_gauss_multi"]).sum() > n // 2
+
+
+@pytest.mark.parametrize("block", [7, 4096])
+def test_given_fits_are_read_by_rows_of_the_evaluated_samples(monkeypatch, block):
+    """With the pass' fits over every sample and ``samples`` a subset (the train split), the frame
+    is that of the subset's own fits (what theory_per_sample copied out of them before), bit for
+    bit, in blocks that do not divide the subset too."""
+    import analysis.studies.theory as theory
+    from analysis.kernels.stats import GaussFits, MemCounts
+
+    rng = np.random.default_rng(5)
+    m, n, q = 20, 300, 4
+    keep = rng.random((m, n)) < 0.5
+    phi = rng.normal(size=(m, n, q)) + keep[..., None] * rng.random((1, n, 1))
+    keep[:, 11] = False
+    keep[0, 11] = True  # one IN shadow: NaN fits inside the subset
+    ok = rng.random((m, n)) < 0.7
+    counts = MemCounts(n_in=keep.sum(0), c_in=(keep & ok).sum(0), n_out=(~keep).sum(0), c_out=(~keep & ok).sum(0))
+    fits = gauss_fits(phi, keep)
+    subset = rng.random(n) < 0.6
+    subset[11] = True
+    idx = np.flatnonzero(subset)
+    ids = np.arange(n) + 1000
+    own = GaussFits(*(getattr(fits, f)[idx] for f in ("n_in", "mu_in", "cov_in", "n_out", "mu_out", "cov_out")))
+    own_counts = MemCounts(*(np.asarray(getattr(counts, f))[idx] for f in ("n_in", "c_in", "n_out", "c_out")))
+    want = theory.theory_per_sample(None, keep[:, idx], own_counts, sample_ids=ids[idx], fits=own)
+    monkeypatch.setattr(theory, "THEORY_BLOCK", block)
+    got = theory.theory_per_sample(None, keep, counts, sample_ids=ids, samples=subset, fits=fits)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert np.isnan(got["H2_gauss_multi"]).any() and np.isfinite(got["H2_gauss_multi"]).sum() > len(idx) // 2
