@@ -25,8 +25,10 @@ prefix sum m, or prefix sum m+1 minus the target's own value where the target si
 m of the sample's list: O(len(m) N Q) per target. The scores are :func:`analysis.attacks.lira.lira_scores`'
 formulas (the same floors, pooled-variance fall-back and neutral values as the full analysis; tested
 against it), evaluated by one compiled loop from the walk's sums without forming the per-target
-sums. Repeats run on the analysis' threads (:mod:`analysis.kernels.threads`). phi is held in memory for
-the challenge samples only (the union of the masks), (M, N_c, Q) float64.
+sums, one grid point at a time, whose metrics are taken before the next is scored. Repeats run on
+the analysis' threads (:mod:`analysis.kernels.threads`), no more at once than the memory share holds.
+phi is held in memory for the challenge samples only (the union of the masks), (M, N_c, Q) float64,
+or read from disk a block of samples at a time when that does not fit.
 
 Variance: below :data:`analysis.attacks.lira.PER_SAMPLE_VARIANCE_MIN` references per side, ``lira-online``
 and ``lira-offline`` use the pooled ("fixed") variance of each side instead of each sample's own
@@ -581,9 +583,11 @@ def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set:
                      memory_bytes: int | None = None, **kwargs: Any) -> tuple[pd.DataFrame, float]:
     """Read phi of the challenge samples of an opened store once and run :func:`shadow_sweep`.
 
-    Memory: phi of the union of the challenge sets, (M, N_c, Q) float64, plus per repeat the
-    scores (T, len(m grid), N_c) per attack; cap N_c with ``max_per_set`` and T with ``n_targets``
-    on large stores (2000 shadows x 5000 samples x 9 queries is 0.7 GB).
+    Memory: phi of the union of the challenge sets, (M, N_c, Q) float64 (or, past
+    ``memory_bytes``, blocks of it and the targets' rows), plus per repeat running its walk's sums
+    (four (2, len(m grid), N_c, Q) float64) and one grid point's scores (T, N_c) per attack; cap N_c
+    with ``max_per_set`` and T with ``n_targets`` on large stores (2000 shadows x 5000 samples x 9
+    queries is 0.7 GB).
 
     Parameters
     ----------
