@@ -399,3 +399,22 @@ def test_metrics_per_grid_point_equal_those_of_all_grid_points_at_once(tmp_path,
     got = shadow_sweep(src, keep, masks, n_targets=t_n, repeats=reps, orders=orders, fprs=fprs, attacks=ATT,
                        threads=2, block_samples=block, memory_bytes=memory_bytes)
     pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+@pytest.mark.parametrize("shape", [(5, 40, 3), (4, 33)])
+def test_disk_rows_take_columns_equals_indexing_the_mapped_file(tmp_path, shape):
+    """``DiskRows.take_columns`` (the sweep's blocks of samples, read without mapping the file)
+    gives ``rows[:, cols]`` exactly: sorted, unsorted, repeated, first and last columns, none."""
+    from analysis.store_io.spill import DiskRows
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=shape).astype(np.float32)
+    rows = DiskRows(tmp_path / "a.npy", a.shape)
+    rows.write(0, a)
+    n = shape[1]
+    for cols in (np.array([0, 3, 4, 17, n - 1]), np.array([9, 2, 2, 30]), np.arange(n), np.array([5]),
+                 np.array([], dtype=np.int64)):
+        got = rows.take_columns(cols)
+        assert got.dtype == a.dtype and got.shape == a[:, cols].shape
+        np.testing.assert_array_equal(got, rows[:, cols])
+        np.testing.assert_array_equal(got, a[:, cols])

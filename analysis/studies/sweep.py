@@ -128,6 +128,12 @@ def _concat_sums(parts: list[GaussianSums]) -> GaussianSums:
                         n_out=cat("n_out", -1), s1_out=cat("s1_out", -2), s2_out=cat("s2_out", -2))
 
 
+def _columns(phi: Any, cols: np.ndarray) -> np.ndarray:
+    """``phi[:, cols]``, read from disk without mapping it when ``phi`` can (``DiskRows.take_columns``)."""
+    take = getattr(phi, "take_columns", None)
+    return take(cols) if take is not None else phi[:, cols]
+
+
 def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarray], *,
                  n_targets: int | None = None, m_grid: Sequence[int] | None = None, repeats: int = 10,
                  seed: int = 0, fprs: Sequence[float] = (0.001, 0.01), attacks: Sequence[str] = SWEEP_ATTACKS,
@@ -242,7 +248,7 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
         shifted = np.empty((t_n, idx.size, q))  # the targets' rows only: all _sweep_rows reads
         parts = []
         for sl in blocks:
-            xb = np.asarray(phi[:, idx[sl]], dtype=np.float64)
+            xb = np.asarray(_columns(phi, idx[sl]), dtype=np.float64)
             shift[sl] = xb.mean(axis=0)
             parts.append(gaussian_sums(xb, kp[:, sl], shift[sl]))
             shifted[:, sl] = xb[:t_n] - shift[sl]
@@ -251,7 +257,7 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
         del parts
 
         def read_shifted(sl: slice) -> np.ndarray:
-            xb = np.asarray(phi[:, idx[sl]], dtype=np.float64)
+            xb = np.asarray(_columns(phi, idx[sl]), dtype=np.float64)
             return np.subtract(xb, shift[sl], out=xb)
 
     members = {name: member[:, mask].reshape(1, -1) for name, mask in sub.items()}  # (1, T * set)
