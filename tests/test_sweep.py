@@ -356,3 +356,65 @@ def test_sweep_in_blocks_of_samples_equals_the_whole(tmp_path, block):
     blocked = shadow_sweep(rows, keep, masks, n_targets=6, repeats=3, threads=2, block_samples=block,
                            attacks=("lira-online", "lira-fixed-variance", "lira-offline"))
     pd.testing.assert_frame_equal(blocked, whole)
+
+
+@pytest.mark.parametrize("memory_bytes,block", [(None, None), (1, None), (1, 5), (1 << 30, 5)])
+def test_metrics_per_grid_point_equal_those_of_all_grid_points_at_once(tmp_path, memory_bytes, block):
+    """The sweep forms each grid point's scores and their metrics one point at a time
+    (:func:`scores_by_m`), with no more repeats at once than ``memory_bytes`` holds: its frame is
+    the one of scoring every grid point (:func:`sweep_scores`, (T, L, N)) and computing all L rows
+    of metrics at once, as it did before, bit for bit (a grid point or set misaligned, or a
+    repeat's rows mixed up, would change it)."""
+    from analysis.kernels.metrics import per_target_metrics
+    from analysis.store_io.spill import DiskRows
+
+    rng = np.random.default_rng(8)
+    m, n, q, t_n, reps = 22, 90, 2, 5, 3
+    keep = rng.random((m, n)) < 0.5
+    phi = (rng.normal(size=(m, n, q)) + keep[..., None] * rng.random((1, n, 1))).astype(np.float32)
+    phi[:, 3] = 0.5  # every shadow alike: floored variances, tied scores
+    masks = {"All": np.ones(n, dtype=bool), "few": rng.random(n) < 0.2}
+    orders = [rng.permutation(m) for _ in range(reps)]
+    fprs = [0.01, 0.1]
+    x = phi.astype(np.float64)
+    shift = x.mean(axis=0)
+    floor = sd_floor(gaussian_sums(x, keep, shift))
+    ms = np.asarray(default_m_grid(int(min(keep.sum(0).min(), (~keep).sum(0).min())) - 1))
+    rows = []
+    for r in range(reps):
+        scores = sweep_scores(x, keep, ms, orders[r], t_n, shift=shift, floor=floor, attacks=ATT)
+        for name, mask in masks.items():
+            mem = np.broadcast_to(keep[:t_n, mask].reshape(1, -1), (ms.size, t_n * int(mask.sum())))
+            for a in ATT:
+                vals = per_target_metrics(mem, np.moveaxis(scores[a], 1, 0)[:, :, mask].reshape(ms.size, -1), fprs)
+                for li, mv in enumerate(ms):
+                    how = "fixed" if a == "lira-fixed-variance" or mv < PER_SAMPLE_VARIANCE_MIN else "per-sample"
+                    rows.append([name, a, int(mv), 2 * int(mv), r, int(mask.sum()), how] + list(vals[li]))
+    want = pd.DataFrame(rows, columns=["set", "attack", "m", "n_shadows", "repeat", "n_samples", "variance",
+                                       "auroc", "tpr@1%", "tpr@10%"])
+    src = phi
+    if block is not None:
+        src = DiskRows(tmp_path / "phi.npy", phi.shape)
+        src.write(0, phi)
+    got = shadow_sweep(src, keep, masks, n_targets=t_n, repeats=reps, orders=orders, fprs=fprs, attacks=ATT,
+                       threads=2, block_samples=block, memory_bytes=memory_bytes)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+@pytest.mark.parametrize("shape", [(5, 40, 3), (4, 33)])
+def test_disk_rows_take_columns_equals_indexing_the_mapped_file(tmp_path, shape):
+    """``DiskRows.take_columns`` (the sweep's blocks of samples, read without mapping the file)
+    gives ``rows[:, cols]`` exactly: sorted, unsorted, repeated, first and last columns, none."""
+    from analysis.store_io.spill import DiskRows
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=shape).astype(np.float32)
+    rows = DiskRows(tmp_path / "a.npy", a.shape)
+    rows.write(0, a)
+    n = shape[1]
+    for cols in (np.array([0, 3, 4, 17, n - 1]), np.array([9, 2, 2, 30]), np.arange(n), np.array([5]),
+                 np.array([], dtype=np.int64)):
+        got = rows.take_columns(cols)
+        assert got.dtype == a.dtype and got.shape == a[:, cols].shape
+        np.testing.assert_array_equal(got, rows[:, cols])
+        np.testing.assert_array_equal(got, a[:, cols])

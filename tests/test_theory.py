@@ -169,6 +169,37 @@ def test_null_h2_matches_known_small_sample_behaviour():
     assert np.isnan(null_h2(1, 10, 1))
 
 
+def _null_h2_all_at_once(n_in, n_out, q, ridge=1e-3, reps=2000, seed=0):
+    """null_h2 as it was before its draws were blocked: every replicate drawn and fitted at once."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((reps, n_in, q))
+    b = rng.standard_normal((reps, n_out, q))
+
+    def fit(x):
+        mu = x.mean(axis=1)
+        d = x - mu[:, None]
+        return mu, np.einsum("rnq,rnp->rqp", d, d) / (x.shape[1] - 1)
+
+    ma, ca = fit(a)
+    mb, cb = fit(b)
+    if q == 1:
+        return float(hellinger2_gauss_uni(ma[:, 0], ca[:, 0, 0], mb[:, 0], cb[:, 0, 0]).mean())
+    lam = ridge * (np.trace(ca, axis1=1, axis2=2) + np.trace(cb, axis1=1, axis2=2)) / (2 * q)
+    eye = np.eye(q)
+    return float(np.nanmean(hellinger2_gauss_multi(ma, ca + lam[:, None, None] * eye, mb, cb + lam[:, None, None] * eye)))
+
+
+@pytest.mark.parametrize("n_in,n_out,q", [(32, 32, 1), (32, 29, 5), (7, 40, 18)])
+@pytest.mark.parametrize("block_bytes", [1, 8 * 32 * 5 * 3 + 17, 64 << 20])
+def test_null_h2_in_blocks_of_replicates_changes_no_bit(n_in, n_out, q, block_bytes):
+    """The null's draws are made and fitted a block of replicates at a time (bounded memory at 2000
+    shadows): one replicate per block, blocks that do not divide the replicates, or one block give
+    the value of drawing every replicate at once, bit for bit (a block boundary that skipped or
+    re-drew a replicate, or mixed the two sides' draws, would change it)."""
+    want = _null_h2_all_at_once(n_in, n_out, q, reps=301, seed=3)
+    assert null_h2(n_in, n_out, q, reps=301, seed=3, block_bytes=block_bytes) == want
+
+
 def test_blocks_of_the_multivariate_distances_change_no_bit(monkeypatch):
     """H2_gauss_multi is computed a block of samples at a time (bounded temporaries): any block size
     gives the same frame, bit for bit."""
@@ -186,3 +217,33 @@ def test_blocks_of_the_multivariate_distances_change_no_bit(monkeypatch):
     monkeypatch.setattr(theory, "THEORY_BLOCK", 7)
     pd.testing.assert_frame_equal(theory.theory_per_sample(phi, keep, counts), whole)
     assert np.isfinite(whole["H2_gauss_multi"]).sum() > n // 2
+
+
+@pytest.mark.parametrize("block", [7, 4096])
+def test_given_fits_are_read_by_rows_of_the_evaluated_samples(monkeypatch, block):
+    """With the pass' fits over every sample and ``samples`` a subset (the train split), the frame
+    is that of the subset's own fits (what theory_per_sample copied out of them before), bit for
+    bit, in blocks that do not divide the subset too."""
+    import analysis.studies.theory as theory
+    from analysis.kernels.stats import GaussFits, MemCounts
+
+    rng = np.random.default_rng(5)
+    m, n, q = 20, 300, 4
+    keep = rng.random((m, n)) < 0.5
+    phi = rng.normal(size=(m, n, q)) + keep[..., None] * rng.random((1, n, 1))
+    keep[:, 11] = False
+    keep[0, 11] = True  # one IN shadow: NaN fits inside the subset
+    ok = rng.random((m, n)) < 0.7
+    counts = MemCounts(n_in=keep.sum(0), c_in=(keep & ok).sum(0), n_out=(~keep).sum(0), c_out=(~keep & ok).sum(0))
+    fits = gauss_fits(phi, keep)
+    subset = rng.random(n) < 0.6
+    subset[11] = True
+    idx = np.flatnonzero(subset)
+    ids = np.arange(n) + 1000
+    own = GaussFits(*(getattr(fits, f)[idx] for f in ("n_in", "mu_in", "cov_in", "n_out", "mu_out", "cov_out")))
+    own_counts = MemCounts(*(np.asarray(getattr(counts, f))[idx] for f in ("n_in", "c_in", "n_out", "c_out")))
+    want = theory.theory_per_sample(None, keep[:, idx], own_counts, sample_ids=ids[idx], fits=own)
+    monkeypatch.setattr(theory, "THEORY_BLOCK", block)
+    got = theory.theory_per_sample(None, keep, counts, sample_ids=ids, samples=subset, fits=fits)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert np.isnan(got["H2_gauss_multi"]).any() and np.isfinite(got["H2_gauss_multi"]).sum() > len(idx) // 2

@@ -142,6 +142,33 @@ class DiskRows:
         a = self[:]
         return a if dtype is None else a.astype(dtype)
 
+    def take_columns(self, cols: np.ndarray) -> np.ndarray:
+        """``self[:, cols]`` read with plain file reads, one row's span of ``cols`` at a time.
+
+        Indexing the mapped file (``self[:, cols]``) leaves the pages it touched in the process'
+        resident size until it is unmapped, and the kernel maps whole page-cache folios around each
+        fault: a block of 873 scattered samples of 400 shadows x 51,000 x 18 held 0.6 GB for a
+        48 MB copy, growing with the rows. Here the process holds the result and one row's span.
+        """
+        cols = np.asarray(cols, dtype=np.int64)
+        out = np.empty((self.shape[0], cols.size) + self.shape[2:], dtype=self.dtype)
+        if cols.size == 0 or self.shape[0] == 0:
+            return out
+        lo, hi = int(cols.min()), int(cols.max()) + 1
+        item = int(np.prod(self.shape[2:], dtype=np.int64)) * self.dtype.itemsize  # bytes of one (row, column)
+        mm = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        offset = mm.offset  # the data's start, after the .npy header
+        del mm
+        span = np.empty((hi - lo,) + self.shape[2:], dtype=self.dtype)
+        raw = memoryview(span).cast("B")
+        with open(self.path, "rb", buffering=0) as f:
+            for r in range(self.shape[0]):
+                f.seek(offset + (r * self.shape[1] + lo) * item)
+                if f.readinto(raw) != raw.nbytes:
+                    raise OSError(f"{self.path}: short read in row {r}")
+                out[r] = span[cols - lo]
+        return out
+
     def mmap(self) -> np.ndarray:
         """The whole array, memory-mapped read-only (for readers that index it freely)."""
         return np.load(self.path, mmap_mode="r", allow_pickle=False)

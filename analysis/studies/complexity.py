@@ -277,8 +277,9 @@ def theory_suite(data, counts, *, train: np.ndarray, mem: np.ndarray, group: np.
                            samples=train, ridge=ridge, z=z, fits=fits)
     masks_tr = {k: v[train] for k, v in masks.items()}
     th_sum = theory_summary(th, masks_tr, z=z)
-    keep_tr = np.asarray(data.keep.values, dtype=bool)[:, train]
-    k_max = int(min(keep_tr.sum(0).min(), (~keep_tr).sum(0).min())) - 1 if train.any() else 0
+    keep = np.asarray(data.keep.values, dtype=bool)
+    n_in = keep.sum(axis=0)[train]  # counts, not a (M, N_train) copy of the keep mask (0.1 GB at 2000 x 50,000)
+    k_max = int(min(n_in.min(), (keep.shape[0] - n_in).min())) - 1 if train.any() else 0
     if k_max < 1:  # fewer than 2 IN or 2 OUT shadows for some sample: no sweep possible
         return {"theory": th, "theory_summary": th_sum, "sweep": pd.DataFrame(), "sweep_summary": pd.DataFrame(),
                 "complexity": pd.DataFrame(), "figures": [], "masks": masks, "sweep_s": 0.0,

@@ -25,8 +25,10 @@ prefix sum m, or prefix sum m+1 minus the target's own value where the target si
 m of the sample's list: O(len(m) N Q) per target. The scores are :func:`analysis.attacks.lira.lira_scores`'
 formulas (the same floors, pooled-variance fall-back and neutral values as the full analysis; tested
 against it), evaluated by one compiled loop from the walk's sums without forming the per-target
-sums. Repeats run on the analysis' threads (:mod:`analysis.kernels.threads`). phi is held in memory for
-the challenge samples only (the union of the masks), (M, N_c, Q) float64.
+sums, one grid point at a time, whose metrics are taken before the next is scored. Repeats run on
+the analysis' threads (:mod:`analysis.kernels.threads`), no more at once than the memory share holds.
+phi is held in memory for the challenge samples only (the union of the masks), (M, N_c, Q) float64,
+or read from disk a block of samples at a time when that does not fit.
 
 Variance: below :data:`analysis.attacks.lira.PER_SAMPLE_VARIANCE_MIN` references per side, ``lira-online``
 and ``lira-offline`` use the pooled ("fixed") variance of each side instead of each sample's own
@@ -45,7 +47,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numba
 import numpy as np
@@ -59,7 +61,7 @@ from analysis.kernels.metrics import fpr_label, per_target_metrics
 from analysis.kernels.stats import GaussianSums, gaussian_sums
 
 __all__ = ["default_m_grid", "shadow_sweep", "sweep_scores", "summarize_sweep", "plot_sweep", "sweep_figure",
-           "sweep_from_store", "SWEEP_ATTACKS"]
+           "sweep_from_store", "scores_by_m", "SWEEP_ATTACKS"]
 
 SWEEP_ATTACKS = ("lira-online", "lira-fixed-variance")
 
@@ -126,13 +128,20 @@ def _concat_sums(parts: list[GaussianSums]) -> GaussianSums:
                         n_out=cat("n_out", -1), s1_out=cat("s1_out", -2), s2_out=cat("s2_out", -2))
 
 
+def _columns(phi: Any, cols: np.ndarray) -> np.ndarray:
+    """``phi[:, cols]``, read from disk without mapping it when ``phi`` can (``DiskRows.take_columns``)."""
+    take = getattr(phi, "take_columns", None)
+    return take(cols) if take is not None else phi[:, cols]
+
+
 def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarray], *,
                  n_targets: int | None = None, m_grid: Sequence[int] | None = None, repeats: int = 10,
                  seed: int = 0, fprs: Sequence[float] = (0.001, 0.01), attacks: Sequence[str] = SWEEP_ATTACKS,
                  progress: Callable[[int], None] | None = None,
                  orders: Sequence[np.ndarray] | None = None,
                  per_sample_min: int = PER_SAMPLE_VARIANCE_MIN, threads: int = 1,
-                 overwrite_phi: bool = False, block_samples: int | None = None) -> pd.DataFrame:
+                 overwrite_phi: bool = False, block_samples: int | None = None,
+                 memory_bytes: int | None = None) -> pd.DataFrame:
     """Run the sweep on in-memory phi.
 
     Parameters
@@ -178,6 +187,10 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
         each side's reference sums whole (memory independent of M). Samples are independent
         except for the pooled variances, which are formed from the whole sums as before: no result
         depends on it (tests/test_sweep.py). Default: all scored samples at once.
+    memory_bytes : int, optional
+        The sweep's share of the memory budget: no more repeats run at once than their working
+        memory (:func:`_repeat_bytes`) fits beside the shifted phi held for all of them. Default:
+        ``threads`` at once.
 
     Returns
     -------
@@ -235,7 +248,7 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
         shifted = np.empty((t_n, idx.size, q))  # the targets' rows only: all _sweep_rows reads
         parts = []
         for sl in blocks:
-            xb = np.asarray(phi[:, idx[sl]], dtype=np.float64)
+            xb = np.asarray(_columns(phi, idx[sl]), dtype=np.float64)
             shift[sl] = xb.mean(axis=0)
             parts.append(gaussian_sums(xb, kp[:, sl], shift[sl]))
             shifted[:, sl] = xb[:t_n] - shift[sl]
@@ -244,37 +257,60 @@ def shadow_sweep(phi: np.ndarray, keep: np.ndarray, masks: Mapping[str, np.ndarr
         del parts
 
         def read_shifted(sl: slice) -> np.ndarray:
-            xb = np.asarray(phi[:, idx[sl]], dtype=np.float64)
+            xb = np.asarray(_columns(phi, idx[sl]), dtype=np.float64)
             return np.subtract(xb, shift[sl], out=xb)
+
+    members = {name: member[:, mask].reshape(1, -1) for name, mask in sub.items()}  # (1, T * set)
 
     def one_repeat(r: int) -> list[list[Any]]:
         if orders is not None:
             order = np.asarray(orders[r], dtype=np.int64)
         else:
             order = np.random.default_rng([seed, r]).permutation(m_tot)
-        scores = sweep_scores(shifted, kp, ms, order, t_n, shift=shift, floor=floor, attacks=attacks,
-                              shifted=shifted, per_sample_min=per_sample_min,
-                              blocks=None if blocks is None else (blocks, read_shifted, m_tot))
+        # each grid point's metrics as soon as its scores are formed: the pooled (target, sample in
+        # the set) pairs, one row of per_target_metrics (its rows are independent of one another)
+        vals: dict[tuple[str, str], list[np.ndarray]] = {(name, a): [] for name in sub for a in attacks}
+        for _, scores in scores_by_m(shifted, kp, ms, order, t_n, shift=shift, floor=floor, attacks=attacks,
+                                     shifted=shifted, per_sample_min=per_sample_min,
+                                     blocks=None if blocks is None else (blocks, read_shifted, m_tot)):
+            for name, mask in sub.items():
+                for a in attacks:
+                    sc = scores[a][:, mask].reshape(1, -1)
+                    vals[name, a].append(per_target_metrics(members[name], sc, list(fprs))[0])
         out = []
         for name, mask in sub.items():
-            # one row per m: the pooled (target, sample in the set) pairs, all m in one call
-            mem_rows = np.broadcast_to(member[:, mask].reshape(1, -1), (ms.size, t_n * int(mask.sum())))
             for a in attacks:
-                sc = np.moveaxis(scores[a], 1, 0)[:, :, mask].reshape(ms.size, -1)  # (L, T * set)
-                vals = per_target_metrics(mem_rows, sc, list(fprs))
                 for li, mv in enumerate(ms):
                     how = "fixed" if a == "lira-fixed-variance" or mv < per_sample_min else "per-sample"
-                    out.append([name, a, int(mv), 2 * int(mv), r, int(mask.sum()), how] + [float(v) for v in vals[li]])
+                    out.append([name, a, int(mv), 2 * int(mv), r, int(mask.sum()), how]
+                               + [float(v) for v in vals[name, a][li]])
         return out
 
-    # repeats on the analysis' threads: their array work (numpy, compiled walks) releases the GIL
+    # repeats on the analysis' threads: their array work (numpy, compiled walks) releases the GIL;
+    # no more at once than the memory share holds (each has its walk's sums, a grid point's scores
+    # and, in blocks, a block of every shadow's phi)
+    workers = max(1, min(int(threads), repeats))
+    if memory_bytes is not None:
+        per = _repeat_bytes(m_tot, idx.size, q, ms.size, t_n, len(attacks), "lira-offline" in attacks,
+                            0 if blocks is None else blocks[0].stop - blocks[0].start)
+        workers = max(1, min(workers, (int(memory_bytes) - shifted.nbytes) // per))
     rows: list[list[Any]] = []
-    with ThreadPoolExecutor(max(1, min(int(threads), repeats))) as ex:
+    with ThreadPoolExecutor(workers) as ex:
         for part in ex.map(one_repeat, range(repeats)):
             rows += part
             if progress is not None:
                 progress(1)
     return pd.DataFrame(rows, columns=["set", "attack", "m", "n_shadows", "repeat", "n_samples", "variance"] + names)
+
+
+def _repeat_bytes(m_tot: int, nc: int, q: int, n_l: int, t_n: int, n_attacks: int, offline: bool,
+                  block: int) -> int:
+    """Bytes one repeat of :func:`shadow_sweep` holds while it runs: its walk's sums (four
+    (2, L, N, Q) float64), the targets' positions and a grid point's scores and their metrics' copies
+    ((T, N) each, the offline z-scores (T, N, Q)), and a block of every shadow's phi read from disk
+    (float32 and float64; 0 when phi is held whole)."""
+    return 8 * (4 * 2 * n_l * nc * q + t_n * nc * (2 + 3 * n_attacks + (q if offline else 0))) \
+        + 12 * m_tot * block * q
 
 
 def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndarray, n_targets: int, *,
@@ -311,6 +347,25 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
     -------
     dict attack -> ndarray (T, L, N)
     """
+    parts: dict[str, list[np.ndarray]] = {a: [] for a in attacks}
+    for _, scores in scores_by_m(x, keep, ms, order, n_targets, shift=shift, floor=floor, attacks=attacks,
+                                 shifted=shifted, per_sample_min=per_sample_min, blocks=blocks):
+        for a in attacks:
+            parts[a].append(scores[a])
+    return {a: np.stack(v, axis=1) for a, v in parts.items()}  # (T, L, N)
+
+
+def scores_by_m(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndarray, n_targets: int, *,
+                shift: np.ndarray, floor: np.ndarray, attacks: Sequence[str] = SWEEP_ATTACKS,
+                shifted: np.ndarray | None = None, per_sample_min: int = PER_SAMPLE_VARIANCE_MIN,
+                blocks: Any = None) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """:func:`sweep_scores` one grid point at a time: yields ``(l, {attack: (T, N) scores at ms[l]})``.
+
+    The walk's sums are formed once for every grid point; each point's scores are formed when it is
+    asked for, so a caller that reduces them at once (:func:`shadow_sweep`'s metrics) holds one
+    point's (T, N) per attack, not all L (11 x 64 x 15,000 float64 is 84 MB per attack).
+    Parameters as :func:`sweep_scores`'.
+    """
     m_tot, nc, q = x.shape
     if blocks is not None:
         m_tot = blocks[2]
@@ -342,35 +397,31 @@ def sweep_scores(x: np.ndarray, keep: np.ndarray, ms: np.ndarray, order: np.ndar
         if a not in ("lira-online", "lira-fixed-variance", "lira-offline"):
             raise ValueError(f"unknown attack {a!r}; choose from lira-online, lira-fixed-variance, lira-offline")
     t_n = n_targets
-    online, fixed = np.empty((n_l, t_n, nc)), np.empty((n_l, t_n, nc))  # (L, T, N): each m's rows contiguous
     want_off = "lira-offline" in attacks
-    # the offline z-scores (T, N, Q) one grid point at a time: all L at once would be L x T x N x Q
-    # float64 (10 x 64 x 15,000 x 18 = 1.4 GB); the compiled walk is per grid point anyway
+    # the offline z-scores (T, N, Q) of one grid point: all L at once would be L x T x N x Q float64
     z_off = np.empty((1, t_n, nc, q) if want_off else (0, 0, 0, 0))
-    offline = np.empty((n_l, t_n, nc)) if want_off else None
     keep_t = np.ascontiguousarray(keep[:t_n], dtype=np.bool_)
     shift64 = np.ascontiguousarray(shift, dtype=np.float64)
     floor64 = np.asarray(floor, dtype=np.float64)
     pooled_m = np.ascontiguousarray(ms < per_sample_min)
     for li in range(n_l):
         one = slice(li, li + 1)
+        online, fixed = np.empty((1, t_n, nc)), np.empty((1, t_n, nc))
         _sweep_rows(d_all, keep_t, pos_t[:t_n], ms[one], a1[:, one], b1[:, one], a2[:, one], b2[:, one], shift64,
-                    floor64, pooled_m[one], "lira-online" in attacks, "lira-fixed-variance" in attacks, online[one],
-                    fixed[one], z_off)
-        if want_off:
-            offline[li] = log_ndtr(z_off[0]).mean(axis=-1)
-    out = {}
-    for a in attacks:
-        if a == "lira-online":
-            v = online
-        elif a == "lira-fixed-variance":
-            v = fixed
-        else:
-            v = offline
-        # non-finite scores get lira_scores' neutral values
-        v = np.where(np.isfinite(v), v, float(np.log(0.5)) if a == "lira-offline" else 0.0)
-        out[a] = np.moveaxis(v, 0, 1)  # (T, L, N)
-    return out
+                    floor64, pooled_m[one], "lira-online" in attacks, "lira-fixed-variance" in attacks, online,
+                    fixed, z_off)
+        out = {}
+        for a in attacks:
+            if a == "lira-online":
+                v = online[0]
+            elif a == "lira-fixed-variance":
+                v = fixed[0]
+            else:
+                v = log_ndtr(z_off[0]).mean(axis=-1)
+            # non-finite scores get lira_scores' neutral values
+            v[~np.isfinite(v)] = float(np.log(0.5)) if a == "lira-offline" else 0.0
+            out[a] = v
+        yield li, out
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -538,9 +589,11 @@ def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set:
                      memory_bytes: int | None = None, **kwargs: Any) -> tuple[pd.DataFrame, float]:
     """Read phi of the challenge samples of an opened store once and run :func:`shadow_sweep`.
 
-    Memory: phi of the union of the challenge sets, (M, N_c, Q) float64, plus per repeat the
-    scores (T, len(m grid), N_c) per attack; cap N_c with ``max_per_set`` and T with ``n_targets``
-    on large stores (2000 shadows x 5000 samples x 9 queries is 0.7 GB).
+    Memory: phi of the union of the challenge sets, (M, N_c, Q) float64 (or, past
+    ``memory_bytes``, blocks of it and the targets' rows), plus per repeat running its walk's sums
+    (four (2, len(m grid), N_c, Q) float64) and one grid point's scores (T, N_c) per attack; cap N_c
+    with ``max_per_set`` and T with ``n_targets`` on large stores (2000 shadows x 5000 samples x 9
+    queries is 0.7 GB).
 
     Parameters
     ----------
@@ -555,7 +608,8 @@ def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set:
     memory_bytes : int, optional
         When ``phi`` is given and the scored samples' float64 copy (x 3 for the temporaries) is
         larger, the sweep reads it a block of samples at a time (:func:`shadow_sweep`'s
-        ``block_samples``; same frame).
+        ``block_samples``, sized to half of it; same frame). It also bounds how many repeats run
+        at once (:func:`shadow_sweep`'s ``memory_bytes``).
     **kwargs
         Passed to :func:`shadow_sweep`.
 
@@ -586,10 +640,11 @@ def sweep_from_store(data: Any, masks: Mapping[str, np.ndarray], *, max_per_set:
     if phi is not None and memory_bytes is not None and 3 * 8 * m_tot * idx.size * q > memory_bytes:
         # every shadow's phi of the scored samples does not fit: read it a block of samples at a time
         # (a block's float64 copy and the sums' temporaries: ~8 copies; measured 1.5 GB at 3 at the
-        # paper's shape with a 3 GiB budget)
-        block = max(1, int(memory_bytes) // (8 * 8 * m_tot * q))
-        df = shadow_sweep(phi, keep, masks, block_samples=block, **kwargs)
+        # paper's shape with a 3 GiB budget), in half the share: the repeats' walks share the rest
+        block = max(1, int(memory_bytes) // (2 * 8 * 8 * m_tot * q))
+        df = shadow_sweep(phi, keep, masks, block_samples=block, memory_bytes=memory_bytes, **kwargs)
         return df, time.perf_counter() - t0
     phi = np.asarray(data.phi().isel(sample=idx).values if phi is None else phi[:, idx], dtype=np.float64)
-    df = shadow_sweep(phi, keep[:, idx], {k: v[idx] for k, v in masks.items()}, overwrite_phi=True, **kwargs)
+    df = shadow_sweep(phi, keep[:, idx], {k: v[idx] for k, v in masks.items()}, overwrite_phi=True,
+                      memory_bytes=memory_bytes, **kwargs)
     return df, time.perf_counter() - t0

@@ -154,26 +154,34 @@ def bernoulli_check(n_in: Any, c_in: Any, n_out: Any, c_out: Any, *, z: float = 
                          "se_smooth": se, "violation": viol})
 
 
-def null_h2(n_in: int, n_out: int, q: int, *, ridge: float = 1e-3, reps: int = 2000, seed: int = 0) -> float:
+def null_h2(n_in: int, n_out: int, q: int, *, ridge: float = 1e-3, reps: int = 2000, seed: int = 0,
+            block_bytes: int = 64 << 20) -> float:
     """Mean H^2 between Gaussians fitted (as :func:`theory_per_sample` does) to ``n_in`` and ``n_out``
     draws of one and the same Q-dimensional Gaussian: the estimation-noise floor of H2_gauss_*.
 
     Monte Carlo with ``reps`` replicates (standard error ~ 0.002 at the default); the variance
     floor is ignored (it is far below the unit scale simulated here).
+
+    The draws are made and fitted a block of replicates at a time, about ``block_bytes`` of draws
+    each: the stream is the same as one draw of all of them, and each replicate's fit is its own,
+    so no result depends on it (at 2000 shadows all draws at once were ~0.9 GB).
     """
     if n_in < 2 or n_out < 2 or q < 1:
         return float("nan")
     rng = np.random.default_rng(seed)
-    a = rng.standard_normal((reps, n_in, q))
-    b = rng.standard_normal((reps, n_out, q))
 
     def fit(x):
         mu = x.mean(axis=1)
         d = x - mu[:, None]
         return mu, np.einsum("rnq,rnp->rqp", d, d) / (x.shape[1] - 1)
 
-    ma, ca = fit(a)
-    mb, cb = fit(b)
+    def fits(n):  # all of one side's draws (those of ``a``, then those of ``b``), in blocks of replicates
+        step = max(1, int(block_bytes) // (8 * n * q))
+        parts = [fit(rng.standard_normal((min(step, reps - lo), n, q))) for lo in range(0, reps, step)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    ma, ca = fits(n_in)
+    mb, cb = fits(n_out)
     if q == 1:
         return float(hellinger2_gauss_uni(ma[:, 0], ca[:, 0, 0], mb[:, 0], cb[:, 0, 0]).mean())
     lam = ridge * (np.trace(ca, axis1=1, axis2=2) + np.trace(cb, axis1=1, axis2=2)) / (2 * q)
@@ -235,10 +243,11 @@ def gauss_fits(phi: Any, keep: Any, *, samples: np.ndarray | None = None) -> Gau
     return fits_from_sums(shift, keep.sum(axis=0), s1i, s2i, (~keep).sum(axis=0), s1o, s2o)
 
 
-def _variance_floor(fits: GaussFits) -> np.ndarray:
+def _variance_floor(var_in: np.ndarray, var_out: np.ndarray) -> np.ndarray:
     """Per-query std floor ``max(1e-4, 1e-3 * typical std)``, the typical std being the root of the
-    median per-sample variance over both sides (shape (Q,))."""
-    v = np.concatenate([np.diagonal(fits.cov_in, axis1=-2, axis2=-1), np.diagonal(fits.cov_out, axis1=-2, axis2=-1)])
+    median per-sample variance over both sides (``var_*``: the covariances' diagonals, (N, Q);
+    result shape (Q,))."""
+    v = np.concatenate([var_in, var_out])
     with np.errstate(invalid="ignore"):
         typical = np.sqrt(np.nanmedian(v, axis=0)) if np.isfinite(v).any() else np.zeros(v.shape[-1])
     return np.maximum(1e-4, 1e-3 * np.nan_to_num(typical))
@@ -251,9 +260,9 @@ def _variance_floor(fits: GaussFits) -> np.ndarray:
 THEORY_BLOCK = 4096
 
 
-def _h2_multi_block(fits: GaussFits, sl: slice, floor: np.ndarray, ridge: float) -> np.ndarray:
-    """H2_gauss_multi of the samples ``sl`` of ``fits`` (ridged and floored covariances; NaN where
-    a fit is not finite)."""
+def _h2_multi_block(fits: GaussFits, sl: slice | np.ndarray, floor: np.ndarray, ridge: float) -> np.ndarray:
+    """H2_gauss_multi of the samples ``sl`` (a slice or indices) of ``fits`` (ridged and floored
+    covariances; NaN where a fit is not finite)."""
     cov_in, cov_out, mu_in, mu_out = fits.cov_in[sl], fits.cov_out[sl], fits.mu_in[sl], fits.mu_out[sl]
     q = mu_in.shape[-1]
     eye = np.eye(q)
@@ -306,15 +315,22 @@ def theory_per_sample(phi: Any, keep: Any, counts: Any, *, sample_ids: np.ndarra
     idx = np.arange(n) if samples is None else (
         np.flatnonzero(samples) if np.asarray(samples).dtype == bool else np.asarray(samples))
     ids = (np.arange(n) if sample_ids is None else np.asarray(sample_ids))[idx]
-    fits = gauss_fits(phi, keep_np, samples=idx) if fits is None else GaussFits(
-        fits.n_in[idx], fits.mu_in[idx], fits.cov_in[idx], fits.n_out[idx], fits.mu_out[idx], fits.cov_out[idx])
-    floor = _variance_floor(fits)
+    # ``rows``: the evaluated samples' rows of ``fits``; given fits over all samples are read a block
+    # of rows at a time, not copied whole (two (N, Q, Q) float64 copies were 0.26 GB at 50,000 x 18)
+    if fits is None:
+        fits, rows = gauss_fits(phi, keep_np, samples=idx), np.arange(len(idx))
+    else:
+        rows = idx
+    var_in = np.diagonal(fits.cov_in, axis1=-2, axis2=-1)[rows]
+    var_out = np.diagonal(fits.cov_out, axis1=-2, axis2=-1)[rows]
+    floor = _variance_floor(var_in, var_out)
     q = fits.mu_in.shape[-1]
-    vi = np.maximum(fits.cov_in[:, 0, 0], floor[0] ** 2)
-    vo = np.maximum(fits.cov_out[:, 0, 0], floor[0] ** 2)
-    h_uni = hellinger2_gauss_uni(fits.mu_in[:, 0], vi, fits.mu_out[:, 0], vo)
+    mu_in, mu_out = fits.mu_in[rows, 0], fits.mu_out[rows, 0]
+    vi = np.maximum(var_in[:, 0], floor[0] ** 2)
+    vo = np.maximum(var_out[:, 0], floor[0] ** 2)
+    h_uni = hellinger2_gauss_uni(mu_in, vi, mu_out, vo)
 
-    h_multi = np.concatenate([_h2_multi_block(fits, slice(lo, lo + THEORY_BLOCK), floor, ridge)
+    h_multi = np.concatenate([_h2_multi_block(fits, rows[lo:lo + THEORY_BLOCK], floor, ridge)
                               for lo in range(0, len(idx), THEORY_BLOCK)]) if len(idx) else np.empty(0)
 
     c = {k: np.asarray(getattr(counts, k))[idx] for k in ("n_in", "c_in", "n_out", "c_out")}
@@ -322,9 +338,9 @@ def theory_per_sample(phi: Any, keep: Any, counts: Any, *, sample_ids: np.ndarra
     with np.errstate(invalid="ignore"):
         g_exceeds = np.isfinite(h_uni) & np.isfinite(b["mem"].to_numpy()) & \
             (h_uni - b["mem"].to_numpy() > z * b["se_smooth"].to_numpy())
-    df = pd.DataFrame({"sample": ids, "n_in": fits.n_in, "n_out": fits.n_out,
-                       "mu_in": fits.mu_in[:, 0], "sd_in": np.sqrt(fits.cov_in[:, 0, 0]),
-                       "mu_out": fits.mu_out[:, 0], "sd_out": np.sqrt(fits.cov_out[:, 0, 0]),
+    df = pd.DataFrame({"sample": ids, "n_in": fits.n_in[rows], "n_out": fits.n_out[rows],
+                       "mu_in": mu_in, "sd_in": np.sqrt(var_in[:, 0]),
+                       "mu_out": mu_out, "sd_out": np.sqrt(var_out[:, 0]),
                        "H2_gauss_uni": h_uni, "H2_gauss_multi": h_multi})
     df = pd.concat([df, b.reset_index(drop=True)], axis=1)
     df["gauss_uni_exceeds_mem"] = g_exceeds
