@@ -45,30 +45,50 @@ def test_file_ref_round_trip(tmp_path):
     np.testing.assert_array_equal(ref[1:], a[1:])
 
 
-@pytest.mark.parametrize("memory_gb", [None, 1e-4])  # the targets' arrays in memory, then on disk
-def test_analyze_as_tasks_same_bytes_and_on_workers(store, tmp_path, memory_gb):
-    pytest.importorskip("distributed", reason="pip install distributed (pinned to dask's version)")
-    from dask.distributed import get_task_stream
+CASES = [(None, True), (1e-4, False)]
 
+
+@pytest.fixture(scope="module")
+def local(store, tmp_path_factory):
+    """Each case's in-process outputs, made before the client exists (no default client)."""
+    assert current_client() is None
+    out = {}
+    for memory_gb, extras in CASES:
+        folder = tmp_path_factory.mktemp("local")
+        analyze(store, folder, progress=False, memory_gb=memory_gb, extras=extras, threads=2)
+        out[memory_gb, extras] = _files(folder)
+    return out
+
+
+@pytest.fixture(scope="module")
+def client():
+    pytest.importorskip("distributed", reason="pip install distributed (pinned to dask's version)")
     from analysis.store_io.distributed import client_for
 
-    local = tmp_path / "local"
-    analyze(store, local, progress=False, memory_gb=memory_gb, threads=2)
-    cluster = tmp_path / "cluster"
-    with client_for(None, n_workers=2, threads_per_worker=1) as client:
-        workers = set(client.scheduler_info()["workers"])
-        with get_task_stream(client) as ts:
-            res = analyze(store, cluster, progress=False, memory_gb=memory_gb, threads=2)
+    with client_for(None, n_workers=2, threads_per_worker=1) as c:
+        yield c
     assert current_client() is None
-    a, b = _files(local), _files(cluster)
-    assert a.keys() == b.keys() and "tables/paper_attacks.csv" in a
+
+
+# the targets' arrays in memory with the paper's extras (the bootstrap tables), then on disk
+# (a tiny budget: the signals are the pass' file) without them
+@pytest.mark.parametrize("memory_gb, extras", CASES)
+def test_analyze_as_tasks_same_bytes_and_on_workers(store, local, client, tmp_path, memory_gb, extras):
+    from dask.distributed import get_task_stream
+
+    cluster = tmp_path / "cluster"
+    workers = set(client.scheduler_info()["workers"])
+    with get_task_stream(client) as ts:
+        res = analyze(store, cluster, progress=False, memory_gb=memory_gb, extras=extras, threads=2)
+    a, b = local[memory_gb, extras], _files(cluster)
+    assert a.keys() == b.keys() and ("tables/paper_attacks.csv" in a) == extras
     for name in a:
         assert a[name] == b[name], name
     # one task per scoring attack, per attack's metrics and per attack's bootstrap table, on the workers
     keys = {str(t["key"]): t["worker"] for t in ts.data}
     attacks = list(res["attacks"].index)
     for prefix, names in (("attack", ["yeom", "song", "sablayrolles", "rmia"]), ("metrics", attacks),
-                          ("bootstrap", attacks)):
+                          ("bootstrap", attacks if extras else [])):
         for n in names:
             ran = [w for k, w in keys.items() if k.startswith(f"{prefix}-{n}-")]
             assert len(ran) == 1 and ran[0] in workers, (prefix, n, ran)
