@@ -59,7 +59,9 @@ from analysis.studies.ood import ood_correlations, ood_scores_from_store, plot_m
 from analysis.output.tables import accuracy_table, attack_table, format_accuracy_table, format_attack_table, write_table
 from analysis.output.html_report import incomplete_line, write_report
 from analysis.output.scores import StoredScores, write_scores
-from analysis.store_io.spill import SpilledScores, current_rss_bytes, peak_rss_gib, release_freed_memory
+from analysis.output.pieces import attacks_as_tasks, bootstrap_as_tasks, metrics_as_tasks, pieces_client
+from analysis.store_io.spill import DiskRows, SpilledScores, current_rss_bytes, peak_rss_gib, release_freed_memory
+from analysis.store_io.tasks import current_client
 from analysis.kernels.threads import n_threads
 from mia_hpc.contract.settings import ANALYSIS_MEMORY_GB, memory_budget_bytes
 
@@ -118,9 +120,15 @@ def _attack_tables(lira: LiraResult, group_tr: np.ndarray, fprs: list[float], th
     masks = {"All": np.ones(group_tr.size, dtype=bool), "Under": group_tr == "under"}
     cols = metric_columns(fprs)
     pooled, per = {}, {}
+    client = pieces_client(lira.scores)
+    done = None if client is None else metrics_as_tasks(lira, client, masks, fprs, block_bytes)  # one task per attack
     for a in lira.scores:  # every attack run (analysis.attacks.ATTACKS order)
-        p, mu, sd = attack_metrics(lira.member, lira.scores[a], masks, fprs, threads=threads, block_bytes=block_bytes)
-        release_freed_memory()
+        if done is None:
+            p, mu, sd = attack_metrics(lira.member, lira.scores[a], masks, fprs, threads=threads,
+                                       block_bytes=block_bytes)
+            release_freed_memory()
+        else:
+            p, mu, sd = done[a]
         pooled[a] = [p[c] for c in cols]
         per[a] = [x for c in cols for x in (mu[c], sd[c])]
     attacks = pd.DataFrame.from_dict(pooled, orient="index", columns=cols)
@@ -445,7 +453,12 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         p.target_phi = None  # only LiRA reads it
         release_freed_memory()
         # Every other attack of analysis.attacks (LiRA's result reused), merged into one result
-        # whose scores are the spill's arrays, in analysis.attacks.ATTACKS order.
+        # whose scores are the spill's arrays, in analysis.attacks.ATTACKS order; on a dask
+        # distributed cluster the attacks that score the targets are one task each, reading the
+        # targets' signals from their file (analysis.output.pieces)
+        client = current_client()
+        if client is not None and target_signals is None:
+            target_signals = DiskRows.open(spill.path("_signals"))  # the file stays until the tasks are done
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -464,8 +477,12 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
             extra_inputs = {"fits": p.fits, "ood": p.ood, "phi": phi_all, "memory_bytes": budget // 4}
             del p
             with phase("attacks"):
-                lira = run_attacks(ctx, progress=(lambda _name: bar.update(1)) if bar is not None else None,
-                                   scores=spill)
+                done = (lambda _name: bar.update(1)) if bar is not None else None
+                if client is None:
+                    lira = run_attacks(ctx, progress=done, scores=spill)
+                else:
+                    lira = attacks_as_tasks(ctx, client, spill, signals=target_signals, progress=done)
+                    spill.pop("_signals", None)
             del ctx
             release_freed_memory()
         finally:
@@ -699,8 +716,13 @@ def _paper_extras(data, counts, lira, out: Path, *, train: np.ndarray, group: np
                        highlight=hm, highlight_label="singletons")
     phase = phase or _Phases()
     with phase("paper_extras/bootstrap_tables"):
-        paper = attack_table(_LazyPairs(lira), {k: v[train] for k, v in sets.items()}, fpr=0.001, n_boot=200, seed=0,
-                             threads=threads, block_bytes=block_bytes, spill_dir=out)
+        challenge = {k: v[train] for k, v in sets.items()}
+        kw = dict(fpr=0.001, n_boot=200, seed=0, block_bytes=block_bytes, spill_dir=out)
+        client = pieces_client(lira.scores)
+        if client is None:
+            paper = attack_table(_LazyPairs(lira), challenge, threads=threads, **kw)
+        else:  # one task per attack; their pools wait under out, which the workers share
+            paper = bootstrap_as_tasks(lira, client, challenge, **kw)
     table1 = accuracy_table(data.accuracy(), dataset=str(data.spec.get("name", "store")),
                             n_over=int((train & ~under).sum()), n_under=int((train & under).sum()))
     subpop = {"subpopulation": sets["subpopulation"]} if "subpopulation" in sets else {}

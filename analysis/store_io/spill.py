@@ -71,6 +71,10 @@ class SpilledScores(MutableMapping):
     def __len__(self) -> int:
         return len(self._files)
 
+    def path(self, name: str) -> Path:
+        """The ``.npy`` file holding ``name`` (for readers in other processes on the same filesystem)."""
+        return self._files[name]
+
     def move_to_end(self, name: str) -> None:
         """Put ``name`` last in the iteration order (as :meth:`collections.OrderedDict.move_to_end`)."""
         self._files[name] = self._files.pop(name)
@@ -110,6 +114,15 @@ class DiskRows:
         self.dtype = np.dtype(dtype)
         mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=self.shape)
         del mm  # the file exists, sparse, with its header
+
+    @classmethod
+    def open(cls, path: str | Path) -> "DiskRows":
+        """An existing ``.npy`` file (written by another process, e.g. a dask worker) as a DiskRows."""
+        mm = np.load(path, mmap_mode="r", allow_pickle=False)
+        rows = cls.__new__(cls)
+        rows.path, rows.shape, rows.dtype = Path(path), tuple(mm.shape), mm.dtype
+        del mm
+        return rows
 
     def __len__(self) -> int:
         return self.shape[0]
