@@ -79,3 +79,15 @@ def test_estimates_bound_the_keep_masks_memory_and_the_store_on_disk(tmp_path):
     need = estimate(spec)
     assert need.samples >= open_store(store)["label"].shape[0]
     assert on_disk <= need.disk
+
+
+def test_the_analysis_needs_its_budget_at_most():
+    """The analysis streams what grows with the store within ``analyze --memory-gb`` (issue 18): the
+    paper's CIFAR-10 spec (73 GB of logits) needs the budget, a small spec less."""
+    from mia_hpc.contract.settings import ANALYSIS_MEMORY_GB
+    from mia_hpc.contract.spec import load_spec
+    from mia_hpc.pipeline.resources import GIB, MEMORY_MARGIN, estimate
+
+    budget = int(int(ANALYSIS_MEMORY_GB * GIB) * MEMORY_MARGIN)
+    assert estimate(load_spec(REPO / "jobs/paper/cifar10.toml")).analysis_memory == budget
+    assert 0 < estimate(load_spec(REPO / "jobs/demo.toml")).analysis_memory < budget

@@ -9,9 +9,12 @@ each phase, compares them with this machine (``shutil.disk_usage`` of the store'
 The estimates are upper bounds of the dominant arrays, not profiles: the store counts every
 written array uncompressed (logits barely compress); creation counts the keep-mask construction
 (a float64 draw and two int64 rank arrays per (shadow, sample) of a block, then the bool masks);
-a worker holds the images, the whole keep matrix and its batch's logits; the analysis holds the
-logits of all shadows for one query at a time as float32, twice (the signal and its working
-copy), and the keep matrix. Torch-free.
+a worker holds the images, the whole keep matrix and its batch's logits (the queries' shifted views
+are made a chunk of images at a time); the analysis sizes its blocks from its memory budget
+(:data:`mia_hpc.contract.settings.ANALYSIS_MEMORY_GB`, ``analyze --memory-gb``) and streams or
+spills what grows with the store, so it needs the smaller of the budget and what a small store's
+arrays take whole (the logits of all shadows for one query, twice, and the keep matrix).
+Torch-free.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mia_hpc.contract.queries import make_queries
+from mia_hpc.contract.settings import ANALYSIS_MEMORY_GB
 from mia_hpc.contract.spec import Spec
 from mia_hpc.contract.store import StoreError
 
@@ -75,7 +79,7 @@ def estimate(spec: Spec, n_samples: int | None = None) -> Needs:
     create = image + keep + block * n * (8 + 8 + 8)  # uniform draw, argsort, argsort of the argsort
     k = spec.shadows.batch or 8
     worker = image + keep + min(k, m) * logits_per_shadow
-    analysis = 2 * m * n * c * 4 + keep
+    analysis = min(2 * m * n * c * 4 + keep, int(ANALYSIS_MEMORY_GB * GIB))
     return Needs(n, disk, int(create * MEMORY_MARGIN), int(worker * MEMORY_MARGIN), int(analysis * MEMORY_MARGIN))
 
 
