@@ -39,9 +39,10 @@ from scipy.special import log_ndtr
 from analysis.kernels.stats import GaussianSums, Partners
 from analysis.kernels.threads import thread_map
 from analysis.store_io.spill import DiskRows
+from analysis.store_io.tasks import file_ref, run_pieces
 
 __all__ = ["ATTACKS", "LIRA_VARIANTS", "PER_SAMPLE_VARIANCE_MIN", "LiraResult", "lira_scores", "sd_floor", "run_lira",
-           "resolve_targets"]
+           "resolve_targets", "LiraBatches", "lira_piece"]
 
 ATTACKS = ("lira-online", "lira-offline", "lira-fixed-variance")
 #: ``analysis.lira_variant``: this module's scoring, or the reference code's (:mod:`analysis.attacks.lira_reference`).
@@ -218,18 +219,19 @@ def resolve_targets(n_done: int, requested: int | None, spec_targets: int) -> in
     return n_done if t == 0 else min(t, n_done)
 
 
-def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: GaussianSums, partner: Partners,
-             train: np.ndarray, n_targets: int, *, shadow_ids: np.ndarray | None = None,
+def run_lira(x_of: Callable[[slice], np.ndarray] | DiskRows, keep: np.ndarray, sums: GaussianSums,
+             partner: Partners, train: np.ndarray, n_targets: int, *, shadow_ids: np.ndarray | None = None,
              sample_ids: np.ndarray | None = None, attacks: tuple[str, ...] = ATTACKS,
              batch_bytes: int = 256 * 2**20, progress: Callable[[int], None] | None = None,
-             threads: int = 1, spill_dir: Any = None) -> LiraResult:
+             threads: int = 1, spill_dir: Any = None, client: Any = None) -> LiraResult:
     """Attack the first ``n_targets`` shadows, each against the others (less one partner per sample).
 
     Parameters
     ----------
-    x_of : callable
+    x_of : callable or DiskRows
         ``x_of(slice)`` returns the phi of those (done) shadows, shape (B, N, Q), as numpy; this lets
-        the caller read targets from a lazy store a batch at a time.
+        the caller read targets from a lazy store a batch at a time. Or the (>= T, N, Q) phi's file,
+        read a batch of rows at a time (what the tasks read with a ``client``).
     keep : ndarray of bool, shape (M, N)
         Membership of the done shadows.
     sums : GaussianSums
@@ -247,7 +249,8 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
     batch_bytes : int
         Rough memory budget per batch of targets (the batch holds a few (B, N, Q) float64 arrays).
     progress : callable, optional
-        Called with the number of targets finished after each batch.
+        Called with the number of targets finished after each batch (with a ``client``: after
+        every task, once all are done).
     threads : int
         Threads the batches run on (no result depends on it).
     spill_dir : path, optional
@@ -255,6 +258,11 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
         (:class:`analysis.store_io.spill.DiskRows`, adopted by a
         :class:`analysis.store_io.spill.SpilledScores` without a copy) instead of holding them:
         at 2000 targets x 50,000 samples they are 0.4 GB per attack.
+    client : dask.distributed.Client, optional
+        Run the batches as dask tasks there (:func:`lira_piece`, a few consecutive batches each),
+        not on this process' threads; needs ``x_of`` as a :class:`DiskRows` and a ``spill_dir``
+        that the workers see at the same path: the tasks write their rows of the scores' files.
+        Same scores to the bit.
 
     Returns
     -------
@@ -263,13 +271,14 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
     keep = np.asarray(keep, dtype=bool)
     m, n = keep.shape
     train = np.asarray(train, dtype=bool)
+    if client is not None and (spill_dir is None or not isinstance(x_of, DiskRows)):
+        raise ValueError("run_lira with a client: x_of must be a DiskRows and spill_dir a folder the workers see")
     # Only challenge points are scored; restricting the sums to them also restricts the pooled
     # (fixed) variance and the floor to train-split values.
     ref = sums.take(train)
-    part = partner.take(train)
+    shared = LiraBatches(ref=ref, part=partner.take(train), floor=sd_floor(ref), train=train, attacks=tuple(attacks))
     keep_tr = keep[:, train]
     q = np.shape(ref.shift)[1]
-    floor = sd_floor(ref)
     per_target = max(1, int(train.sum()) * q * 8 * 24)  # ~24 float64 (N, Q) temporaries per target
     b = max(1, min(n_targets, batch_bytes // per_target))
     # float32 results (the store's precision), filled in place: no list of parts to concatenate
@@ -279,27 +288,107 @@ def run_lira(x_of: Callable[[slice], np.ndarray], keep: np.ndarray, sums: Gaussi
     else:
         Path(spill_dir).mkdir(parents=True, exist_ok=True)
         out = {a: DiskRows(Path(spill_dir) / f"{a}.npy", shape) for a in attacks}
-    neutral = {a: 0 for a in attacks}
-
-    def batch(sl: slice) -> dict[str, int]:
-        x = np.asarray(x_of(sl), dtype=np.float64)[:, train]
-        loo = ref.without_pair(x, keep_tr[sl], part)
-        s, nn = lira_scores(x, loo, floor=floor, attacks=attacks)
-        for a in attacks:
-            if spill_dir is None:
-                out[a][sl] = s[a]
-            else:
-                out[a].write(sl.start, s[a])
-        if progress is not None:
-            progress(sl.stop - sl.start)
-        return nn
-
-    # batches on the analysis' threads: their numpy work releases the GIL, each writes its own rows
     slices = [slice(start, min(start + b, n_targets)) for start in range(0, n_targets, b)]
-    for nn in thread_map(batch, slices, threads):
-        for a in attacks:
-            neutral[a] += nn[a]
+    if client is None:
+        read = x_of.__getitem__ if isinstance(x_of, DiskRows) else x_of
+
+        def batch(sl: slice) -> dict[str, int]:
+            nn = shared.score_rows(sl, read, keep_tr, out)
+            if progress is not None:
+                progress(sl.stop - sl.start)
+            return nn
+
+        # batches on the analysis' threads: their numpy work releases the GIL, each writes its own rows
+        counts = thread_map(batch, slices, threads)
+    else:
+        counts = _batches_as_tasks(client, slices, x_of, keep_tr[:n_targets], shared, out, Path(spill_dir), progress)
+    neutral = {a: sum(nn[a] for nn in counts) for a in attacks}
     shadow_ids = np.arange(m) if shadow_ids is None else np.asarray(shadow_ids)
     sample_ids = np.arange(n) if sample_ids is None else np.asarray(sample_ids)
     return LiraResult(targets=shadow_ids[:n_targets], samples=sample_ids[train], member=keep_tr[:n_targets],
                       scores=out, n_neutral=neutral)
+
+
+@dataclass(frozen=True)
+class LiraBatches:
+    """What every batch of targets of :func:`run_lira` shares: the challenge points' reference sums
+    over all shadows (``ref``), their partners (``part``), the std floor, the train mask and the
+    attacks. Small ((N_train, Q) arrays): a dask task gets it pickled."""
+
+    ref: GaussianSums
+    part: Partners
+    floor: np.ndarray
+    train: np.ndarray
+    attacks: tuple[str, ...]
+
+    def score_rows(self, sl: slice, x_of: Callable[[slice], np.ndarray], keep_tr: Any,
+                   out: dict[str, Any]) -> dict[str, int]:
+        """Score targets ``sl`` and write their rows of every attack's scores into ``out``.
+
+        Parameters
+        ----------
+        sl : slice
+            The targets (rows) of this batch.
+        x_of : callable
+            ``x_of(sl)``: those targets' phi, (B, N, Q).
+        keep_tr : ndarray or DiskRows, shape (>= sl.stop, N_train)
+            The targets' membership on the challenge points.
+        out : dict attack -> ndarray or DiskRows, shape (T, N_train)
+            Where the rows go (float32; a DiskRows is written at its rows only).
+
+        Returns
+        -------
+        dict attack -> int
+            The batch's neutral scores.
+        """
+        x = np.asarray(x_of(sl), dtype=np.float64)[:, self.train]
+        loo = self.ref.without_pair(x, np.asarray(keep_tr[sl], dtype=bool), self.part)
+        s, nn = lira_scores(x, loo, floor=self.floor, attacks=self.attacks)
+        for a in self.attacks:
+            if isinstance(out[a], DiskRows):
+                out[a].write(sl.start, s[a])
+            else:
+                out[a][sl] = s[a]
+        return nn
+
+
+def lira_piece(slices: list[slice], phi: DiskRows, keep_tr: DiskRows, shared: LiraBatches,
+               out: dict[str, DiskRows]) -> dict[str, int]:
+    """One dask task of :func:`run_lira`: its consecutive batches of targets, one after another.
+
+    Reads each batch's phi and membership rows from their files and writes its rows of every
+    attack's scores file in place (other tasks write other rows of the same files at once: disjoint
+    bytes of a file mapped shared, so no write is lost; ``tests/test_analysis_tasks.py`` checks it
+    across processes). Returns the neutral counts of its batches together.
+    """
+    counts = [shared.score_rows(sl, phi.__getitem__, keep_tr, out) for sl in slices]
+    return {a: sum(nn[a] for nn in counts) for a in shared.attacks}
+
+
+def _batches_as_tasks(client: Any, slices: list[slice], phi: DiskRows, keep_tr: np.ndarray, shared: LiraBatches,
+                      out: dict[str, DiskRows], folder: Path, progress: Callable[[int], None] | None) -> list[dict]:
+    """The batches of :func:`run_lira` as :func:`lira_piece` tasks on ``client``: their neutral counts.
+
+    The batches are grouped into about three tasks per worker thread (consecutive batches each):
+    enough for the scheduler to even out the workers' loads, few enough that a task's fixed costs
+    (its start, the shared sums it gets) stay small next to its batches. Each task holds one batch
+    at a time, within ``batch_bytes`` as in process.
+    """
+    if not slices:
+        return []
+    slots = max(1, sum(client.nthreads().values()))
+    groups = [g for g in np.array_split(np.arange(len(slices)), min(len(slices), 3 * slots)) if g.size]
+    keep_ref = file_ref(keep_tr, folder / "keep.npy")
+    # the sums and partners go once to every worker, not once per task through the scheduler
+    (state,) = client.scatter([shared], broadcast=True, hash=False)
+    pieces = {f"{slices[g[0]].start}-{slices[g[-1]].stop}": ([slices[i] for i in g], phi, keep_ref, state, out)
+              for g in groups}
+    try:
+        done = run_pieces(lira_piece, pieces, name="lira", client=client)
+    finally:
+        state.release()
+        keep_ref.close()
+    if progress is not None:
+        for g in groups:
+            progress(slices[g[-1]].stop - slices[g[0]].start)
+    return list(done.values())

@@ -61,7 +61,7 @@ from analysis.output.html_report import incomplete_line, write_report
 from analysis.output.scores import StoredScores, write_scores
 from analysis.output.pieces import attacks_as_tasks, bootstrap_as_tasks, metrics_as_tasks, pieces_client
 from analysis.store_io.spill import DiskRows, SpilledScores, current_rss_bytes, peak_rss_gib, release_freed_memory
-from analysis.store_io.tasks import current_client
+from analysis.store_io.tasks import file_ref
 from analysis.kernels.threads import n_threads
 from mia_hpc.contract.settings import ANALYSIS_MEMORY_GB, memory_budget_bytes
 
@@ -425,6 +425,10 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
             target_signals, shokri_scores = None, (lambda: spill.pop("_shokri"))
         p.target_signals = p.target_scores = None
 
+        # On a dask distributed cluster LiRA's batches of targets and the attacks that score the
+        # targets are dask tasks (analysis.attacks.lira, analysis.output.pieces) reading the
+        # targets' arrays from files.
+        client = pieces_client(spill)
         # Each target against the other shadows (balanced leave-pair-out from the sums), from memory.
         bar = None
         if progress:
@@ -439,14 +443,22 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
                                               sample_ids=data.ds["sample"].values,
                                               progress=bar.update if bar is not None else None, threads=threads)
                 else:
-                    lira = run_lira(lambda sl: p.target_phi[sl], keep, sums, partner, train, n_targets,
+                    # the tasks read the targets' phi from its file: the pass' one, else written once here
+                    phi_file = (file_ref(p.target_phi, spill.dir / "target_phi.npy")
+                                if client is not None and not isinstance(p.target_phi, DiskRows) else None)
+                    x_of = ((lambda sl: p.target_phi[sl]) if client is None
+                            else p.target_phi if phi_file is None else phi_file)
+                    lira = run_lira(x_of, keep, sums, partner, train, n_targets,
                                     shadow_ids=data.ds["shadow"].values, sample_ids=data.ds["sample"].values,
                                     batch_bytes=min(64 << 20, budget // 48),
                                     progress=bar.update if bar is not None else None,
                                     threads=threads,
                                     # its three (T, N_train) score arrays go to disk as they are made
-                                    spill_dir=spill.dir / "lira" if 3 * 4 * n_targets * int(train.sum())
-                                    > budget // 8 else None)
+                                    # (always with a client: the tasks write their rows there)
+                                    spill_dir=spill.dir / "lira" if client is not None or 3 * 4 * n_targets
+                                    * int(train.sum()) > budget // 8 else None, client=client)
+                    if phi_file is not None:
+                        phi_file.close()
         finally:
             if bar is not None:
                 bar.close()
@@ -456,7 +468,6 @@ def analyze(store: str | Path, out: str | Path, *, targets: int | None = None, f
         # whose scores are the spill's arrays, in analysis.attacks.ATTACKS order; on a dask
         # distributed cluster the attacks that score the targets are one task each, reading the
         # targets' signals from their file (analysis.output.pieces)
-        client = current_client()
         if client is not None and target_signals is None:
             target_signals = DiskRows.open(spill.path("_signals"))  # the file stays until the tasks are done
         bar = None
