@@ -116,13 +116,16 @@ def test_analyze_as_tasks_same_bytes_and_on_workers(store, local, client, tmp_pa
 
 def test_disk_rows_disjoint_rows_from_two_processes(client, tmp_path):
     """LiRA's tasks write their rows of one scores file at once, from different worker processes:
-    rows of 4,000 bytes share pages (4 KiB) with the rows of the other process, and none is lost."""
+    rows of 4,000 bytes share pages (4 KiB) with the rows of the other process, and none is lost;
+    whole rows or a column block, both ways DiskRows.write goes."""
     workers = sorted(client.scheduler_info()["workers"])
     assert len(workers) == 2
     rows = DiskRows(tmp_path / "rows.npy", (64, 1000))
     want = np.random.default_rng(0).standard_normal((64, 1000)).astype(np.float32)
     futures = [client.submit(rows.write, r, want[r:r + 1], workers=[workers[r % 2]], pure=False)
-               for r in range(64)]
+               for r in range(32)]
+    futures += [client.submit(rows.write, r, want[r:r + 1, c:c + 500], c, workers=[workers[(r + c // 500) % 2]],
+                              pure=False) for r in range(32, 64) for c in (0, 500)]
     client.gather(futures)
     assert {w for f in futures for w in client.who_has(f)[f.key]} == set(workers)
     np.testing.assert_array_equal(rows[:], want)

@@ -65,6 +65,25 @@ def test_disk_rows_round_trip(tmp_path):
     assert not (tmp_path / "a.npy").exists()
 
 
+@pytest.mark.parametrize("shape", [(7, 5), (6, 3, 2), (9,)])
+def test_disk_rows_whole_rows_same_bytes_as_assignment(tmp_path, shape):
+    """Whole rows go to the file with a plain write (DiskRows.write), blocks of columns through its
+    mapping: the file holds the bytes an assignment into a float32 array gives (float64 rounded)."""
+    d = DiskRows(tmp_path / "a.npy", shape)
+    want = np.zeros(shape, dtype=np.float32)
+    x = np.random.default_rng(2).standard_normal(shape) * 1e3
+    for s0, s1 in [(2, 5), (0, 2), (5, shape[0])]:
+        d.write(s0, x[s0:s1])
+        want[s0:s1] = x[s0:s1]
+    assert d[:].tobytes() == want.tobytes()
+    if len(shape) > 1:
+        d.write(1, x[1:3, 1:] + 1, col=1)
+        want[1:3, 1:] = x[1:3, 1:] + 1
+        assert d[:].tobytes() == want.tobytes()
+    with pytest.raises(IndexError):
+        d.write(shape[0] - 1, x[:2])
+
+
 @pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf", "lots"])
 def test_bad_budget_one_line(store, tmp_path, capsys, bad):
     assert main(["analyze", str(store), "--out", str(tmp_path / "o"), "--memory-gb", bad]) == 2

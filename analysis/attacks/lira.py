@@ -357,9 +357,9 @@ def lira_piece(slices: list[slice], phi: DiskRows, keep_tr: DiskRows, shared: Li
     """One dask task of :func:`run_lira`: its consecutive batches of targets, one after another.
 
     Reads each batch's phi and membership rows from their files and writes its rows of every
-    attack's scores file in place (other tasks write other rows of the same files at once: disjoint
-    bytes of a file mapped shared, so no write is lost; ``tests/test_analysis_tasks.py`` checks it
-    across processes). Returns the neutral counts of its batches together.
+    attack's scores file in place (other tasks write other rows of the same files at once, with
+    plain writes of their own bytes: :meth:`DiskRows.write`; ``tests/test_analysis_tasks.py``
+    checks it across processes). Returns the neutral counts of its batches together.
     """
     counts = [shared.score_rows(sl, phi.__getitem__, keep_tr, out) for sl in slices]
     return {a: sum(nn[a] for nn in counts) for a in shared.attacks}

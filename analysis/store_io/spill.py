@@ -132,8 +132,18 @@ class DiskRows:
         return len(self.shape)
 
     def write(self, start: int, rows: np.ndarray, col: int = 0) -> None:
-        """Write ``rows`` at rows ``start .. start + len(rows)``, columns (axis 1) from ``col`` on."""
+        """Write ``rows`` at rows ``start .. start + len(rows)``, columns (axis 1) from ``col`` on.
+
+        Whole rows are one span of the file, written with a plain write of exactly their bytes:
+        writers of other rows (other processes, e.g. LiRA's dask tasks) may share a page with them,
+        and a network filesystem writes a page dirtied through a mapping back whole, over the other
+        writer's bytes; a plain write sends only its own range.
+        """
         if len(rows) == 0:
+            return
+        rows = np.asarray(rows)
+        if col == 0 and rows.shape[1:] == self.shape[1:]:
+            self._write_span(start, rows)
             return
         mm = np.load(self.path, mmap_mode="r+", allow_pickle=False)
         if rows.ndim > 1:
@@ -142,6 +152,23 @@ class DiskRows:
             mm[start:start + len(rows)] = rows
         mm.flush()
         del mm
+
+    def _write_span(self, start: int, rows: np.ndarray) -> None:
+        """``rows`` (whole rows, cast to the file's dtype as an assignment would) at row ``start``."""
+        if not 0 <= start <= start + len(rows) <= self.shape[0]:
+            raise IndexError(f"{self.path}: rows {start}..{start + len(rows)} outside 0..{self.shape[0]}")
+        data = memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B")
+        mm = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        at = mm.offset + start * (data.nbytes // len(rows))  # the data's start is after the .npy header
+        del mm
+        # write-only: a file also open for reading may have a partial page read in first (NFS)
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            while data.nbytes:
+                n = os.pwrite(fd, data, at)
+                data, at = data[n:], at + n
+        finally:
+            os.close(fd)
 
     def __getitem__(self, key) -> np.ndarray:
         """A fresh in-memory copy of ``self[key]`` (a slice of rows, or any numpy index)."""
