@@ -121,19 +121,19 @@ def test_block_boundaries_lose_or_double_no_pair(tmp_path, dtype, budget):
 
 
 def test_mapped_pages_given_back_only_where_nothing_is_lost(tmp_path):
+    from mapped_pages import resident_bytes_of
+
     from analysis.kernels.pages import drop_mapped_pages
-    from analysis.store_io.spill import current_rss_bytes
 
     a = np.arange(4 << 20, dtype=np.float32).reshape(64, -1)  # 16 MiB
-    np.save(tmp_path / "a.npy", a)
-    r = np.asarray(np.load(tmp_path / "a.npy", mmap_mode="r"))
-    before = current_rss_bytes()
+    path = tmp_path / "a.npy"
+    np.save(path, a)
+    r = np.asarray(np.load(path, mmap_mode="r"))
     assert float(r.sum(dtype=np.float64)) == float(a.sum(dtype=np.float64))
-    touched = current_rss_bytes()
+    assert resident_bytes_of(path) > 15 << 20
     drop_mapped_pages(r[:32])
     drop_mapped_pages(r[32:, 5:9])  # a strided view: its pages, from its first byte to its last
-    assert touched - before > 12 << 20
-    assert current_rss_bytes() - before < 2 << 20
+    assert resident_bytes_of(path) < 1 << 20
     assert np.array_equal(r, a)  # read again from the page cache
     c = np.load(tmp_path / "a.npy", mmap_mode="c")  # copy-on-write: a change lives only in its pages
     c[0, 0] = -1

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mapped_pages import resident_bytes_of
+
 from analysis.output import roc as roc_mod
 from analysis.output.roc import _StreamDown, _Terms, corners, downsample, roc_curves
 
@@ -175,19 +177,6 @@ def test_table_fprs_past_the_dense_end_are_read_exactly(monkeypatch):
     _same(ref, roc_curves({"a": (m, s)}, masks, FPRS, per_decade=1, area_tol=1e-3, block_bytes=4096))
 
 
-def _resident_bytes_of(path) -> int:
-    """Resident bytes of this process' mappings of ``path`` (Linux ``/proc/self/smaps``)."""
-    total, inside = 0, False
-    with open("/proc/self/smaps") as fh:
-        for line in fh:
-            head = line.split()
-            if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
-                inside = len(head) >= 6 and head[5] == str(path)
-            elif inside and head[0] == "Rss:":
-                total += int(head[1]) * 1024
-    return total
-
-
 def test_whole_path_gives_back_a_mapped_files_pages(tmp_path):
     """``score[:, mask]`` of a memmap touches every page of the file: the whole-curve path reads it a
     block of rows at a time and gives the pages back, so a column of a few samples does not leave
@@ -201,6 +190,6 @@ def test_whole_path_gives_back_a_mapped_files_pages(tmp_path):
     mask = np.zeros(member.shape[1], dtype=bool)
     mask[::20] = True
     got = roc_mod.pooled_curve(member, mapped, mask)
-    assert _resident_bytes_of(path) < 1 << 20  # of the file's 16 MiB, read whole
+    assert resident_bytes_of(path) < 1 << 20  # of the file's 16 MiB, read whole
     ref = roc_mod.pooled_curve(member, score, mask)
     assert all(np.array_equal(a, b) for a, b in zip(got, ref))
