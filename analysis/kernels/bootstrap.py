@@ -500,6 +500,15 @@ class _SortedPool:
 
 
 @numba.njit(cache=True, nogil=True)
+def _group_influence(neg_below, pos_below, gn, gp, n_pos, n_neg, auc):  # pragma: no cover - compiled
+    """The AUROC influence of a positive and of a negative in a tie group of ``gp`` positives and
+    ``gn`` negatives above ``neg_below`` negatives and ``pos_below`` positives."""
+    g_pos = ((neg_below + 0.5 * gn) / n_neg - auc) / n_pos
+    g_neg = (((n_pos - pos_below - gp) + 0.5 * gp) / n_pos - auc) / n_neg
+    return g_pos, g_neg
+
+
+@numba.njit(cache=True, nogil=True)
 def _tie_group(key, i, hi, sh):  # pragma: no cover - compiled
     """End (exclusive, at most ``hi``) of the tie group starting at ``i`` and its positives."""
     s = np.uint64(sh)
@@ -540,8 +549,7 @@ def _influence_range(key, lo, hi, sh, neg_below, pos_below, n_pos, n_neg, auc, g
     while i < hi:
         j, gp = _tie_group(key, i, hi, sh)
         gn = (j - i) - gp
-        g_pos = ((neg_below + 0.5 * gn) / n_neg - auc) / n_pos
-        g_neg = (((n_pos - pos_below - gp) + 0.5 * gp) / n_pos - auc) / n_neg
+        g_pos, g_neg = _group_influence(neg_below, pos_below, gn, gp, n_pos, n_neg, auc)
         for k in range(i, j):
             g[(key[k] >> np.uint64(1)) & low] = g_pos if key[k] & np.uint64(1) else g_neg
         neg_below += gn
@@ -800,8 +808,7 @@ def _influence_sorted(key, hi, sh, neg_below, pos_below, n_pos, n_neg, auc, g): 
     while i < hi:
         j, gp = _tie_group(key, i, hi, sh)
         gn = (j - i) - gp
-        g_pos = ((neg_below + 0.5 * gn) / n_neg - auc) / n_pos
-        g_neg = (((n_pos - pos_below - gp) + 0.5 * gp) / n_pos - auc) / n_neg
+        g_pos, g_neg = _group_influence(neg_below, pos_below, gn, gp, n_pos, n_neg, auc)
         for k in range(i, j):
             g[k] = g_pos if key[k] & np.uint64(1) else g_neg
         neg_below += gn
