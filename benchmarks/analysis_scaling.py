@@ -33,14 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 MIA = [sys.executable, "-m", "mia_hpc.cli"]
 
 
-def parse_size(text: str) -> tuple[int, int, int]:
-    """``"200x51000x18"`` -> (shadows, train samples, queries)."""
+def parse_size(text: str, option: str = "--sizes") -> tuple[int, int, int]:
+    """``"200x51000x18"`` -> (shadows, train samples, queries); ``option`` names the flag in errors."""
     try:
         m, n, q = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"--sizes: expected SHADOWSxSAMPLESxQUERIES like 200x51000x18, got {text!r}") from None
+        raise SystemExit(f"{option}: expected SHADOWSxSAMPLESxQUERIES like 200x51000x18, got {text!r}") from None
     if m < 2 or m % 2 or n < 20 or q < 1:
-        raise SystemExit(f"--sizes: {text!r}: shadows must be even and >= 2, samples >= 20, queries >= 1")
+        raise SystemExit(f"{option}: {text!r}: shadows must be even and >= 2, samples >= 20, queries >= 1")
     return m, n, q
 
 

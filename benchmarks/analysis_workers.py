@@ -27,20 +27,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from analysis_scaling import parse_size  # the sibling script's: python adds benchmarks/ to the path
+
 ROOT = Path(__file__).resolve().parents[1]
 MIA = [sys.executable, "-m", "mia_hpc.cli"]
 ORDER = (1, 2, 2, 1)  # workers of each run
-
-
-def parse_size(text: str) -> tuple[int, int, int]:
-    """``"256x20000x2"`` -> (shadows, train samples, queries)."""
-    try:
-        m, n, q = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"--size: expected SHADOWSxSAMPLESxQUERIES like 256x20000x2, got {text!r}") from None
-    if m < 2 or m % 2 or n < 20 or q < 1:
-        raise SystemExit(f"--size: {text!r}: shadows must be even and >= 2, samples >= 20, queries >= 1")
-    return m, n, q
 
 
 def make_store(out: Path, m: int, n: int, q: int) -> Path:
@@ -84,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-gb", type=float, default=3.0, help="analyze --memory-gb (default 3)")
     ap.add_argument("--quick", action="store_true", help="analyze --quick (no paper extras, no bootstrap)")
     args = ap.parse_args(argv)
-    m, n, q = parse_size(args.size)
+    m, n, q = parse_size(args.size, "--size")
     args.out.mkdir(parents=True, exist_ok=True)
     store = make_store(args.out, m, n, q)
     runs = [(w, run_once(store, args.out / "analyses" / f"run{i}-{w}w", w, memory_gb=args.memory_gb,
