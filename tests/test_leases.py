@@ -22,7 +22,7 @@ from shard_helpers import (REPO, assert_stores_equal, forked_worker, make_store,
                            tiny_spec)
 
 from mia_hpc.contract.errors import LeaseHeld, LeaseLost
-from mia_hpc.launch.leases import ShardLease, boot_id, lease_dir
+from mia_hpc.launch.leases import ShardLease, boot_id, lease_dir, read_lease
 from mia_hpc.contract.store import done_mask, open_store
 
 
@@ -129,6 +129,59 @@ def test_heartbeat_advances_and_a_taken_over_lease_is_lost(store, monkeypatch):
         lease.release()
     assert lease.path.exists()  # the thief's lease is not removed by the loser
     lease.path.unlink()
+
+
+def test_a_late_taker_with_an_old_view_leaves_the_new_owner_alone(store, monkeypatch):
+    """The interleaving CI met (two racers both won): B judged lease S stale, A took S over first;
+    B's take-over must not move A's lease, not even to put it back (its name would be free meanwhile,
+    and a third racer would link it while A believes it owns the shard)."""
+    monkeypatch.setenv("MIA_HPC_LEASE_STALE_S", "30")
+    _write_lease(store, 1, 2, host="node-b", pid=4242, age=31)
+    old_view, _ = read_lease(lease_dir(store) / "shard-1-of-2.json")
+    a, b = ShardLease(store, 1, 2, range(2, 4)), ShardLease(store, 1, 2, range(2, 4))
+    a.acquire()
+    try:
+        before = os.stat(a.path)
+        time.sleep(0.05)  # so that a rename or link would show in the inode's ctime
+        b._take_over(old_view)
+        after = os.stat(a.path)
+        assert (after.st_ino, after.st_ctime_ns) == (before.st_ino, before.st_ctime_ns)
+        assert json.loads(a.path.read_text())["token"] == a.record.token
+        with pytest.raises(LeaseHeld):
+            b.acquire()
+        a.check()
+    finally:
+        a.release()
+    assert not list(lease_dir(store).glob(".*"))  # no marker or grave left behind
+
+
+def test_a_taker_that_died_mid_take_over_does_not_block_the_shard(store, monkeypatch):
+    monkeypatch.setenv("MIA_HPC_LEASE_STALE_S", "30")
+    path = _write_lease(store, 1, 2, host="node-b", pid=4242, age=31)
+    dead = _write_lease(store, 1, 2, host=socket.gethostname(), pid=_dead_pid(), boot=boot_id())
+    marker = path.with_name(f".{path.name}.after-other")  # the take-over marker of the stale lease "other"
+    dead.rename(marker)
+    path = _write_lease(store, 1, 2, host="node-b", pid=4242, age=31)
+    with ShardLease(store, 1, 2, range(2, 4)) as lease:
+        assert json.loads(path.read_text())["token"] == lease.record.token
+    assert not list(lease_dir(store).glob(".*"))
+
+
+def test_a_live_take_over_marker_is_respected(store, monkeypatch):
+    """Another host's worker is inside the take-over of the stale lease: we wait for it rather than race it."""
+    monkeypatch.setenv("MIA_HPC_LEASE_STALE_S", "30")
+    path = _write_lease(store, 1, 2, host="node-b", pid=4242, age=31)
+    marker = path.with_name(f".{path.name}.after-other")
+    path.rename(marker)
+    os.utime(marker)  # its holder (node-b, pid 4242) is fresh
+    path = _write_lease(store, 1, 2, host="node-b", pid=4242, age=31)
+    lease = ShardLease(store, 1, 2, range(2, 4))
+    try:
+        lease._take_over(read_lease(path)[0])
+        assert json.loads(path.read_text())["token"] == "other" and marker.exists()  # neither touched
+    finally:
+        path.unlink()
+        marker.unlink()
 
 
 RACER = """

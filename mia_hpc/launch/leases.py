@@ -15,10 +15,16 @@ shadows it covers.
   heartbeats: clock skew between nodes and NFS attribute caching stay well inside it).
 * A second worker refuses a live owner (:class:`LeaseHeld`, naming it) unless told to wait; an
   owner that has missed three heartbeats but is not stale yet is waited out, then taken over.
-* A stale lease is taken over by renaming it to a private name first (only one renamer can
-  succeed), checking that what was renamed is the stale record that was judged, then linking a new
-  one. A fresh lease renamed by mistake (it replaced the stale one between the read and the rename)
-  is put back.
+* A stale lease with token T is taken over by the one worker that links the marker
+  ``.shard-I-of-N.json.after-T`` (a link again, so only one can). Holding it, the worker reads the
+  lease once more and renames it to a private name only if it still carries T, then removes the
+  marker and competes for the free name like everyone else. A racer that judged T stale earlier
+  either fails to link the marker or, once it is free again, finds T gone and leaves the new
+  owner's lease alone: a live lease is never moved, so its name is never free while someone holds
+  it. Once T is renamed away it never comes back, which is why the marker can go at once. The one
+  interleaving left is a stale-judged owner that is alive after all and releases between that read
+  and the rename; the record renamed is then not T and is put back. A marker left by a worker that
+  died inside this step is judged like a lease (its holder's process, or its age) and removed.
 * The heartbeat checks that the file still carries its owner's token; if not, the lease is lost and
   :meth:`ShardLease.check`, called before every write of a shadow, stops the worker with
   :class:`LeaseLost`: a worker whose lease was taken over never writes again.
@@ -159,13 +165,17 @@ class ShardLease:
             time.sleep(min(1.0, heartbeat_s()))
 
     def _try_take(self) -> bool:
+        return self._link_record(self.path)
+
+    def _link_record(self, name: Path) -> bool:
+        """Create ``name`` holding our record, complete, or return False if it exists (atomic, NFS-safe)."""
         tmp = self.path.with_name(f".{self.path.name}.{self.record.token}")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(asdict(self.record), f)
             f.flush()
             os.fsync(f.fileno())
         try:
-            os.link(tmp, self.path)
+            os.link(tmp, name)
             return True
         except FileExistsError:
             return False
@@ -185,18 +195,39 @@ class ShardLease:
 
     def _take_over(self, stale: LeaseRecord) -> None:
         """Remove the stale lease ``stale``, and only it (see the module docstring)."""
-        grave = self.path.with_name(f".{self.path.name}.stale-{self.record.token}")
+        marker = self.path.with_name(f".{self.path.name}.after-{stale.token}")
+        if not self._link_record(marker):
+            self._expire_marker(marker)
+            time.sleep(0.05)  # another worker is taking it over: let it finish before we look again
+            return
         try:
-            os.rename(self.path, grave)
+            held = read_lease(self.path)
+            if held is None or held[0].token != stale.token or not self._is_stale(*held):
+                return  # replaced, released or beating again since we judged it: nothing stale to remove
+            self._remove_if(self.path, stale.token)
+        finally:
+            marker.unlink(missing_ok=True)
+
+    def _remove_if(self, path: Path, token: str) -> None:
+        """Remove ``path`` if it carries ``token``; a record with another token found there is put back."""
+        grave = path.with_name(f".{path.name}.stale-{self.record.token}")
+        try:
+            os.rename(path, grave)
         except FileNotFoundError:
-            return  # another worker removed it first
+            return
         got = read_lease(grave)
-        if got is not None and got[0].token != stale.token:
-            try:  # a fresh lease replaced the stale one before our rename: give it back
-                os.link(grave, self.path)
+        if got is not None and got[0].token != token:
+            try:
+                os.link(grave, path)
             except FileExistsError:
                 pass
         grave.unlink(missing_ok=True)
+
+    def _expire_marker(self, marker: Path) -> None:
+        """Remove a take-over marker whose holder died inside the take-over (else the shard stays blocked)."""
+        held = read_lease(marker)
+        if held is not None and self._is_stale(*held):
+            self._remove_if(marker, held[0].token)
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lease if it is still ours."""
