@@ -1,0 +1,68 @@
+"""The recipe-stability verdict of docs/reproduction.md is counted from the runs' folders, not typed.
+
+Two fake ``benchmarks/recipe_stability.py`` output folders (the real CSV/JSON layout it writes) with a
+known answer: which seeds diverged, how many reached the first 100 steps, the full-length median.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def repro():
+    spec = importlib.util.spec_from_file_location("reproduce_mnist", REPO / "benchmarks" / "reproduce_mnist.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(folder: Path, rows: list[tuple], over: int = 8000, under: int = 400) -> None:
+    """A stability run: rows of (variant, seed, steps, diverged, max_grad_norm, test_acc_over)."""
+    folder.mkdir(parents=True)
+    pd.DataFrame([{"variant": v, "lr": 0.02, "warmup": 0.05, "clip_grad_norm": 1.0, "seed": s, "steps": n,
+                   "of_steps": 495, "diverged": d, "first_bad_step": 7 if d else -1, "max_grad_norm": g,
+                   "last_loss": 0.3, "test_acc_over": a, "test_acc_under": 60.0} for v, s, n, d, g, a in rows]
+                 ).to_csv(folder / "stability_summary.csv", index=False)
+    (folder / "stability_meta.json").write_text(json.dumps({"command": "python x", "scale": {"over": over,
+                                                                                              "under": under}}))
+
+
+def test_verdict_counts_seeds_divergences_and_the_full_length_median(repro, tmp_path):
+    docs = tmp_path / "docs"
+    _run(docs / "reproduction" / "first-100", [("spec", 0, 100, False, 40.0, 88.0), ("spec", 1, 100, False, 80.5, 87.0),
+                                               ("spec", 2, 100, True, 900.0, 10.0), ("old", 3, 100, True, 5.0, 10.0)])
+    _run(docs / "reproduction" / "full", [("spec", 0, 495, False, 30.0, 96.0), ("spec", 1, 495, False, 35.0, 98.0),
+                                          ("spec", 4, 60, False, 20.0, 70.0)])
+    text = "\n".join(repro.stability_verdict(docs))
+    assert "**4 seeds, 1 diverged** (seeds 2)" in text  # the old recipe's seed 3 is not the committed one
+    assert "3 of them ran at least the first 100 of 495 steps" in text
+    assert "gradient norms up to 900" in text
+    assert "2 ran the full 495 steps, D_O test accuracy median 97.0% [96.0, 98.0]" in text
+    assert "4,200-sample shadow training sets" in text
+
+
+def test_stability_only_rewrites_that_section_and_keeps_the_rest(repro, tmp_path):
+    docs = tmp_path / "docs"
+    _run(docs / "reproduction" / "r", [("spec", 5, 495, False, 12.0, 97.5)])
+    doc = tmp_path / "reproduction.md"
+    doc.write_text(f"# Title\n\nTables the long run wrote.\n\n{repro.STABILITY_HEADING}\n\nAn old verdict.\n")
+    repro.rewrite_stability(doc, docs)
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nTables the long run wrote.\n\n" + repro.STABILITY_HEADING)
+    assert "An old verdict" not in text and "**1 seed, 0 diverged**" in text and "### `reproduction/r`" in text
+
+
+def test_stability_only_refuses_a_document_without_the_section(repro, tmp_path):
+    doc = tmp_path / "reproduction.md"
+    doc.write_text("# Something else\n")
+    with pytest.raises(SystemExit, match="--stability-only: .* has no '## §4: recipe stability"):
+        repro.rewrite_stability(doc, tmp_path)
+    assert doc.read_text() == "# Something else\n"
