@@ -37,6 +37,7 @@ from typing import Callable, Sequence
 import numba
 import numpy as np
 
+from analysis.kernels.buckets import bucket_of
 from analysis.kernels.keys import key32, key64
 from analysis.kernels.pages import drop_mapped_pages
 
@@ -189,9 +190,6 @@ def _hist(bits, member, cols, is32, prefix, shift, hist):  # pragma: no cover - 
     The pairs are rows ``bits`` (the scores' bits, uint32 or uint64) x columns ``cols`` and their
     keys are made on the fly (no key array). Returns (members, non-finite scores) among all of them.
     """
-    sub = np.uint64(shift - 16)
-    sh = np.uint64(shift if shift < 64 else 0)
-    m = np.uint64(0xFFFF)
     e32 = np.uint32(0x7F800000)
     e64 = np.uint64(0x7FF0000000000000)
     n_member = 0
@@ -205,26 +203,22 @@ def _hist(bits, member, cols, is32, prefix, shift, hist):  # pragma: no cover - 
                 n_bad += (np.uint32(bits[r, c]) & e32) == e32
             else:
                 n_bad += (np.uint64(bits[r, c]) & e64) == e64
-            k = _pair_key(bits, member, r, c, is32)
-            if shift == 64 or (k >> sh) == prefix:
-                hist[np.int64((k >> sub) & m)] += 1
+            b = bucket_of(_pair_key(bits, member, r, c, is32), prefix, shift)
+            if b >= 0:
+                hist[b] += 1
     return n_member, n_bad
 
 
 @numba.njit(cache=True, nogil=True)
 def _gather(bits, member, cols, is32, prefix, shift, lo, hi, out, pos):  # pragma: no cover - compiled
     """Append to ``out`` the keys of :func:`_hist`'s buckets ``lo..hi``; returns the new length."""
-    sub = np.uint64(shift - 16)
-    sh = np.uint64(shift if shift < 64 else 0)
-    m = np.uint64(0xFFFF)
     for r in range(bits.shape[0]):
         for j in range(cols.size):
             k = _pair_key(bits, member, r, cols[j], is32)
-            if shift == 64 or (k >> sh) == prefix:
-                b = np.int64((k >> sub) & m)
-                if lo <= b and b <= hi:
-                    out[pos] = k
-                    pos += 1
+            b = bucket_of(k, prefix, shift)
+            if lo <= b and b <= hi:
+                out[pos] = k
+                pos += 1
     return pos
 
 
