@@ -72,7 +72,7 @@ import numpy as np
 
 from analysis.kernels.buckets import BUCKET_BITS, bucket_gather, bucket_hist
 from analysis.kernels.keys import _order_keys, order32
-from analysis.kernels.pages import drop_mapped_pages
+from analysis.kernels.pages import count_members, read_rows
 from analysis.kernels.threads import thread_map
 
 __all__ = ["BootstrapResult", "bootstrap_metrics", "weighted_roc_metrics", "metric_names", "EXACT_BUDGET"]
@@ -278,7 +278,7 @@ def bootstrap_columns(member: np.ndarray, score: np.ndarray, masks: Mapping[str,
     if block_bytes is None or np.size(member) * 16 <= int(block_bytes):
         member, score = _pairs(member, score)
         return _columns(member, score, masks, fprs, n_boot, seed, level, samples, max_bytes, exact_budget, threads,
-                        lambda: _SortedPool(member, score), lambda pool, mask, _: pool.subset(mask))
+                        lambda: _SortedPool(member, score), lambda pool, mask: pool.subset(mask))
     if np.ndim(member) == 1:
         member, score = np.asarray(member)[None], np.asarray(score)[None]
     if np.ndim(member) != 2 or np.shape(member) != np.shape(score):
@@ -286,13 +286,13 @@ def bootstrap_columns(member: np.ndarray, score: np.ndarray, masks: Mapping[str,
     with tempfile.TemporaryDirectory(prefix="bootstrap-", dir=spill_dir) as tmp:
         return _columns(member, score, masks, fprs, n_boot, seed, level, samples, max_bytes, exact_budget, threads,
                         lambda: _DiskPool.build(member, score, int(block_bytes), Path(tmp)),
-                        lambda pool, mask, _: pool.subset(mask, Path(tmp)), rows=max(1, int(block_bytes) // 32))
+                        lambda pool, mask: pool.subset(mask, Path(tmp)), rows=max(1, int(block_bytes) // 32))
 
 
 def _columns(member, score, masks, fprs, n_boot, seed, level, samples, max_bytes, exact_budget, threads,
              make_pool, make_subset, rows: int | None = None) -> dict[str, BootstrapResult]:
     """:func:`bootstrap_columns` once validated; ``make_pool()`` sorts the attack's pairs (at most
-    once), ``make_subset(pool, mask, None)`` takes a column's from them; ``rows`` (bounded memory):
+    once), ``make_subset(pool, mask)`` takes a column's from them; ``rows`` (bounded memory):
     count members ``rows`` pairs' worth of rows at a time instead of slicing whole columns."""
     t, n_all = member.shape
     pool = None
@@ -305,18 +305,19 @@ def _columns(member, score, masks, fprs, n_boot, seed, level, samples, max_bytes
                 raise ValueError(f"mask {name!r} has shape {mask.shape}, expected ({n_all},)")
             every = bool(mask.all())
         n = n_all if every else int(mask.sum())
-        n_pos = _count_members(member, None if every else mask, rows)
+        n_pos = count_members(member, None if every else mask, rows)
         if samples == "shared" and t * n * n_boot > exact_budget and 0 < n_pos < t * n:
             if pool is None:
                 pool = make_pool()
-            sub = pool if every else make_subset(pool, mask, None)
+            sub = pool if every else make_subset(pool, mask)
             point, reps = _fast_shared(sub, member, None if every else mask, fprs, n_boot, seed, max_bytes, threads)
             method = "linearised AUROC, exact TPR (large input)"
             if sub is not pool and isinstance(sub, _DiskPool):
                 sub.path.unlink()
             del sub
         else:
-            # small by the exact budget: the column's pairs are sliced whole
+            # small by the exact budget (or one class only, or samples="within"): the column's pairs
+            # are sliced whole, bounded or not
             m_sub, s_sub = _pairs(member if every else member[:, mask], score if every else score[:, mask])
             point, reps = _exact(m_sub, s_sub, fprs, n_boot, seed, samples, max_bytes)
             method = "exact weighted ROC"
@@ -325,27 +326,6 @@ def _columns(member, score, masks, fprs, n_boot, seed, level, samples, max_bytes
                             {"n_boot": n_boot, "seed": seed, "level": level, "samples": samples, "fprs": fprs,
                              "method": method})
     return out
-
-
-def _read_rows(a: np.ndarray, r0: int, r1: int) -> np.ndarray:
-    """Rows ``r0:r1`` of ``a`` in memory; a read-only memmap's pages of them are then given back
-    (:func:`analysis.kernels.pages.drop_mapped_pages`): the bounded path reads every row many times."""
-    rows = a[r0:r1]
-    out = np.array(rows)
-    drop_mapped_pages(rows)
-    return out
-
-
-def _count_members(member: np.ndarray, mask: np.ndarray | None, rows: int | None) -> int:
-    """Members among ``member[:, mask]``, a block of rows at a time when ``rows`` pairs are given."""
-    if rows is None:
-        return int(np.count_nonzero(member if mask is None else member[:, mask]))
-    step = max(1, rows // max(1, member.shape[1]))
-    total = 0
-    for r0 in range(0, member.shape[0], step):
-        mb = _read_rows(member, r0, r0 + step).astype(bool, copy=False)
-        total += int(np.count_nonzero(mb if mask is None else mb[:, mask]))
-    return total
 
 
 def _exact(member: np.ndarray, score: np.ndarray, fprs: list[float], n_boot: int, seed: int, samples: str,
@@ -721,7 +701,7 @@ def _fast_shared(pool: "_SortedPool | _DiskPool", member: np.ndarray, mask: np.n
     km = np.zeros((n_boot, n), dtype=np.float32)
     rows = max(1, (32 << 20) // (4 * n))
     for r0 in range(0, t, rows):  # k @ member in row blocks: no float copy of the whole member
-        mb = _read_rows(member, r0, r0 + rows).astype(bool, copy=False)
+        mb = read_rows(member, r0, r0 + rows).astype(bool, copy=False)
         km += k[:, r0:r0 + rows] @ (mb if mask is None else mb[:, mask]).astype(np.float32)
     pos_b = np.einsum("bn,bn->b", km.astype(np.float64), c)  # exact: small integers
     neg_b = float(t) * float(n) - pos_b
@@ -820,8 +800,7 @@ def _influence_sorted(key, hi, sh, neg_below, pos_below, n_pos, n_neg, auc, g): 
 @numba.njit(cache=True, nogil=True)
 def _one_group(key, gp, gn, neg_below, pos_below, n_pos, n_neg, auc, g):  # pragma: no cover - compiled
     """:func:`_influence_sorted` for part of a tie group of ``gp`` positives and ``gn`` negatives."""
-    g_pos = ((neg_below + 0.5 * gn) / n_neg - auc) / n_pos
-    g_neg = (((n_pos - pos_below - gp) + 0.5 * gp) / n_pos - auc) / n_neg
+    g_pos, g_neg = _group_influence(neg_below, pos_below, gn, gp, n_pos, n_neg, auc)
     for k in range(key.size):
         g[k] = g_pos if key[k] & np.uint64(1) else g_neg
 
@@ -860,8 +839,9 @@ class _DiskPool:
     wait on disk by block of samples (:meth:`auroc_terms`) until each block is multiplied.
     """
 
-    def __init__(self, path: Path, t: int, n: int, sh: int, chunk: int, block_bytes: int) -> None:
-        self.path, self.t, self.n, self.sh, self.chunk, self.block_bytes = path, t, n, sh, chunk, block_bytes
+    def __init__(self, path: Path, t: int, n: int, sh: int, block_bytes: int) -> None:
+        self.path, self.t, self.n, self.sh, self.block_bytes = path, t, n, sh, block_bytes
+        self.chunk = max(1, block_bytes // 32)  # keys read at once: with their products, a share
         self.size = t * n
 
     @classmethod
@@ -874,11 +854,11 @@ class _DiskPool:
 
         def blocks():
             for r0 in range(0, t, step):
-                s = _read_rows(score, r0, r0 + step)
-                yield _block_keys(_read_rows(member, r0, r0 + step), s if s.dtype == np.float32 else
+                s = read_rows(score, r0, r0 + step)
+                yield _block_keys(read_rows(member, r0, r0 + step), s if s.dtype == np.float32 else
                                   s.astype(np.float64), r0 * n, sh)
 
-        pool = cls(directory / "pool.u64", t, n, sh, max(1, block_bytes // 32), block_bytes)
+        pool = cls(directory / "pool.u64", t, n, sh, block_bytes)
         hist = np.zeros(1 << BUCKET_BITS, dtype=np.int64)
         for keys in blocks():
             bucket_hist(keys, np.uint64(0), 64, hist)
@@ -896,7 +876,7 @@ class _DiskPool:
         n_sub = int(mask.sum())
         pos = np.full(self.n, -1, dtype=np.int64)
         pos[mask] = np.arange(n_sub)
-        sub = _DiskPool(directory / f"subset{id(mask)}.u64", self.t, n_sub, self.sh, self.chunk, self.block_bytes)
+        sub = _DiskPool(directory / f"subset{id(mask)}.u64", self.t, n_sub, self.sh, self.block_bytes)
         done = 0
         with open(sub.path, "wb") as f:
             for a in range(0, self.size, self.chunk):

@@ -58,7 +58,7 @@ import pandas as pd
 from analysis.store_io.atomic import atomic_write
 from analysis.store_io.figures import save_figure
 from analysis.kernels.metrics import fpr_label, roc, tpr_at_fpr
-from analysis.kernels.pages import drop_mapped_pages
+from analysis.kernels.pages import count_members, read_columns
 from analysis.kernels.pooled import DEFAULT_BLOCK_BYTES, pooled_roc_points
 
 __all__ = ["RocCurve", "corners", "downsample", "pooled_curve", "fits_whole_curve", "roc_curves", "curves_frame", "write_roc_csv",
@@ -214,31 +214,9 @@ def pooled_curve(member: np.ndarray, score: np.ndarray, mask: np.ndarray | None 
     if mask is not None and np.asarray(mask, dtype=bool).all():
         mask = None
     mask = None if mask is None else np.asarray(mask, dtype=bool)
-    member = _read_columns(member, mask).astype(bool, copy=False)
-    score = _read_columns(score, mask)
+    member = read_columns(member, mask).astype(bool, copy=False)
+    score = read_columns(score, mask)
     return roc(member.reshape(-1), score.reshape(-1))
-
-
-def _mapped(a: np.ndarray) -> bool:
-    while a is not None and not isinstance(a, np.memmap):
-        a = getattr(a, "base", None)
-    return a is not None
-
-
-def _read_columns(a: np.ndarray, mask: np.ndarray | None, block_bytes: int = 16 << 20) -> np.ndarray:
-    """``a[:, mask]`` (``a`` itself if ``mask`` is None) in memory, read ``block_bytes`` of rows at a time."""
-    if not isinstance(a, np.ndarray):
-        a = np.asarray(a)
-    if mask is None and not _mapped(a):
-        return a  # in memory already: no copy
-    t, n = a.shape
-    out = np.empty((t, n if mask is None else int(mask.sum())), dtype=a.dtype)
-    step = max(1, block_bytes // max(1, n * a.itemsize))
-    for r0 in range(0, t, step):
-        rows = a[r0:r0 + step]
-        out[r0:r0 + step] = rows if mask is None else rows[:, mask]
-        drop_mapped_pages(rows)
-    return out
 
 
 # --- bounded memory: the same curve, fed chunk by chunk ---------------------------------------
@@ -580,17 +558,6 @@ class _StreamDown:
         return f, t, thr, auroc, tpr_at, self.n
 
 
-def _count_members(member: np.ndarray, mask: np.ndarray, block_bytes: int) -> int:
-    """``member[:, mask].sum()`` one block of rows at a time (no (T, N_mask) copy)."""
-    rows = max(1, int(block_bytes) // max(1, member.shape[1]))
-    cols = None if mask.all() else mask
-    n = 0
-    for r0 in range(0, member.shape[0], rows):
-        blk = np.asarray(member[r0:r0 + rows], dtype=bool)
-        n += int(np.count_nonzero(blk if cols is None else blk[:, cols]))
-    return n
-
-
 def _bounded_curve(member: np.ndarray, score: np.ndarray, mask: np.ndarray, fprs: Sequence[float], *, dense: float,
                    area_tol: float, per_decade: int, block_bytes: int):
     """The whole-curve path's ``(fpr, tpr, threshold, auroc, tpr_at, n_full)`` in about ``block_bytes`` of memory."""
@@ -658,7 +625,7 @@ def roc_curves(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], masks: Mappin
             mask = np.asarray(mask, dtype=bool)
             n_pairs = int(np.shape(member)[0]) * int(mask.sum())
             if getattr(score, "dtype", None) == np.float32 and not fits_whole_curve(n_pairs, budget):
-                n_pos = _count_members(member, mask, budget)
+                n_pos = count_members(member, None if mask.all() else mask, budget)
                 n_neg = n_pairs - n_pos
                 if n_pos == 0 or n_neg == 0:
                     continue
@@ -668,10 +635,8 @@ def roc_curves(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], masks: Mappin
                 curves.append(RocCurve(attack=str(attack), column=str(column), fpr=f, tpr=t, threshold=thr,
                                        auroc=auroc, tpr_at=tpr_at, n_pos=n_pos, n_neg=n_neg, n_full=n_full))
                 continue
-            m = np.asarray(member, dtype=bool)[:, mask]
-            n_pos = int(m.sum())
-            n_neg = int(m.size - n_pos)
-            del m
+            n_pos = count_members(member, mask, 16 << 20)
+            n_neg = n_pairs - n_pos
             if n_pos == 0 or n_neg == 0:
                 continue
             f, t, thr = pooled_curve(member, score, mask)
