@@ -42,11 +42,6 @@ def pieces_client(scores: Any) -> Any:
     return current_client() if isinstance(scores, SpilledScores) else None
 
 
-def _mmap(ref: DiskRows) -> np.ndarray:
-    # read-only, as SpilledScores maps them: the kernels then give back the pages they have read
-    return np.asarray(np.load(ref.path, mmap_mode="r", allow_pickle=False))
-
-
 # --- attacks ----------------------------------------------------------------------------------
 
 def attack_piece(name: str, state: Mapping[str, Any], out_path: str) -> tuple[int, dict[str, Any]]:
@@ -82,9 +77,12 @@ def attacks_as_tasks(ctx: AttackContext, client: Any, scores: SpilledScores, *, 
              "split": ctx.split, "n_targets": ctx.n_targets, "shadow_ids": ctx.shadow_ids,
              "sample_ids": ctx.sample_ids, "batch_bytes": ctx.batch_bytes, "song_bins": ctx.song_bins,
              "signal_stats": ctx.signal_sums(), "target_signals": signals}
-    out = run_attacks(ctx, [n for n in names if n not in remote], progress=progress, scores=scores)
-    done = run_pieces(attack_piece, {n: (n, state, str(folder / f"attack-{n}.npy")) for n in remote},
-                      name="attack", client=client)
+    try:
+        out = run_attacks(ctx, [n for n in names if n not in remote], progress=progress, scores=scores)
+        done = run_pieces(attack_piece, {n: (n, state, str(folder / f"attack-{n}.npy")) for n in remote},
+                          name="attack", client=client)
+    finally:
+        (folder / "keep.npy").unlink(missing_ok=True)
     for n in remote:
         scores[n] = DiskRows.open(folder / f"attack-{n}.npy")  # adopted: the file becomes the spill's
         out.n_neutral[n], out.info[n] = done[n]
@@ -94,7 +92,6 @@ def attacks_as_tasks(ctx: AttackContext, client: Any, scores: SpilledScores, *, 
         scores.move_to_end(n)
         out.n_neutral[n] = out.n_neutral.pop(n)
         out.info[n] = out.info.pop(n)
-    (folder / "keep.npy").unlink(missing_ok=True)
     return out
 
 
@@ -111,7 +108,7 @@ def _pair_refs(lira: AttackResult) -> tuple[DiskRows, dict[str, DiskRows]]:
 def metrics_piece(member: DiskRows, scores: DiskRows, masks: Mapping[str, np.ndarray], fprs: list[float],
                   block_bytes: int | None) -> tuple[dict, dict, dict]:
     """:func:`analysis.kernels.metrics.attack_metrics` of one attack, from its files."""
-    return attack_metrics(_mmap(member), _mmap(scores), masks, fprs, threads=1, block_bytes=block_bytes)
+    return attack_metrics(member.mmap(), scores.mmap(), masks, fprs, threads=1, block_bytes=block_bytes)
 
 
 def metrics_as_tasks(lira: AttackResult, client: Any, masks: Mapping[str, np.ndarray], fprs: list[float],
@@ -125,7 +122,7 @@ def metrics_as_tasks(lira: AttackResult, client: Any, masks: Mapping[str, np.nda
 def bootstrap_piece(attack: str, member: DiskRows, scores: DiskRows, challenge: Mapping[str, np.ndarray],
                     kw: Mapping[str, Any]) -> pd.DataFrame:
     """:func:`analysis.output.tables.attack_table` of one attack (its rows), from its files."""
-    return attack_table({attack: (_mmap(member), _mmap(scores))}, challenge, threads=1, **kw)
+    return attack_table({attack: (member.mmap(), scores.mmap())}, challenge, threads=1, **kw)
 
 
 def bootstrap_as_tasks(lira: AttackResult, client: Any, challenge: Mapping[str, np.ndarray],

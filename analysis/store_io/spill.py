@@ -9,6 +9,7 @@ file as it is set and maps it back on each access, so consumers that go one atta
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -158,9 +159,7 @@ class DiskRows:
         if not 0 <= start <= start + len(rows) <= self.shape[0]:
             raise IndexError(f"{self.path}: rows {start}..{start + len(rows)} outside 0..{self.shape[0]}")
         data = memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B")
-        mm = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        at = mm.offset + start * (data.nbytes // len(rows))  # the data's start is after the .npy header
-        del mm
+        at = self.data_offset + start * (data.nbytes // len(rows))
         # write-only: a file also open for reading may have a partial page read in first (NFS)
         fd = os.open(self.path, os.O_WRONLY)
         try:
@@ -196,9 +195,7 @@ class DiskRows:
             return out
         lo, hi = int(cols.min()), int(cols.max()) + 1
         item = int(np.prod(self.shape[2:], dtype=np.int64)) * self.dtype.itemsize  # bytes of one (row, column)
-        mm = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        offset = mm.offset  # the data's start, after the .npy header
-        del mm
+        offset = self.data_offset
         span = np.empty((hi - lo,) + self.shape[2:], dtype=self.dtype)
         raw = memoryview(span).cast("B")
         with open(self.path, "rb", buffering=0) as f:
@@ -208,6 +205,15 @@ class DiskRows:
                     raise OSError(f"{self.path}: short read in row {r}")
                 out[r] = span[cols - lo]
         return out
+
+    @functools.cached_property
+    def data_offset(self) -> int:
+        """Where the array's bytes start in the file, after the ``.npy`` header (read once)."""
+        mm = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        try:
+            return int(mm.offset)
+        finally:
+            del mm
 
     def mmap(self) -> np.ndarray:
         """The whole array, memory-mapped read-only (for readers that index it freely)."""
