@@ -23,22 +23,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RACER = """
-import sys, time
-from mia_hpc.contract.errors import LeaseHeld
-from mia_hpc.launch.leases import ShardLease
-lease = ShardLease(sys.argv[1], 0, 2, range(0, 2))
-while time.time() < float(sys.argv[2]):
-    pass
-try:
-    lease.acquire()
-except LeaseHeld:
-    print("held")
-    sys.exit(0)
-print("won")
-time.sleep(float(sys.argv[3]))
-lease.release()
-"""
+def race(store: str, gun: float, hold: float) -> int:
+    """One racer: spin until ``gun``, take shard 0 of 2's lease, print won/held, hold it ``hold`` s."""
+    from mia_hpc.contract.errors import LeaseHeld
+    from mia_hpc.launch.leases import ShardLease
+
+    lease = ShardLease(store, 0, 2, range(0, 2))
+    while time.time() < gun:
+        pass
+    try:
+        lease.acquire()
+    except LeaseHeld:
+        print("held")
+        return 0
+    print("won", flush=True)
+    time.sleep(hold)
+    lease.release()
+    return 0
+
+
+def racers(store: Path, n: int, hold: float, repo: str = str(ROOT)) -> list[subprocess.Popen]:
+    """``n`` racer processes for ``store``'s lease, their start gun 2.5 s away (all imported and spinning by then)."""
+    gun = time.time() + 2.5
+    env = {**os.environ, "PYTHONPATH": repo}
+    return [subprocess.Popen([sys.executable, __file__, "--racer", str(store), str(gun), str(hold)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,10 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold", type=float, default=1.5, help="seconds a winner holds the lease")
     p.add_argument("--stale", action="store_true", help="each round starts from a stale lease of another host")
     p.add_argument("--repo", default=str(ROOT), help="the checkout whose mia_hpc is raced")
+    p.add_argument("--racer", nargs=3, metavar=("STORE", "GUN", "HOLD"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.racer:
+        return race(args.racer[0], float(args.racer[1]), float(args.racer[2]))
     leases = Path(tempfile.mkdtemp()) / "store.zarr.leases"
     leases.mkdir()
-    env = {**os.environ, "PYTHONPATH": args.repo}
     bad = 0
     t0 = time.time()
     for r in range(args.rounds):
@@ -61,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "taken": time.time(), "shard": 0, "n_shards": 2, "shadows": [0, 2],
                                          "boot": ""}))
             os.utime(lease, (time.time() - 10_000,) * 2)
-        gun = time.time() + 2.5  # every racer imported and spinning before it
-        procs = [subprocess.Popen([sys.executable, "-c", RACER, str(leases.with_suffix("")), str(gun), str(args.hold)],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(args.racers)]
+        procs = racers(leases.with_suffix(""), args.racers, args.hold, args.repo)
         outs = [q.communicate() for q in procs]
         won = sum(o[0].strip() == "won" for o in outs)
         errors = [o[1].strip().splitlines()[-1] for o in outs if o[1].strip()]

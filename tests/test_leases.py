@@ -184,22 +184,8 @@ def test_a_live_take_over_marker_is_respected(store, monkeypatch):
         marker.unlink()
 
 
-RACER = """
-import sys, time
-from mia_hpc.contract.errors import LeaseHeld
-from mia_hpc.launch.leases import ShardLease
-lease = ShardLease(sys.argv[1], 0, 2, range(0, 2))
-while time.time() < float(sys.argv[2]):
-    pass
-try:
-    lease.acquire()
-except LeaseHeld:
-    print("held")
-    sys.exit(0)
-print("won")
-time.sleep(6)
-lease.release()
-"""
+#: Its ``--racer`` mode is one racer: spin until the gun, take shard 0's lease, print won/held, hold it.
+RACER = REPO / "benchmarks" / "lease_race.py"
 
 
 @pytest.mark.parametrize("stale", [False, True], ids=["free", "stale"])
@@ -208,8 +194,8 @@ def test_eight_processes_racing_for_one_lease_leave_one_owner(store, stale):
         _write_lease(store, 0, 2, host="node-b", pid=4242, age=10_000)
     start = time.time() + 8  # every racer imported and spinning when the gun goes off
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(store), str(start)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    procs = [subprocess.Popen([sys.executable, str(RACER), "--racer", str(store), str(start), "6"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     said = sorted(o[0].strip() for o in outs)
