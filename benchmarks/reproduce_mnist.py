@@ -385,8 +385,11 @@ def _with_train_size(folder: Path) -> pd.DataFrame:
     """A run's per-seed summary, with each shadow's training-set size (half of D_O + D_U) from its meta."""
     df = pd.read_csv(folder / "stability_summary.csv")
     meta = folder / "stability_meta.json"
-    scale = json.loads(meta.read_text()).get("scale", {}) if meta.is_file() else {}
+    m = json.loads(meta.read_text()) if meta.is_file() else {}
+    scale = m.get("scale", {})
     df["train_size"] = (scale["over"] + scale["under"]) // 2 if {"over", "under"} <= scale.keys() else np.nan
+    secs = sum(m.get("seconds", {}).values())
+    df["seconds_per_seed"] = secs / len(df) if secs else np.nan  # training time per seed (and variant) of the run
     return df
 
 
@@ -419,8 +422,9 @@ def stability_verdict(docs: Path) -> list[str]:
                 f"issue's 97% target for the median, on {sizes}-sample shadow training sets (the paper's: about 30,500, half of 60,000 + 1,000)."
                 if len(full) else "accuracy not measured at full length."), ""]
     lines.append("Not verified here (2 shared CPU cores, no GPU, no SVHN / CIFAR files): divergence after the "
-                 f"first 100 steps except in the {_n(len(full), 'full-length seed')}; the full-length median over many "
-                 "seeds (a full-length CNN32 shadow takes 18-40 minutes on these cores); the SVHN and CIFAR-10 "
+                 f"first 100 steps except in the {_n(len(full), 'full-length seed')}; the full-length median over 32 "
+                 f"seeds (a full-length CNN32 shadow took {_f(at_full['seconds_per_seed'].mean() / 60, 0)} min on average "
+                 "in the runs above, on these cores); the SVHN and CIFAR-10 "
                  "mixtures (CNN32 / CNN64 on 32x32 RGB) with `mnist-cnn`; the `cifar10-resnet` recipe (BatchNorm "
                  "ResNets, 20% warm-up) and the DP recipe on any real data. On a GPU: "
                  "`benchmarks/recipe_stability.py --device cuda --seeds 0-31` without `--max-steps`.")

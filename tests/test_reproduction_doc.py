@@ -24,15 +24,15 @@ def repro():
     return mod
 
 
-def _run(folder: Path, rows: list[tuple], over: int = 8000, under: int = 400) -> None:
+def _run(folder: Path, rows: list[tuple], over: int = 8000, under: int = 400, seconds: float = 0.0) -> None:
     """A stability run: rows of (variant, seed, steps, diverged, max_grad_norm, test_acc_over)."""
     folder.mkdir(parents=True)
     pd.DataFrame([{"variant": v, "lr": 0.02, "warmup": 0.05, "clip_grad_norm": 1.0, "seed": s, "steps": n,
                    "of_steps": 495, "diverged": d, "first_bad_step": 7 if d else -1, "max_grad_norm": g,
                    "last_loss": 0.3, "test_acc_over": a, "test_acc_under": 60.0} for v, s, n, d, g, a in rows]
                  ).to_csv(folder / "stability_summary.csv", index=False)
-    (folder / "stability_meta.json").write_text(json.dumps({"command": "python x", "scale": {"over": over,
-                                                                                              "under": under}}))
+    (folder / "stability_meta.json").write_text(json.dumps({"command": "python x", "scale": {"over": over, "under": under},
+                                                            "seconds": {"spec a": seconds / 2, "spec b": seconds / 2}}))
 
 
 def test_verdict_counts_seeds_divergences_and_the_full_length_median(repro, tmp_path):
@@ -40,13 +40,14 @@ def test_verdict_counts_seeds_divergences_and_the_full_length_median(repro, tmp_
     _run(docs / "reproduction" / "first-100", [("spec", 0, 100, False, 40.0, 88.0), ("spec", 1, 100, False, 80.5, 87.0),
                                                ("spec", 2, 100, True, 900.0, 10.0), ("old", 3, 100, True, 5.0, 10.0)])
     _run(docs / "reproduction" / "full", [("spec", 0, 495, False, 30.0, 96.0), ("spec", 1, 495, False, 35.0, 98.0),
-                                          ("spec", 4, 60, False, 20.0, 70.0)])
+                                          ("spec", 4, 60, False, 20.0, 70.0)], seconds=3 * 600)
     text = "\n".join(repro.stability_verdict(docs))
     assert "**4 seeds, 1 diverged** (seeds 2)" in text  # the old recipe's seed 3 is not the committed one
     assert "3 of them ran at least the first 100 of 495 steps" in text
     assert "gradient norms up to 900" in text
     assert "2 ran the full 495 steps, D_O test accuracy median 97.0% [96.0, 98.0]" in text
     assert "4,200-sample shadow training sets" in text
+    assert "a full-length CNN32 shadow took 10 min on average" in text  # 30 min for the full run's 3 seeds
 
 
 def test_stability_only_rewrites_that_section_and_keeps_the_rest(repro, tmp_path):
