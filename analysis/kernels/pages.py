@@ -40,20 +40,23 @@ def drop_mapped_pages(a: np.ndarray) -> None:
 
 def _readonly_mapping(a: np.ndarray):
     """The ``mmap.mmap`` under ``a`` if ``a`` views a read-only ``np.memmap``, else None."""
-    b = a
-    while b is not None and not isinstance(b, np.memmap):
-        b = getattr(b, "base", None)
+    b = _memmap_of(a)
     if b is None or b.mode != "r":
         return None
     mm = getattr(b, "_mmap", None)
     return mm if mm is not None and not getattr(mm, "closed", False) else None
 
 
-def is_mapped(a: np.ndarray) -> bool:
-    """Whether ``a`` views a memory-mapped file (any mode)."""
+def _memmap_of(a: np.ndarray) -> np.memmap | None:
+    """The ``np.memmap`` that ``a`` is or views (through its bases), or None."""
     while a is not None and not isinstance(a, np.memmap):
         a = getattr(a, "base", None)
-    return a is not None
+    return a
+
+
+def is_mapped(a: np.ndarray) -> bool:
+    """Whether ``a`` views a memory-mapped file (any mode)."""
+    return _memmap_of(a) is not None
 
 
 def read_rows(a: np.ndarray, r0: int, r1: int) -> np.ndarray:
