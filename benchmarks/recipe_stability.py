@@ -6,7 +6,9 @@ plus ``--under`` augMNIST samples, once per recipe variant:
 * ``old``: the recipe before the fix (lr 0.04, no warm-up, no clipping), which diverged;
 * ``clip``: the old recipe with the gradient clipping only (lr 0.04, no warm-up, clip 1.0): the
   diagnosis (does bounding the step alone stop the divergence?);
-* ``spec``: the spec's own ``[train]`` table as committed.
+* ``spec``: the spec's own ``[train]`` table as committed;
+* any name given with ``--try NAME KEY=VALUE ...``: the spec's ``[train]`` with those values changed
+  (a candidate recipe, e.g. ``--try clip10 clip_grad_norm=10``).
 
 Each step records every seed's loss, the L2 norm of its whole gradient before clipping and the
 learning rate; at the end each seed's test accuracy (D_O and D_U test splits) is measured in eval
@@ -46,6 +48,23 @@ CLIP_ONLY = {**OLD, "clip_grad_norm": 1.0}
 DIVERGED_LOSS = 10.0
 
 
+def parse_tries(tries: list[list[str]] | None) -> dict[str, dict]:
+    """``--try NAME KEY=VALUE ...`` -> {NAME: {KEY: value}}, values parsed as TOML scalars."""
+    import tomllib
+
+    out: dict[str, dict] = {}
+    for name, *pairs in tries or []:
+        if name in ("old", "clip", "spec") or not pairs:
+            raise SystemExit(f"--try {name}: give a new variant name and at least one KEY=VALUE of [train]")
+        out[name] = {}
+        for pair in pairs:
+            key, eq, value = pair.partition("=")
+            if not eq:
+                raise SystemExit(f"--try {name}: {pair!r} is not KEY=VALUE (e.g. clip_grad_norm=10)")
+            out[name][key] = tomllib.loads(f"v = {value}")["v"]
+    return out
+
+
 def scaled_spec(path: Path, args: argparse.Namespace, variant: str):
     from mia_hpc.contract.spec import load_spec, spec_from_dict
 
@@ -56,16 +75,24 @@ def scaled_spec(path: Path, args: argparse.Namespace, variant: str):
     d["data"]["under"]["n_fractals"] = min(d["data"]["under"]["n_fractals"], 256)
     d["model"]["width"] = args.width
     d["train"]["epochs"] = args.epochs
-    if variant not in ("old", "clip", "spec"):
-        raise SystemExit(f"--variants: unknown variant {variant!r}; use old, clip or spec")
-    d["train"].update({"old": OLD, "clip": CLIP_ONLY, "spec": {}}[variant])
+    known = {"old": OLD, "clip": CLIP_ONLY, "spec": {}, **args.tries}
+    if variant not in known:
+        raise SystemExit(f"--variants: unknown variant {variant!r}; use old, clip, spec or a name given by --try")
+    unknown = set(known[variant]) - set(d["train"])
+    if unknown:
+        raise SystemExit(f"--try {variant}: {sorted(unknown)} not in [train]; use one of {sorted(d['train'])}")
+    d["train"].update(known[variant])
     d["shadows"].update(count=max(2, 2 * ((max(args.seed_list) + 2) // 2)), batch=0, shards=1)
     return spec_from_dict(d)
 
 
-def run_variant(spec, data, seeds: list[int], max_steps: int | None,
-                device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Train ``seeds`` batched; (loss, grad_norm, lr) per step and seed, and per-seed test accuracy."""
+def run_variant(spec, data, seeds: list[int], max_steps: int | None, device: str = "cpu", lr_of=None,
+                evaluate: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Train ``seeds`` batched; (loss, grad_norm, lr) per step and seed, and per-seed test accuracy.
+
+    ``lr_of(step, steps)`` replaces the spec's schedule (``benchmarks/lr_range.py``'s exponential
+    ramp); ``evaluate=False`` skips the test accuracy (``acc`` is then empty).
+    """
     import torch
     from torch.nn import functional as F
 
@@ -92,7 +119,7 @@ def run_variant(spec, data, seeds: list[int], max_steps: int | None,
     k = len(seeds)
     loss, gnorm, lrs = np.full((steps, k), np.nan), np.full((steps, k), np.nan), np.zeros(steps)
     for step in range(steps):
-        lrs[step] = lr_at(spec, step, total)
+        lrs[step] = lr_at(spec, step, total) if lr_of is None else lr_of(step, steps)
         for g in opt.param_groups:
             g["lr"] = lrs[step]
         bi = torch.as_tensor(idx[step], device=device).long()
@@ -108,6 +135,8 @@ def run_variant(spec, data, seeds: list[int], max_steps: int | None,
             clip_per_shadow(params, spec.train.clip_grad_norm)
         opt.step()
         loss[step] = per.detach().cpu().numpy()
+    if not evaluate:
+        return loss, gnorm, lrs, {"total_steps": total, "acc": {}}
     test = np.flatnonzero(split == "test")  # accuracy on the test split only: no need to query the pool
     logits = stack.query_logits(images[test], td.queries)
     group = td.group[test]
@@ -132,6 +161,9 @@ def plot(curves, out: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colors = {"old": "tab:red", "clip": "tab:orange", "spec": "tab:blue"}
+    others = iter(["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"])
+    for variant in curves["variant"].unique():
+        colors.setdefault(variant, next(others, "gray"))
     for variant, g in curves.groupby("variant"):
         for seed, gs in g.groupby("seed"):
             y = gs["loss"].to_numpy(dtype=float)
@@ -171,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda (all seeds of a variant in one batch)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch CPU threads (default: every core)")
+    p.add_argument("--try", dest="try_", nargs="+", action="append", metavar="NAME KEY=VALUE",
+                   help="define a variant NAME: the spec's [train] with these values (repeatable)")
     p.add_argument("--append", action="store_true",
                    help="add to the curves and summary already in --out (more seeds at the same scale)")
     args = p.parse_args(argv)
@@ -179,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     args.seed_list = parse_seeds(args.seeds)
+    args.tries = parse_tries(args.try_)
     torch.set_num_threads(max(1, args.threads))
     from mia_hpc.data import build_dataset
 
@@ -188,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{os.cpu_count()} CPU cores, shared (load average {os.getloadavg()[0]:.1f} at start)",
             "scale": {k: getattr(args, k) for k in ("over", "under", "test_over", "test_under", "epochs", "width",
-                                                    "max_steps", "seeds")}, "seconds": {}}
+                                                    "max_steps", "seeds")}, "seconds": {},
+            "tries": args.tries}
     curves, summary = [], []
     if args.append and (out / "stability_summary.csv").is_file():
         old_meta = json.loads((out / "stability_meta.json").read_text())
@@ -200,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = pd.read_csv(out / "stability_summary.csv").to_dict(orient="records")
         meta["command"] = old_meta["command"] + " ; " + meta["command"]
         meta["seconds"] = old_meta.get("seconds", {})
+        meta["tries"] = {**old_meta.get("tries", {}), **args.tries}
         meta["scale"]["seeds"] = f"{old_meta['scale']['seeds']},{args.seeds}"
     data = None
     for variant in args.variants.split(","):
