@@ -378,14 +378,63 @@ STABILITY_HEADING = "## §4: recipe stability on real digits"
 
 
 def stability_section(docs: Path) -> list[str]:
-    return [STABILITY_HEADING, "", *stability_lines(docs), "", *stability_verdict(docs), ""]
+    return [STABILITY_HEADING, "", *stability_lines(docs), "", *lr_range_lines(docs), *stability_verdict(docs), ""]
+
+
+LR_RANGE = "lr-range"
+
+
+def lr_range_lines(docs: Path) -> list[str]:
+    """``benchmarks/lr_range.py``'s run under ``docs/reproduction/lr-range``: one row per case, the
+    recipe's peak lr beside the lr where its training broke (the worst seed), or nothing if absent."""
+    folder = docs / "reproduction" / LR_RANGE
+    if not (folder / "summary.csv").is_file():
+        return []
+    df = pd.read_csv(folder / "summary.csv")
+    m = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
+    ramp = m.get("ramp", {})
+    secs = sum(m.get("seconds", {}).values())
+    lines = [f"### `reproduction/{LR_RANGE}`: learning-rate range test of every paper recipe", "",
+             f"Command: `{m.get('command', '')}` ({m.get('date', '')}, {m.get('machine', '')}; "
+             f"{_f(secs / 60, 0)} min of training).", "",
+             f"Each recipe as committed (batch, momentum, weight decay, clipping, augmentation), its schedule "
+             f"replaced by a ramp from lr {ramp.get('lr_min', '?'):g} to {ramp.get('lr_max', '?'):g} growing "
+             f"by the same factor each of {ramp.get('steps', '?')} steps, on {ramp.get('over', 0):,} real train "
+             "digits shaped as the spec's D_O (32x32 RGB for the CIFAR specs: SVHN, CIFAR-10 and CIFAR-100 "
+             "cannot be read here). Break: the first lr after the smoothed loss's minimum where it exceeds "
+             f"{ramp.get('break_ratio', '?'):g}x that minimum or a loss is non-finite; margin: break / the "
+             "recipe's peak lr (the worst seed; > means the ramp ended first).", "",
+             "| case | specs | model | input | batch | clip | peak lr | seeds | lr at min loss (median) | first break "
+             "| margin |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    top = float(ramp.get("lr_max", np.inf))
+    for case, g in df.groupby("case", sort=False):
+        brk = float(g["lr_break"].min())
+        first = f"{brk:.3g}" if np.isfinite(brk) else f"none up to {top:g}"
+        margin = f"{brk / g['peak_lr'].iloc[0]:.1f}x" if np.isfinite(brk) else f"> {top / g['peak_lr'].iloc[0]:.0f}x"
+        lines.append(f"| {case} | {g['spec'].iloc[0]} | {g['arch'].iloc[0]} | {g['input'].iloc[0]} | "
+                     f"{int(g['batch'].iloc[0])} | {g['clip_grad_norm'].iloc[0]:g} | {g['peak_lr'].iloc[0]:g} | "
+                     f"{len(g)} | {g['lr_best'].median():.3g} | {first} | {margin} |")
+    return lines + ["", f"![smoothed loss against learning rate per recipe](reproduction/{LR_RANGE}/lr_range.png)", "",
+                    f"Every step: `docs/reproduction/{LR_RANGE}/curves.csv`.", ""]
+
+
+#: The [train] values a stability run's summary records; a ``--try`` variant that changes only
+#: these is the committed recipe when they equal it.
+RECORDED = ("lr", "warmup", "clip_grad_norm")
 
 
 def _with_train_size(folder: Path) -> pd.DataFrame:
-    """A run's per-seed summary, with each shadow's training-set size (half of D_O + D_U) from its meta."""
+    """A run's per-seed summary, with each shadow's training-set size (half of D_O + D_U) from its meta,
+    and ``committed``: whether the row trained the committed ``mnist-cnn`` recipe."""
+    from mia_hpc.contract.recipes import RECIPES
+
     df = pd.read_csv(folder / "stability_summary.csv")
     meta = folder / "stability_meta.json"
     m = json.loads(meta.read_text()) if meta.is_file() else {}
+    plain = {"spec", *(name for name, changed in m.get("tries", {}).items() if set(changed) <= set(RECORDED))}
+    recipe = RECIPES["mnist-cnn"]
+    df["committed"] = df["variant"].isin(plain) & np.logical_and.reduce(
+        [np.isclose(df[k].astype(float), recipe[k]) for k in RECORDED])
     scale = m.get("scale", {})
     df["train_size"] = (scale["over"] + scale["under"]) // 2 if {"over", "under"} <= scale.keys() else np.nan
     secs = sum(m.get("seconds", {}).values())
@@ -394,15 +443,17 @@ def _with_train_size(folder: Path) -> pd.DataFrame:
 
 
 def stability_verdict(docs: Path) -> list[str]:
-    """What all the stability runs of the committed recipe (variant ``spec``) say together: seeds run,
-    diverged, how far, and the full-length accuracy, counted from the folders (not written by hand)."""
+    """What all the stability runs of the committed recipe say together: seeds run, diverged, how far,
+    and the full-length accuracy, counted from the folders (not written by hand). A row counts when it
+    trained the recipe now in ``mia_hpc/contract/recipes.py`` (variant ``spec`` of a run made with it,
+    or a ``--try`` of the same values); runs of earlier recipes stay in the document as history."""
     base = docs / "reproduction"
     frames = [_with_train_size(d) for d in [base, *sorted(base.glob("*"))]
               if d.is_dir() and (d / "stability_summary.csv").is_file()]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    spec = df[df["variant"] == "spec"] if len(df) else df
+    spec = df[df["committed"]] if len(df) else df
     if not len(spec):
-        return ["No run of the committed recipe (variant `spec`) is recorded yet."]
+        return ["No run of the committed recipe is recorded yet."]
     recipe = spec.iloc[0]
     total = int(spec["of_steps"].max())
     seeds = spec.groupby("seed")

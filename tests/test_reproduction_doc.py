@@ -24,15 +24,21 @@ def repro():
     return mod
 
 
-def _run(folder: Path, rows: list[tuple], over: int = 8000, under: int = 400, seconds: float = 0.0) -> None:
-    """A stability run: rows of (variant, seed, steps, diverged, max_grad_norm, test_acc_over)."""
+def _run(folder: Path, rows: list[tuple], over: int = 8000, under: int = 400, seconds: float = 0.0,
+         recipe: dict | None = None, tries: dict | None = None) -> None:
+    """A stability run: rows of (variant, seed, steps, diverged, max_grad_norm, test_acc_over), trained
+    with ``recipe``'s lr / warm-up / clip (default: the committed mnist-cnn recipe's)."""
+    from mia_hpc.contract.recipes import RECIPES
+
+    r = {k: RECIPES["mnist-cnn"][k] for k in ("lr", "warmup", "clip_grad_norm")} | (recipe or {})
     folder.mkdir(parents=True)
-    pd.DataFrame([{"variant": v, "lr": 0.02, "warmup": 0.05, "clip_grad_norm": 1.0, "seed": s, "steps": n,
+    pd.DataFrame([{"variant": v, **r, "seed": s, "steps": n,
                    "of_steps": 495, "diverged": d, "first_bad_step": 7 if d else -1, "max_grad_norm": g,
                    "last_loss": 0.3, "test_acc_over": a, "test_acc_under": 60.0} for v, s, n, d, g, a in rows]
                  ).to_csv(folder / "stability_summary.csv", index=False)
     (folder / "stability_meta.json").write_text(json.dumps({"command": "python x", "scale": {"over": over, "under": under},
-                                                            "seconds": {"spec a": seconds / 2, "spec b": seconds / 2}}))
+                                                            "seconds": {"spec a": seconds / 2, "spec b": seconds / 2},
+                                                            "tries": tries or {}}))
 
 
 def test_verdict_counts_seeds_divergences_and_the_full_length_median(repro, tmp_path):
@@ -48,6 +54,22 @@ def test_verdict_counts_seeds_divergences_and_the_full_length_median(repro, tmp_
     assert "2 ran the full 495 steps, D_O test accuracy median 97.0% [96.0, 98.0]" in text
     assert "4,200-sample shadow training sets" in text
     assert "a full-length CNN32 shadow took 10 min on average" in text  # 30 min for the full run's 3 seeds
+
+
+def test_verdict_counts_only_runs_of_the_committed_recipe(repro, tmp_path):
+    """A run of an earlier recipe (its 'spec' had other values) is history, not evidence; a --try of
+    exactly the committed values counts; a --try that also changed an unrecorded value does not."""
+    from mia_hpc.contract.recipes import RECIPES
+
+    docs = tmp_path / "docs"
+    lr = RECIPES["mnist-cnn"]["lr"]
+    _run(docs / "reproduction" / "earlier", [("spec", 0, 495, True, 900.0, 10.0)], recipe={"lr": 2 * lr})
+    _run(docs / "reproduction" / "tried", [("same", 1, 495, False, 5.0, 97.0), ("wd", 2, 495, False, 5.0, 99.0)],
+         tries={"same": {"lr": lr}, "wd": {"lr": lr, "weight_decay": 0.0}})
+    text = "\n".join(repro.stability_verdict(docs))
+    assert "**1 seed, 0 diverged**" in text and "median 97.0% [97.0, 97.0]" in text
+    (docs / "reproduction" / "tried" / "stability_summary.csv").unlink()
+    assert repro.stability_verdict(docs) == ["No run of the committed recipe is recorded yet."]
 
 
 def test_stability_only_rewrites_that_section_and_keeps_the_rest(repro, tmp_path):
@@ -67,3 +89,22 @@ def test_stability_only_refuses_a_document_without_the_section(repro, tmp_path):
     with pytest.raises(SystemExit, match="--stability-only: .* has no '## §4: recipe stability"):
         repro.rewrite_stability(doc, tmp_path)
     assert doc.read_text() == "# Something else\n"
+
+
+def test_the_range_test_table_gives_each_recipe_its_worst_seed_margin(repro, tmp_path):
+    docs = tmp_path / "docs"
+    folder = docs / "reproduction" / repro.LR_RANGE
+    assert repro.lr_range_lines(docs) == []  # no run, no section
+    folder.mkdir(parents=True)
+    row = {"spec": "s", "arch": "a", "input": "1x28x28", "batch": 128, "clip_grad_norm": 0.0}
+    pd.DataFrame([{**row, "case": "cnn32", "peak_lr": 0.02, "seed": 0, "lr_best": 0.1, "lr_break": 0.5},
+                  {**row, "case": "cnn32", "peak_lr": 0.02, "seed": 1, "lr_best": 0.3, "lr_break": 0.3},
+                  {**row, "case": "resnet9", "peak_lr": 0.2, "seed": 0, "lr_best": 2.0, "lr_break": float("inf")}]
+                 ).to_csv(folder / "summary.csv", index=False)
+    (folder / "meta.json").write_text(json.dumps({"command": "python b", "ramp": {"lr_min": 0.001, "lr_max": 10,
+                                                                                  "steps": 60, "over": 8000,
+                                                                                  "break_ratio": 4}}))
+    text = "\n".join(repro.lr_range_lines(docs))
+    assert "| cnn32 | s | a | 1x28x28 | 128 | 0 | 0.02 | 2 | 0.2 | 0.3 | 15.0x |" in text  # the worst seed
+    assert "| resnet9 | s | a | 1x28x28 | 128 | 0 | 0.2 | 1 | 2 | none up to 10 | > 50x |" in text
+    assert "from lr 0.001 to 10" in text and "60 steps" in text and "8,000 real train digits" in text
