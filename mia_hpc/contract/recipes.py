@@ -11,7 +11,7 @@ the recipes below are standard ones for these models, sized for a shadow's train
 pool: ~30,500 MNIST or ~25,500 CIFAR-10 images):
 
 ``mnist-cnn`` (CNN32: MNIST alone, + augMNIST, + SVHN; CNN64: MNIST + CIFAR-10)
-    SGD with Nesterov momentum 0.9, peak lr 0.02 at batch 128 after a linear warm-up over the first
+    SGD with Nesterov momentum 0.9, peak lr 0.05 at batch 128 after a linear warm-up over the first
     5% of the steps, each shadow's whole gradient clipped to L2 norm 1.0 (``clip_grad_norm``),
     weight decay 5e-4, cosine decay over 15 epochs (about 3,600 steps), random translations of up
     to 1 pixel (reflect padding), no flips (digits are not mirror symmetric). Queries: the identity
@@ -31,6 +31,14 @@ pool: ~30,500 MNIST or ~25,500 CIFAR-10 images):
     and the halved peak lr add margin (the issue saw seeds diverge even at lr 0.02 unclipped).
     Fixed recipe, same 40 steps: test 74.5% / 65.0%, loss falling steadily. Curves, per-seed
     numbers and commands: ``docs/reproduction.md`` (``benchmarks/recipe_stability.py``).
+    **Why lr 0.05, not 0.02 (measured 2026-12-07).** Clipping at 1 acts on every step: in five
+    full-length seeds at lr 0.02 the gradient norm before clipping was never below 1 (median 6.8),
+    so each step is lr times a unit direction and lr alone sets its length. At 0.02 that step was
+    too short: the shadows ended at training loss 0.08-0.16 and D_O test accuracy 96.0-96.8%
+    (median 96.5%, under the 97% the issue asks). Seeds 0 and 1, full length, same scale: lr 0.05
+    -> loss 0.011 / 0.019, test 98.1% / 97.7%; lr 0.1 -> 98.25% / 98.25%; clipping at 10 instead
+    (lr 0.02) -> 97.8% / 97.55%. The range test (``benchmarks/lr_range.py``) puts this recipe's
+    break at lr ~1.8, 36x above 0.05; 0.05 is taken over 0.1 for that margin.
     **Target (Table 1):** MNIST test accuracy ~98.4% (D_O), train ~98.5-99.4%; with augMNIST /
     SVHN the D_U test accuracy ~65%, with CIFAR-10 ~41% (CNN64).
 ``cifar10-resnet`` (ResNet-9: CIFAR-10 alone, + CIFAR-100; ResNet-18: + augCIFAR-10)
@@ -80,7 +88,7 @@ from typing import Any
 
 RECIPES: dict[str, dict[str, Any]] = {
     "mnist-cnn": {
-        "epochs": 15, "batch_size": 128, "optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4,
+        "epochs": 15, "batch_size": 128, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
         "schedule": "cosine", "warmup": 0.05, "augment_shift": 1, "augment_flip": False, "precision": "fp32",
         "clip_grad_norm": 1.0,
     },
