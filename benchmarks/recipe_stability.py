@@ -61,7 +61,11 @@ def parse_tries(tries: list[list[str]] | None) -> dict[str, dict]:
             key, eq, value = pair.partition("=")
             if not eq:
                 raise SystemExit(f"--try {name}: {pair!r} is not KEY=VALUE (e.g. clip_grad_norm=10)")
-            out[name][key] = tomllib.loads(f"v = {value}")["v"]
+            try:
+                out[name][key] = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise SystemExit(f"--try {name}: {key}={value!r} is not a TOML value (numbers, true/false, "
+                                 "\"quoted\" strings)") from None
     return out
 
 
