@@ -9,7 +9,13 @@ only the schedule is replaced, with no warm-up. Per seed it reports
   the bias correction of Smith / fastai);
 * ``lr_break``: the first lr after that minimum where the smoothed loss exceeds ``BREAK`` times
   its minimum or a loss is non-finite (``inf`` if the ramp never breaks);
+* ``lr_undone``: the first lr after the minimum where the smoothed loss is back at its value at the
+  start of the ramp (all progress lost), stricter than ``lr_break`` when the minimum is still high;
 * ``margin = lr_break / peak``: how many times the recipe's peak lr can grow before training breaks.
+
+The ramp reaches the peak lr within tens of steps, a far shorter warm-up than the recipes' (5% or
+20% of thousands of steps), so it is a pessimistic test: a recipe whose peak sits near ``lr_undone``
+here may still train, and one far below both has margin to spare.
 
 Cases (``--cases``): a paper spec's ``[model]`` and ``[train]``, trained on real MNIST digits shaped
 as that spec's D_O inputs. SVHN, CIFAR-10 and CIFAR-100 cannot be read here, so the recipes of the
@@ -73,15 +79,42 @@ def smooth(loss: np.ndarray, beta: float = BETA) -> np.ndarray:
     return out
 
 
-def find_break(lrs: np.ndarray, smoothed: np.ndarray, ratio: float = BREAK) -> tuple[float, float]:
-    """(lr_best, lr_break) of one seed's smoothed curve; lr_break is inf if it never breaks."""
+def find_break(lrs: np.ndarray, smoothed: np.ndarray, ratio: float = BREAK) -> tuple[float, float, float]:
+    """(lr_best, lr_break, lr_undone) of one seed's smoothed curve.
+
+    After the minimum: ``lr_break``, the first lr where the smoothed loss exceeds ``ratio`` times the
+    minimum; ``lr_undone``, the first where it is back at its value at the ramp's start (all progress
+    lost; stricter when the minimum is still high, as in a short ramp). Either is the first
+    non-finite loss if that comes earlier, and ``inf`` if the ramp ends first.
+    """
     finite = np.isfinite(smoothed)
     if not finite.any():
-        return float("nan"), float(lrs[0])
+        return float("nan"), float(lrs[0]), float(lrs[0])
     best = int(np.nanargmin(smoothed))
     after = np.arange(len(lrs)) > best
-    broke = after & (~finite | (smoothed > ratio * smoothed[best]))
-    return float(lrs[best]), float(lrs[np.argmax(broke)]) if broke.any() else float("inf")
+
+    def first(mask: np.ndarray) -> float:
+        return float(lrs[np.argmax(mask)]) if mask.any() else float("inf")
+
+    return (float(lrs[best]), first(after & (~finite | (smoothed > ratio * smoothed[best]))),
+            first(after & (~finite | (smoothed >= smoothed[0]))))
+
+
+def summarize(curves, args: argparse.Namespace):
+    """One row per case and seed from the curves (so ``--summary-only`` can redo it without training)."""
+    import pandas as pd
+
+    rows = []
+    for case, g in curves.groupby("case", sort=False):
+        t = case_spec(case, args).train
+        _, side, rgb = CASES[case]
+        for seed, gs in g.groupby("seed"):
+            best, brk, undone = find_break(gs["lr"].to_numpy(), gs["smoothed"].to_numpy(dtype=float))
+            rows.append({"case": case, "spec": CASES[case][0], "arch": case_spec(case, args).model.arch,
+                         "input": f"{3 if rgb else 1}x{side}x{side}", "batch": t.batch_size,
+                         "clip_grad_norm": t.clip_grad_norm, "peak_lr": t.lr, "seed": seed, "lr_best": best,
+                         "lr_break": brk, "lr_undone": undone, "margin": brk / t.lr})
+    return pd.DataFrame(rows)
 
 
 def case_spec(case: str, args: argparse.Namespace):
@@ -160,7 +193,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--append", action="store_true", help="keep the cases already in --out")
+    p.add_argument("--summary-only", action="store_true",
+                   help="rebuild summary.csv and the plot from --out's curves.csv (no training)")
     args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.summary_only:
+        if not (out / "curves.csv").is_file():
+            print(f"--summary-only: {out} has no curves.csv; run the range test there first", file=sys.stderr)
+            return 2
+        args.seed_list = [0]
+        cdf = pd.read_csv(out / "curves.csv")
+        sdf = summarize(cdf, args)
+        sdf.to_csv(out / "summary.csv", index=False)
+        plot(cdf, sdf, out / "lr_range.png")
+        print(sdf.to_string())
+        return 0
     if not (Path(args.data_root) / "MNIST" / "raw").is_dir():
         print(f"--data-root: {args.data_root} has no MNIST/raw folder; point it at real MNIST in torchvision's layout",
               file=sys.stderr)
@@ -174,15 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.seed_list = parse_seeds(args.seeds)
     torch.set_num_threads(max(1, args.threads))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{os.cpu_count()} CPU cores, shared (load average {os.getloadavg()[0]:.1f} at start)",
             "ramp": {"lr_min": args.lr_min, "lr_max": args.lr_max, "steps": args.steps, "over": args.over,
                      "break_ratio": BREAK, "beta": BETA}, "seconds": {}}
-    curves, summary = [], []
-    if args.append and (out / "summary.csv").is_file():
+    curves = []
+    if args.append and (out / "curves.csv").is_file():
         old = json.loads((out / "meta.json").read_text())
         if old["ramp"] != meta["ramp"]:
             print(f"--append: {out} holds another ramp ({old['ramp']}); use the same flags or another --out",
@@ -190,8 +236,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         kept = pd.read_csv(out / "curves.csv")
         curves.append(kept[~kept["case"].isin(cases)])
-        old_sum = pd.read_csv(out / "summary.csv")
-        summary = old_sum[~old_sum["case"].isin(cases)].to_dict(orient="records")
         meta["command"] = old["command"] + " ; " + meta["command"]
         meta["seconds"] = {k: v for k, v in old["seconds"].items() if k not in cases}
     ratio = (args.lr_max / args.lr_min) ** (1 / (args.steps - 1))
@@ -209,17 +253,11 @@ def main(argv: list[str] | None = None) -> int:
                                           evaluate=False)
         meta["seconds"][case] = round(time.time() - t0, 1)
         sm = smooth(loss)
-        t = spec.train
         for i, s in enumerate(args.seed_list):
-            best, brk = find_break(lrs, sm[:, i])
             curves.append(pd.DataFrame({"case": case, "seed": s, "step": np.arange(len(lrs)), "lr": lrs,
                                         "loss": loss[:, i], "smoothed": sm[:, i], "grad_norm": gnorm[:, i]}))
-            summary.append({"case": case, "spec": CASES[case][0], "arch": spec.model.arch,
-                            "input": f"{data.image.shape[1]}x{data.image.shape[2]}x{data.image.shape[3]}",
-                            "batch": t.batch_size, "clip_grad_norm": t.clip_grad_norm, "peak_lr": t.lr,
-                            "seed": s, "lr_best": best, "lr_break": brk, "margin": brk / t.lr})
         cdf = pd.concat(curves, ignore_index=True)
-        sdf = pd.DataFrame(summary)
+        sdf = summarize(cdf, args)
         cdf.to_csv(out / "curves.csv", index=False)
         sdf.to_csv(out / "summary.csv", index=False)
         (out / "meta.json").write_text(json.dumps(meta, indent=1))

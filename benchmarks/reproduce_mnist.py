@@ -402,18 +402,23 @@ def lr_range_lines(docs: Path) -> list[str]:
              f"by the same factor each of {ramp.get('steps', '?')} steps, on {ramp.get('over', 0):,} real train "
              "digits shaped as the spec's D_O (32x32 RGB for the CIFAR specs: SVHN, CIFAR-10 and CIFAR-100 "
              "cannot be read here). Break: the first lr after the smoothed loss's minimum where it exceeds "
-             f"{ramp.get('break_ratio', '?'):g}x that minimum or a loss is non-finite; margin: break / the "
-             "recipe's peak lr (the worst seed; > means the ramp ended first).", "",
+             f"{ramp.get('break_ratio', '?'):g}x that minimum or a loss is non-finite; undone: the first lr after "
+             "the minimum where it is back at its value at the start; margin: break / the recipe's peak lr (each "
+             "the worst seed; > means the ramp ended first). The ramp reaches the peak within tens of steps, a "
+             "much shorter warm-up than the recipes' own, so it is pessimistic: a peak near 'undone' may still "
+             "train; one far below both has margin.", "",
              "| case | specs | model | input | batch | clip | peak lr | seeds | lr at min loss (median) | first break "
-             "| margin |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| first undone | margin |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     top = float(ramp.get("lr_max", np.inf))
     for case, g in df.groupby("case", sort=False):
         brk = float(g["lr_break"].min())
         first = f"{brk:.3g}" if np.isfinite(brk) else f"none up to {top:g}"
         margin = f"{brk / g['peak_lr'].iloc[0]:.1f}x" if np.isfinite(brk) else f"> {top / g['peak_lr'].iloc[0]:.0f}x"
+        und = float(g["lr_undone"].min())
+        undone = f"{und:.3g}" if np.isfinite(und) else f"none up to {top:g}"
         lines.append(f"| {case} | {g['spec'].iloc[0]} | {g['arch'].iloc[0]} | {g['input'].iloc[0]} | "
                      f"{int(g['batch'].iloc[0])} | {g['clip_grad_norm'].iloc[0]:g} | {g['peak_lr'].iloc[0]:g} | "
-                     f"{len(g)} | {g['lr_best'].median():.3g} | {first} | {margin} |")
+                     f"{len(g)} | {g['lr_best'].median():.3g} | {first} | {undone} | {margin} |")
     return lines + ["", f"![smoothed loss against learning rate per recipe](reproduction/{LR_RANGE}/lr_range.png)", "",
                     f"Every step: `docs/reproduction/{LR_RANGE}/curves.csv`.", ""]
 

@@ -97,14 +97,17 @@ def test_the_range_test_table_gives_each_recipe_its_worst_seed_margin(repro, tmp
     assert repro.lr_range_lines(docs) == []  # no run, no section
     folder.mkdir(parents=True)
     row = {"spec": "s", "arch": "a", "input": "1x28x28", "batch": 128, "clip_grad_norm": 0.0}
-    pd.DataFrame([{**row, "case": "cnn32", "peak_lr": 0.02, "seed": 0, "lr_best": 0.1, "lr_break": 0.5},
-                  {**row, "case": "cnn32", "peak_lr": 0.02, "seed": 1, "lr_best": 0.3, "lr_break": 0.3},
-                  {**row, "case": "resnet9", "peak_lr": 0.2, "seed": 0, "lr_best": 2.0, "lr_break": float("inf")}]
+    pd.DataFrame([{**row, "case": "cnn32", "peak_lr": 0.02, "seed": 0, "lr_best": 0.1, "lr_break": 0.5,
+                   "lr_undone": 0.9},
+                  {**row, "case": "cnn32", "peak_lr": 0.02, "seed": 1, "lr_best": 0.3, "lr_break": 0.3,
+                   "lr_undone": 0.4},
+                  {**row, "case": "resnet9", "peak_lr": 0.2, "seed": 0, "lr_best": 2.0, "lr_break": float("inf"),
+                   "lr_undone": 1.0}]
                  ).to_csv(folder / "summary.csv", index=False)
     (folder / "meta.json").write_text(json.dumps({"command": "python b", "ramp": {"lr_min": 0.001, "lr_max": 10,
                                                                                   "steps": 60, "over": 8000,
                                                                                   "break_ratio": 4}}))
     text = "\n".join(repro.lr_range_lines(docs))
-    assert "| cnn32 | s | a | 1x28x28 | 128 | 0 | 0.02 | 2 | 0.2 | 0.3 | 15.0x |" in text  # the worst seed
-    assert "| resnet9 | s | a | 1x28x28 | 128 | 0 | 0.2 | 1 | 2 | none up to 10 | > 50x |" in text
+    assert "| cnn32 | s | a | 1x28x28 | 128 | 0 | 0.02 | 2 | 0.2 | 0.3 | 0.4 | 15.0x |" in text  # the worst seed
+    assert "| resnet9 | s | a | 1x28x28 | 128 | 0 | 0.2 | 1 | 2 | none up to 10 | 1 | > 50x |" in text
     assert "from lr 0.001 to 10" in text and "60 steps" in text and "8,000 real train digits" in text
