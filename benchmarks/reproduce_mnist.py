@@ -569,6 +569,10 @@ def write_doc(args: argparse.Namespace, record: dict[str, Any]) -> Path:
         meta.update(record)
         meta_path.write_text(json.dumps(meta, indent=1))
     scale = meta.get("scale", {})
+    spec_file = out / "random" / "spec.json"  # the recipe the run trained with, not the one committed now
+    t = json.loads(spec_file.read_text())["train"] if spec_file.is_file() else {}
+    trained = (f"lr {t['lr']:g}, warm-up {t['warmup']:g}, clipping at {t['clip_grad_norm']:g}"
+               if {"lr", "warmup", "clip_grad_norm"} <= t.keys() else "values not recorded")
     lines = [
         "# The paper's MNIST settings on real digits: reproduction and recipe stability",
         "",
@@ -585,7 +589,7 @@ def write_doc(args: argparse.Namespace, record: dict[str, Any]) -> Path:
         f"{scale.get('epochs', '?')} epochs (recipe 15), D_O = {scale.get('over', '?')} real MNIST train digits "
         f"(paper 60,000), D_U = {scale.get('under', '?')} augMNIST PixMix digits (paper 1,000; procedural "
         f"fractals), test {scale.get('test_over', '?')} D_O (0 = all 2,000) + {scale.get('test_under', '?')} "
-        f"D_U, queries shift {scale.get('query_shift', '?')}; recipe `mnist-cnn` as in the specs' [train]. "
+        f"D_U, queries shift {scale.get('query_shift', '?')}; recipe `mnist-cnn` as in the specs' [train] ({trained}). "
         "The subpopulation and singletons runs reuse the random run as their memorization oracle.",
     ]
     for s in SETTINGS:
