@@ -162,6 +162,9 @@ def plot(curves, summary, out: Path) -> None:
         brk = rows["lr_break"].replace(np.inf, np.nan).min()
         if np.isfinite(brk):
             ax.axvline(brk, color="tab:red", ls=":", lw=1, label=f"first break {brk:.3g}")
+        und = rows["lr_undone"].replace(np.inf, np.nan).min()
+        if np.isfinite(und):
+            ax.axvline(und, color="tab:orange", ls="-.", lw=1, label=f"first undone {und:.3g}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("learning rate (exponential ramp, one step each)")
@@ -206,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         sdf = summarize(cdf, args)
         sdf.to_csv(out / "summary.csv", index=False)
         plot(cdf, sdf, out / "lr_range.png")
+        if (out / "meta.json").is_file():  # the summary's provenance: this command made it
+            meta = json.loads((out / "meta.json").read_text())
+            meta["summary_command"] = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+            (out / "meta.json").write_text(json.dumps(meta, indent=1))
         print(sdf.to_string())
         return 0
     if not (Path(args.data_root) / "MNIST" / "raw").is_dir():
