@@ -498,8 +498,9 @@ def stability_run_lines(folder: Path, rel: str) -> list[str]:
     if meta.is_file():
         m = json.loads(meta.read_text())
         secs = sum(m.get("seconds", {}).values())
+        lrs = ", ".join(f"{v:g}" for v in sorted(df["lr"].unique()))  # which recipe: lr 0.02 runs are history
         lines.append(f"### `{rel}`: {_n(df['seed'].nunique(), 'seed')}, {int(df['steps'].max())} of "
-                     f"{int(df['of_steps'].max())} steps")
+                     f"{int(df['of_steps'].max())} steps, lr {lrs}")
         lines.append("")
         lines.append(f"Command: `{m.get('command', '')}` ({m.get('date', '')}, {m.get('machine', '')}; "
                      f"{_f(secs / 60, 0)} min of training).")
