@@ -1,11 +1,19 @@
-"""Shared fixtures: small in-memory training data that needs no data module."""
+"""Shared fixtures: small in-memory training data that needs no data module, the real MNIST digits
+(where present), and the benchmark scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: Real MNIST in torchvision's raw layout (10,000 digits; see its README); MIA_HPC_MNIST overrides.
+DEFAULT_MNIST = Path("/work/shared/data/mnist-10k")
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -52,3 +60,32 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """The real MNIST folder; skips with how to enable it, except under CI=true, where it fails."""
+    root = Path(os.environ.get("MIA_HPC_MNIST", DEFAULT_MNIST))
+    if not (root / "MNIST" / "raw").is_dir():
+        reason = (f"real MNIST not found at {root}/MNIST/raw; set MIA_HPC_MNIST to a folder in torchvision's "
+                  "raw layout to run this test")
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: this is a failure, not a skip)")
+        pytest.skip(reason)
+    return root
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark(NAME)``: ``benchmarks/NAME.py`` as a module (benchmarks is not a package; its
+    scripts import each other, so the folder goes on the path)."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

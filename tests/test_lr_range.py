@@ -3,27 +3,17 @@ shapes per case, and a tiny run on real digits (needs real MNIST; under CI=true 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = Path("/work/shared/data/mnist-10k")
 
 
 @pytest.fixture(scope="module")
-def lr_range():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("lr_range", REPO / "benchmarks" / "lr_range.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def lr_range(load_benchmark):
+    return load_benchmark("lr_range")
 
 
 def test_smoothing_is_exact_on_a_constant_and_stops_at_the_first_non_finite_loss(lr_range):
@@ -60,20 +50,9 @@ def test_undone_catches_a_short_ramp_whose_minimum_is_still_high(lr_range):
     assert (best, brk) == (lrs[2], float("inf")) and undone == lrs[4]
 
 
-def _mnist_root() -> Path:
-    root = Path(os.environ.get("MIA_HPC_MNIST", DEFAULT_ROOT))
-    if not (root / "MNIST" / "raw").is_dir():
-        reason = (f"real MNIST not found at {root}/MNIST/raw; set MIA_HPC_MNIST to a folder in torchvision's "
-                  "raw layout to run this test")
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: this is a failure, not a skip)")
-        pytest.skip(reason)
-    return root
-
-
 @pytest.mark.usefixtures("one_torch_thread")
-def test_a_tiny_range_test_on_real_digits_writes_each_case_at_its_input_shape(lr_range, tmp_path):
-    root = _mnist_root()
+def test_a_tiny_range_test_on_real_digits_writes_each_case_at_its_input_shape(lr_range, tmp_path, mnist_root):
+    root = mnist_root
     out = tmp_path / "lr"
     args = ["--data-root", str(root), "--cases", "cnn32,resnet9", "--over", "200", "--steps", "6",
             "--lr-min", "0.001", "--lr-max", "1", "--width", "4", "--seeds", "0-1", "--threads", "1", "--out", str(out)]
@@ -101,12 +80,12 @@ def test_a_tiny_range_test_on_real_digits_writes_each_case_at_its_input_shape(lr
     pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv"), before)
 
 
-def test_bad_input_is_one_line_naming_the_flag(lr_range, tmp_path, capsys):
+def test_bad_input_is_one_line_naming_the_flag(lr_range, tmp_path, capsys, mnist_root):
     assert lr_range.main(["--out", str(tmp_path), "--summary-only"]) == 2
     assert "--summary-only: " in capsys.readouterr().err
     assert lr_range.main(["--data-root", str(tmp_path)]) == 2
     assert "--data-root" in capsys.readouterr().err
-    root = _mnist_root()
+    root = mnist_root
     assert lr_range.main(["--data-root", str(root), "--cases", "vgg"]) == 2
     assert "--cases: unknown ['vgg']" in capsys.readouterr().err
     assert lr_range.main(["--data-root", str(root), "--lr-min", "1", "--lr-max", "0.1"]) == 2

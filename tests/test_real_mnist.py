@@ -12,14 +12,12 @@ scale for the fixed recipe and for the old one (see ``docs/reproduction.md``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = Path("/work/shared/data/mnist-10k")
 
 #: Steps trained: the recipe's first steps, where the old recipe (lr 0.04, no warm-up or clipping) diverged.
 STEPS = 40
@@ -29,18 +27,6 @@ STEPS = 40
 THRESHOLD = 40.0
 THRESHOLD_EVIDENCE = ("benchmarks/recipe_stability.py --over 8000 --under 400 --test-over 0 --test-under 200 "
                       "--epochs 15 --max-steps 40 --seeds 0-1 (docs/reproduction.md)")
-
-
-@pytest.fixture(scope="module")
-def mnist_root() -> Path:
-    root = Path(os.environ.get("MIA_HPC_MNIST", DEFAULT_ROOT))
-    if not (root / "MNIST" / "raw").is_dir():
-        reason = (f"real MNIST not found at {root}/MNIST/raw; set MIA_HPC_MNIST to a folder in torchvision's "
-                  "raw layout to run this test")
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: this is a failure, not a skip)")
-        pytest.skip(reason)
-    return root
 
 
 @pytest.mark.usefixtures("one_torch_thread")

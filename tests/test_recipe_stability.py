@@ -4,7 +4,6 @@ top of the spec's [train] and nothing else, refused with a one-line message when
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def rs():
-    spec = importlib.util.spec_from_file_location("recipe_stability", REPO / "benchmarks" / "recipe_stability.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def rs(load_benchmark):
+    return load_benchmark("recipe_stability")
 
 
 def _args(rs, tries):

@@ -6,22 +6,17 @@ known answer: which seeds diverged, how many reached the first 100 steps, the fu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def repro():
-    spec = importlib.util.spec_from_file_location("reproduce_mnist", REPO / "benchmarks" / "reproduce_mnist.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def repro(load_benchmark):
+    return load_benchmark("reproduce_mnist")
 
 
 def _run(folder: Path, rows: list[tuple], over: int = 8000, under: int = 400, seconds: float = 0.0,
