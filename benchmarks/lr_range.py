@@ -106,11 +106,12 @@ def summarize(curves, args: argparse.Namespace):
 
     rows = []
     for case, g in curves.groupby("case", sort=False):
-        t = case_spec(case, args).train
+        spec = case_spec(case, args)  # once per case: a spec load and validation
+        t = spec.train
         _, side, rgb = CASES[case]
         for seed, gs in g.groupby("seed"):
             best, brk, undone = find_break(gs["lr"].to_numpy(), gs["smoothed"].to_numpy(dtype=float))
-            rows.append({"case": case, "spec": CASES[case][0], "arch": case_spec(case, args).model.arch,
+            rows.append({"case": case, "spec": CASES[case][0], "arch": spec.model.arch,
                          "input": f"{3 if rgb else 1}x{side}x{side}", "batch": t.batch_size,
                          "clip_grad_norm": t.clip_grad_norm, "peak_lr": t.lr, "seed": seed, "lr_best": best,
                          "lr_break": brk, "lr_undone": undone, "margin": brk / t.lr})
@@ -134,7 +135,7 @@ def digits_for(case: str, spec):
     """Real 28x28 digits, resized (bilinear, as the data layer resizes D_U) to the case's side and
     copied to 3 channels where the case's data is RGB."""
     from mia_hpc.data import build_dataset
-    from mia_hpc.data.real import resize_images
+    from mia_hpc.data.digits import resize_images
 
     data = build_dataset(spec)
     _, side, rgb = CASES[case]
