@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = pd.read_csv(out / "curves.csv")
         curves.append(kept[~kept["case"].isin(cases)])
         meta["command"] = old["command"] + " ; " + meta["command"]
+        meta["date"] = f"{old['date'].split(' to ')[0]} to {meta['date']}"  # first start to latest start
         meta["seconds"] = {k: v for k, v in old["seconds"].items() if k not in cases}
     ratio = (args.lr_max / args.lr_min) ** (1 / (args.steps - 1))
 

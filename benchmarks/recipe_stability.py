@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         curves.append(pd.read_csv(out / "stability_curves.csv"))
         summary = pd.read_csv(out / "stability_summary.csv").to_dict(orient="records")
         meta["command"] = old_meta["command"] + " ; " + meta["command"]
+        # the span of the runs, first start to latest start (the latest alone hid when the seeds began)
+        meta["date"] = f"{old_meta['date'].split(' to ')[0]} to {meta['date']}"
         meta["seconds"] = old_meta.get("seconds", {})
         meta["tries"] = {**old_meta.get("tries", {}), **args.tries}
         meta["scale"]["seeds"] = f"{old_meta['scale']['seeds']},{args.seeds}"

@@ -70,8 +70,10 @@ def test_a_tiny_range_test_on_real_digits_writes_each_case_at_its_input_shape(lr
     assert (out / "lr_range.png").stat().st_size > 0
     assert json.loads((out / "meta.json").read_text())["ramp"]["steps"] == 6
     # --append replaces only the cases it runs
+    first = json.loads((out / "meta.json").read_text())["date"]
     assert lr_range.main([*args[:3], "cnn32", *args[4:], "--append"]) == 0
     assert len(pd.read_csv(out / "summary.csv")) == 4
+    assert json.loads((out / "meta.json").read_text())["date"].startswith(first + " to ")  # the runs' span
     assert lr_range.main([*args[:3], "cnn32", *args[4:], "--append", "--steps", "5"]) == 2  # another ramp
     # the summary is a function of the curves: rebuilt without training, it is the same
     before = pd.read_csv(out / "summary.csv")

@@ -44,3 +44,34 @@ def test_bad_tries_are_one_line_errors(rs, tries, message):
 def test_a_try_of_an_unknown_field_names_the_fields_there_are(rs):
     with pytest.raises(SystemExit, match=r"--try x: \['lrate'\] not in \[train\]; use one of"):
         rs.scaled_spec(REPO / "jobs/paper/mnist-augmnist-random.toml", _args(rs, [["x", "lrate=0.1"]]), "x")
+
+
+def test_append_adds_seeds_keeps_the_first_date_and_refuses_another_scale(rs, tmp_path, mnist_root):
+    """Seeds run in chunks (``--seeds 0-1``, then ``--seeds 2 --append``) make one run: every seed's rows,
+    the commands joined, the dates spanning first start to latest (not the latest alone)."""
+    import json
+
+    import pandas as pd
+
+    out = tmp_path / "st"
+    args = ["--data-root", str(mnist_root), "--over", "120", "--under", "20", "--test-over", "40", "--test-under",
+            "10", "--epochs", "4", "--width", "2", "--max-steps", "3", "--variants", "spec", "--threads", "1",
+            "--out", str(out)]
+    assert rs.main([*args, "--seeds", "0-1"]) == 0
+    first = json.loads((out / "stability_meta.json").read_text())
+    assert " to " not in first["date"]
+    assert rs.main([*args, "--seeds", "2", "--append"]) == 0
+    meta = json.loads((out / "stability_meta.json").read_text())
+    assert meta["date"].startswith(first["date"] + " to ") and meta["date"].count(" to ") == 1
+    assert meta["scale"]["seeds"] == "0-1,2" and meta["command"].count(" ; ") == 1
+    assert set(meta["seconds"]) == {"spec 0-1", "spec 2"}
+    summary = pd.read_csv(out / "stability_summary.csv")
+    assert summary["seed"].tolist() == [0, 1, 2] and (summary["steps"] == 3).all()
+    assert sorted(pd.read_csv(out / "stability_curves.csv")["seed"].unique()) == [0, 1, 2]
+    # a third chunk keeps the first start, not the second's
+    assert rs.main([*args, "--seeds", "3", "--append"]) == 0
+    assert json.loads((out / "stability_meta.json").read_text())["date"].split(" to ")[0] == first["date"]
+    # another scale is another run: refused, nothing rewritten
+    before = (out / "stability_summary.csv").read_text()
+    assert rs.main([*args[:-2], "--epochs", "5", "--out", str(out), "--seeds", "4", "--append"]) == 2
+    assert (out / "stability_summary.csv").read_text() == before
