@@ -106,3 +106,24 @@ def test_the_range_test_table_gives_each_recipe_its_worst_seed_margin(repro, tmp
     assert "| cnn32 | s | a | 1x28x28 | 128 | 0 | 0.02 | 2 | 0.2 | 0.3 | 0.4 | 15.0x |" in text  # the worst seed
     assert "| resnet9 | s | a | 1x28x28 | 128 | 0 | 0.2 | 1 | 2 | none up to 10 | 1 | > 50x |" in text
     assert "from lr 0.001 to 10" in text and "60 steps" in text and "8,000 real train digits" in text
+
+
+def _full_length(docs: Path, accs: list[float], diverged: tuple[int, ...] = ()) -> None:
+    _run(docs / "reproduction" / "full", [("spec", s, 495, s in diverged, 30.0, a) for s, a in enumerate(accs)],
+         seconds=600.0 * len(accs))
+
+
+def test_the_bar_is_met_only_with_32_full_length_seeds_none_diverged_and_a_median_of_97(repro, tmp_path):
+    _full_length(tmp_path / "met", [96.0] * 15 + [97.0, 97.2] + [98.0] * 15)  # median 97.1
+    met = "\n".join(repro.stability_verdict(tmp_path / "met"))
+    assert "**Bar met**: 32 seeds at full length, none diverged, D_O test accuracy median 97.1%" in met
+    assert "the full-length median over 32" not in met  # no longer listed as unverified
+
+    _full_length(tmp_path / "few", [98.0] * 31)
+    few = "\n".join(repro.stability_verdict(tmp_path / "few"))
+    assert "**Bar not met yet**: only 31 of the 32 seeds ran at full length." in few
+    assert "the full-length median over 32 seeds" in few
+
+    _full_length(tmp_path / "low", [96.0] * 17 + [98.0] * 15, diverged=(3,))
+    low = "\n".join(repro.stability_verdict(tmp_path / "low"))
+    assert "**Bar not met yet**: 1 seed diverged; the median is 96.0%, under 97%." in low
