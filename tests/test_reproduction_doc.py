@@ -20,7 +20,7 @@ def repro(load_benchmark):
 
 
 def _run(folder: Path, rows: list[tuple], over: int = 8000, under: int = 400, seconds: float = 0.0,
-         recipe: dict | None = None, tries: dict | None = None) -> None:
+         recipe: dict | None = None, tries: dict | None = None, width: int = 0) -> None:
     """A stability run: rows of (variant, seed, steps, diverged, max_grad_norm, test_acc_over), trained
     with ``recipe``'s lr / warm-up / clip (default: the committed mnist-cnn recipe's)."""
     from mia_hpc.contract.recipes import RECIPES
@@ -31,7 +31,7 @@ def _run(folder: Path, rows: list[tuple], over: int = 8000, under: int = 400, se
                    "of_steps": 495, "diverged": d, "first_bad_step": 7 if d else -1, "max_grad_norm": g,
                    "last_loss": 0.3, "test_acc_over": a, "test_acc_under": 60.0} for v, s, n, d, g, a in rows]
                  ).to_csv(folder / "stability_summary.csv", index=False)
-    (folder / "stability_meta.json").write_text(json.dumps({"command": "python x", "scale": {"over": over, "under": under},
+    (folder / "stability_meta.json").write_text(json.dumps({"command": "python x", "scale": {"over": over, "under": under, "width": width},
                                                             "seconds": {"spec a": seconds / 2, "spec b": seconds / 2},
                                                             "tries": tries or {}}))
 
@@ -53,7 +53,8 @@ def test_verdict_counts_seeds_divergences_and_the_full_length_median(repro, tmp_
 
 def test_verdict_counts_only_runs_of_the_committed_recipe(repro, tmp_path):
     """A run of an earlier recipe (its 'spec' had other values) is history, not evidence; a --try of
-    exactly the committed values counts; a --try that also changed an unrecorded value does not."""
+    exactly the committed values counts; a --try that also changed an unrecorded value does not, nor
+    does a run of another width (CNN64 is not CNN32)."""
     from mia_hpc.contract.recipes import RECIPES
 
     docs = tmp_path / "docs"
@@ -61,9 +62,11 @@ def test_verdict_counts_only_runs_of_the_committed_recipe(repro, tmp_path):
     _run(docs / "reproduction" / "earlier", [("spec", 0, 495, True, 900.0, 10.0)], recipe={"lr": 2 * lr})
     _run(docs / "reproduction" / "tried", [("same", 1, 495, False, 5.0, 97.0), ("wd", 2, 495, False, 5.0, 99.0)],
          tries={"same": {"lr": lr}, "wd": {"lr": lr, "weight_decay": 0.0}})
+    _run(docs / "reproduction" / "cnn64", [("spec", 5, 495, False, 5.0, 99.0)], width=64)  # another model
     text = "\n".join(repro.stability_verdict(docs))
     assert "**1 seed, 0 diverged**" in text and "median 97.0% [97.0, 97.0]" in text
-    (docs / "reproduction" / "tried" / "stability_summary.csv").unlink()
+    for run in ("tried", "cnn64"):
+        (docs / "reproduction" / run / "stability_summary.csv").unlink()
     assert repro.stability_verdict(docs) == ["No run of the committed recipe is recorded yet."]
 
 
