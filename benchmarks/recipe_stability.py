@@ -158,30 +158,49 @@ def parse_seeds(text: str) -> list[int]:
     return out
 
 
-def plot(curves, out: Path) -> None:
+def plot(curves, out: Path, summary=None) -> None:
+    """Loss and gradient norm against step, per variant: every seed as a faint line, the median over
+    seeds on top, the min-max band behind (32 overlaid seeds are a blur without them); with the
+    ``summary``, a third panel of each seed's D_O test accuracy after the run."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3 if summary is not None else 2, figsize=(15 if summary is not None else 11, 4),
+                             gridspec_kw={"width_ratios": [3, 3, 1.4] if summary is not None else [1, 1]})
     colors = {"old": "tab:red", "clip": "tab:orange", "spec": "tab:blue"}
     others = iter(["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"])
-    for variant in curves["variant"].unique():
+    variants = list(curves["variant"].unique())
+    for variant in variants:
         colors.setdefault(variant, next(others, "gray"))
-    for variant, g in curves.groupby("variant"):
-        for seed, gs in g.groupby("seed"):
-            y = gs["loss"].to_numpy(dtype=float)
-            y = np.where(np.isfinite(y), np.minimum(y, 1e3), 1e3)
-            axes[0].plot(gs["step"], y, color=colors.get(variant, "gray"), alpha=0.6,
-                         label=variant if seed == g["seed"].min() else None)
-            axes[1].plot(gs["step"], gs["grad_norm"].clip(upper=1e6), color=colors.get(variant, "gray"), alpha=0.6)
+    for variant, g in curves.groupby("variant", sort=False):
+        c = colors[variant]
+        for ax, col, cap in ((axes[0], "loss", 1e3), (axes[1], "grad_norm", 1e6)):
+            wide = g.pivot(index="step", columns="seed", values=col).astype(float)
+            wide = wide.where(np.isfinite(wide), cap).clip(upper=cap)  # non-finite drawn at the cap
+            for seed in wide:
+                ax.plot(wide.index, wide[seed], color=c, alpha=0.12, lw=0.5)
+            if wide.shape[1] > 1:
+                ax.fill_between(wide.index, wide.min(axis=1), wide.max(axis=1), color=c, alpha=0.15, lw=0)
+            ax.plot(wide.index, wide.median(axis=1), color=c, lw=1.4,
+                    label=f"{variant}: median of {wide.shape[1]} seeds, band min-max" if ax is axes[0] else None)
     axes[0].set_yscale("log")
-    axes[0].set_title("training loss per seed (non-finite drawn at 1e3)")
+    axes[0].set_title("training loss (non-finite drawn at 1e3)")
     axes[1].set_yscale("log")
     axes[1].set_title("gradient L2 norm before clipping")
-    for ax in axes:
+    for ax in axes[:2]:
         ax.set_xlabel("step")
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
+    if summary is not None:
+        ax = axes[2]
+        for i, variant in enumerate(variants):
+            acc = summary.loc[summary["variant"] == variant, "test_acc_over"].astype(float).to_numpy()
+            jitter = np.linspace(-0.2, 0.2, len(acc)) if len(acc) > 1 else np.zeros(1)
+            ax.scatter(i + jitter, acc, s=12, color=colors[variant], alpha=0.8)
+            ax.hlines(np.median(acc), i - 0.3, i + 0.3, color="black", lw=1.2)
+        ax.set_xticks(range(len(variants)), variants)
+        ax.set_ylabel("D_O test accuracy after the run (%)")
+        ax.set_title("per seed (bar: median)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -269,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         cdf.to_csv(out / "stability_curves.csv", index=False)
         pd.DataFrame(summary).to_csv(out / "stability_summary.csv", index=False)
         (out / "stability_meta.json").write_text(json.dumps(meta, indent=1))
-        plot(cdf, out / "stability.png")
+        plot(cdf, out / "stability.png", pd.DataFrame(summary))
         print(pd.DataFrame(summary).to_string(), flush=True)
     return 0
 

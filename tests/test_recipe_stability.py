@@ -68,6 +68,7 @@ def test_append_adds_seeds_keeps_the_first_date_and_refuses_another_scale(rs, tm
     summary = pd.read_csv(out / "stability_summary.csv")
     assert summary["seed"].tolist() == [0, 1, 2] and (summary["steps"] == 3).all()
     assert sorted(pd.read_csv(out / "stability_curves.csv")["seed"].unique()) == [0, 1, 2]
+    assert (out / "stability.png").stat().st_size > 0  # drawn again with every seed
     # a third chunk keeps the first start, not the second's
     assert rs.main([*args, "--seeds", "3", "--append"]) == 0
     assert json.loads((out / "stability_meta.json").read_text())["date"].split(" to ")[0] == first["date"]
