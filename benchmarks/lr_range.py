@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import torch
 
-    from recipe_stability import parse_seeds, run_variant
+    from recipe_stability import date_span, parse_seeds, run_variant
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", default="cnn32,cnn64,resnet9,resnet18", help=f"some of {','.join(CASES)}")
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = pd.read_csv(out / "curves.csv")
         curves.append(kept[~kept["case"].isin(cases)])
         meta["command"] = old["command"] + " ; " + meta["command"]
-        meta["date"] = f"{old['date'].split(' to ')[0]} to {meta['date']}"  # first start to latest start
+        meta["date"] = date_span(old["date"], meta["date"])
         meta["seconds"] = {k: v for k, v in old["seconds"].items() if k not in cases}
     ratio = (args.lr_max / args.lr_min) ** (1 / (args.steps - 1))
 

@@ -158,6 +158,11 @@ def parse_seeds(text: str) -> list[int]:
     return out
 
 
+def date_span(old: str, now: str) -> str:
+    """An appended run's date: first start to latest start (the latest alone hid when the seeds began)."""
+    return f"{old.split(' to ')[0]} to {now}"
+
+
 def plot(curves, out: Path, summary=None) -> None:
     """Loss and gradient norm against step, per variant: every seed as a faint line, the median over
     seeds on top, the min-max band behind (32 overlaid seeds are a blur without them); with the
@@ -258,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         curves.append(pd.read_csv(out / "stability_curves.csv"))
         summary = pd.read_csv(out / "stability_summary.csv").to_dict(orient="records")
         meta["command"] = old_meta["command"] + " ; " + meta["command"]
-        # the span of the runs, first start to latest start (the latest alone hid when the seeds began)
-        meta["date"] = f"{old_meta['date'].split(' to ')[0]} to {meta['date']}"
+        meta["date"] = date_span(old_meta["date"], meta["date"])
         meta["seconds"] = old_meta.get("seconds", {})
         meta["tries"] = {**old_meta.get("tries", {}), **args.tries}
         meta["scale"]["seeds"] = f"{old_meta['scale']['seeds']},{args.seeds}"
