@@ -163,16 +163,15 @@ def date_span(old: str, now: str) -> str:
     return f"{old.split(' to ')[0]} to {now}"
 
 
-def plot(curves, out: Path, summary=None) -> None:
+def plot(curves, summary, out: Path) -> None:
     """Loss and gradient norm against step, per variant: every seed as a faint line, the median over
-    seeds on top, the min-max band behind (32 overlaid seeds are a blur without them); with the
-    ``summary``, a third panel of each seed's D_O test accuracy after the run."""
+    seeds on top, the min-max band behind (32 overlaid seeds are a blur without them); a third panel
+    of each seed's D_O test accuracy after the run, from the ``summary``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3 if summary is not None else 2, figsize=(15 if summary is not None else 11, 4),
-                             gridspec_kw={"width_ratios": [3, 3, 1.4] if summary is not None else [1, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), gridspec_kw={"width_ratios": [3, 3, 1.4]})
     colors = {"old": "tab:red", "clip": "tab:orange", "spec": "tab:blue"}
     others = iter(["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"])
     variants = list(curves["variant"].unique())
@@ -196,16 +195,15 @@ def plot(curves, out: Path, summary=None) -> None:
     for ax in axes[:2]:
         ax.set_xlabel("step")
     axes[0].legend(fontsize=8)
-    if summary is not None:
-        ax = axes[2]
-        for i, variant in enumerate(variants):
-            acc = summary.loc[summary["variant"] == variant, "test_acc_over"].astype(float).to_numpy()
-            jitter = np.linspace(-0.2, 0.2, len(acc)) if len(acc) > 1 else np.zeros(1)
-            ax.scatter(i + jitter, acc, s=12, color=colors[variant], alpha=0.8)
-            ax.hlines(np.median(acc), i - 0.3, i + 0.3, color="black", lw=1.2)
-        ax.set_xticks(range(len(variants)), variants)
-        ax.set_ylabel("D_O test accuracy after the run (%)")
-        ax.set_title("per seed (bar: median)")
+    ax = axes[2]
+    for i, variant in enumerate(variants):
+        acc = summary.loc[summary["variant"] == variant, "test_acc_over"].astype(float).to_numpy()
+        jitter = np.linspace(-0.2, 0.2, len(acc)) if len(acc) > 1 else np.zeros(1)
+        ax.scatter(i + jitter, acc, s=12, color=colors[variant], alpha=0.8)
+        ax.hlines(np.median(acc), i - 0.3, i + 0.3, color="black", lw=1.2)
+    ax.set_xticks(range(len(variants)), variants)
+    ax.set_ylabel("D_O test accuracy after the run (%)")
+    ax.set_title("per seed (bar: median)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -290,10 +288,11 @@ def main(argv: list[str] | None = None) -> int:
                             "test_acc_under": 100 * acc["test/under"]})
         cdf = pd.concat(curves, ignore_index=True)
         cdf.to_csv(out / "stability_curves.csv", index=False)
-        pd.DataFrame(summary).to_csv(out / "stability_summary.csv", index=False)
+        sdf = pd.DataFrame(summary)
+        sdf.to_csv(out / "stability_summary.csv", index=False)
         (out / "stability_meta.json").write_text(json.dumps(meta, indent=1))
-        plot(cdf, out / "stability.png", pd.DataFrame(summary))
-        print(pd.DataFrame(summary).to_string(), flush=True)
+        plot(cdf, sdf, out / "stability.png")
+        print(sdf.to_string(), flush=True)
     return 0
 
 
